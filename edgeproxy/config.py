@@ -1,0 +1,291 @@
+"""
+The configuration vocabulary: what users write in their ``sites/*.py`` files.
+
+Every class here is a frozen attrs class that is valid by construction: a
+wrong type or an out-of-range value raises ``TypeError``/``ValueError`` from
+the constructor, naming the argument.  Checks that need the whole picture (a
+hostname claimed twice, duplicate prefixes) live in
+:mod:`edgeproxy.configload`.  No Twisted imports here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from edgeproxy.hostnames import normalise_pattern
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_RESPONSE_TIMEOUT",
+    "Cluster",
+    "Endpoint",
+    "Route",
+    "Split",
+    "VirtualHost",
+]
+
+#: Seconds to establish the TCP connection to an upstream endpoint (504 after).
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds from sending the request to receiving the upstream's response headers (504 after).
+DEFAULT_RESPONSE_TIMEOUT = 30.0
+
+
+def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
+
+
+def _non_empty_str(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{attribute.name} must be a non-empty string, not {value!r}")
+
+
+def _validate_host(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value or any(c in value for c in " /?#@[]"):
+        raise ValueError(f"endpoint host must be a hostname or IP address, not {value!r}")
+
+
+def _validate_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"endpoint port must be an int, not {value!r}")
+    if not 0 < value < 65536:
+        raise ValueError(f"endpoint port must be in 1..65535, not {value}")
+
+
+def _validate_weight(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"endpoint weight must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"endpoint weight must be at least 1, not {value}")
+
+
+@attrs.frozen
+class Endpoint:
+    """One upstream server, ``Endpoint("10.0.0.5", 8080)``.
+
+    ``host`` is a hostname or an IP literal (IPv6 without brackets).
+    ``weight`` is used by weighted selection policies (default 1).
+    """
+
+    host: str = attrs.field(validator=_validate_host)
+    port: int = attrs.field(validator=_validate_port)
+    weight: int = attrs.field(default=1, validator=_validate_weight, kw_only=True)
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Parse ``"host:port"`` or ``"[v6]:port"``."""
+        if not isinstance(text, str):
+            raise TypeError(f"endpoint must be 'host:port' or an Endpoint, not {text!r}")
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0 or text[close + 1 : close + 2] != ":":
+                raise ValueError(f"endpoint {text!r} is not '[ipv6]:port'")
+            host, port_text = text[1:close], text[close + 2 :]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"endpoint {text!r}: {host!r} is not an IPv6 address") from None
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or not host:
+                raise ValueError(f"endpoint {text!r} is not 'host:port'")
+            if ":" in host:
+                raise ValueError(f"endpoint {text!r}: write IPv6 addresses as '[addr]:port'")
+        if not port_text.isdigit():
+            raise ValueError(f"endpoint {text!r}: port {port_text!r} is not a number")
+        return cls(host, int(port_text))
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _to_endpoints(value: Iterable[str | Endpoint]) -> tuple[Endpoint, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"endpoints must be a list of 'host:port' strings or Endpoints, not {value!r}")
+    result = []
+    for item in value:
+        result.append(item if isinstance(item, Endpoint) else Endpoint.parse(item))
+    return tuple(result)
+
+
+def _validate_endpoints(
+    instance: object, attribute: attrs.Attribute[tuple[Endpoint, ...]], value: tuple[Endpoint, ...]
+) -> None:
+    if not value:
+        raise ValueError("a cluster needs at least one endpoint")
+    seen: set[tuple[str, int]] = set()
+    for endpoint in value:
+        key = (endpoint.host.lower(), endpoint.port)
+        if key in seen:
+            raise ValueError(f"endpoint {endpoint} is listed twice")
+        seen.add(key)
+
+
+@attrs.frozen
+class Cluster:
+    """A named group of upstream endpoints.
+
+    ``Cluster("api", endpoints=["127.0.0.1:9001", Endpoint("127.0.0.1", 9002)])``
+    """
+
+    name: str = attrs.field(validator=_non_empty_str)
+    endpoints: tuple[Endpoint, ...] = attrs.field(
+        converter=_to_endpoints, validator=_validate_endpoints, kw_only=True
+    )
+    connect_timeout: float = attrs.field(
+        default=DEFAULT_CONNECT_TIMEOUT, validator=_positive_finite, kw_only=True
+    )
+    response_timeout: float = attrs.field(
+        default=DEFAULT_RESPONSE_TIMEOUT, validator=_positive_finite, kw_only=True
+    )
+
+
+def _to_split_weights(value: Mapping[Cluster, int]) -> tuple[tuple[Cluster, int], ...]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"Split takes a dict of {{Cluster: weight}}, not {value!r}")
+    return tuple(value.items())
+
+
+def _validate_split_weights(
+    instance: object,
+    attribute: attrs.Attribute[tuple[tuple[Cluster, int], ...]],
+    value: tuple[tuple[Cluster, int], ...],
+) -> None:
+    if not value:
+        raise ValueError("a Split needs at least one cluster")
+    names: set[str] = set()
+    for cluster, weight in value:
+        if not isinstance(cluster, Cluster):
+            raise TypeError(f"Split keys must be Clusters, not {cluster!r}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise TypeError(f"Split weight for {cluster.name!r} must be a number, not {weight!r}")
+        if weight < 0 or not math.isfinite(weight):
+            raise ValueError(f"Split weight for {cluster.name!r} must not be negative, not {weight}")
+        if cluster.name in names:
+            raise ValueError(f"cluster {cluster.name!r} appears twice in one Split")
+        names.add(cluster.name)
+    if sum(weight for _, weight in value) <= 0:
+        raise ValueError("a Split needs at least one positive weight (all weights are zero)")
+
+
+@attrs.frozen
+class Split:
+    """Send a share of requests to each cluster: ``Split({v1: 90, v2: 10})``.
+
+    Weights are relative (they need not add up to 100).  A zero weight is
+    allowed, so blue/green can go from 100/0 to 0/100; all zero is not.
+    """
+
+    weights: tuple[tuple[Cluster, int], ...] = attrs.field(
+        converter=_to_split_weights, validator=_validate_split_weights
+    )
+
+    @property
+    def clusters(self) -> tuple[Cluster, ...]:
+        return tuple(cluster for cluster, _ in self.weights)
+
+
+def _validate_prefix(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"route prefix must be a string, not {value!r}")
+    if not value.startswith("/"):
+        raise ValueError(f"route prefix must start with '/', not {value!r}")
+    if any(c in value for c in "?# \t\r\n"):
+        raise ValueError(f"route prefix must be a plain path, not {value!r}")
+
+
+def _validate_target(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Cluster | Split):
+        raise TypeError(f"route target must be a Cluster or a Split, not {value!r}")
+
+
+def _validate_body_size(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_body_size must be a number of bytes, not {value!r}")
+    if value < 0:
+        raise ValueError(f"max_body_size must not be negative, not {value}")
+
+
+def _validate_bool(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be True or False, not {value!r}")
+
+
+@attrs.frozen
+class Route:
+    """``Route("/api/", cluster)``: requests whose path starts with the prefix.
+
+    The longest matching prefix of a virtual host wins.  ``strip_prefix``
+    removes the prefix before forwarding (keeping a leading ``/``).
+    ``max_body_size`` caps the request body in bytes (413 above it; ``None``
+    takes the process default ``--max-body-size``).  ``plain_http`` serves
+    the route on the plain HTTP listener instead of redirecting it to https.
+    """
+
+    prefix: str = attrs.field(validator=_validate_prefix)
+    target: Cluster | Split = attrs.field(validator=_validate_target)
+    strip_prefix: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+    max_body_size: int | None = attrs.field(default=None, validator=_validate_body_size, kw_only=True)
+    plain_http: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+
+    @property
+    def clusters(self) -> tuple[Cluster, ...]:
+        return self.target.clusters if isinstance(self.target, Split) else (self.target,)
+
+
+def _to_names(value: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Iterable):
+        raise TypeError(f"virtual host names must be a list of strings, not {value!r}")
+    names = []
+    for name in value:
+        if not isinstance(name, str):
+            raise TypeError(f"virtual host name must be a string, not {name!r}")
+        names.append(normalise_pattern(name))
+    return tuple(names)
+
+
+def _validate_names(instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError("a virtual host needs at least one name")
+
+
+def _to_routes(value: Iterable[Route]) -> tuple[Route, ...]:
+    if not isinstance(value, Iterable):
+        raise TypeError(f"routes must be a list of Route, not {value!r}")
+    return tuple(value)
+
+
+def _validate_routes(instance: object, attribute: attrs.Attribute[tuple[Route, ...]], value: tuple[Route, ...]) -> None:
+    if not value:
+        raise ValueError("a virtual host needs at least one route")
+    for route in value:
+        if not isinstance(route, Route):
+            raise TypeError(f"routes must be Route objects, not {route!r}")
+
+
+@attrs.frozen
+class VirtualHost:
+    """``VirtualHost(["shop.example", "*.shop.example"], routes=[...])``.
+
+    Names are exact hostnames, one-label wildcards (``*.example.com`` matches
+    ``a.example.com`` but neither ``example.com`` nor ``a.b.example.com``) or
+    IP literals.  They are normalised (lower case, IDNA, no trailing dot).
+    """
+
+    names: tuple[str, ...] = attrs.field(converter=_to_names, validator=_validate_names)
+    routes: tuple[Route, ...] = attrs.field(
+        converter=_to_routes, validator=_validate_routes, kw_only=True
+    )

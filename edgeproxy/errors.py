@@ -1,0 +1,103 @@
+"""
+One error hierarchy.  Each request-path error carries the HTTP status it maps
+to (``status_hint``) and a short public message that never names an internal
+address; whether a retry is safe is a property of the type (``never_sent``),
+never something to guess from message text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = [
+    "BodyTooLarge",
+    "ConfigError",
+    "ConfigProblem",
+    "EdgeProxyError",
+    "NoRoute",
+    "NoVirtualHost",
+    "UpstreamConnectFailed",
+    "UpstreamConnectTimeout",
+    "UpstreamError",
+    "UpstreamResponseFailed",
+    "UpstreamTimeout",
+]
+
+
+class EdgeProxyError(Exception):
+    """Base of the errors a request can end in."""
+
+    status_hint: int = 500
+    public_message: str = "internal error"
+    #: True when the request never left edgeproxy, so any method may be retried.
+    never_sent: bool = False
+
+
+class NoVirtualHost(EdgeProxyError):
+    status_hint = 404
+    public_message = "no such site"
+
+
+class NoRoute(EdgeProxyError):
+    status_hint = 404
+    public_message = "not found"
+
+
+class BodyTooLarge(EdgeProxyError):
+    status_hint = 413
+    public_message = "request body too large"
+
+
+class UpstreamError(EdgeProxyError):
+    """The upstream could not give a usable response."""
+
+    status_hint = 502
+    public_message = "bad gateway"
+
+
+class UpstreamConnectFailed(UpstreamError):
+    """The TCP connection to the endpoint failed (refused, unreachable, reset while connecting)."""
+
+    never_sent = True
+
+
+class UpstreamConnectTimeout(UpstreamError):
+    """The TCP connection to the endpoint did not complete within ``connect_timeout``."""
+
+    status_hint = 504
+    public_message = "gateway timeout"
+    never_sent = True
+
+
+class UpstreamTimeout(UpstreamError):
+    """No response headers within ``response_timeout`` after sending."""
+
+    status_hint = 504
+    public_message = "gateway timeout"
+
+
+class UpstreamResponseFailed(UpstreamError):
+    """The connection broke, or the upstream sent something unparseable, after the request was sent."""
+
+
+@attrs.frozen
+class ConfigProblem:
+    """One problem in a configuration or certificate file."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found while loading a configuration, at once."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

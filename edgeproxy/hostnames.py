@@ -1,0 +1,135 @@
+"""
+Hostname normalisation and wildcard matching, shared by SNI and Host routing.
+
+Pure functions: no I/O, no Twisted.  A *normalised* name is lower case ASCII
+(IDNA A-labels), without a trailing dot or port; IPv6 literals are in their
+compressed form without brackets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+__all__ = ["normalise_host", "normalise_name", "normalise_pattern", "wildcard_of"]
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _ip_literal(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _to_ascii(name: str) -> str | None:
+    if name.isascii():
+        return name.lower()
+    try:
+        return name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+
+
+def _valid_dns_name(name: str) -> bool:
+    if not name or len(name) > 253:
+        return False
+    for label in name.split("."):
+        if not label or len(label) > 63 or not set(label) <= _LABEL_CHARS:
+            return False
+    return True
+
+
+def normalise_name(name: str | bytes) -> str | None:
+    """Normalise a bare hostname or IP literal (no port); ``None`` if invalid."""
+    if isinstance(name, bytes):
+        try:
+            name = name.decode("ascii")
+        except UnicodeDecodeError:
+            try:
+                name = name.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    if name.startswith("[") and name.endswith("]"):
+        ip = _ip_literal(name[1:-1])
+        return ip if ip is not None and ":" in ip else None
+    ip = _ip_literal(name)
+    if ip is not None:
+        return ip
+    if name.endswith("."):
+        name = name[:-1]
+    ascii_name = _to_ascii(name)
+    if ascii_name is None or not _valid_dns_name(ascii_name):
+        return None
+    return ascii_name
+
+
+def normalise_host(host: str | bytes | None) -> str | None:
+    """Normalise an HTTP ``Host`` header value: drop the port, handle ``[v6]:port``.
+
+    Returns ``None`` for an absent or malformed value.
+    """
+    if host is None:
+        return None
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    host = host.strip()
+    if not host:
+        return None
+    if host.startswith("["):
+        close = host.find("]")
+        if close < 0:
+            return None
+        rest = host[close + 1 :]
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return None
+        return normalise_name(host[: close + 1])
+    if host.count(":") > 1:
+        # A bare IPv6 literal is not a valid Host, but be lenient: accept it
+        # only if the whole value parses as an address.
+        ip = _ip_literal(host)
+        return ip
+    name, sep, port = host.partition(":")
+    if sep and not port.isdigit():
+        return None
+    return normalise_name(name)
+
+
+def normalise_pattern(pattern: str) -> str:
+    """Normalise a configured name: exact name, ``*.one-label`` wildcard or IP literal.
+
+    Raises ``ValueError`` naming the bad pattern.
+    """
+    if not isinstance(pattern, str):
+        raise TypeError(f"hostname must be a string, not {pattern!r}")
+    if pattern.startswith("*."):
+        rest = normalise_name(pattern[2:])
+        if rest is None or _ip_literal(rest) is not None:
+            raise ValueError(f"invalid wildcard hostname {pattern!r}")
+        return "*." + rest
+    if "*" in pattern:
+        raise ValueError(
+            f"invalid hostname {pattern!r}: only a whole leading label may be a wildcard ('*.example.com')"
+        )
+    normalised = normalise_name(pattern)
+    if normalised is None:
+        raise ValueError(f"invalid hostname {pattern!r}")
+    return normalised
+
+
+def wildcard_of(name: str) -> str | None:
+    """The one-label wildcard that would cover a normalised name: ``a.b.c`` -> ``*.b.c``.
+
+    ``None`` for IP literals and single-label names.
+    """
+    if ":" in name:
+        return None
+    _, dot, rest = name.partition(".")
+    if not dot or not rest:
+        return None
+    if _ip_literal(name) is not None:
+        return None
+    return "*." + rest
