@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from edgeproxy.hostnames import normalise_pattern
+from edgeproxy.hostnames import normalise_name, normalise_pattern
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -48,8 +48,12 @@ def _non_empty_str(instance: object, attribute: attrs.Attribute[str], value: str
 
 
 def _validate_host(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not value or any(c in value for c in " /?#@[]"):
-        raise ValueError(f"endpoint host must be a hostname or IP address, not {value!r}")
+    if not isinstance(value, str):
+        raise TypeError(f"endpoint host must be a string, not {value!r}")
+    if not value or value.startswith("[") or normalise_name(value) is None:
+        raise ValueError(
+            f"endpoint host must be a hostname or IP address (IPv6 without brackets), not {value!r}"
+        )
 
 
 def _validate_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -83,6 +87,8 @@ class Endpoint:
         """Parse ``"host:port"`` or ``"[v6]:port"``."""
         if not isinstance(text, str):
             raise TypeError(f"endpoint must be 'host:port' or an Endpoint, not {text!r}")
+        if "://" in text:
+            raise ValueError(f"endpoint {text!r} must be 'host:port', without a scheme")
         if text.startswith("["):
             close = text.find("]")
             if close < 0 or text[close + 1 : close + 2] != ":":
@@ -98,7 +104,7 @@ class Endpoint:
                 raise ValueError(f"endpoint {text!r} is not 'host:port'")
             if ":" in host:
                 raise ValueError(f"endpoint {text!r}: write IPv6 addresses as '[addr]:port'")
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"endpoint {text!r}: port {port_text!r} is not a number")
         return cls(host, int(port_text))
 
@@ -110,7 +116,9 @@ class Endpoint:
 
 def _to_endpoints(value: Iterable[str | Endpoint]) -> tuple[Endpoint, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise TypeError(f"endpoints must be a list of 'host:port' strings or Endpoints, not {value!r}")
+        raise TypeError(
+            f"endpoints must be a list of 'host:port' strings or Endpoints, not {value!r}"
+        )
     result = []
     for item in value:
         result.append(item if isinstance(item, Endpoint) else Endpoint.parse(item))
@@ -124,7 +132,7 @@ def _validate_endpoints(
         raise ValueError("a cluster needs at least one endpoint")
     seen: set[tuple[str, int]] = set()
     for endpoint in value:
-        key = (endpoint.host.lower(), endpoint.port)
+        key = (normalise_name(endpoint.host) or endpoint.host, endpoint.port)
         if key in seen:
             raise ValueError(f"endpoint {endpoint} is listed twice")
         seen.add(key)
@@ -169,7 +177,9 @@ def _validate_split_weights(
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise TypeError(f"Split weight for {cluster.name!r} must be a number, not {weight!r}")
         if weight < 0 or not math.isfinite(weight):
-            raise ValueError(f"Split weight for {cluster.name!r} must not be negative, not {weight}")
+            raise ValueError(
+                f"Split weight for {cluster.name!r} must be a finite number >= 0, not {weight}"
+            )
         if cluster.name in names:
             raise ValueError(f"cluster {cluster.name!r} appears twice in one Split")
         names.add(cluster.name)
@@ -199,7 +209,7 @@ def _validate_prefix(instance: object, attribute: attrs.Attribute[str], value: s
         raise TypeError(f"route prefix must be a string, not {value!r}")
     if not value.startswith("/"):
         raise ValueError(f"route prefix must start with '/', not {value!r}")
-    if any(c in value for c in "?# \t\r\n"):
+    if any(c in value for c in "?# ") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ValueError(f"route prefix must be a plain path, not {value!r}")
 
 
@@ -208,7 +218,9 @@ def _validate_target(instance: object, attribute: attrs.Attribute[Any], value: A
         raise TypeError(f"route target must be a Cluster or a Split, not {value!r}")
 
 
-def _validate_body_size(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+def _validate_body_size(
+    instance: object, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
@@ -236,7 +248,9 @@ class Route:
     prefix: str = attrs.field(validator=_validate_prefix)
     target: Cluster | Split = attrs.field(validator=_validate_target)
     strip_prefix: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
-    max_body_size: int | None = attrs.field(default=None, validator=_validate_body_size, kw_only=True)
+    max_body_size: int | None = attrs.field(
+        default=None, validator=_validate_body_size, kw_only=True
+    )
     plain_http: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
 
     @property
@@ -247,7 +261,7 @@ class Route:
 def _to_names(value: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, Iterable):
+    if isinstance(value, bytes) or not isinstance(value, Iterable):
         raise TypeError(f"virtual host names must be a list of strings, not {value!r}")
     names = []
     for name in value:
@@ -257,18 +271,27 @@ def _to_names(value: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _validate_names(instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+def _validate_names(
+    instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
     if not value:
         raise ValueError("a virtual host needs at least one name")
+    seen: set[str] = set()
+    for name in value:
+        if name in seen:
+            raise ValueError(f"virtual host name {name!r} is listed twice")
+        seen.add(name)
 
 
 def _to_routes(value: Iterable[Route]) -> tuple[Route, ...]:
-    if not isinstance(value, Iterable):
+    if isinstance(value, str | bytes | Route) or not isinstance(value, Iterable):
         raise TypeError(f"routes must be a list of Route, not {value!r}")
     return tuple(value)
 
 
-def _validate_routes(instance: object, attribute: attrs.Attribute[tuple[Route, ...]], value: tuple[Route, ...]) -> None:
+def _validate_routes(
+    instance: object, attribute: attrs.Attribute[tuple[Route, ...]], value: tuple[Route, ...]
+) -> None:
     if not value:
         raise ValueError("a virtual host needs at least one route")
     for route in value:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import idna
+
 __all__ = ["normalise_host", "normalise_name", "normalise_pattern", "wildcard_of"]
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -26,30 +28,36 @@ def _to_ascii(name: str) -> str | None:
     if name.isascii():
         return name.lower()
     try:
-        return name.encode("idna").decode("ascii").lower()
-    except UnicodeError:
+        # UTS #46 non-transitional processing (IDNA 2008), as browsers do:
+        # "straße.de" -> "xn--strae-oqa.de", not Python's IDNA 2003 "strasse.de".
+        return idna.encode(name, uts46=True, transitional=False).decode("ascii").lower()
+    except (UnicodeError, ValueError):
         return None
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _valid_dns_name(name: str) -> bool:
     if not name or len(name) > 253:
         return False
-    for label in name.split("."):
+    labels = name.split(".")
+    for label in labels:
         if not label or len(label) > 63 or not set(label) <= _LABEL_CHARS:
             return False
-    return True
+    # An all-numeric last label is no DNS name: "127.1" or "1.2.3.4.5" are
+    # malformed addresses, not hostnames (RFC 3696 section 2).
+    return not labels[-1].isdigit()
 
 
 def normalise_name(name: str | bytes) -> str | None:
     """Normalise a bare hostname or IP literal (no port); ``None`` if invalid."""
     if isinstance(name, bytes):
         try:
-            name = name.decode("ascii")
+            name = name.decode("utf-8")
         except UnicodeDecodeError:
-            try:
-                name = name.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
+            return None
     if name.startswith("[") and name.endswith("]"):
         ip = _ip_literal(name[1:-1])
         return ip if ip is not None and ":" in ip else None
@@ -84,7 +92,7 @@ def normalise_host(host: str | bytes | None) -> str | None:
         if close < 0:
             return None
         rest = host[close + 1 :]
-        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        if rest and not (rest.startswith(":") and _is_port(rest[1:])):
             return None
         return normalise_name(host[: close + 1])
     if host.count(":") > 1:
@@ -93,7 +101,7 @@ def normalise_host(host: str | bytes | None) -> str | None:
         ip = _ip_literal(host)
         return ip
     name, sep, port = host.partition(":")
-    if sep and not port.isdigit():
+    if sep and not _is_port(port):
         return None
     return normalise_name(name)
 
@@ -112,7 +120,8 @@ def normalise_pattern(pattern: str) -> str:
         return "*." + rest
     if "*" in pattern:
         raise ValueError(
-            f"invalid hostname {pattern!r}: only a whole leading label may be a wildcard ('*.example.com')"
+            f"invalid hostname {pattern!r}: only a whole leading label may be a wildcard"
+            " ('*.example.com')"
         )
     normalised = normalise_name(pattern)
     if normalised is None:

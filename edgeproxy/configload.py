@@ -1,0 +1,319 @@
+"""
+Load the user's configuration: Python files that define ``virtual_hosts``.
+
+Each file runs as a fresh module (never importable by name).  Everything
+that is wrong, in every file, is collected and raised as one
+:class:`~edgeproxy.errors.ConfigError`, each problem with its file and,
+where known, its line.  This runs off the hot path (startup, reload); the
+result is an immutable :class:`LoadedConfig` snapshot.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import traceback
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from edgeproxy.config import Cluster, VirtualHost
+from edgeproxy.errors import ConfigError, ConfigProblem
+from edgeproxy.hostnames import normalise_pattern
+from edgeproxy.routing import RoutingTable
+
+__all__ = ["LoadedConfig", "config_files", "load_config"]
+
+_MODULE_PREFIX = "edgeproxy_site_"
+
+
+@attrs.frozen(eq=False)
+class LoadedConfig:
+    """A validated configuration snapshot."""
+
+    virtual_hosts: tuple[VirtualHost, ...]
+    #: The files loaded, in load order.
+    files: tuple[str, ...]
+    #: Every cluster referenced by a route (directly or in a Split), by name,
+    #: in order of first appearance.
+    clusters: Mapping[str, Cluster]
+    routing: RoutingTable
+
+    @property
+    def route_count(self) -> int:
+        return sum(len(vhost.routes) for vhost in self.virtual_hosts)
+
+    @property
+    def endpoint_count(self) -> int:
+        return sum(len(cluster.endpoints) for cluster in self.clusters.values())
+
+    def summary(self) -> str:
+        """One line for ``--check``.
+
+        ``"2 files, 3 virtual hosts, 5 routes, 4 clusters, 7 endpoints"``
+        """
+        counts = [
+            (len(self.files), "file"),
+            (len(self.virtual_hosts), "virtual host"),
+            (self.route_count, "route"),
+            (len(self.clusters), "cluster"),
+            (self.endpoint_count, "endpoint"),
+        ]
+        return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}" for n, noun in counts)
+
+
+def config_files(path: str) -> list[str]:
+    """The files ``path`` stands for: itself, or a directory's ``*.py`` in name order.
+
+    Files whose names start with ``_`` or ``.`` are skipped.  Raises
+    :class:`ConfigError` for a missing path or a directory with no files.
+    """
+    if os.path.isdir(path):
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as e:
+            raise ConfigError([ConfigProblem(path, f"cannot list directory: {e.strerror}")]) from e
+        files = [
+            os.path.join(path, name)
+            for name in names
+            if name.endswith(".py")
+            and not name.startswith(("_", "."))
+            and os.path.isfile(os.path.join(path, name))
+        ]
+        if not files:
+            raise ConfigError(
+                [ConfigProblem(path, "no configuration files (*.py) in this directory")]
+            )
+        return files
+    if os.path.exists(path):
+        return [path]
+    raise ConfigError([ConfigProblem(path, "no such file or directory")])
+
+
+def load_config(path: str) -> LoadedConfig:
+    """Load a configuration file or directory; raise one ConfigError listing every problem."""
+    files = config_files(path)
+    problems: list[ConfigProblem] = []
+    loaded: list[_LoadedFile] = []
+    for filename in files:
+        result = _load_file(filename)
+        if isinstance(result, ConfigProblem):
+            problems.append(result)
+        else:
+            vhosts, file_problems = result
+            problems.extend(file_problems)
+            loaded.append(_LoadedFile(filename, vhosts))
+
+    problems.extend(_cross_check(loaded))
+    virtual_hosts = tuple(vhost for f in loaded for vhost in f.virtual_hosts)
+    if not problems and not virtual_hosts:
+        problems.append(ConfigProblem(path, "the configuration defines no virtual hosts"))
+    if problems:
+        order = {filename: index for index, filename in enumerate(files)}
+        problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
+        raise ConfigError(problems)
+
+    clusters: dict[str, Cluster] = {}
+    for vhost in virtual_hosts:
+        for route in vhost.routes:
+            for cluster in route.clusters:
+                clusters.setdefault(cluster.name, cluster)
+    return LoadedConfig(
+        virtual_hosts=virtual_hosts,
+        files=tuple(files),
+        clusters=types.MappingProxyType(clusters),
+        routing=RoutingTable.from_virtual_hosts(virtual_hosts),
+    )
+
+
+@attrs.frozen
+class _LoadedFile:
+    path: str
+    virtual_hosts: tuple[VirtualHost, ...]
+
+
+def _load_file(
+    filename: str,
+) -> ConfigProblem | tuple[tuple[VirtualHost, ...], list[ConfigProblem]]:
+    try:
+        with open(filename, "rb") as f:
+            source_bytes = f.read()
+    except OSError as e:
+        return ConfigProblem(filename, f"cannot read: {e.strerror}")
+    try:
+        code = compile(source_bytes, filename, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return ConfigProblem(filename, f"SyntaxError: {e.msg}", e.lineno)
+    except ValueError as e:  # e.g. null bytes in the source
+        return ConfigProblem(filename, f"{type(e).__name__}: {e}")
+
+    stem = os.path.splitext(os.path.basename(filename))[0]
+    module = types.ModuleType(_MODULE_PREFIX + stem)
+    module.__file__ = filename
+    namespace = module.__dict__
+    # Registered only while the file runs (dataclasses and typing look their
+    # module up in sys.modules), then removed: sites are never importable.
+    previous = sys.modules.get(module.__name__)
+    sys.modules[module.__name__] = module
+    try:
+        exec(code, namespace)
+    except (Exception, SystemExit) as e:
+        return ConfigProblem(filename, _describe(e), _line_in(e, filename))
+    finally:
+        if previous is None:
+            sys.modules.pop(module.__name__, None)
+        else:
+            sys.modules[module.__name__] = previous
+
+    return _read_virtual_hosts(filename, namespace)
+
+
+def _describe(e: BaseException) -> str:
+    message = str(e)
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _line_in(e: BaseException, filename: str) -> int | None:
+    """The line of ``filename`` where ``e`` was raised: its innermost frame in that file."""
+    if isinstance(e, SyntaxError) and e.filename == filename:
+        return e.lineno
+    line = None
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+def _read_virtual_hosts(
+    filename: str, namespace: dict[str, Any]
+) -> tuple[tuple[VirtualHost, ...], list[ConfigProblem]]:
+    if "virtual_hosts" not in namespace:
+        return (), [ConfigProblem(filename, "defines no virtual_hosts")]
+    value = namespace["virtual_hosts"]
+    if not isinstance(value, list | tuple):
+        return (), [
+            ConfigProblem(
+                filename,
+                f"virtual_hosts must be a list of VirtualHost, not {type(value).__name__}",
+            )
+        ]
+    problems = []
+    vhosts = []
+    for index, item in enumerate(value):
+        if isinstance(item, VirtualHost):
+            vhosts.append(item)
+        else:
+            problems.append(
+                ConfigProblem(
+                    filename, f"virtual_hosts[{index}] is not a VirtualHost: {_short_repr(item)}"
+                )
+            )
+    return tuple(vhosts), problems
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _literal_lines(source: str) -> dict[str, int]:
+    """Map each string literal in ``source``, and the hostname it spells, to its first line.
+
+    Only used to point at a line when reporting a cross-file problem.
+    """
+    lines: dict[str, int] = {}
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return lines
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            keys = [node.value]
+            try:
+                keys.append(normalise_pattern(node.value))
+            except ValueError:
+                pass
+            for key in keys:
+                if node.lineno < lines.get(key, node.lineno + 1):
+                    lines[key] = node.lineno
+    return lines
+
+
+def _read_source(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _cross_check(loaded: Sequence[_LoadedFile]) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    literal_lines: dict[str, dict[str, int]] = {}
+
+    def line_of(path: str, name: str) -> int | None:
+        if path not in literal_lines:
+            literal_lines[path] = _literal_lines(_read_source(path))
+        return literal_lines[path].get(name)
+
+    def where(path: str, name: str) -> str:
+        line = line_of(path, name)
+        return path if line is None else f"{path}:{line}"
+
+    claimed: dict[str, tuple[str, VirtualHost]] = {}
+    clusters: dict[str, tuple[str, Cluster]] = {}
+    conflicts: set[tuple[str, Cluster, Cluster]] = set()
+    for f in loaded:
+        for vhost in f.virtual_hosts:
+            for name in vhost.names:
+                first = claimed.get(name)
+                if first is None:
+                    claimed[name] = (f.path, vhost)
+                    continue
+                first_path, first_vhost = first
+                same = " (the same virtual host listed twice)" if first_vhost is vhost else ""
+                problems.append(
+                    ConfigProblem(
+                        f.path,
+                        f"hostname {name!r} is claimed by two virtual hosts: here and in "
+                        f"{where(first_path, name)}{same}",
+                        line_of(f.path, name),
+                    )
+                )
+
+            prefixes: set[str] = set()
+            for route in vhost.routes:
+                if route.prefix in prefixes:
+                    problems.append(
+                        ConfigProblem(
+                            f.path,
+                            f"virtual host {vhost.names[0]!r} has two routes for prefix "
+                            f"{route.prefix!r}",
+                            line_of(f.path, vhost.names[0]),
+                        )
+                    )
+                prefixes.add(route.prefix)
+
+                for cluster in route.clusters:
+                    seen = clusters.get(cluster.name)
+                    if seen is None:
+                        clusters[cluster.name] = (f.path, cluster)
+                        continue
+                    seen_path, seen_cluster = seen
+                    conflict = (cluster.name, seen_cluster, cluster)
+                    if seen_cluster == cluster or conflict in conflicts:
+                        continue
+                    conflicts.add(conflict)
+                    problems.append(
+                        ConfigProblem(
+                            f.path,
+                            f"cluster {cluster.name!r} is defined twice with different settings "
+                            f"(also in {seen_path}); give each cluster its own name or share "
+                            "one Cluster object",
+                            line_of(f.path, cluster.name),
+                        )
+                    )
+    return problems

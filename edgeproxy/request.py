@@ -1,0 +1,292 @@
+"""
+The downstream side: twisted.web's HTTP/1.1 parser with a request class that
+routes as soon as the headers are in (so a body limit applies before the body
+is read), answers errors and redirects itself, and hands everything else to
+the :class:`~edgeproxy.forward.Forwarder`.
+
+``twisted.web.http.Request`` is used directly rather than
+``twisted.web.server.Request``: the latter invents ``Server``, ``Date`` and
+``Content-Type`` headers and walks a resource tree, neither of which a proxy
+wants.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from edgeproxy.config import Route
+from edgeproxy.errors import BodyTooLarge, EdgeProxyError, NoRoute, NoVirtualHost
+from edgeproxy.hostnames import normalise_host
+from edgeproxy.routing import VirtualHostTable
+
+if TYPE_CHECKING:
+    from edgeproxy.forward import Forwarder
+    from edgeproxy.snapshot import Snapshot
+
+__all__ = ["BadRequest", "ProxyChannel", "ProxyFactory", "ProxyRequest"]
+
+
+class BadRequest(EdgeProxyError):
+    status_hint = 400
+    public_message = "bad request"
+
+
+def split_target(target: bytes) -> tuple[bytes | None, bytes] | None:
+    """Split a request-target into (authority or None, origin-form path+query).
+
+    Origin form ``/p?q`` gives ``(None, b"/p?q")``; absolute form
+    ``http://h:1/p?q`` gives ``(b"h:1", b"/p?q")``.  Anything else is None.
+    """
+    if target.startswith(b"/"):
+        return None, target
+    lowered = target[:8].lower()
+    for scheme in (b"http://", b"https://"):
+        if lowered.startswith(scheme):
+            rest = target[len(scheme) :]
+            cut = len(rest)
+            for sep in (b"/", b"?"):
+                i = rest.find(sep)
+                if 0 <= i < cut:
+                    cut = i
+            authority, path = rest[:cut], rest[cut:]
+            if not authority or b"@" in authority:
+                return None
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            return authority, path
+    return None
+
+
+class ProxyRequest(http.Request):
+    """One request on a downstream connection."""
+
+    log = Logger(namespace="edgeproxy.request")
+
+    # Filled in by gotLength (headers complete), read by process() and the access log.
+    snapshot: Snapshot | None = None
+    vhost: VirtualHostTable | None = None
+    route: Route | None = None
+    target: bytes = b""
+    error: EdgeProxyError | None = None
+    cluster_name: str | None = None
+    endpoint: str | None = None
+    upstream_status: int | None = None
+    attempts: int = 0
+    outcome: str = "ok"
+
+    _body_limit: int = 0
+    _body_seen: int = 0
+    _rejected_early: bool = False
+    _linger: IDelayedCall | None = None
+    _logged: bool = False
+
+    def __init__(self, channel: ProxyChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.factory: ProxyFactory = channel.factory
+        self.started = self.factory.clock.seconds()
+
+    # -- header time -------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        factory = self.factory
+        self.snapshot = snapshot = factory.forwarder.snapshot
+        self._body_limit = factory.settings.max_body_size
+        try:
+            self._route_request(snapshot)
+        except EdgeProxyError as e:
+            self.error = e
+        if self.route is not None and self.route.max_body_size is not None:
+            self._body_limit = self.route.max_body_size
+        if length is not None and length > self._body_limit:
+            self._reject_early(BodyTooLarge())
+            return
+        super().gotLength(length)
+
+    def _route_request(self, snapshot: Snapshot) -> None:
+        channel = self.channel
+        # The request line is only on the channel until the body is in; the
+        # route must be known now so its body limit applies.
+        raw_target: bytes = getattr(channel, "_path", b"")
+        # Known now, though twisted.web sets them only once the body is in:
+        # an early 413 is logged with them.
+        self.method = getattr(channel, "_command", b"-")
+        self.uri = raw_target
+        self.clientproto = getattr(channel, "_version", b"-")
+        split = split_target(raw_target)
+        if split is None:
+            raise BadRequest()
+        authority, self.target = split
+        hosts = self.requestHeaders.getRawHeaders(b"host")
+        if hosts is not None and len(hosts) > 1:
+            raise BadRequest()
+        if authority is None:
+            if hosts is None:
+                if getattr(channel, "_version", b"HTTP/1.1") == b"HTTP/1.1":
+                    raise BadRequest()
+                raise NoVirtualHost()
+            authority = hosts[0]
+        host = normalise_host(authority)
+        if host is None:
+            raise BadRequest()
+        self.vhost = vhost = snapshot.routing.find_virtual_host(host)
+        if vhost is None:
+            raise NoVirtualHost()
+        path = self.target.split(b"?", 1)[0]
+        self.route = vhost.route_for(path)
+        if self.route is None:
+            raise NoRoute()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._rejected_early:
+            return
+        self._body_seen += len(data)
+        if self._body_seen > self._body_limit:
+            self._reject_early(BodyTooLarge())
+            return
+        self.content.write(data)
+
+    def _reject_early(self, error: EdgeProxyError) -> None:
+        """Answer before the body is read, then close.
+
+        The rest of the body is read and dropped for up to
+        ``lingering_timeout`` seconds, so the client is not reset before it
+        reads the answer.
+        """
+        self.error = error
+        self._rejected_early = True
+        # twisted.web would otherwise send "100 Continue" after our answer.
+        self.requestHeaders.removeHeader(b"expect")
+        if self.content is not None:
+            self.content.close()
+        # twisted.web still looks at the (dropped) body once it is complete.
+        self.content = io.BytesIO()
+        self.code = error.status_hint
+        self.outcome = "rejected"
+        body = _error_body(error)
+        self.channel.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (error.status_hint, http.RESPONSES.get(error.status_hint, b"Error"), len(body), body)
+        )
+        self.sentLength = len(body)
+        self.channel.persistent = False
+        self._access_log()
+        self._linger = self.factory.clock.callLater(
+            self.factory.settings.lingering_timeout, self._close_after_reject
+        )
+
+    def _close_after_reject(self) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.loseConnection()
+
+    # -- body complete -----------------------------------------------------
+
+    def process(self) -> None:
+        if self._rejected_early:
+            self._close_after_reject()
+            return
+        if self.error is not None:
+            self.respond_error(self.error)
+            return
+        assert self.route is not None and self.vhost is not None
+        if not self.factory.tls and not self.route.plain_http:
+            self._redirect_to_https()
+            return
+        self.factory.forwarder.forward(self)
+
+    # -- answers made here ---------------------------------------------------
+
+    def respond_error(self, error: EdgeProxyError) -> None:
+        self.error = error
+        body = _error_body(error)
+        self.setResponseCode(error.status_hint)
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        self.write(body)
+        self.finish()
+
+    def _redirect_to_https(self) -> None:
+        # Redirect to the name the client used (without its port), not the
+        # configured pattern: a wildcard matched it.
+        authority = self.requestHeaders.getRawHeaders(b"host", [b""])[0]
+        host = normalise_host(authority) or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = self.factory.https_port()
+        location = f"https://{host}" + (f":{port}" if port not in (None, 443) else "")
+        body = b"redirecting to https\n"
+        self.setResponseCode(308)
+        self.responseHeaders.setRawHeaders(b"location", [location.encode("ascii") + self.target])
+        self.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        self.outcome = "redirect"
+        self.write(body)
+        self.finish()
+
+    # -- the end -----------------------------------------------------------
+
+    def finish(self) -> None:
+        super().finish()
+        self._access_log()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        if not self.finished and not self._logged:
+            self.outcome = "client_closed"
+        super().connectionLost(reason)
+        self._access_log()
+
+    def _access_log(self) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        self.factory.access_log.log_request(self, self.factory.clock.seconds() - self.started)
+
+
+def _error_body(error: EdgeProxyError) -> bytes:
+    return b"%d %s\n" % (error.status_hint, error.public_message.encode("ascii"))
+
+
+class ProxyChannel(http.HTTPChannel):
+    requestFactory = ProxyRequest
+    factory: ProxyFactory
+
+
+class ProxyFactory(http.HTTPFactory):
+    """Builds downstream connections for one listener (TLS or plain)."""
+
+    protocol = ProxyChannel
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        tls: bool,
+        settings: Any,
+        access_log: Any,
+        clock: Any,
+        https_port: Any = lambda: None,
+    ) -> None:
+        super().__init__(timeout=settings.keepalive_timeout, reactor=clock)
+        self.forwarder = forwarder
+        self.tls = tls
+        self.settings = settings
+        self.access_log = access_log
+        self.clock = clock
+        self.https_port = https_port
+
+    def log(self, request: Any) -> None:
+        # Access logging is done by ProxyRequest itself, once, for every outcome.
+        pass

@@ -1,0 +1,144 @@
+"""
+Builds the running proxy: listeners, the certificate watcher, the upstream
+pool and the admin listener, as one ``MultiService``.  Only this module and
+:mod:`edgeproxy.tap` touch the global reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edgeproxy.admin import admin_site
+from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
+from edgeproxy.certwatch import CertificateWatcher
+from edgeproxy.configload import load_config
+from edgeproxy.forward import Forwarder
+from edgeproxy.observability import AccessLog
+from edgeproxy.request import ProxyFactory
+from edgeproxy.settings import Settings
+from edgeproxy.snapshot import Snapshot
+from edgeproxy.upstream import UpstreamClient
+
+__all__ = ["EdgeProxyService", "ListenerService", "make_service"]
+
+
+class ListenerService(Service):
+    """Listens on one endpoint; a failure to listen stops startup with a clear message."""
+
+    log = Logger()
+
+    def __init__(
+        self, kind: str, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+    ) -> None:
+        self.kind = kind
+        self.description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # Listening here (before privileges are dropped, before the reactor
+        # runs) lets a bad endpoint fail twistd at once instead of leaving a
+        # process that serves nothing.
+        outcome: list[Any] = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        if not outcome:
+            raise SystemExit(f"edgeproxy: {self.kind} listener {self.description} did not start")
+        if isinstance(outcome[0], Failure):
+            raise SystemExit(
+                f"edgeproxy: cannot listen for {self.kind} on {self.description}: "
+                f"{outcome[0].getErrorMessage()}"
+            )
+        self.port = outcome[0]
+        address = self.port.getHost()
+        self.log.info(
+            "edgeproxy {kind} listener on {host}:{port}",
+            kind=self.kind,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class EdgeProxyService(MultiService):
+    """The whole proxy; children are started in the order they were added."""
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        config = load_config(settings.config)
+        self.upstream = UpstreamClient(reactor)
+        self.forwarder = Forwarder(Snapshot.build(config), self.upstream, via=settings.via)
+        self.certificate_index = CertificateIndex.empty()
+        self.certificates = CertificateWatcher(
+            settings.certs,
+            reactor,
+            self._install_index,
+            interval=settings.cert_poll_interval,
+        )
+        self.certificates.setServiceParent(self)
+        creator = SNIConnectionCreator(lambda: self.certificate_index)
+        access_log = AccessLog(reactor)
+        self.https_listeners: list[ListenerService] = []
+        for description in settings.https:
+            factory = ProxyFactory(
+                self.forwarder, tls=True, settings=settings, access_log=access_log, clock=reactor
+            )
+            endpoint = wrapServerTLS(creator, serverFromString(reactor, description), reactor)
+            listener = ListenerService("https", description, endpoint, factory)
+            listener.setServiceParent(self)
+            self.https_listeners.append(listener)
+        for description in settings.http:
+            factory = ProxyFactory(
+                self.forwarder,
+                tls=False,
+                settings=settings,
+                access_log=access_log,
+                clock=reactor,
+                https_port=self.https_port,
+            )
+            ListenerService(
+                "http", description, serverFromString(reactor, description), factory
+            ).setServiceParent(self)
+        if settings.admin is not None:
+            ListenerService(
+                "admin", settings.admin, serverFromString(reactor, settings.admin), admin_site(self)
+            ).setServiceParent(self)
+
+    def _install_index(self, index: CertificateIndex) -> None:
+        self.certificate_index = index
+
+    def https_port(self) -> int | None:
+        """The port http->https redirects point at."""
+        if self.settings.redirect_port is not None:
+            return self.settings.redirect_port
+        for listener in self.https_listeners:
+            if listener.port is not None:
+                port = getattr(listener.port.getHost(), "port", None)
+                if isinstance(port, int):
+                    return port
+        return None
+
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[None] = super().stopService()  # type: ignore[assignment]
+        d.addBoth(lambda _: self.upstream.close())
+        return d
+
+
+def make_service(settings: Settings, reactor: Any) -> EdgeProxyService:
+    return EdgeProxyService(settings, reactor)

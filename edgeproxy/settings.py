@@ -1,0 +1,33 @@
+"""Process-wide settings, from the command line (see :mod:`edgeproxy.tap`)."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "Settings"]
+
+#: Request bodies larger than this get 413 unless a Route says otherwise.
+DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+#: Seconds an idle client keep-alive connection is kept open (nginx: 75).
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+#: Seconds between scans of the certificate directory (changes apply within 5 s).
+DEFAULT_CERT_POLL_INTERVAL = 2.0
+#: After a 413 sent before the body arrived, keep reading (and discarding) for
+#: this long so the client sees the response instead of a reset (nginx's lingering close).
+DEFAULT_LINGERING_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class Settings:
+    config: str = "sites"
+    certs: str = "certs"
+    https: tuple[str, ...] = ("tcp:8443",)
+    http: tuple[str, ...] = ("tcp:8080",)
+    admin: str | None = "tcp:9901:interface=127.0.0.1"
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: Port written into http->https redirects; None = the first https listener's port.
+    redirect_port: int | None = None
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    cert_poll_interval: float = DEFAULT_CERT_POLL_INTERVAL
+    lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT
+    via: bytes = b"1.1 edgeproxy"

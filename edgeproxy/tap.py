@@ -1,0 +1,143 @@
+"""
+``twistd edgeproxy``: command-line options, turned into frozen
+:class:`~edgeproxy.settings.Settings`, and the service they describe.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from edgeproxy.settings import DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BODY_SIZE, Settings
+
+__all__ = ["Options", "makeService", "run_check"]
+
+_DEFAULT_HTTPS = "tcp:8443"
+_DEFAULT_HTTP = "tcp:8080"
+_DEFAULT_ADMIN = "tcp:9901:interface=127.0.0.1"
+
+
+def _port_number(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f"not a port number: {value}")
+    return port
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative: {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be positive: {value}")
+    return number
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Terminate TLS (certificate chosen by SNI from --certs), route each request by host "
+        "and path as the Python files in --config say, and forward it to a pooled upstream "
+        "cluster. Listener options take Twisted endpoint descriptions (tcp:PORT, "
+        "tcp:PORT:interface=ADDR, unix:PATH, ...); --https and --http may be given several times."
+    )
+
+    optFlags = [
+        ["check", None, "Load and validate the config and certificates, print every problem "
+         "and exit (1 if there is any, else 0); starts nothing."],
+    ]
+    optParameters = [
+        ["config", None, "sites", "A Python config file, or a directory whose *.py files are "
+         "all loaded in name order."],
+        ["certs", None, "certs", "The certificate directory (NAME.pem, NAME.crt+NAME.key, "
+         "certbot's live/NAME/); re-scanned every 2 s."],
+        ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/healthz, /status); 'none' "
+         "to disable."],
+        ["max-body-size", None, DEFAULT_MAX_BODY_SIZE, "Default request body limit in bytes "
+         "(413 above it); Route(max_body_size=...) overrides it per route.", _non_negative_int],
+        ["redirect-port", None, None, "Port to put in http->https redirects (default: the "
+         "first --https listener's port; 443 is left out of the URL).", _port_number],
+        ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT, "Seconds an idle client "
+         "connection is kept open.", _positive_float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["https"] = []
+        self["http"] = []
+
+    def opt_https(self, description: str) -> None:
+        """TLS listener endpoint, wrapped in TLS with SNI; repeatable [default: tcp:8443]."""
+        self["https"].append(description)
+
+    def opt_http(self, description: str) -> None:
+        """Plain HTTP listener endpoint (redirects to https unless a Route has
+        plain_http=True); repeatable; 'none' for no plain listener [default: tcp:8080]."""
+        self["http"].append(description)
+
+    def postOptions(self) -> None:
+        https = tuple(self["https"]) or (_DEFAULT_HTTPS,)
+        http = tuple(d for d in self["http"] if d != "none") if self["http"] else (_DEFAULT_HTTP,)
+        admin = None if self["admin"] in ("none", "") else self["admin"]
+        self["settings"] = Settings(
+            config=self["config"],
+            certs=self["certs"],
+            https=https,
+            http=http,
+            admin=admin,
+            max_body_size=self["max-body-size"],
+            redirect_port=self["redirect-port"],
+            keepalive_timeout=self["keepalive-timeout"],
+        )
+        if self["check"]:
+            # --check must start nothing: not even twistd's pid file or logging.
+            raise SystemExit(run_check(self["settings"]))
+
+
+def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
+    """Validate config and certificates; print every problem; return the exit code."""
+    from edgeproxy.certwatch import check_directory
+    from edgeproxy.configload import load_config
+    from edgeproxy.errors import ConfigError
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    problems = []
+    summary = []
+    try:
+        config = load_config(settings.config)
+    except ConfigError as e:
+        problems.extend(e.problems)
+    else:
+        summary.append(config.summary())
+    scan = check_directory(settings.certs, datetime.datetime.now(datetime.UTC))
+    problems.extend(scan.problems)
+    for problem in problems:
+        print(f"error: {problem}", file=err)
+    if problems:
+        print(f"edgeproxy: {len(problems)} problem(s) found", file=err)
+        return 1
+    summary.append(f"{len(scan.index.certificates)} certificates")
+    print("edgeproxy: configuration OK: " + ", ".join(summary), file=out)
+    return 0
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from edgeproxy.errors import ConfigError
+    from edgeproxy.service import make_service
+
+    try:
+        return make_service(options["settings"], reactor)
+    except ConfigError as e:
+        raise SystemExit("edgeproxy: configuration errors:\n" + str(e)) from None
