@@ -212,9 +212,7 @@ class _Exchange:
         request.outcome = "upstream_truncated"
         # loseConnection, not abort: what was relayed is flushed first, so the
         # client sees a short body rather than nothing.
-        transport = request.channel.transport if request.channel is not None else None
-        if transport is not None:
-            transport.loseConnection()
+        request.loseConnection()
 
 
 class _Discard:

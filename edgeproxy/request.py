@@ -23,6 +23,7 @@ from twisted.web import http
 from edgeproxy.config import Route
 from edgeproxy.errors import BodyTooLarge, EdgeProxyError, NoRoute, NoVirtualHost
 from edgeproxy.hostnames import normalise_host
+from edgeproxy.netutil import set_no_delay
 from edgeproxy.routing import VirtualHostTable
 
 if TYPE_CHECKING:
@@ -185,9 +186,11 @@ class ProxyRequest(http.Request):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
-        channel = self.channel
-        if channel is not None and channel.transport is not None:
-            channel.transport.loseConnection()
+        if self.channel is not None:
+            # HTTPChannel.loseConnection, not the transport's: the channel is
+            # registered as the transport's producer and a TLS transport
+            # waits for producers to go before it closes.
+            self.channel.loseConnection()
 
     # -- body complete -----------------------------------------------------
 
@@ -211,6 +214,10 @@ class ProxyRequest(http.Request):
         body = _error_body(error)
         self.setResponseCode(error.status_hint)
         headers = self.responseHeaders
+        if error.status_hint == 400 and self.channel is not None:
+            # Whatever follows a malformed request cannot be trusted to be framed right.
+            self.channel.persistent = False
+            headers.setRawHeaders(b"connection", [b"close"])
         headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
         self.write(body)
@@ -262,6 +269,10 @@ def _error_body(error: EdgeProxyError) -> bytes:
 class ProxyChannel(http.HTTPChannel):
     requestFactory = ProxyRequest
     factory: ProxyFactory
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        set_no_delay(self.transport)
 
 
 class ProxyFactory(http.HTTPFactory):

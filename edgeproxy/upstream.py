@@ -13,7 +13,7 @@ from typing import IO, Any
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web import _newclient
 from twisted.web.client import (
@@ -28,6 +28,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from edgeproxy.config import Endpoint
+from edgeproxy.netutil import set_no_delay
 from edgeproxy.errors import (
     EdgeProxyError,
     UpstreamConnectFailed,
@@ -52,6 +53,10 @@ class _ConnectionHeaderStripping(_newclient.HTTP11ClientProtocol):
     out of reach of ``IResponse``, so the names it lists can only be stripped
     here.  The lean client of the performance issue replaces this.
     """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        set_no_delay(self.transport)
 
     def request(self, request: Any) -> Deferred[IResponse]:
         d: Deferred[IResponse] = super().request(request)

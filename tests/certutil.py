@@ -263,6 +263,10 @@ def memory_handshake(
     incoming.write(server.bio_read(65536))
     assert client.read(4) == b"ping"
     der = client.getpeercert(binary_form=True)
+    # Close cleanly (close_notify), as Twisted's loseConnection does: OpenSSL
+    # drops a session from the server cache when the connection is freed
+    # without a shutdown.
+    server.shutdown()
     return HandshakeResult(
         ok=True,
         version=client.version(),

@@ -401,15 +401,18 @@ def test_old_tls_refused(loaded, version) -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "name"),
+    ("version", "name", "tickets"),
     [
-        (ssl.TLSVersion.TLSv1_2, "TLSv1.2"),
-        (ssl.TLSVersion.TLSv1_3, "TLSv1.3"),
+        (ssl.TLSVersion.TLSv1_2, "TLSv1.2", True),
+        (ssl.TLSVersion.TLSv1_2, "TLSv1.2", False),  # session-ID cache, no tickets
+        (ssl.TLSVersion.TLSv1_3, "TLSv1.3", True),
     ],
 )
-def test_session_resumption(ca, loaded, version, name) -> None:
+def test_session_resumption(ca, loaded, version, name, tickets) -> None:
     creator = _creator(*loaded.values())
     ctx = client_context(ca, version=version)
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
     first = memory_handshake(creator, "shop.example", ctx)
     assert first.ok, first.error
     assert first.version == name
