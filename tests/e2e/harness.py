@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -79,6 +80,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path
         # Behaviour markers may follow a route prefix: /api/status/500.
         bare = path.split("?")[0]
+        if "/hold/" in bare:
+            # Wait up to N seconds for the proxy to give up on us (EOF).
+            if self._wait_for_peer_close(float(_after(bare, "/hold/"))):
+                self.server.peer_closed += 1
+                self.close_connection = True
+                return
         if "/slow/" in bare:
             time.sleep(float(_after(bare, "/slow/")))
         if "/status/" in bare:
@@ -135,6 +142,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _wait_for_peer_close(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable:
+                try:
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except ConnectionResetError:  # an aborted connection
+                    return True
+        return False
+
     def _stream_bytes(self, n: int) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -159,6 +178,7 @@ class BackendServer(ThreadingHTTPServer):
         self.name = name
         self.connections: set[tuple[str, int]] = set()
         self.requests = 0
+        self.peer_closed = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
         self._thread.daemon = True
