@@ -358,7 +358,7 @@ class CertificateWatcher(Service):
         return self.directory.index
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self.scan_now()
         loop = LoopingCall(self.scan_now)
         loop.clock = self._clock
@@ -370,7 +370,7 @@ class CertificateWatcher(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
 
     def scan_now(self) -> None:
         """Scan the directory now; hand the index over if it changed (always

@@ -79,7 +79,7 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamResponseFailed(UpstreamError):
-    """The connection broke, or the upstream sent something unparseable, after the request was sent."""
+    """After the request was sent, the connection broke or the answer did not parse."""
 
 
 @attrs.frozen

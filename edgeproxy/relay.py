@@ -7,14 +7,19 @@ it and the upstream socket stops being read.
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web._newclient import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 __all__ = ["DownstreamSink", "ResponseRelay"]
+
+
+_DONE = Failure(ResponseDone())
 
 
 class DownstreamSink(TypingProtocol):
@@ -42,7 +47,8 @@ class ResponseRelay(Protocol):
         # connection (it cannot be reused with an unread body).
         self._downstream_gone = True
         if self.transport is not None:
-            self.transport.stopProducing()
+            # deliverBody's transport is an IPushProducer over the upstream socket.
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
         if not self._downstream_gone:
@@ -52,7 +58,7 @@ class ResponseRelay(Protocol):
         if not self._downstream_gone:
             self._sink.write(data)
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         if not self._downstream_gone:
             self._sink.unregisterProducer()
         self.done.callback(bool(reason.check(ResponseDone, PotentialDataLoss)))

@@ -150,6 +150,7 @@ class ProxyRequest(http.Request):
         if self._body_seen > self._body_limit:
             self._reject_early(BodyTooLarge())
             return
+        assert self.content is not None  # gotLength made it
         self.content.write(data)
 
     def _reject_early(self, error: EdgeProxyError) -> None:
@@ -170,7 +171,9 @@ class ProxyRequest(http.Request):
         self.code = error.status_hint
         self.outcome = "rejected"
         body = _error_body(error)
-        self.channel.transport.write(
+        transport = self.channel.transport
+        assert transport is not None  # still receiving the body
+        transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (error.status_hint, http.RESPONSES.get(error.status_hint, b"Error"), len(body), body)
@@ -267,7 +270,7 @@ def _error_body(error: EdgeProxyError) -> bytes:
 
 
 class ProxyChannel(http.HTTPChannel):
-    requestFactory = ProxyRequest
+    requestFactory = ProxyRequest  # type: ignore[assignment]
     factory: ProxyFactory
 
     def connectionMade(self) -> None:
@@ -278,7 +281,7 @@ class ProxyChannel(http.HTTPChannel):
 class ProxyFactory(http.HTTPFactory):
     """Builds downstream connections for one listener (TLS or plain)."""
 
-    protocol = ProxyChannel
+    protocol = ProxyChannel  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -35,7 +35,11 @@ class ListenerService(Service):
     log = Logger()
 
     def __init__(
-        self, kind: str, description: str, endpoint: IStreamServerEndpoint, factory: IProtocolFactory
+        self,
+        kind: str,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
     ) -> None:
         self.kind = kind
         self.description = description
@@ -135,7 +139,7 @@ class EdgeProxyService(MultiService):
         return None
 
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = super().stopService()  # type: ignore[assignment]
+        d: Deferred[None] = super().stopService()
         d.addBoth(lambda _: self.upstream.close())
         return d
 

@@ -107,12 +107,12 @@ def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
     """Validate config and certificates; print every problem; return the exit code."""
     from edgeproxy.certwatch import check_directory
     from edgeproxy.configload import load_config
-    from edgeproxy.errors import ConfigError
+    from edgeproxy.errors import ConfigError, ConfigProblem
 
     out = out or sys.stdout
     err = err or sys.stderr
-    problems = []
-    summary = []
+    problems: list[ConfigProblem] = []
+    summary: list[str] = []
     try:
         config = load_config(settings.config)
     except ConfigError as e:

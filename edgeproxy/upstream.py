@@ -28,7 +28,6 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from edgeproxy.config import Endpoint
-from edgeproxy.netutil import set_no_delay
 from edgeproxy.errors import (
     EdgeProxyError,
     UpstreamConnectFailed,
@@ -36,6 +35,7 @@ from edgeproxy.errors import (
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
+from edgeproxy.netutil import set_no_delay
 
 __all__ = ["UpstreamClient", "translate_failure"]
 
@@ -75,7 +75,7 @@ class _ConnectionHeaderStripping(_newclient.HTTP11ClientProtocol):
         return d
 
 
-class _PoolFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+class _PoolFactory(_HTTP11ClientFactory):
     noisy = False
 
     def buildProtocol(self, addr: Any) -> _ConnectionHeaderStripping:
@@ -135,7 +135,7 @@ class UpstreamClient:
         self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = max_idle_per_endpoint
-        self.pool.cachedConnectionTimeout = idle_timeout
+        self.pool.cachedConnectionTimeout = idle_timeout  # type: ignore[assignment]
         # Agent retries idempotent requests on a stale pooled connection once
         # by itself; keep that (it is exactly the "never really sent" case).
         self.pool._factory = _PoolFactory
@@ -199,4 +199,5 @@ class UpstreamClient:
         return d
 
     def close(self) -> Deferred[None]:
-        return self.pool.closeCachedConnections()
+        d: Deferred[None] = self.pool.closeCachedConnections()
+        return d

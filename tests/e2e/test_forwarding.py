@@ -9,7 +9,6 @@ import json
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trustme
