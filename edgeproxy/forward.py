@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from edgeproxy.config import Endpoint, Route, Split
+from edgeproxy.config import Endpoint, Split
 from edgeproxy.errors import EdgeProxyError, UpstreamResponseFailed
 from edgeproxy.headers import downstream_response_headers, upstream_request_headers
 from edgeproxy.relay import ResponseRelay
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from edgeproxy.request import ProxyRequest
     from edgeproxy.snapshot import ClusterState, Snapshot
 
-__all__ = ["Forwarder", "forward_target"]
+__all__ = ["Forwarder"]
 
 #: A request that never reached an endpoint is tried at most this many times in all.
 MAX_ATTEMPTS = 2
@@ -33,16 +33,6 @@ MAX_ATTEMPTS = 2
 # Framing is edgeproxy's to decide on each hop; Expect was already answered
 # (twisted.web sent 100 Continue) and the body is spooled.
 _NOT_FORWARDED = (b"content-length", b"expect")
-
-
-def forward_target(route: Route, target: bytes) -> bytes:
-    """The request-target to send upstream, with the route prefix removed if asked."""
-    if not route.strip_prefix:
-        return target
-    rest = target[len(route.prefix) :]
-    if not rest.startswith(b"/"):
-        rest = b"/" + rest
-    return rest
 
 
 class Forwarder:
@@ -78,15 +68,13 @@ class Forwarder:
             cluster = target_spec
         state = snapshot.clusters[cluster.name]
         request.cluster_name = cluster.name
-        _Exchange(self, request, state, route).start()
+        _Exchange(self, request, state).start()
 
 
 class _Exchange:
     """One downstream request's trip upstream (with at most one retry)."""
 
-    def __init__(
-        self, forwarder: Forwarder, request: ProxyRequest, state: ClusterState, route: Route
-    ) -> None:
+    def __init__(self, forwarder: Forwarder, request: ProxyRequest, state: ClusterState) -> None:
         self._forwarder = forwarder
         self._request = request
         self._state = state
@@ -94,7 +82,8 @@ class _Exchange:
         self._pending: Deferred[IResponse] | None = None
         self._client_gone = False
         self._method = request.method
-        self._target = forward_target(route, request.target)
+        assert request.match is not None
+        self._target = request.match.forward_path
         self._headers = self._upstream_headers()
         body = request.content
         self._body = body

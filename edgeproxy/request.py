@@ -24,7 +24,7 @@ from edgeproxy.config import Route
 from edgeproxy.errors import BodyTooLarge, EdgeProxyError, NoRoute, NoVirtualHost
 from edgeproxy.hostnames import normalise_host
 from edgeproxy.netutil import set_no_delay
-from edgeproxy.routing import VirtualHostTable
+from edgeproxy.routing import RouteMatch, VirtualHostTable
 
 if TYPE_CHECKING:
     from edgeproxy.forward import Forwarder
@@ -73,6 +73,7 @@ class ProxyRequest(http.Request):
     snapshot: Snapshot | None = None
     vhost: VirtualHostTable | None = None
     route: Route | None = None
+    match: RouteMatch | None = None
     target: bytes = b""
     error: EdgeProxyError | None = None
     cluster_name: str | None = None
@@ -138,10 +139,10 @@ class ProxyRequest(http.Request):
         self.vhost = vhost = snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
-        path = self.target.split(b"?", 1)[0]
-        self.route = vhost.route_for(path)
-        if self.route is None:
+        self.match = match = vhost.match(self.target)
+        if match is None:
             raise NoRoute()
+        self.route = match.route
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected_early:
