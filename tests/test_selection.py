@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from edgeproxy.config import Endpoint
+from edgeproxy.selection import SmoothWeightedRoundRobin
+
+A = Endpoint("10.0.0.1", 80, weight=5)
+B = Endpoint("10.0.0.2", 80)
+C = Endpoint("10.0.0.3", 80)
+
+
+def test_equal_weights_are_plain_round_robin() -> None:
+    policy = SmoothWeightedRoundRobin([B, C])
+    assert [policy.pick() for _ in range(4)] == [B, C, B, C]
+
+
+def test_smooth_weighted_interleaves() -> None:
+    policy = SmoothWeightedRoundRobin([A, B, C])
+    picks = [policy.pick() for _ in range(7)]
+    assert picks == [A, A, B, A, C, A, A]
+    assert Counter(policy.pick() for _ in range(700)) == {A: 500, B: 100, C: 100}
+
+
+def test_exclude_skips_without_starving() -> None:
+    policy = SmoothWeightedRoundRobin([B, C])
+    assert policy.pick(exclude=[B]) == C
+    assert policy.pick(exclude=[B]) == C
+    assert policy.pick(exclude=[B, C]) is None
+    assert {policy.pick(), policy.pick()} == {B, C}
