@@ -395,8 +395,8 @@ class CertificateWatcher(Service):
         for warning in index.warnings:
             self.log.warn("certificate warning: {warning}", warning=warning)
         self.log.info(
-            "certificate index loaded from {path}: {certificates} certificates, "
-            "{names} names, default {default}",
+            "certificate index loaded from {path}: {certificates} certificate(s), "
+            "{names} name(s), default {default}",
             path=self.directory.path,
             certificates=len(index.certificates),
             names=len(index.names),

@@ -126,7 +126,8 @@ def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
     if problems:
         print(f"edgeproxy: {len(problems)} problem(s) found", file=err)
         return 1
-    summary.append(f"{len(scan.index.certificates)} certificates")
+    count = len(scan.index.certificates)
+    summary.append(f"{count} certificate" + ("" if count == 1 else "s"))
     print("edgeproxy: configuration OK: " + ", ".join(summary), file=out)
     return 0
 
