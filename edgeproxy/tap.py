@@ -80,8 +80,7 @@ class Options(usage.Options):
         self["https"].append(description)
 
     def opt_http(self, description: str) -> None:
-        """Plain HTTP listener endpoint (redirects to https unless a Route has
-        plain_http=True); repeatable; 'none' for no plain listener [default: tcp:8080]."""
+        """Plain HTTP listener (redirects to https; repeatable; 'none': off) [default: tcp:8080]."""
         self["http"].append(description)
 
     def postOptions(self) -> None:
@@ -123,6 +122,8 @@ def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
     problems.extend(scan.problems)
     for problem in problems:
         print(f"error: {problem}", file=err)
+    for warning in scan.index.warnings:
+        print(f"warning: {warning}", file=err)
     if problems:
         print(f"edgeproxy: {len(problems)} problem(s) found", file=err)
         return 1
