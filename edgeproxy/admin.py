@@ -59,10 +59,7 @@ def status(proxy: EdgeProxyService) -> dict[str, Any]:
             }
             for vhost in config.virtual_hosts
         ],
-        "clusters": {
-            name: {"endpoints": [str(e) for e in state.cluster.endpoints]}
-            for name, state in snapshot.clusters.items()
-        },
+        "clusters": {name: runtime.status() for name, runtime in snapshot.clusters.items()},
         "certificates": [
             {
                 "source": cert.source,

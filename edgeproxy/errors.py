@@ -16,6 +16,8 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "EdgeProxyError",
+    "LimitExceeded",
+    "NoHealthyUpstream",
     "NoRoute",
     "NoVirtualHost",
     "UpstreamConnectFailed",
@@ -33,6 +35,12 @@ class EdgeProxyError(Exception):
     public_message: str = "internal error"
     #: True when the request never left edgeproxy, so any method may be retried.
     never_sent: bool = False
+    #: A short cause for logs and breaker transitions ("connect refused", ...).
+    cause: str = "error"
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers the error response carries besides Content-Type and Content-Length."""
+        return []
 
 
 class NoVirtualHost(EdgeProxyError):
@@ -61,6 +69,7 @@ class UpstreamConnectFailed(UpstreamError):
     """The TCP connection to the endpoint failed (refused, unreachable, reset while connecting)."""
 
     never_sent = True
+    cause = "connect failed"
 
 
 class UpstreamConnectTimeout(UpstreamError):
@@ -69,6 +78,7 @@ class UpstreamConnectTimeout(UpstreamError):
     status_hint = 504
     public_message = "gateway timeout"
     never_sent = True
+    cause = "connect timeout"
 
 
 class UpstreamTimeout(UpstreamError):
@@ -76,10 +86,48 @@ class UpstreamTimeout(UpstreamError):
 
     status_hint = 504
     public_message = "gateway timeout"
+    cause = "response timeout"
 
 
 class UpstreamResponseFailed(UpstreamError):
     """After the request was sent, the connection broke or the answer did not parse."""
+
+    cause = "response failed"
+
+
+class NoHealthyUpstream(EdgeProxyError):
+    """Every endpoint of the cluster is unhealthy or ejected (and panic mode is off)."""
+
+    status_hint = 503
+    public_message = "no healthy upstream"
+    cause = "no healthy upstream"
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"%d" % self.retry_after)]
+
+
+class LimitExceeded(EdgeProxyError):
+    """A cluster limit was reached; the request is shed at once.
+
+    ``limit`` is ``max_requests``, ``max_pending`` or ``pending_timeout`` and is
+    sent to the client in ``X-Edgeproxy-Limit`` (as Envoy's
+    ``x-envoy-overloaded``), so load tests and clients can tell shedding from failure.
+    """
+
+    status_hint = 503
+    public_message = "overloaded"
+    cause = "limit"
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"x-edgeproxy-limit", self.limit.encode("ascii"))]
 
 
 @attrs.frozen

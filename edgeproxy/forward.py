@@ -1,38 +1,52 @@
 """
-Forwarding one routed request: pick the cluster (or a Split's share), pick an
-endpoint, send it upstream through the pool, retry a request that was never
-sent on another endpoint, and relay the response back.
+Forwarding one routed request: pick the cluster (or a Split's share), take a
+slot on an available endpoint (within the cluster's limits), send the request
+through the pool, feed the outcome to the endpoint's breaker, retry where it is
+safe and the budget allows, and relay the response back.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from edgeproxy.cluster import FULL, ClusterRuntime, EndpointRuntime
 from edgeproxy.config import Endpoint, Split
-from edgeproxy.errors import EdgeProxyError, UpstreamResponseFailed
+from edgeproxy.errors import (
+    EdgeProxyError,
+    LimitExceeded,
+    NoHealthyUpstream,
+    UpstreamResponseFailed,
+)
 from edgeproxy.headers import downstream_response_headers, upstream_request_headers
 from edgeproxy.relay import ResponseRelay
+from edgeproxy.selection import request_hash_key, stable_roll
 from edgeproxy.upstream import UpstreamClient
 
 if TYPE_CHECKING:
     from edgeproxy.request import ProxyRequest
-    from edgeproxy.snapshot import ClusterState, Snapshot
+    from edgeproxy.snapshot import Snapshot
 
-__all__ = ["Forwarder"]
+__all__ = ["IDEMPOTENT_METHODS", "Forwarder"]
 
-#: A request that never reached an endpoint is tried at most this many times in all.
-MAX_ATTEMPTS = 2
+#: Methods that may be retried after the request reached an upstream (RFC 9110 9.2.2).
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Framing is edgeproxy's to decide on each hop; Expect was already answered
 # (twisted.web sent 100 Continue) and the body is spooled.
 _NOT_FORWARDED = (b"content-length", b"expect")
+
+
+def _cookie_name(spec: str) -> bytes | None:
+    return spec[len("cookie:") :].encode("ascii") if spec.startswith("cookie:") else None
 
 
 class Forwarder:
@@ -46,10 +60,12 @@ class Forwarder:
         upstream: UpstreamClient,
         *,
         via: bytes,
+        clock: Any,
         rng: random.Random | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.upstream = upstream
+        self.clock = clock
         self._via = via
         self._random = rng or random.Random()
 
@@ -62,29 +78,74 @@ class Forwarder:
         snapshot = request.snapshot
         assert route is not None and snapshot is not None
         target_spec = route.target
+        set_cookie: bytes | None = None
         if isinstance(target_spec, Split):
-            cluster = snapshot.splits[id(target_spec)].choose(self._random.random())
+            chooser = snapshot.splits[id(target_spec)]
+            roll, set_cookie = self._split_roll(request, target_spec)
+            cluster = chooser.choose(roll)
         else:
             cluster = target_spec
-        state = snapshot.clusters[cluster.name]
+        runtime = snapshot.clusters[cluster.name]
         request.cluster_name = cluster.name
-        _Exchange(self, request, state).start()
+        _Exchange(self, request, runtime, set_cookie).start()
+
+    def _split_roll(self, request: ProxyRequest, split: Split) -> tuple[float, bytes | None]:
+        """A roll for the split: random, or stable for a sticky client (and the
+        cookie to give a client that has none yet)."""
+        if split.sticky is None:
+            return self._random.random(), None
+        key = _hash_key(request, split.sticky)
+        if key is not None:
+            return stable_roll(key), None
+        name = _cookie_name(split.sticky)
+        if name is None:
+            return self._random.random(), None
+        token = secrets.token_urlsafe(16).encode("ascii")
+        cookie = name + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
+        if request.factory.tls:
+            cookie += b"; Secure"
+        return stable_roll(token), cookie
+
+
+def _hash_key(request: ProxyRequest, spec: str) -> bytes | None:
+    client = request.getClientAddress()
+    return request_hash_key(
+        spec,
+        client_ip=getattr(client, "host", ""),
+        header=request.getHeader,
+        cookie=request.getCookie,
+    )
 
 
 class _Exchange:
-    """One downstream request's trip upstream (with at most one retry)."""
+    """One downstream request's trip upstream, with its retries."""
 
-    def __init__(self, forwarder: Forwarder, request: ProxyRequest, state: ClusterState) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: ProxyRequest,
+        runtime: ClusterRuntime,
+        set_cookie: bytes | None,
+    ) -> None:
         self._forwarder = forwarder
         self._request = request
-        self._state = state
+        self._runtime = runtime
+        self._cluster = runtime.cluster
+        self._set_cookie = set_cookie
         self._tried: list[Endpoint] = []
-        self._pending: Deferred[IResponse] | None = None
+        self._slot: EndpointRuntime | None = None
+        self._pending: Deferred[Any] | None = None
         self._client_gone = False
+        self._counted = False
+        self._retrying = False
+        self._last_error: EdgeProxyError | None = None
         self._method = request.method
         assert request.match is not None
         self._target = request.match.forward_path
         self._headers = self._upstream_headers()
+        policy = self._cluster.policy
+        key_spec = getattr(policy, "key", None)
+        self._hash_key = _hash_key(request, key_spec) if isinstance(key_spec, str) else None
         body = request.content
         self._body = body
         self._body_length: int | None = None
@@ -94,16 +155,14 @@ class _Exchange:
         ):
             body.seek(0, 2)
             self._body_length = body.tell()
-        self._finished = request.notifyFinish()
-        self._finished.addErrback(self._on_client_gone)
+        request.notifyFinish().addBoth(self._on_request_over)
 
     def _upstream_headers(self) -> Headers:
         request = self._request
         client = request.getClientAddress()
-        client_ip = getattr(client, "host", "unknown")
         rewritten = upstream_request_headers(
             request.requestHeaders.getAllRawHeaders(),
-            client_ip=client_ip,
+            client_ip=getattr(client, "host", "unknown"),
             proto="https" if request.factory.tls else "http",
             host=request.getHeader(b"host"),
             via=self._forwarder._via,
@@ -114,22 +173,75 @@ class _Exchange:
                 headers.setRawHeaders(name, values)
         return headers
 
-    def _on_client_gone(self, failure: Failure) -> None:
-        self._client_gone = True
-        if self._pending is not None:
-            self._pending.cancel()
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _on_request_over(self, result: Any) -> None:
+        """The downstream request finished, or its client went away."""
+        if isinstance(result, Failure):
+            self._client_gone = True
+            if self._pending is not None:
+                self._pending.cancel()
+        self._release_slot(cancelled=isinstance(result, Failure))
+        if self._counted:
+            self._counted = False
+            self._runtime.counters.in_flight -= 1
+        self._end_retry()
+
+    def _release_slot(self, cancelled: bool = False) -> None:
+        slot, self._slot = self._slot, None
+        if slot is None:
+            return
+        if cancelled and slot.breaker is not None:
+            slot.breaker.record_cancelled()
+        self._runtime.release(slot)
+
+    def _end_retry(self) -> None:
+        if self._retrying:
+            self._retrying = False
+            self._runtime.counters.retries_in_flight -= 1
+
+    def _record_failure(self, cause: str) -> None:
+        slot = self._slot
+        if slot is None:
+            return
+        slot.failures += 1
+        if slot.breaker is not None:
+            slot.breaker.record_failure(cause)
+
+    # -- attempts --------------------------------------------------------------
 
     def start(self) -> None:
-        endpoint = self._state.policy.pick(self._tried)
-        if endpoint is None:
-            # Only reachable on a retry with every endpoint tried.
-            self._fail(UpstreamResponseFailed())
+        counters = self._runtime.counters
+        overflow = counters.request_overflow()
+        if overflow is not None:
+            counters.count_overflow(overflow)
+            self._fail(LimitExceeded(overflow))
             return
+        counters.in_flight += 1
+        self._counted = True
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self._client_gone:
+            return
+        runtime = self._runtime
+        choice = runtime.choose(self._tried, self._hash_key)
+        if choice is FULL:
+            self._wait_for_slot()
+            return
+        if not isinstance(choice, EndpointRuntime):
+            if self._tried:
+                # A retry found nowhere else to go: report the last failure's kind.
+                self._fail(self._last_error or UpstreamResponseFailed())
+            else:
+                self._fail(NoHealthyUpstream(runtime.retry_after()))
+            return
+        self._slot = choice
+        endpoint = choice.endpoint
         self._tried.append(endpoint)
         request = self._request
         request.endpoint = str(endpoint)
         request.attempts = len(self._tried)
-        cluster = self._state.cluster
         d = self._forwarder.upstream.request(
             endpoint,
             self._method,
@@ -137,11 +249,69 @@ class _Exchange:
             self._headers,
             self._body,
             self._body_length,
-            connect_timeout=cluster.connect_timeout,
-            response_timeout=cluster.response_timeout,
+            connect_timeout=self._cluster.connect_timeout,
+            response_timeout=self._cluster.response_timeout,
         )
         self._pending = d
         d.addCallbacks(self._on_response, self._on_error)
+
+    def _wait_for_slot(self) -> None:
+        counters = self._runtime.counters
+        overflow = counters.pending_overflow()
+        if overflow is not None:
+            counters.count_overflow(overflow)
+            self._fail(LimitExceeded(overflow))
+            return
+        counters.pending += 1
+        d = self._runtime.wait_for_slot(self._cluster.connect_timeout)
+        self._pending = d
+
+        def slot_free(_: None) -> None:
+            counters.pending -= 1
+            self._pending = None
+            self._attempt()
+
+        def gave_up(failure: Failure) -> None:
+            counters.pending -= 1
+            self._pending = None
+            if failure.check(DeferredTimeout):
+                counters.count_overflow("pending_timeout")
+                self._fail(LimitExceeded("pending_timeout"))
+            # else: cancelled because the client went away.
+
+        d.addCallbacks(slot_free, gave_up)
+
+    def _may_retry(self, error: EdgeProxyError | None, status: int | None) -> bool:
+        policy = self._cluster.retries
+        if len(self._tried) >= policy.attempts or self._client_gone:
+            return False
+        if len(self._tried) >= len(self._cluster.endpoints):
+            return False
+        if error is not None and not error.never_sent and self._method not in IDEMPOTENT_METHODS:
+            return False
+        if status is not None and (
+            status not in policy.retry_statuses or self._method not in IDEMPOTENT_METHODS
+        ):
+            return False
+        counters = self._runtime.counters
+        # The first retry of this request takes a place in the budget; later ones reuse it.
+        if not self._retrying:
+            if not counters.retry_allowed():
+                return False
+            self._retrying = True
+            counters.retries_in_flight += 1
+        counters.retries_total += 1
+        return True
+
+    def _retry(self, why: str) -> None:
+        self._forwarder.log.info(
+            "retrying {cluster} elsewhere after {why} from {endpoint}",
+            cluster=self._cluster.name,
+            why=why,
+            endpoint=self._request.endpoint,
+        )
+        self._release_slot()
+        self._attempt()
 
     def _on_error(self, failure: Failure) -> None:
         self._pending = None
@@ -151,33 +321,37 @@ class _Exchange:
         if not isinstance(error, EdgeProxyError):
             self._forwarder.log.failure("unexpected upstream failure", failure)
             error = UpstreamResponseFailed()
-        if (
-            error.never_sent
-            and len(self._tried) < MAX_ATTEMPTS
-            and len(self._tried) < len(self._state.cluster.endpoints)
-        ):
-            self._forwarder.log.info(
-                "retrying {cluster} on another endpoint after {error} from {endpoint}",
-                cluster=self._state.cluster.name,
-                error=type(error).__name__,
-                endpoint=self._request.endpoint,
-            )
-            self.start()
+        self._last_error = error
+        self._record_failure(error.cause)
+        if self._may_retry(error, None):
+            self._retry(type(error).__name__)
             return
+        self._release_slot()
         self._fail(error)
 
     def _fail(self, error: EdgeProxyError) -> None:
         request = self._request
         request.outcome = type(error).__name__
+        self._end_retry()
         request.respond_error(error)
 
     def _on_response(self, response: IResponse) -> None:
         self._pending = None
         request = self._request
         request.upstream_status = response.code
+        slot = self._slot
+        detection = self._cluster.outlier_detection
+        if detection is not None and response.code in detection.failure_statuses:
+            self._record_failure(f"status {response.code}")
+        elif slot is not None and slot.breaker is not None:
+            slot.breaker.record_success()
         if self._client_gone:
-            # Nobody to relay to; drop the body (and with it the connection).
             response.deliverBody(_Discard())
+            return
+        if self._may_retry(None, response.code):
+            # The body is not wanted: dropping it closes that connection.
+            response.deliverBody(_Discard())
+            self._retry(f"status {response.code}")
             return
         request.setResponseCode(response.code, response.phrase)
         out = request.responseHeaders
@@ -185,22 +359,30 @@ class _Exchange:
             out.setRawHeaders(name, values)
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        relay = ResponseRelay(request, request.notifyFinish())
+        if self._set_cookie is not None:
+            out.addRawHeader(b"set-cookie", self._set_cookie)
+        relay = ResponseRelay(
+            request,
+            request.notifyFinish(),
+            clock=self._forwarder.clock,
+            idle_timeout=self._cluster.idle_timeout,
+        )
         relay.done.addCallback(self._on_body_done)
         response.deliverBody(relay)
 
-    def _on_body_done(self, complete: bool) -> None:
+    def _on_body_done(self, outcome: str) -> None:
         request = self._request
+        if outcome != "complete":
+            self._record_failure(outcome)
+        self._release_slot()
         if self._client_gone or request.finished:
             return
-        if complete:
+        if outcome == "complete":
             request.finish()
             return
-        # The upstream broke off mid-body: the client must not take a short
-        # body for a whole one, so its connection is cut too.
-        request.outcome = "upstream_truncated"
-        # loseConnection, not abort: what was relayed is flushed first, so the
-        # client sees a short body rather than nothing.
+        # The upstream broke off (or went quiet) mid-body: the client must not
+        # take a short body for a whole one, so its connection is cut too.
+        request.outcome = "upstream_truncated" if outcome == "truncated" else "upstream_idle"
         request.loseConnection()
 
 

@@ -41,10 +41,11 @@ def _text(value: bytes | None) -> str:
 class AccessLog:
     """Emits ``edgeproxy.access`` events; the line is formatted only if an observer renders it."""
 
-    log = Logger(namespace="edgeproxy.access")
-
     def __init__(self, clock: Any) -> None:
         self._clock = clock
+        # An instance attribute: a Logger on the class would take the class's
+        # name as its namespace instead of the stable "edgeproxy.access".
+        self.log = Logger(namespace="edgeproxy.access")
 
     def log_request(self, request: Any, duration: float) -> None:
         client = request.getClientAddress()

@@ -1,8 +1,9 @@
 """
 Streams an upstream response body into the downstream request with
-backpressure: the upstream transport is registered as the streaming producer
-of the downstream request, so when the client reads slowly twisted.web pauses
-it and the upstream socket stops being read.
+backpressure: a producer standing for the upstream socket is registered with
+the downstream request, so when the client reads slowly twisted.web pauses it
+and the upstream socket stops being read.  While the client is keeping up, the
+upstream must send something every ``idle_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
 
-__all__ = ["DownstreamSink", "ResponseRelay"]
+__all__ = ["COMPLETE", "IDLE", "TRUNCATED", "DownstreamSink", "ResponseRelay"]
 
+#: Outcomes ``ResponseRelay.done`` fires with.
+COMPLETE = "complete"
+TRUNCATED = "truncated"
+IDLE = "idle timeout"
 
 _DONE = Failure(ResponseDone())
 
@@ -32,33 +39,93 @@ class DownstreamSink(TypingProtocol):
     def write(self, data: bytes) -> None: ...
 
 
-class ResponseRelay(Protocol):
-    """Given to ``IResponse.deliverBody``; fires ``done`` with ``True`` when the
-    body arrived whole, ``False`` when it was cut short."""
+@implementer(IPushProducer)
+class _UpstreamProducer:
+    """The upstream socket as the downstream's producer; pausing also stops the idle clock."""
 
-    def __init__(self, sink: DownstreamSink, gone: Deferred[None]) -> None:
+    def __init__(self, relay: ResponseRelay, upstream: IPushProducer) -> None:
+        self._relay = relay
+        self._upstream = upstream
+
+    def pauseProducing(self) -> None:
+        self._relay._stop_idle_timer()
+        self._upstream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._relay._start_idle_timer()
+        self._upstream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._relay._stop_idle_timer()
+        self._upstream.stopProducing()
+
+
+class ResponseRelay(Protocol):
+    """Given to ``IResponse.deliverBody``; ``done`` fires with :data:`COMPLETE`,
+    :data:`TRUNCATED` (the upstream broke off) or :data:`IDLE` (it went quiet)."""
+
+    def __init__(
+        self,
+        sink: DownstreamSink,
+        gone: Deferred[None],
+        *,
+        clock: IReactorTime,
+        idle_timeout: float,
+    ) -> None:
         self._sink = sink
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._idle_call: IDelayedCall | None = None
+        self._idled = False
         self._downstream_gone = False
-        self.done: Deferred[bool] = Deferred()
+        self._producer: _UpstreamProducer | None = None
+        self.done: Deferred[str] = Deferred()
         gone.addErrback(self._client_gone)
 
     def _client_gone(self, failure: Failure) -> None:
         # The client went away: stop reading, which closes the upstream
         # connection (it cannot be reused with an unread body).
         self._downstream_gone = True
-        if self.transport is not None:
-            # deliverBody's transport is an IPushProducer over the upstream socket.
-            self.transport.stopProducing()  # type: ignore[attr-defined]
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def _start_idle_timer(self) -> None:
+        if self._idle_call is None or not self._idle_call.active():
+            self._idle_call = self._clock.callLater(self._idle_timeout, self._idle)
+        else:
+            self._idle_call.reset(self._idle_timeout)
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle(self) -> None:
+        self._idle_call = None
+        self._idled = True
+        if self._producer is not None:
+            self._producer.stopProducing()
 
     def connectionMade(self) -> None:
-        if not self._downstream_gone:
-            self._sink.registerProducer(self.transport, True)
+        # deliverBody's transport is an IPushProducer over the upstream socket.
+        self._producer = _UpstreamProducer(self, self.transport)  # type: ignore[arg-type]
+        if self._downstream_gone:
+            self._producer.stopProducing()
+            return
+        self._sink.registerProducer(self._producer, True)
+        self._start_idle_timer()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._idle_call is not None:
+            self._idle_call.reset(self._idle_timeout)
         if not self._downstream_gone:
             self._sink.write(data)
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._stop_idle_timer()
         if not self._downstream_gone:
             self._sink.unregisterProducer()
-        self.done.callback(bool(reason.check(ResponseDone, PotentialDataLoss)))
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(COMPLETE)
+        else:
+            self.done.callback(IDLE if self._idled else TRUNCATED)

@@ -215,6 +215,8 @@ class ProxyRequest(http.Request):
 
     def respond_error(self, error: EdgeProxyError) -> None:
         self.error = error
+        if self._disconnected or self.finished:
+            return
         body = _error_body(error)
         self.setResponseCode(error.status_hint)
         headers = self.responseHeaders
@@ -224,6 +226,8 @@ class ProxyRequest(http.Request):
             headers.setRawHeaders(b"connection", [b"close"])
         headers.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        for name, value in error.extra_headers():
+            headers.addRawHeader(name, value)
         self.write(body)
         self.finish()
 

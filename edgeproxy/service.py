@@ -6,6 +6,7 @@ pool and the admin listener, as one ``MultiService``.  Only this module and
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -14,12 +15,14 @@ from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
 from edgeproxy.configload import load_config
 from edgeproxy.forward import Forwarder
+from edgeproxy.health import HealthChecker
 from edgeproxy.observability import AccessLog
 from edgeproxy.request import ProxyFactory
 from edgeproxy.settings import Settings
@@ -86,8 +89,13 @@ class EdgeProxyService(MultiService):
         self.settings = settings
         self.reactor = reactor
         config = load_config(settings.config)
+        rng = random.Random()
         self.upstream = UpstreamClient(reactor)
-        self.forwarder = Forwarder(Snapshot.build(config), self.upstream, via=settings.via)
+        snapshot = Snapshot.build(config, reactor, rng)
+        self.forwarder = Forwarder(
+            snapshot, self.upstream, via=settings.via, clock=reactor, rng=rng
+        )
+        self._add_health_checkers(snapshot, reactor, rng)
         self.certificate_index = CertificateIndex.empty()
         self.certificates = CertificateWatcher(
             settings.certs,
@@ -124,6 +132,19 @@ class EdgeProxyService(MultiService):
                 "admin", settings.admin, serverFromString(reactor, settings.admin), admin_site(self)
             ).setServiceParent(self)
 
+    def _add_health_checkers(self, snapshot: Snapshot, reactor: Any, rng: random.Random) -> None:
+        # Checks use their own short-lived connections, as HAProxy's do: a
+        # check must see whether a *new* connection works.
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        for name, runtime in snapshot.clusters.items():
+            check = runtime.cluster.health_check
+            if check is None:
+                continue
+            targets = [
+                (rt.endpoint, rt.health) for rt in runtime.endpoints if rt.health is not None
+            ]
+            HealthChecker(name, targets, check, reactor, agent, rng).setServiceParent(self)
+
     def _install_index(self, index: CertificateIndex) -> None:
         self.certificate_index = index
 
@@ -141,6 +162,7 @@ class EdgeProxyService(MultiService):
     def stopService(self) -> Deferred[None]:
         d: Deferred[None] = super().stopService()
         d.addBoth(lambda _: self.upstream.close())
+        d.addBoth(lambda _: self.forwarder.snapshot.stop())
         return d
 
 

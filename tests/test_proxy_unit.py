@@ -6,6 +6,7 @@ driven in memory: a ``MemoryReactorClock`` stands in for the network and
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -51,7 +52,14 @@ class Harness:
                 ],
             )
         )
-        self.forwarder = Forwarder(Snapshot.build(config), UpstreamClient(self.reactor), via=b"1.1 edgeproxy")
+        rng = random.Random(1)
+        self.forwarder = Forwarder(
+            Snapshot.build(config, self.reactor, rng),
+            UpstreamClient(self.reactor),
+            via=b"1.1 edgeproxy",
+            clock=self.reactor,
+            rng=rng,
+        )
         self.factory = ProxyFactory(
             self.forwarder,
             tls=tls,
@@ -135,15 +143,29 @@ def test_connect_timeout_is_504_after_retry() -> None:
     assert h.client.value().startswith(b"HTTP/1.1 504")
 
 
-def test_response_timeout_is_504_on_the_clock() -> None:
+def test_response_timeout_is_retried_once_then_504_on_the_clock() -> None:
     h = Harness()
     h.send(b"GET /api/x HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-    _, up, _ = h.connect_upstream()
+    _, up, first = h.connect_upstream()
     h.reactor.advance(6.9)
     assert h.client.value() == b""
     h.reactor.advance(0.2)
-    assert h.client.value().startswith(b"HTTP/1.1 504 Gateway Time-out")
+    # GET is idempotent: one retry on the other endpoint, with its own deadline.
     assert up.disconnecting or up.disconnected  # type: ignore[attr-defined]
+    _, up2, second = h.connect_upstream()
+    assert {first, second} == {"10.0.0.1:80", "10.0.0.2:80"}
+    assert h.client.value() == b""
+    h.reactor.advance(7.1)
+    assert h.client.value().startswith(b"HTTP/1.1 504 Gateway Time-out")
+
+
+def test_response_timeout_of_post_is_not_retried() -> None:
+    h = Harness()
+    h.send(b"POST /api/x HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 1\r\n\r\nx")
+    h.connect_upstream()
+    h.reactor.advance(7.1)
+    assert h.client.value().startswith(b"HTTP/1.1 504 Gateway Time-out")
+    assert len(h.reactor.tcpClients) == 1
 
 
 def test_body_over_limit_is_413_before_reading_it() -> None:

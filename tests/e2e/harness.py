@@ -44,6 +44,11 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body are separate writes here; without this, Nagle and
         # delayed ACKs add 40 ms to every response.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.open_sockets.add(self.connection)
+
+    def finish(self) -> None:
+        self.server.open_sockets.discard(self.connection)
+        super().finish()
         self.server.record_connection(self.client_address)
 
     def _read_body(self) -> tuple[int, str]:
@@ -78,6 +83,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests += 1
         length, sha = self._read_body()
         path = self.path
+        if self.server.hang:
+            # A hung backend: answers nothing until the proxy gives up.
+            self._wait_for_peer_close(self.server.hang)
+            self.close_connection = True
+            return
+        if self.server.fail_status is not None:
+            body = b"failing\n"
+            self.send_response(self.server.fail_status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         # Behaviour markers may follow a route prefix: /api/status/500.
         bare = path.split("?")[0]
         if "/hold/" in bare:
@@ -179,6 +196,11 @@ class BackendServer(ThreadingHTTPServer):
         self.connections: set[tuple[str, int]] = set()
         self.requests = 0
         self.peer_closed = 0
+        #: Answer every request (health checks too) with this status.
+        self.fail_status: int | None = None
+        #: Hold every request this many seconds without answering.
+        self.hang = 0.0
+        self.open_sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
         self._thread.daemon = True
@@ -203,6 +225,15 @@ class BackendServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(5)
+
+    def kill(self) -> None:
+        """Die like a crashed process: stop listening and drop every open connection."""
+        self.stop()
+        for sock in list(self.open_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def free_port() -> int:

@@ -380,6 +380,7 @@ def test_access_log_line(setup: Setup) -> None:
     start = len(setup.proxy.output)
     setup.get("/api/logged?x=1", headers={"User-Agent": "pytest-agent"})
     line = setup.proxy.wait_for_output(r"GET /api/logged\?x=1", start=start)
+    assert "[edgeproxy.access#info]" in line
     assert '"GET /api/logged?x=1 HTTP/1.1" 200' in line
     assert '"pytest-agent"' in line
     assert "vhost=shop.example route=/api/ cluster=api endpoint=127.0.0.1:" in line

@@ -1,0 +1,448 @@
+"""Outlier ejection: the per-endpoint breaker machine, and the docs' diagrams."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from edgeproxy import breaker as breaker_module
+from edgeproxy import health as health_module
+from edgeproxy.breaker import (
+    Breaker,
+    BreakerStatus,
+    Transition,
+    ejection_allowed,
+    ejection_time,
+)
+from edgeproxy.config import OutlierDetection
+
+CONFIG = OutlierDetection(3, base_ejection_time=10.0, max_ejection_time=40.0)
+
+
+class Harness:
+    def __init__(
+        self,
+        config: OutlierDetection = CONFIG,
+        may_eject: Callable[[], bool] | None = None,
+    ) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.transitions: list[Transition] = []
+        self.allow = True
+        self.breaker = Breaker(
+            "api/10.0.0.1:80",
+            config,
+            self.clock,
+            may_eject=may_eject or (lambda: self.allow),
+            on_transition=self.transitions.append,
+        )
+
+    @property
+    def state(self) -> str:
+        return self.breaker.status().state
+
+    def timers(self) -> int:
+        return len(self.clock.getDelayedCalls())
+
+    def fail(self, times: int = 1, cause: str = "status 503") -> None:
+        for _ in range(times):
+            self.breaker.record_failure(cause)
+
+    def forced_eject(self) -> None:
+        """The internal input, as the machine itself sends it."""
+        self.breaker._machine._eject("forced")
+        self.breaker._flush()
+
+    def eject(self) -> None:
+        self.fail(CONFIG.consecutive_failures)
+        assert self.state == "open"
+
+
+# -- drive the machine into each state ------------------------------------------
+
+
+def in_closed() -> Harness:
+    return Harness()
+
+
+def in_open() -> Harness:
+    h = Harness()
+    h.eject()
+    return h
+
+
+def in_half_open() -> Harness:
+    h = in_open()
+    h.clock.advance(10)
+    assert h.state == "half_open"
+    return h
+
+
+def in_half_open_probing() -> Harness:
+    h = in_half_open()
+    assert h.breaker.admit() is True
+    return h
+
+
+def in_stopped() -> Harness:
+    h = in_open()
+    h.breaker.stop()
+    return h
+
+
+STATES: dict[str, Callable[[], Harness]] = {
+    "closed": in_closed,
+    "open": in_open,
+    "half_open": in_half_open,
+    "half_open_probing": in_half_open_probing,
+    "stopped": in_stopped,
+}
+
+# -- apply each input --------------------------------------------------------------
+
+INPUTS: dict[str, Callable[[Harness], Any]] = {
+    "admit": lambda h: h.breaker.admit(),
+    "success": lambda h: h.breaker.record_success(),
+    "failure": lambda h: h.breaker.record_failure("connect refused"),
+    "cancelled": lambda h: h.breaker.record_cancelled(),
+    # The timer is the only caller in real life; in other states it is a stray.
+    "ejection_over": lambda h: h.breaker._ejection_over(),
+    "stop": lambda h: h.breaker.stop(),
+    "is_ejected": lambda h: h.breaker.is_ejected(),
+    "retry_after": lambda h: h.breaker.retry_after(),
+    "status": lambda h: h.breaker.status().state,
+    "_eject": lambda h: h.forced_eject(),
+}
+
+# (state, input) -> (return value, state after, pending timers after, transitions reported)
+GRID: dict[tuple[str, str], tuple[object, str, int, int]] = {
+    ("closed", "admit"): (True, "closed", 0, 0),
+    ("closed", "success"): (None, "closed", 0, 0),
+    ("closed", "failure"): (None, "closed", 0, 0),
+    ("closed", "cancelled"): (None, "closed", 0, 0),
+    ("closed", "ejection_over"): (None, "closed", 0, 0),
+    ("closed", "stop"): (None, "stopped", 0, 1),
+    ("closed", "is_ejected"): (False, "closed", 0, 0),
+    ("closed", "retry_after"): (None, "closed", 0, 0),
+    ("closed", "status"): ("closed", "closed", 0, 0),
+    ("closed", "_eject"): (None, "open", 1, 1),
+    # open: late results from requests admitted before the ejection are no-ops
+    ("open", "admit"): (False, "open", 1, 0),
+    ("open", "success"): (None, "open", 1, 0),
+    ("open", "failure"): (None, "open", 1, 0),
+    ("open", "cancelled"): (None, "open", 1, 0),
+    ("open", "ejection_over"): (None, "half_open", 0, 1),
+    ("open", "stop"): (None, "stopped", 0, 1),
+    ("open", "is_ejected"): (True, "open", 1, 0),
+    ("open", "retry_after"): (10.0, "open", 1, 0),
+    ("open", "status"): ("open", "open", 1, 0),
+    ("open", "_eject"): (None, "open", 1, 0),
+    # half-open, the probe slot free
+    ("half_open", "admit"): (True, "half_open", 0, 0),
+    ("half_open", "success"): (None, "closed", 0, 1),
+    ("half_open", "failure"): (None, "open", 1, 1),
+    ("half_open", "cancelled"): (None, "half_open", 0, 0),
+    ("half_open", "ejection_over"): (None, "half_open", 0, 0),
+    ("half_open", "stop"): (None, "stopped", 0, 1),
+    ("half_open", "is_ejected"): (False, "half_open", 0, 0),
+    ("half_open", "retry_after"): (None, "half_open", 0, 0),
+    ("half_open", "status"): ("half_open", "half_open", 0, 0),
+    ("half_open", "_eject"): (None, "open", 1, 1),
+    # half-open, the probe in flight
+    ("half_open_probing", "admit"): (False, "half_open", 0, 0),
+    ("half_open_probing", "success"): (None, "closed", 0, 1),
+    ("half_open_probing", "failure"): (None, "open", 1, 1),
+    ("half_open_probing", "cancelled"): (None, "half_open", 0, 0),
+    ("half_open_probing", "ejection_over"): (None, "half_open", 0, 0),
+    ("half_open_probing", "stop"): (None, "stopped", 0, 1),
+    ("half_open_probing", "is_ejected"): (False, "half_open", 0, 0),
+    ("half_open_probing", "retry_after"): (None, "half_open", 0, 0),
+    ("half_open_probing", "status"): ("half_open", "half_open", 0, 0),
+    ("half_open_probing", "_eject"): (None, "open", 1, 1),
+    # stopped: a pass-through, everything a no-op
+    ("stopped", "admit"): (True, "stopped", 0, 0),
+    ("stopped", "success"): (None, "stopped", 0, 0),
+    ("stopped", "failure"): (None, "stopped", 0, 0),
+    ("stopped", "cancelled"): (None, "stopped", 0, 0),
+    ("stopped", "ejection_over"): (None, "stopped", 0, 0),
+    ("stopped", "stop"): (None, "stopped", 0, 0),
+    ("stopped", "is_ejected"): (False, "stopped", 0, 0),
+    ("stopped", "retry_after"): (None, "stopped", 0, 0),
+    ("stopped", "status"): ("stopped", "stopped", 0, 0),
+    ("stopped", "_eject"): (None, "stopped", 0, 0),
+}
+
+
+def test_grid_is_complete() -> None:
+    assert set(GRID) == {(s, i) for s in STATES for i in INPUTS}
+
+
+@pytest.mark.parametrize(("state", "input_name"), sorted(GRID))
+def test_every_state_and_input(state: str, input_name: str) -> None:
+    returns, after, timers, reported = GRID[state, input_name]
+    h = STATES[state]()
+    before = len(h.transitions)
+    assert INPUTS[input_name](h) == returns
+    assert h.state == after
+    assert h.timers() == timers
+    assert len(h.transitions) - before == reported
+
+
+# -- behaviour -------------------------------------------------------------------
+
+
+def test_consecutive_failures_eject_and_success_resets() -> None:
+    h = Harness()
+    h.fail(2)
+    h.breaker.record_success()
+    h.fail(2)
+    assert h.state == "closed"
+    assert h.breaker.status().consecutive_failures == 2
+    assert h.breaker.admit() is True
+    h.fail(1, "connect refused")
+    assert h.breaker.status() == BreakerStatus(
+        state="open",
+        consecutive_failures=3,
+        ejections=1,
+        ejected_for=10.0,
+        last_cause="connect refused",
+        multiplier=1,
+    )
+    assert h.breaker.is_ejected() is True
+    assert h.breaker.admit() is False
+
+
+def test_ejection_time_grows_and_is_capped() -> None:
+    h = Harness()
+    h.eject()
+    seen = []
+    for _ in range(6):
+        seen.append(h.breaker.retry_after())
+        h.clock.advance(h.breaker.retry_after() or 0)
+        assert h.state == "half_open"
+        assert h.breaker.admit() is True
+        h.fail(1)  # the probe fails: ejected again with n + 1
+        assert h.state == "open"
+    assert seen == [10.0, 20.0, 30.0, 40.0, 40.0, 40.0]
+    assert h.breaker.status().ejections == 7
+    assert [ejection_time(CONFIG, n) for n in (1, 2, 3, 4, 5)] == [10, 20, 30, 40, 40]
+
+
+def test_retry_after_counts_down() -> None:
+    h = Harness()
+    h.eject()
+    h.clock.advance(3.5)
+    assert h.breaker.retry_after() == pytest.approx(6.5)
+    assert h.breaker.status().ejected_for == pytest.approx(6.5)
+    h.clock.advance(6.5)
+    assert h.breaker.retry_after() is None
+    assert h.breaker.status().ejected_for is None
+
+
+def test_multiplier_decays_while_closed() -> None:
+    h = Harness()
+    for _ in range(3):  # ejected with n = 1, 2, 3
+        h.eject()
+        h.clock.advance(h.breaker.retry_after() or 0)
+        h.breaker.admit()
+        h.breaker.record_success()
+        assert h.state == "closed"
+    assert h.breaker.status().multiplier == 3
+    # Closed for two full max_ejection_times: two ejections forgiven.
+    h.clock.advance(2 * CONFIG.max_ejection_time + 1)
+    h.eject()
+    assert h.breaker.status().multiplier == 2
+    assert h.breaker.retry_after() == 20.0
+
+
+def test_no_decay_without_time_closed() -> None:
+    h = Harness()
+    h.eject()
+    h.clock.advance(10)
+    h.breaker.admit()
+    h.breaker.record_success()
+    h.eject()
+    assert h.breaker.status().multiplier == 2
+
+
+def test_cap_refuses_ejection_and_keeps_counting() -> None:
+    h = Harness()
+    h.allow = False
+    h.fail(5)
+    assert h.state == "closed"
+    assert h.breaker.status().consecutive_failures == 5
+    assert h.transitions == []
+    h.allow = True
+    h.fail(1)
+    assert h.state == "open"
+    assert "6 consecutive failures" in h.transitions[-1].cause
+
+
+def test_cap_refuses_reejection_probe_stays_half_open() -> None:
+    h = in_half_open_probing()
+    h.allow = False
+    h.fail(1)
+    assert h.state == "half_open"
+    # still one request at a time
+    assert h.breaker.admit() is True
+    assert h.breaker.admit() is False
+    h.allow = True
+    h.fail(1)
+    assert h.state == "open"
+    assert h.breaker.status().multiplier == 2
+
+
+def test_may_eject_may_ask_this_breaker() -> None:
+    """The cluster's may_eject counts ejected breakers, this one included."""
+    breakers: list[Breaker] = []
+    clock = Clock()
+
+    def may_eject() -> bool:
+        return ejection_allowed(sum(b.is_ejected() for b in breakers), len(breakers), 50)
+
+    for n in range(4):
+        breakers.append(Breaker(f"e{n}", CONFIG, clock, may_eject, lambda t: None))
+    for b in breakers:
+        for _ in range(3):
+            b.record_failure("status 500")
+    assert [b.is_ejected() for b in breakers] == [True, True, False, False]
+
+
+def test_on_transition_may_call_back() -> None:
+    seen: list[tuple[str, bool, float | None]] = []
+    clock = Clock()
+
+    def on_transition(t: Transition) -> None:
+        seen.append((b.status().state, b.is_ejected(), b.retry_after()))
+
+    b = Breaker("e", CONFIG, clock, lambda: True, on_transition)
+    for _ in range(3):
+        b.record_failure("status 502")
+    clock.advance(10)
+    assert seen == [("open", True, 10.0), ("half_open", False, None)]
+
+
+def test_half_open_admits_one_probe_at_a_time() -> None:
+    h = in_half_open()
+    assert [h.breaker.admit() for _ in range(3)] == [True, False, False]
+    h.breaker.record_cancelled()  # the probe's client went away: slot freed
+    assert h.breaker.admit() is True
+    assert h.breaker.admit() is False
+    h.breaker.record_success()
+    assert h.state == "closed"
+    assert h.breaker.status().consecutive_failures == 0
+    assert all(h.breaker.admit() for _ in range(3))
+
+
+def test_late_results_while_open_are_ignored() -> None:
+    h = in_open()
+    before = h.breaker.status()
+    h.breaker.record_success()
+    h.fail(10)
+    h.breaker.record_cancelled()
+    assert h.breaker.status() == before
+    assert h.timers() == 1
+
+
+def test_timers_cancelled_on_leaving_open() -> None:
+    h = in_open()
+    (call,) = h.clock.getDelayedCalls()
+    h.breaker.stop()
+    assert not call.active()
+    assert h.clock.getDelayedCalls() == []
+    h.clock.advance(1000)
+    assert h.state == "stopped"
+    assert h.breaker.admit() is True
+
+
+def test_transitions_reported_and_logged() -> None:
+    h = Harness()
+    with capturedLogs() as events:
+        h.fail(2, "status 500")
+        h.fail(1, "connect refused")
+        h.clock.advance(10)
+        h.breaker.admit()
+        h.breaker.record_success()
+    assert h.transitions == [
+        Transition(
+            "api/10.0.0.1:80",
+            "breaker",
+            "closed",
+            "open",
+            "3 consecutive failures, last: connect refused",
+            1000.0,
+        ),
+        Transition(
+            "api/10.0.0.1:80", "breaker", "open", "half_open", "ejection over after 10s", 1010.0
+        ),
+        Transition("api/10.0.0.1:80", "breaker", "half_open", "closed", "probe succeeded", 1010.0),
+    ]
+    logged = [e for e in events if e.get("machine") == "breaker"]
+    assert [(e["old"], e["new"]) for e in logged] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+    assert {e["log_format"] for e in logged} == {"{endpoint} {machine} {old} -> {new}: {cause}"}
+    assert logged[0]["endpoint"] == "api/10.0.0.1:80"
+
+
+def test_probe_failure_cause() -> None:
+    h = in_half_open_probing()
+    h.fail(1, "timeout")
+    assert h.transitions[-1].old == "half_open"
+    assert h.transitions[-1].cause == "probe failed: timeout"
+
+
+@pytest.mark.parametrize(
+    ("ejected", "endpoints", "percent", "allowed"),
+    [
+        (0, 1, 50, True),  # one may always be ejected
+        (1, 1, 50, False),
+        (0, 2, 50, True),
+        (1, 2, 50, False),
+        (1, 4, 50, True),
+        (2, 4, 50, False),
+        (0, 10, 0, True),  # even at 0 %
+        (1, 10, 0, False),
+        (2, 10, 33, True),  # floor(3.3) = 3
+        (3, 10, 33, False),
+        (9, 10, 100, True),
+        (10, 10, 100, False),
+    ],
+)
+def test_ejection_allowed(ejected: int, endpoints: int, percent: float, allowed: bool) -> None:
+    assert ejection_allowed(ejected, endpoints, percent) is allowed
+
+
+# -- docs can't drift ------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "resilience.md"
+DIAGRAMS: dict[str, Callable[[], str]] = {
+    "breaker": breaker_module.diagram,
+    "health": health_module.diagram,
+    "health-check-loop": health_module.checker_diagram,
+}
+_BLOCK = re.compile(r"<!-- diagram: (\S+) -->\n```dot\n(.*?)```\n", re.DOTALL)
+
+
+def test_docs_diagrams_match_the_machines() -> None:
+    """Regenerate with ``python docs/diagrams.py``."""
+    blocks = dict(_BLOCK.findall(DOCS.read_text()))
+    assert set(blocks) == set(DIAGRAMS)
+    for name, generate in DIAGRAMS.items():
+        assert blocks[name] == generate(), f"docs/resilience.md diagram {name!r} is stale"
+
+
+def test_diagram_is_stable() -> None:
+    assert breaker_module.diagram() == breaker_module.diagram()
+    source = breaker_module.diagram()
+    assert source.startswith("digraph {")
+    for state in ("closed", "open", "half_open", "stopped"):
+        assert f"\t{state} [" in source
