@@ -171,14 +171,29 @@ class ClusterRuntime:
             free.remove(rt)
         return UNAVAILABLE
 
+    def has_candidate(self, tried: Collection[Endpoint]) -> bool:
+        """Whether an endpoint not yet tried could take a retry now or soon."""
+        untried = [rt for rt in self.endpoints if rt.endpoint not in tried]
+        if self.cluster.panic_mode:
+            return bool(untried)
+        return any(rt.up() for rt in untried)
+
     def release(self, rt: EndpointRuntime) -> None:
-        """The attempt on ``rt`` is over: free its slot for a waiting request."""
+        """The attempt on ``rt`` is over: free its slot for a waiting request.
+
+        Waiters are woken one at a time until one takes the slot: a woken
+        retry that has already tried ``rt`` cannot use it and queues again,
+        and the slot must not be lost on it.  Each waiter is woken at most once
+        here, so this ends.
+        """
         rt.in_flight -= 1
-        while self._waiters:
+        limit = self.cluster.limits.max_connections_per_endpoint
+        for _ in range(len(self._waiters)):
+            if rt.in_flight >= limit or not self._waiters:
+                return
             waiter = self._waiters.popleft()
             if not waiter.called:
                 waiter.callback(None)
-                return
 
     def wait_for_slot(self, timeout: float) -> Deferred[None]:
         """Fires when a slot frees up; errbacks with ``TimeoutError`` after ``timeout``."""

@@ -12,7 +12,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import TimeoutError as DeferredTimeout
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -285,7 +285,8 @@ class _Exchange:
         policy = self._cluster.retries
         if len(self._tried) >= policy.attempts or self._client_gone:
             return False
-        if len(self._tried) >= len(self._cluster.endpoints):
+        if not self._runtime.has_candidate(self._tried):
+            # Nowhere else to go: better the answer (or error) we have.
             return False
         if error is not None and not error.never_sent and self._method not in IDEMPOTENT_METHODS:
             return False

@@ -125,7 +125,11 @@ class ResponseRelay(Protocol):
         self._stop_idle_timer()
         if not self._downstream_gone:
             self._sink.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # Idleness first: stopping a body delimited by the connection's close
+        # ends in PotentialDataLoss, which would otherwise pass for complete.
+        if self._idled:
+            self.done.callback(IDLE)
+        elif reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(COMPLETE)
         else:
-            self.done.callback(IDLE if self._idled else TRUNCATED)
+            self.done.callback(TRUNCATED)

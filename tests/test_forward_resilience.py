@@ -1,0 +1,692 @@
+"""
+Limits, the pending queue, retries, outlier ejection and stickiness, driven
+through ProxyFactory, Forwarder and UpstreamClient in memory: a
+``MemoryReactorClock`` stands in for the network and ``StringTransport`` for
+every socket (the pattern of ``test_proxy_unit.py``).
+
+Upstream answers carry ``Connection: close`` unless a test says otherwise,
+so every request to an endpoint opens a connection of its own and
+``reactor.tcpClients`` tells where each request went.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from edgeproxy.config import (
+    Cluster,
+    ConsistentHash,
+    HealthCheck,
+    Limits,
+    OutlierDetection,
+    RetryPolicy,
+    Route,
+    Split,
+    VirtualHost,
+)
+from edgeproxy.configload import LoadedConfig
+from edgeproxy.forward import Forwarder
+from edgeproxy.observability import AccessLog
+from edgeproxy.request import ProxyFactory
+from edgeproxy.routing import RoutingTable, SplitChooser
+from edgeproxy.selection import stable_roll
+from edgeproxy.settings import Settings
+from edgeproxy.snapshot import Snapshot
+from edgeproxy.upstream import UpstreamClient
+
+HOST = b"shop.example"
+
+
+def make_config(*vhosts: VirtualHost) -> LoadedConfig:
+    clusters = {c.name: c for v in vhosts for r in v.routes for c in r.clusters}
+    return LoadedConfig(
+        virtual_hosts=vhosts,
+        files=("test.py",),
+        clusters=clusters,
+        routing=RoutingTable.from_virtual_hosts(vhosts),
+    )
+
+
+def answer(status: int = 200, body: bytes = b"ok", *, close: bool = True) -> bytes:
+    phrase = {
+        200: b"OK",
+        500: b"Internal Server Error",
+        502: b"Bad Gateway",
+        503: b"Service Unavailable",
+        504: b"Gateway Timeout",
+    }[status]
+    head = b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n" % (status, phrase, len(body))
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+class Client:
+    """One downstream connection."""
+
+    def __init__(self, factory: ProxyFactory) -> None:
+        self.channel: Any = factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 5555))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 5555))
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def value(self) -> bytes:
+        return self.transport.value()
+
+    def status(self) -> int | None:
+        out = self.value()
+        if not out:
+            return None
+        return int(out.split(b" ", 2)[1])
+
+    def header(self, name: bytes) -> list[bytes]:
+        head = self.value().split(b"\r\n\r\n", 1)[0]
+        found = []
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.lower():
+                found.append(value.strip())
+        return found
+
+    def body(self) -> bytes:
+        return self.value().split(b"\r\n\r\n", 1)[1]
+
+
+class TCPLikeTransport(StringTransport):
+    """A StringTransport whose producer methods behave like a TCP connection's
+    (``twisted.internet.abstract.FileDescriptor``): stopping closes it, and
+    pausing or resuming a closing connection does nothing instead of raising.
+
+    twisted's client resumes the body transport right after the body protocol's
+    ``makeConnection``, even when that protocol (``forward._Discard``) has
+    stopped it already; a real socket ignores that.
+    """
+
+    def stopProducing(self) -> None:
+        super().stopProducing()
+        self.loseConnection()
+
+    def pauseProducing(self) -> None:
+        if self.producerState != "stopped":
+            super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.producerState != "stopped" and not self.disconnecting:
+            super().resumeProducing()
+
+
+class Upstream:
+    """One upstream connection edgeproxy opened."""
+
+    def __init__(self, protocol: Any, transport: TCPLikeTransport, address: str) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.address = address
+
+    def respond(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def lose(self, reason: Exception) -> None:
+        self.protocol.connectionLost(Failure(reason))
+
+
+class Harness:
+    def __init__(self, *routes: Route, tls: bool = True) -> None:
+        self.reactor = MemoryReactorClock()
+        config = make_config(VirtualHost([HOST.decode()], routes=list(routes)))
+        rng = random.Random(1)
+        self.snapshot = Snapshot.build(config, self.reactor, rng)
+        self.forwarder = Forwarder(
+            self.snapshot,
+            UpstreamClient(self.reactor),
+            via=b"1.1 edgeproxy",
+            clock=self.reactor,
+            rng=rng,
+        )
+        self.factory = ProxyFactory(
+            self.forwarder,
+            tls=tls,
+            settings=Settings(),
+            access_log=AccessLog(self.reactor),
+            clock=self.reactor,
+            https_port=lambda: 8443,
+        )
+        self.factory.startFactory()
+        self._accepted = 0
+
+    def request(self, raw: bytes) -> Client:
+        client = Client(self.factory)
+        client.send(raw)
+        return client
+
+    def get(self, path: bytes = b"/", headers: bytes = b"") -> Client:
+        return self.request(
+            b"GET " + path + b" HTTP/1.1\r\nHost: " + HOST + b"\r\n" + headers + b"\r\n"
+        )
+
+    def post(self, path: bytes = b"/", body: bytes = b"data") -> Client:
+        return self.request(
+            b"POST "
+            + path
+            + b" HTTP/1.1\r\nHost: "
+            + HOST
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+
+    @property
+    def connections(self) -> int:
+        return len(self.reactor.tcpClients)
+
+    def accept(self) -> Upstream:
+        """Complete the next connection edgeproxy started."""
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[self._accepted]
+        self._accepted += 1
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = TCPLikeTransport()
+        protocol.makeConnection(transport)
+        return Upstream(protocol, transport, f"{host}:{port}")
+
+    def refuse(self) -> None:
+        factory = self.reactor.tcpClients[self._accepted][2]
+        self._accepted += 1
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+
+    def runtime(self, name: str) -> Any:
+        return self.snapshot.clusters[name]
+
+
+# -- limits --------------------------------------------------------------------
+
+
+def test_max_requests_overflow_is_503_at_once_without_upstream() -> None:
+    solo = Cluster("solo", endpoints=["10.0.0.1:80"], limits=Limits(1))
+    h = Harness(Route("/", solo))
+    first = h.get(b"/a")
+    assert h.connections == 1
+    second = h.get(b"/b")
+    assert second.status() == 503
+    assert second.header(b"x-edgeproxy-limit") == [b"max_requests"]
+    assert h.connections == 1
+    assert h.runtime("solo").counters.overflows == {"max_requests": 1}
+    # The first is untouched and, once over, frees its place.
+    h.accept().respond(answer(200, b"one"))
+    assert first.status() == 200
+    assert first.body() == b"one"
+    third = h.get(b"/c")
+    assert third.value() == b""
+    assert h.connections == 2
+    h.accept().respond(answer(200, b"three"))
+    assert third.body() == b"three"
+    assert h.runtime("solo").counters.in_flight == 0
+
+
+def test_pending_queue_waits_for_a_slot_and_sheds_beyond_max_pending() -> None:
+    solo = Cluster(
+        "solo",
+        endpoints=["10.0.0.1:80"],
+        limits=Limits(max_connections_per_endpoint=1, max_pending=1),
+    )
+    h = Harness(Route("/", solo))
+    counters = h.runtime("solo").counters
+    first = h.get(b"/1")
+    assert h.connections == 1
+    second = h.get(b"/2")
+    assert second.value() == b""
+    assert h.connections == 1
+    assert counters.pending == 1
+    third = h.get(b"/3")
+    assert third.status() == 503
+    assert third.header(b"x-edgeproxy-limit") == [b"max_pending"]
+    assert h.connections == 1
+    assert counters.overflows == {"max_pending": 1}
+    # The first finishes: the second goes now, on a connection of its own.
+    up1 = h.accept()
+    assert up1.transport.value().startswith(b"GET /1 ")
+    up1.respond(answer(200, b"first"))
+    assert first.body() == b"first"
+    assert h.connections == 2
+    assert counters.pending == 0
+    up2 = h.accept()
+    assert up2.transport.value().startswith(b"GET /2 ")
+    up2.respond(answer(200, b"second"))
+    assert second.status() == 200
+    assert second.body() == b"second"
+    assert counters.in_flight == 0
+
+
+def test_waiting_request_whose_client_leaves_is_dropped_from_the_queue() -> None:
+    solo = Cluster("solo", endpoints=["10.0.0.1:80"], limits=Limits(max_connections_per_endpoint=1))
+    h = Harness(Route("/", solo))
+    first = h.get(b"/1")
+    second = h.get(b"/2")
+    counters = h.runtime("solo").counters
+    assert counters.pending == 1
+    second.channel.connectionLost(Failure(ConnectionLost()))
+    assert counters.pending == 0
+    assert counters.in_flight == 1
+    h.accept().respond(answer(200))
+    assert first.status() == 200
+    assert h.connections == 1
+    assert counters.in_flight == 0
+
+
+def test_pending_request_times_out_after_connect_timeout() -> None:
+    solo = Cluster(
+        "solo",
+        endpoints=["10.0.0.1:80"],
+        connect_timeout=3.0,
+        response_timeout=60.0,
+        limits=Limits(max_connections_per_endpoint=1),
+    )
+    h = Harness(Route("/", solo))
+    h.get(b"/1")
+    h.accept()
+    waiting = h.get(b"/2")
+    h.reactor.advance(2.9)
+    assert waiting.value() == b""
+    h.reactor.advance(0.1)
+    counters = h.runtime("solo").counters
+    assert counters.pending == 0
+    assert waiting.status() == 503
+    assert waiting.header(b"x-edgeproxy-limit") == [b"pending_timeout"]
+    assert counters.overflows == {"pending_timeout": 1}
+    assert h.connections == 1
+    assert counters.in_flight == 1
+
+
+def test_freed_slot_a_woken_retry_cannot_use_goes_to_the_next_waiter() -> None:
+    cluster = Cluster(
+        "api",
+        endpoints=["10.0.0.1:80", "10.0.0.2:80"],
+        connect_timeout=3.0,
+        response_timeout=60.0,
+        limits=Limits(max_connections_per_endpoint=1),
+    )
+    h = Harness(Route("/", cluster))
+    counters = h.runtime("api").counters
+    h.get(b"/a")
+    up_a = h.accept()
+    h.get(b"/b")
+    up_b = h.accept()
+    assert {up_a.address, up_b.address} == {"10.0.0.1:80", "10.0.0.2:80"}
+    # a's retry may only go to b's endpoint, which is busy: a waits.
+    up_a.respond(answer(503))
+    assert counters.pending == 1
+    # c takes a's old endpoint; d waits behind a.
+    c = h.get(b"/c")
+    up_c = h.accept()
+    assert up_c.address == up_a.address
+    h.get(b"/d")
+    assert counters.pending == 2
+    assert h.connections == 3
+    # c is over: its endpoint is free.  a cannot use it, d can.
+    up_c.respond(answer(200))
+    assert c.status() == 200
+    assert h.connections == 4
+    up_d = h.accept()
+    assert up_d.address == up_a.address
+    assert up_d.transport.value().startswith(b"GET /d ")
+    assert counters.pending == 1
+
+
+# -- retries ---------------------------------------------------------------------
+
+
+API = Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"])
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_retry_status_of_get_is_retried_on_the_other_endpoint(status: int) -> None:
+    h = Harness(Route("/", API))
+    client = h.get(b"/x")
+    first = h.accept()
+    first.respond(answer(status, b"bad"))
+    assert client.value() == b""
+    assert h.connections == 2
+    second = h.accept()
+    assert {first.address, second.address} == {"10.0.0.1:80", "10.0.0.2:80"}
+    assert second.transport.value().startswith(b"GET /x ")
+    second.respond(answer(200, b"good"))
+    assert client.status() == 200
+    assert client.body() == b"good"
+    counters = h.runtime("api").counters
+    assert counters.retries_total == 1
+    assert counters.retries_in_flight == 0
+    assert counters.in_flight == 0
+
+
+def test_retry_status_on_both_endpoints_gives_the_last_answer() -> None:
+    h = Harness(Route("/", API))
+    client = h.get(b"/x")
+    h.accept().respond(answer(503, b"first"))
+    h.accept().respond(answer(503, b"second"))
+    assert client.status() == 503
+    assert client.body() == b"second"
+    assert h.connections == 2
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_retry_status_of_post_is_not_retried(status: int) -> None:
+    h = Harness(Route("/", API))
+    client = h.post(b"/x")
+    h.accept().respond(answer(status, b"upstream says no"))
+    assert client.status() == status
+    assert client.body() == b"upstream says no"
+    assert h.connections == 1
+    assert h.runtime("api").counters.retries_total == 0
+
+
+def test_status_outside_retry_statuses_is_not_retried() -> None:
+    h = Harness(Route("/", API))
+    client = h.get(b"/x")
+    h.accept().respond(answer(500, b"oops"))
+    assert client.status() == 500
+    assert h.connections == 1
+
+
+def test_retry_status_with_nowhere_else_to_go_passes_the_answer_through() -> None:
+    cluster = Cluster(
+        "api", endpoints=["10.0.0.1:80", "10.0.0.2:80"], health_check=HealthCheck(fall=1)
+    )
+    h = Harness(Route("/", cluster))
+    runtime = h.runtime("api")
+    runtime.endpoints[1].health.record_fail("timeout")
+    client = h.get(b"/x")
+    up = h.accept()
+    assert up.address == "10.0.0.1:80"
+    up.respond(answer(503, b"maintenance"))
+    assert h.connections == 1
+    # As with a one-endpoint cluster (or both endpoints answering 503): the
+    # upstream's answer, not a 502 of edgeproxy's own.
+    assert client.status() == 503
+    assert client.body() == b"maintenance"
+    assert runtime.counters.retries_total == 0
+
+
+def test_connection_lost_after_send_is_retried_for_get() -> None:
+    h = Harness(Route("/", API))
+    client = h.get(b"/x")
+    first = h.accept()
+    assert first.transport.value().startswith(b"GET /x ")
+    first.lose(ConnectionLost())
+    assert client.value() == b""
+    assert h.connections == 2
+    second = h.accept()
+    assert second.address != first.address
+    second.respond(answer(200, b"good"))
+    assert client.status() == 200
+    assert client.body() == b"good"
+
+
+def test_connection_lost_after_send_is_502_for_post() -> None:
+    h = Harness(Route("/", API))
+    client = h.post(b"/x", b"pay me")
+    first = h.accept()
+    assert first.transport.value().startswith(b"POST /x ")
+    first.lose(ConnectionLost())
+    assert client.status() == 502
+    assert h.connections == 1
+
+
+def test_connect_failure_of_post_is_retried() -> None:
+    """Never sent: any method may go elsewhere."""
+    h = Harness(Route("/", API))
+    client = h.post(b"/x")
+    h.refuse()
+    assert h.connections == 2
+    h.accept().respond(answer(200, b"made"))
+    assert client.body() == b"made"
+
+
+def test_exhausted_retry_budget_means_no_retry() -> None:
+    stingy = Cluster(
+        "api",
+        endpoints=["10.0.0.1:80", "10.0.0.2:80"],
+        retries=RetryPolicy(min_retries=0, budget_percent=0.0),
+    )
+    h = Harness(Route("/", stingy))
+    client = h.get(b"/x")
+    h.accept().respond(answer(503, b"first"))
+    assert client.status() == 503
+    assert client.body() == b"first"
+    assert h.connections == 1
+    counters = h.runtime("api").counters
+    assert counters.retries_refused == 1
+    assert counters.retries_total == 0
+
+    refused = h.get(b"/y")
+    h.refuse()
+    assert refused.status() == 502
+    assert h.connections == 2
+    assert counters.retries_refused == 2
+
+
+def test_retry_budget_is_shared_by_concurrent_requests() -> None:
+    one = Cluster(
+        "api",
+        endpoints=["10.0.0.1:80", "10.0.0.2:80"],
+        retries=RetryPolicy(min_retries=1, budget_percent=0.0),
+    )
+    h = Harness(Route("/", one))
+    a = h.get(b"/a")
+    b = h.get(b"/b")
+    up_a, up_b = h.accept(), h.accept()
+    up_a.respond(answer(503, b"a1"))
+    # a's retry holds the one place in the budget...
+    assert h.connections == 3
+    up_b.respond(answer(503, b"b1"))
+    # ...so b gets its first answer.
+    assert b.status() == 503
+    assert b.body() == b"b1"
+    assert h.connections == 3
+    h.accept().respond(answer(200, b"a2"))
+    assert a.body() == b"a2"
+    assert h.runtime("api").counters.retries_in_flight == 0
+
+
+# -- outlier detection -------------------------------------------------------------
+
+
+def ejecting(consecutive: int = 2, endpoints: int = 2) -> Cluster:
+    return Cluster(
+        "api",
+        endpoints=[f"10.0.0.{i}:80" for i in range(1, endpoints + 1)],
+        outlier_detection=OutlierDetection(consecutive, base_ejection_time=30.0),
+        retries=RetryPolicy(1),
+    )
+
+
+def serve(h: Harness, bad: str, status: int) -> str:
+    """One GET; ``bad`` answers ``status``, the others 200.  Returns where it went."""
+    client = h.get(b"/")
+    up = h.accept()
+    up.respond(answer(status if up.address == bad else 200))
+    assert client.status() == (status if up.address == bad else 200)
+    return up.address
+
+
+def test_failure_statuses_eject_the_endpoint() -> None:
+    h = Harness(Route("/", ejecting(2)))
+    runtime = h.runtime("api")
+    went = [serve(h, "10.0.0.1:80", 500) for _ in range(4)]
+    assert went.count("10.0.0.1:80") == 2
+    bad = runtime.endpoints[0]
+    assert bad.failures == 2
+    assert bad.breaker.is_ejected()
+    assert [serve(h, "10.0.0.1:80", 500) for _ in range(4)] == ["10.0.0.2:80"] * 4
+
+
+def test_a_2xx_resets_the_failure_count() -> None:
+    h = Harness(Route("/", ejecting(2, endpoints=1)))
+    runtime = h.runtime("api")
+    for status in (503, 200, 503, 200, 503):
+        client = h.get(b"/")
+        h.accept().respond(answer(status))
+        assert client.status() == status
+    breaker = runtime.endpoints[0].breaker
+    assert not breaker.is_ejected()
+    assert breaker.status().consecutive_failures == 1
+    assert runtime.endpoints[0].failures == 3
+
+
+def test_statuses_outside_failure_statuses_do_not_count() -> None:
+    cluster = Cluster(
+        "api",
+        endpoints=["10.0.0.1:80"],
+        outlier_detection=OutlierDetection(1, failure_statuses=[503]),
+        retries=RetryPolicy(1),
+    )
+    h = Harness(Route("/", cluster))
+    client = h.get(b"/")
+    h.accept().respond(answer(500))
+    assert client.status() == 500
+    assert not h.runtime("api").endpoints[0].breaker.is_ejected()
+
+
+def test_all_endpoints_ejected_is_503_with_retry_after_and_no_connection() -> None:
+    h = Harness(Route("/", ejecting(1, endpoints=1)))
+    client = h.get(b"/")
+    h.accept().respond(answer(502))
+    assert client.status() == 502
+    assert h.runtime("api").endpoints[0].breaker.is_ejected()
+
+    shed = h.get(b"/")
+    assert shed.status() == 503
+    assert shed.header(b"retry-after") == [b"30"]
+    assert shed.header(b"x-edgeproxy-limit") == []
+    assert h.connections == 1
+
+    h.reactor.advance(12.5)
+    later = h.get(b"/")
+    assert later.header(b"retry-after") == [b"18"]
+    assert h.connections == 1
+
+
+def test_ejected_endpoint_gets_one_probe_after_the_ejection() -> None:
+    h = Harness(Route("/", ejecting(1, endpoints=1)))
+    h.get(b"/")
+    h.accept().respond(answer(503))
+    h.reactor.advance(30)
+    probe = h.get(b"/")
+    assert h.connections == 2
+    # While the probe is out, nothing else goes there.
+    other = h.get(b"/")
+    assert other.status() == 503
+    assert h.connections == 2
+    h.accept().respond(answer(200, b"back"))
+    assert probe.body() == b"back"
+    again = h.get(b"/")
+    assert h.connections == 3
+    h.accept().respond(answer(200))
+    assert again.status() == 200
+
+
+def test_connection_lost_mid_body_counts_as_a_failure() -> None:
+    h = Harness(Route("/", ejecting(1, endpoints=1)))
+    client = h.get(b"/")
+    up = h.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    up.lose(ConnectionLost())
+    assert client.transport.disconnecting
+    assert not client.value().endswith(b"0\r\n\r\n")
+    assert h.runtime("api").endpoints[0].breaker.is_ejected()
+
+
+def test_idle_timeout_of_a_read_until_close_body_cuts_the_client() -> None:
+    cluster = Cluster("api", endpoints=["10.0.0.1:80"], idle_timeout=5.0)
+    h = Harness(Route("/", cluster))
+    client = h.get(b"/")
+    up = h.accept()
+    # No Content-Length, not chunked: the body runs until the connection closes.
+    up.respond(b"HTTP/1.1 200 OK\r\n\r\npart")
+    h.reactor.advance(5)
+    assert up.transport.producerState == "stopped"
+    # Stopping the producer closes the upstream socket.
+    up.lose(ConnectionDone())
+    assert client.transport.disconnecting
+    # No last chunk: the client must not take the short body for a whole one.
+    assert not client.value().endswith(b"0\r\n\r\n")
+
+
+# -- stickiness ----------------------------------------------------------------------
+
+
+BLUE = Cluster("blue", endpoints=["10.0.1.1:80"])
+GREEN = Cluster("green", endpoints=["10.0.2.1:80"])
+CLUSTER_OF = {"10.0.1.1:80": "blue", "10.0.2.1:80": "green"}
+
+
+def sticky_split() -> Split:
+    return Split({BLUE: 1, GREEN: 1}, sticky="cookie:variant")
+
+
+def where(h: Harness, client: Client) -> str:
+    up = h.accept()
+    up.respond(answer(200))
+    assert client.status() == 200
+    return CLUSTER_OF[up.address]
+
+
+def test_sticky_split_sets_a_secure_cookie_on_tls_and_keeps_the_cluster() -> None:
+    h = Harness(Route("/", sticky_split()), tls=True)
+    for _ in range(4):
+        first = h.get(b"/")
+        cluster = where(h, first)
+        (cookie,) = first.header(b"set-cookie")
+        pair, *attributes = cookie.split(b"; ")
+        name, _, token = pair.partition(b"=")
+        assert name == b"variant"
+        assert len(token) >= 16
+        assert attributes == [b"Path=/", b"HttpOnly", b"SameSite=Lax", b"Secure"]
+        for _ in range(3):
+            again = h.get(b"/", b"Cookie: variant=" + token + b"\r\n")
+            assert where(h, again) == cluster
+            assert again.header(b"set-cookie") == []
+
+
+def test_sticky_cookie_is_not_secure_on_plain_http() -> None:
+    h = Harness(Route("/", sticky_split(), plain_http=True), tls=False)
+    client = h.get(b"/")
+    where(h, client)
+    (cookie,) = client.header(b"set-cookie")
+    assert cookie.endswith(b"; Path=/; HttpOnly; SameSite=Lax")
+
+
+def test_sticky_cookie_value_picks_the_cluster_deterministically() -> None:
+    split = sticky_split()
+    h = Harness(Route("/", split))
+    chooser = SplitChooser(split)
+    expected = {v: chooser.choose(stable_roll(v)).name for v in (b"u%d" % i for i in range(16))}
+    assert set(expected.values()) == {"blue", "green"}
+    for value, name in expected.items():
+        for _ in range(2):
+            client = h.get(b"/", b"Cookie: other=1; variant=" + value + b"\r\n")
+            assert where(h, client) == name
+
+
+def test_consistent_hash_on_a_header_keeps_the_endpoint() -> None:
+    hashed = Cluster(
+        "api",
+        endpoints=[f"10.0.0.{i}:80" for i in range(1, 5)],
+        policy=ConsistentHash(key="header:x-user"),
+    )
+    h = Harness(Route("/", hashed))
+    seen: dict[bytes, str] = {}
+    for _round in range(3):
+        for user in (b"user-%d" % i for i in range(12)):
+            client = h.get(b"/", b"X-User: " + user + b"\r\n")
+            up = h.accept()
+            up.respond(answer(200))
+            assert client.status() == 200
+            assert seen.setdefault(user, up.address) == up.address
+    assert len(set(seen.values())) > 1
