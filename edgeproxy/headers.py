@@ -71,37 +71,6 @@ def strip_hop_by_hop(
     ]
 
 
-def _pop_values(headers: Headers, name: bytes) -> tuple[int, list[bytes]]:
-    """Remove every ``name`` header; return where the first was and all values, in order."""
-    lower = name.lower()
-    position = len(headers)
-    values: list[bytes] = []
-    kept: Headers = []
-    for header_name, header_values in headers:
-        if header_name.lower() == lower:
-            position = min(position, len(kept))
-            values.extend(header_values)
-        else:
-            kept.append((header_name, header_values))
-    headers[:] = kept
-    return position, values
-
-
-def _set(headers: Headers, name: bytes, value: bytes | None) -> None:
-    """Replace every ``name`` header by one value (or none), where the first one was."""
-    position, _ = _pop_values(headers, name)
-    if value is not None:
-        headers.insert(position, (name, [value]))
-
-
-def _append_list(headers: Headers, name: bytes, element: bytes) -> None:
-    """Append ``element`` to a comma-separated list header, joining incoming lines with ", "."""
-    position, values = _pop_values(headers, name)
-    parts = [stripped for value in values if (stripped := value.strip(_OWS))]
-    parts.append(element)
-    headers.insert(position, (name, [b", ".join(parts)]))
-
-
 def _quote(value: bytes) -> bytes:
     """``value`` as an RFC 7239 value: a token as is, otherwise a quoted-string."""
     if value and all(byte in _TCHAR for byte in value):
@@ -117,6 +86,9 @@ def _quote(value: bytes) -> bytes:
 
 
 def _node(client_ip: str) -> bytes:
+    if client_ip.replace(".", "").isdigit() and client_ip.count(".") == 3:
+        # The common case, without the cost of ipaddress.
+        return client_ip.encode("ascii")
     try:
         address = ipaddress.ip_address(client_ip)
     except ValueError:
@@ -134,6 +106,24 @@ def forwarded_element(client_ip: str, proto: str, host: bytes | None) -> bytes:
     return b";".join(pairs)
 
 
+# The headers upstream_request_headers rewrites, with the case they are sent in.
+_REWRITTEN: dict[bytes, bytes] = {
+    b"x-forwarded-for": b"X-Forwarded-For",
+    b"x-forwarded-proto": b"X-Forwarded-Proto",
+    b"x-forwarded-host": b"X-Forwarded-Host",
+    b"forwarded": b"Forwarded",
+    b"via": b"Via",
+}
+_KEEP_HOST = frozenset({b"host"})
+
+
+def _joined(values: list[bytes], element: bytes) -> bytes:
+    """A comma-separated list header: the incoming lines joined with ", ", plus ``element``."""
+    parts = [stripped for value in values if (stripped := value.strip(_OWS))]
+    parts.append(element)
+    return b", ".join(parts)
+
+
 def upstream_request_headers(
     headers: Iterable[tuple[bytes, Sequence[bytes]]],
     *,
@@ -148,15 +138,54 @@ def upstream_request_headers(
     appended, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are replaced
     (the latter removed when the client sent no Host), ``Forwarded`` gets a
     ``for=...;proto=...;host=...`` element appended, ``Via`` gets ``via``
-    appended.  ``Host`` is passed through unchanged.
+    appended.  ``Host`` is passed through unchanged.  Each rewritten header
+    takes the place of the first incoming one, or goes at the end.
+
+    One pass over the headers: this runs for every request.
     """
-    result = strip_hop_by_hop(headers, keep=frozenset({b"host"}))
-    _append_list(result, b"X-Forwarded-For", client_ip.encode("utf-8", "replace"))
-    _set(result, b"X-Forwarded-Proto", proto.encode("ascii", "replace"))
-    _set(result, b"X-Forwarded-Host", host)
-    _append_list(result, b"Forwarded", forwarded_element(client_ip, proto, host))
-    _append_list(result, b"Via", via)
-    return result
+    headers = headers if isinstance(headers, list) else list(headers)
+    named: set[bytes] | frozenset[bytes] = frozenset()
+    for name, _ in headers:
+        if name.lower() == b"connection":
+            named = _connection_tokens(headers) - _KEEP_HOST
+            break
+    result: list[tuple[bytes, list[bytes]] | None] = []
+    seen: dict[bytes, tuple[int, list[bytes]]] = {}
+    for name, values in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named:
+            continue
+        if lower in _REWRITTEN:
+            found = seen.get(lower)
+            if found is None:
+                seen[lower] = (len(result), list(values))
+                result.append(None)  # filled in below, in this place
+            else:
+                found[1].extend(values)
+            continue
+        result.append((name, list(values)))
+    encoded_proto = proto.encode("ascii", "replace")
+    new_values: dict[bytes, bytes | None] = {}
+    incoming = seen.get(b"x-forwarded-for")
+    new_values[b"x-forwarded-for"] = _joined(
+        incoming[1] if incoming else [], client_ip.encode("utf-8", "replace")
+    )
+    new_values[b"x-forwarded-proto"] = encoded_proto
+    new_values[b"x-forwarded-host"] = host
+    incoming = seen.get(b"forwarded")
+    new_values[b"forwarded"] = _joined(
+        incoming[1] if incoming else [], forwarded_element(client_ip, proto, host)
+    )
+    incoming = seen.get(b"via")
+    new_values[b"via"] = _joined(incoming[1] if incoming else [], via)
+    for lower, value in new_values.items():
+        place = seen.get(lower)
+        header = None if value is None else (_REWRITTEN[lower], [value])
+        if place is not None:
+            result[place[0]] = header
+        elif header is not None:
+            result.append(header)
+    return [header for header in result if header is not None]
 
 
 def downstream_response_headers(headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> Headers:

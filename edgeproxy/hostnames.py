@@ -8,6 +8,7 @@ compressed form without brackets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import idna
@@ -72,6 +73,10 @@ def normalise_name(name: str | bytes) -> str | None:
     return ascii_name
 
 
+# Every request's Host goes through normalise_host, and a site sees few
+# distinct values: a bounded cache turns the IP-literal and IDNA checks into a
+# dict hit.  The bound keeps a flood of random Host values from growing memory.
+@functools.lru_cache(maxsize=4096)
 def normalise_host(host: str | bytes | None) -> str | None:
     """Normalise an HTTP ``Host`` header value: drop the port, handle ``[v6]:port``.
 
