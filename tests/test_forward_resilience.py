@@ -11,7 +11,6 @@ so every request to an endpoint opens a connection of its own and
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
@@ -31,27 +30,12 @@ from edgeproxy.config import (
     Split,
     VirtualHost,
 )
-from edgeproxy.configload import LoadedConfig
-from edgeproxy.forward import Forwarder
-from edgeproxy.observability import AccessLog
 from edgeproxy.request import ProxyFactory
-from edgeproxy.routing import RoutingTable, SplitChooser
+from edgeproxy.routing import SplitChooser
 from edgeproxy.selection import stable_roll
-from edgeproxy.settings import Settings
-from edgeproxy.snapshot import Snapshot
-from edgeproxy.upstream import UpstreamClient
+from tests.memproxy import make_config, proxy_factory
 
 HOST = b"shop.example"
-
-
-def make_config(*vhosts: VirtualHost) -> LoadedConfig:
-    clusters = {c.name: c for v in vhosts for r in v.routes for c in r.clusters}
-    return LoadedConfig(
-        virtual_hosts=vhosts,
-        files=("test.py",),
-        clusters=clusters,
-        routing=RoutingTable.from_virtual_hosts(vhosts),
-    )
 
 
 def answer(status: int = 200, body: bytes = b"ok", *, close: bool = True) -> bytes:
@@ -143,24 +127,8 @@ class Harness:
     def __init__(self, *routes: Route, tls: bool = True) -> None:
         self.reactor = MemoryReactorClock()
         config = make_config(VirtualHost([HOST.decode()], routes=list(routes)))
-        rng = random.Random(1)
-        self.snapshot = Snapshot.build(config, self.reactor, rng)
-        self.forwarder = Forwarder(
-            self.snapshot,
-            UpstreamClient(self.reactor),
-            via=b"1.1 edgeproxy",
-            clock=self.reactor,
-            rng=rng,
-        )
-        self.factory = ProxyFactory(
-            self.forwarder,
-            tls=tls,
-            settings=Settings(),
-            access_log=AccessLog(self.reactor),
-            clock=self.reactor,
-            https_port=lambda: 8443,
-        )
-        self.factory.startFactory()
+        self.factory, self.forwarder = proxy_factory(self.reactor, config, tls=tls)
+        self.snapshot = self.forwarder.snapshot
         self._accepted = 0
 
     def request(self, raw: bytes) -> Client:

@@ -6,7 +6,6 @@ driven in memory: a ``MemoryReactorClock`` stands in for the network and
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
@@ -16,27 +15,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
-from edgeproxy.configload import LoadedConfig
-from edgeproxy.forward import Forwarder
-from edgeproxy.observability import AccessLog
-from edgeproxy.request import ProxyFactory, split_target
-from edgeproxy.routing import RoutingTable
-from edgeproxy.settings import Settings
-from edgeproxy.snapshot import Snapshot
-from edgeproxy.upstream import UpstreamClient
+from edgeproxy.request import split_target
+from tests.memproxy import make_config, proxy_factory
 
 API = Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"], response_timeout=7.0)
 WEB = Cluster("web", endpoints=["10.0.0.3:80"])
-
-
-def make_config(*vhosts: VirtualHost) -> LoadedConfig:
-    clusters = {c.name: c for v in vhosts for r in v.routes for c in r.clusters}
-    return LoadedConfig(
-        virtual_hosts=vhosts,
-        files=("test.py",),
-        clusters=clusters,
-        routing=RoutingTable.from_virtual_hosts(vhosts),
-    )
 
 
 class Harness:
@@ -52,23 +35,7 @@ class Harness:
                 ],
             )
         )
-        rng = random.Random(1)
-        self.forwarder = Forwarder(
-            Snapshot.build(config, self.reactor, rng),
-            UpstreamClient(self.reactor),
-            via=b"1.1 edgeproxy",
-            clock=self.reactor,
-            rng=rng,
-        )
-        self.factory = ProxyFactory(
-            self.forwarder,
-            tls=tls,
-            settings=Settings(),
-            access_log=AccessLog(self.reactor),
-            clock=self.reactor,
-            https_port=lambda: 8443,
-        )
-        self.factory.startFactory()
+        self.factory, self.forwarder = proxy_factory(self.reactor, config, tls=tls)
         self.channel = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 5555))
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 5555))
         self.channel.makeConnection(self.client)

@@ -1,0 +1,56 @@
+"""
+The proxy's downstream and forwarding side wired in memory, for unit tests:
+a ``MemoryReactorClock`` stands in for the network, so upstream connections
+are picked from ``reactor.tcpClients`` and driven by hand.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.testing import MemoryReactorClock
+
+from edgeproxy.config import VirtualHost
+from edgeproxy.configload import LoadedConfig
+from edgeproxy.forward import Forwarder
+from edgeproxy.observability import AccessLog
+from edgeproxy.request import ProxyFactory
+from edgeproxy.routing import RoutingTable
+from edgeproxy.settings import Settings
+from edgeproxy.snapshot import Snapshot
+from edgeproxy.upstream import UpstreamClient
+
+
+def make_config(*vhosts: VirtualHost) -> LoadedConfig:
+    """A loaded configuration of ``vhosts``, as configload would make it."""
+    clusters = {c.name: c for v in vhosts for r in v.routes for c in r.clusters}
+    return LoadedConfig(
+        virtual_hosts=vhosts,
+        files=("test.py",),
+        clusters=clusters,
+        routing=RoutingTable.from_virtual_hosts(vhosts),
+    )
+
+
+def proxy_factory(
+    reactor: MemoryReactorClock, config: LoadedConfig, *, tls: bool = True, seed: int = 1
+) -> tuple[ProxyFactory, Forwarder]:
+    """A started downstream factory and its forwarder on ``reactor``."""
+    rng = random.Random(seed)
+    forwarder = Forwarder(
+        Snapshot.build(config, reactor, rng),
+        UpstreamClient(reactor),
+        via=b"1.1 edgeproxy",
+        clock=reactor,
+        rng=rng,
+    )
+    factory = ProxyFactory(
+        forwarder,
+        tls=tls,
+        settings=Settings(),
+        access_log=AccessLog(reactor),
+        clock=reactor,
+        https_port=lambda: 8443,
+    )
+    factory.startFactory()
+    return factory, forwarder
