@@ -345,9 +345,10 @@ class RetryPolicy:
     """``attempts`` tries in all (so ``attempts=2`` is one retry), each on another
     endpoint where there is one.  A request that was never sent is retried
     whatever its method; one that failed after it was sent, or got a status in
-    ``retry_statuses``, only if its method is idempotent.  Retries in flight are
+    ``retry_statuses``, only if its method is idempotent.  Those retries are
     capped at ``budget_percent`` of the cluster's requests in flight (but
-    ``min_retries`` are always allowed), so a failing cluster cannot be stormed.
+    ``min_retries`` are always allowed), so a failing cluster cannot be stormed;
+    retries of requests that were never sent are outside the budget.
     """
 
     attempts: int = attrs.field(default=2, validator=_positive_int)

@@ -295,6 +295,13 @@ class _Exchange:
         ):
             return False
         counters = self._runtime.counters
+        if error is not None and error.never_sent:
+            # Outside the budget: a request that never reached an endpoint
+            # adds no load anywhere, and refusing it would fail a request a
+            # healthy endpoint could serve (the budget is there to stop storms
+            # against endpoints that are slow or failing *with* the request).
+            counters.retries_total += 1
+            return True
         # The first retry of this request takes a place in the budget; later ones reuse it.
         if not self._retrying:
             if not counters.retry_allowed():

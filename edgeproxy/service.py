@@ -7,6 +7,7 @@ pool and the admin listener, as one ``MultiService``.  Only this module and
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -23,13 +24,27 @@ from edgeproxy.certwatch import CertificateWatcher
 from edgeproxy.configload import load_config
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
+from edgeproxy.netutil import DirectEndpointFactory
 from edgeproxy.observability import AccessLog
 from edgeproxy.request import ProxyFactory
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
 from edgeproxy.upstream import UpstreamClient
 
-__all__ = ["EdgeProxyService", "ListenerService", "make_service"]
+__all__ = ["EdgeProxyService", "ListenEndpoints", "ListenerService", "make_service"]
+
+#: ``(kind, description) -> endpoint`` for each listener ("https", "http",
+#: "admin"); by default ``serverFromString``.  Worker processes
+#: (:mod:`edgeproxy.workers`) pass one that adopts the supervisor's sockets.
+ListenEndpoints = Callable[[str, str], IStreamServerEndpoint]
+
+
+def _string_endpoints(reactor: Any) -> ListenEndpoints:
+    def endpoint(kind: str, description: str) -> IStreamServerEndpoint:
+        parsed: IStreamServerEndpoint = serverFromString(reactor, description)
+        return parsed
+
+    return endpoint
 
 
 class ListenerService(Service):
@@ -84,8 +99,11 @@ class ListenerService(Service):
 class EdgeProxyService(MultiService):
     """The whole proxy; children are started in the order they were added."""
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self, settings: Settings, reactor: Any, endpoints: ListenEndpoints | None = None
+    ) -> None:
         super().__init__()
+        endpoints = endpoints or _string_endpoints(reactor)
         self.settings = settings
         self.reactor = reactor
         config = load_config(settings.config)
@@ -111,7 +129,7 @@ class EdgeProxyService(MultiService):
             factory = ProxyFactory(
                 self.forwarder, tls=True, settings=settings, access_log=access_log, clock=reactor
             )
-            endpoint = wrapServerTLS(creator, serverFromString(reactor, description), reactor)
+            endpoint = wrapServerTLS(creator, endpoints("https", description), reactor)
             listener = ListenerService("https", description, endpoint, factory)
             listener.setServiceParent(self)
             self.https_listeners.append(listener)
@@ -125,17 +143,21 @@ class EdgeProxyService(MultiService):
                 https_port=self.https_port,
             )
             ListenerService(
-                "http", description, serverFromString(reactor, description), factory
+                "http", description, endpoints("http", description), factory
             ).setServiceParent(self)
         if settings.admin is not None:
             ListenerService(
-                "admin", settings.admin, serverFromString(reactor, settings.admin), admin_site(self)
+                "admin", settings.admin, endpoints("admin", settings.admin), admin_site(self)
             ).setServiceParent(self)
 
     def _add_health_checkers(self, snapshot: Snapshot, reactor: Any, rng: random.Random) -> None:
         # Checks use their own short-lived connections, as HAProxy's do: a
         # check must see whether a *new* connection works.
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        agent = Agent.usingEndpointFactory(
+            reactor,
+            DirectEndpointFactory(reactor, connect_timeout=30.0),  # the check's timeout governs
+            HTTPConnectionPool(reactor, persistent=False),
+        )
         for name, runtime in snapshot.clusters.items():
             check = runtime.cluster.health_check
             if check is None:
@@ -166,5 +188,7 @@ class EdgeProxyService(MultiService):
         return d
 
 
-def make_service(settings: Settings, reactor: Any) -> EdgeProxyService:
-    return EdgeProxyService(settings, reactor)
+def make_service(
+    settings: Settings, reactor: Any, endpoints: ListenEndpoints | None = None
+) -> EdgeProxyService:
+    return EdgeProxyService(settings, reactor, endpoints)
