@@ -139,6 +139,7 @@ class _Exchange:
         self._counted = False
         self._retrying = False
         self._last_error: EdgeProxyError | None = None
+        self._attempt_started = 0.0
         self._method = request.method
         assert request.match is not None
         self._target = request.match.forward_path
@@ -237,6 +238,7 @@ class _Exchange:
                 self._fail(NoHealthyUpstream(runtime.retry_after()))
             return
         self._slot = choice
+        self._attempt_started = self._forwarder.clock.seconds()
         endpoint = choice.endpoint
         self._tried.append(endpoint)
         request = self._request
@@ -347,6 +349,7 @@ class _Exchange:
         self._pending = None
         request = self._request
         request.upstream_status = response.code
+        request.upstream_time = self._forwarder.clock.seconds() - self._attempt_started
         slot = self._slot
         detection = self._cluster.outlier_detection
         if detection is not None and response.code in detection.failure_statuses:
@@ -365,6 +368,9 @@ class _Exchange:
         out = request.responseHeaders
         for name, values in downstream_response_headers(response.headers.getAllRawHeaders()):
             out.setRawHeaders(name, values)
+        if request.request_id is not None:
+            # Ours wins over one the upstream may echo, so client and log agree.
+            out.setRawHeaders(b"x-request-id", [request.request_id.encode("ascii")])
         if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
         if self._set_cookie is not None:

@@ -1,16 +1,31 @@
 """
-Access logging: one event per request through ``twisted.logger``, in the
-combined log format plus edgeproxy's routing fields.
+Access logging: one record per request, written as a combined-format line
+(plus edgeproxy's routing fields) or as a JSON object, either through
+``twisted.logger`` (the default) or straight to a file or stdout
+(``--access-log``), which keeps the formatting off the logger's hot path.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
+import attrs
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["AccessLog", "combined_time"]
+__all__ = [
+    "ACCESS_LOG_FORMATS",
+    "AccessLog",
+    "AccessRecord",
+    "FileSink",
+    "combined_time",
+    "format_combined",
+    "format_json",
+]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -32,46 +47,173 @@ def combined_time(now: float) -> str:
     return _cached_text
 
 
-def _text(value: bytes | None) -> str:
+def _text(value: bytes | str | None) -> str:
     if not value:
         return "-"
-    return value.decode("latin-1").replace('"', "%22")
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value.replace('"', "%22")
+
+
+@attrs.frozen
+class AccessRecord:
+    """What is logged about one request; the JSON keys are these names."""
+
+    time: float
+    client: str
+    method: str
+    host: str
+    path: str
+    protocol: str
+    status: int
+    bytes: int
+    duration: float
+    referer: str
+    user_agent: str
+    vhost: str | None
+    route: str | None
+    cluster: str | None
+    endpoint: str | None
+    upstream_status: int | None
+    upstream_time: float | None
+    attempts: int
+    outcome: str
+    tls_version: str | None
+    sni: str | None
+    request_id: str | None
+
+
+def _tls_details(request: Any) -> tuple[str | None, str | None]:
+    # The channel is gone once the request has finished: keep what we saw.
+    channel = getattr(request, "channel", None) or getattr(request, "tls_channel", None)
+    transport = getattr(channel, "transport", None)
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None or not request.factory.tls:
+        return None, None
+    try:
+        connection = get_handle()
+        version = connection.get_protocol_version_name()
+        name = connection.get_servername()
+    except Exception:  # a connection torn down under us: log without it
+        return None, None
+    return version, name.decode("ascii", "replace") if name else None
+
+
+def access_record(request: Any, now: float, duration: float) -> AccessRecord:
+    client = request.getClientAddress()
+    headers = request.requestHeaders
+    vhost = request.vhost
+    route = request.route
+    tls_version, sni = _tls_details(request)
+    host = headers.getRawHeaders(b"host", [b""])[0]
+    return AccessRecord(
+        time=now,
+        client=getattr(client, "host", "-"),
+        method=_text(request.method),
+        host=_text(host),
+        path=_text(request.uri),
+        protocol=_text(request.clientproto),
+        status=request.code,
+        bytes=request.sentLength,
+        duration=duration,
+        referer=_text(headers.getRawHeaders(b"referer", [b""])[0]),
+        user_agent=_text(headers.getRawHeaders(b"user-agent", [b""])[0]),
+        vhost=vhost.vhost_name if vhost is not None else None,
+        route=route.prefix if route is not None else None,
+        cluster=request.cluster_name,
+        endpoint=request.endpoint,
+        upstream_status=request.upstream_status,
+        upstream_time=request.upstream_time,
+        attempts=request.attempts,
+        outcome=request.outcome,
+        tls_version=tls_version,
+        sni=sni,
+        request_id=request.request_id,
+    )
+
+
+def format_combined(r: AccessRecord) -> str:
+    """The combined log format, then edgeproxy's fields as ``key=value``."""
+    upstream_time = f"{r.upstream_time:.4f}" if r.upstream_time is not None else "-"
+    return (
+        f'{r.client} - - [{combined_time(r.time)}] "{r.method} {r.path} {r.protocol}" '
+        f'{r.status} {r.bytes} "{r.referer}" "{r.user_agent}" '
+        f"vhost={r.vhost or '-'} route={r.route or '-'} cluster={r.cluster or '-'} "
+        f"endpoint={r.endpoint or '-'} upstream_status={r.upstream_status or '-'} "
+        f"upstream_time={upstream_time} attempts={r.attempts} outcome={r.outcome} "
+        f"duration={r.duration:.4f} tls={r.tls_version or '-'} sni={r.sni or '-'} "
+        f"request_id={r.request_id or '-'}"
+    )
+
+
+def format_json(r: AccessRecord) -> str:
+    """One JSON object with stable keys (see :class:`AccessRecord`); time in RFC 3339."""
+    fields = attrs.asdict(r)
+    fields["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.time)) + (
+        f".{int(r.time % 1 * 1000):03d}Z"
+    )
+    return json.dumps(fields, separators=(",", ":"))
+
+
+ACCESS_LOG_FORMATS: dict[str, Callable[[AccessRecord], str]] = {
+    "combined": format_combined,
+    "json": format_json,
+}
+
+
+class FileSink:
+    """Writes lines to a file (or stdout), buffered, flushed every second and on stop."""
+
+    def __init__(self, path: str, clock: Any) -> None:
+        self.path = path
+        self._file: IO[str] = (
+            sys.stdout if path == "-" else open(path, "a", encoding="utf-8", buffering=1 << 16)
+        )
+        self._flusher = LoopingCall(self.flush)
+        self._flusher.clock = clock
+
+    def start(self) -> None:
+        if not self._flusher.running:
+            self._flusher.start(1.0, now=False)
+
+    def write(self, line: str) -> None:
+        self._file.write(line + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def reopen(self) -> None:
+        """After log rotation moved the file away (SIGHUP/SIGUSR1)."""
+        if self.path == "-":
+            return
+        self._file.close()
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+
+    def stop(self) -> None:
+        if self._flusher.running:
+            self._flusher.stop()
+        self.flush()
 
 
 class AccessLog:
-    """Emits ``edgeproxy.access`` events; the line is formatted only if an observer renders it."""
+    """One access record per request: to ``twisted.logger`` (namespace
+    ``edgeproxy.access``) or, when a sink is given, straight to it."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(
+        self, clock: Any, *, sink: FileSink | None = None, fmt: str = "combined"
+    ) -> None:
         self._clock = clock
+        self._sink = sink
+        self._format = ACCESS_LOG_FORMATS[fmt]
         # An instance attribute: a Logger on the class would take the class's
         # name as its namespace instead of the stable "edgeproxy.access".
         self.log = Logger(namespace="edgeproxy.access")
 
     def log_request(self, request: Any, duration: float) -> None:
-        client = request.getClientAddress()
-        headers = request.requestHeaders
-        vhost = request.vhost
-        route = request.route
-        self.log.info(
-            '{client} - - [{time}] "{method} {uri} {protocol}" {status} {bytes} '
-            '"{referer}" "{user_agent}" vhost={vhost} route={route} cluster={cluster} '
-            "endpoint={endpoint} upstream_status={upstream_status} attempts={attempts} "
-            "outcome={outcome} duration={duration:.4f}",
-            client=getattr(client, "host", "-"),
-            time=combined_time(self._clock.seconds()),
-            method=_text(request.method),
-            uri=_text(request.uri),
-            protocol=_text(request.clientproto),
-            status=request.code,
-            bytes=request.sentLength,
-            referer=_text(headers.getRawHeaders(b"referer", [b""])[0]),
-            user_agent=_text(headers.getRawHeaders(b"user-agent", [b""])[0]),
-            vhost=vhost.vhost_name if vhost is not None else "-",
-            route=route.prefix if route is not None else "-",
-            cluster=request.cluster_name or "-",
-            endpoint=request.endpoint or "-",
-            upstream_status=request.upstream_status or "-",
-            attempts=request.attempts,
-            outcome=request.outcome,
-            duration=duration,
-        )
+        record = access_record(request, self._clock.seconds(), duration)
+        line = self._format(record)
+        if self._sink is not None:
+            self._sink.write(line)
+        else:
+            # Every field also rides on the event, for structured observers.
+            self.log.info("{access_line}", access_line=line, **attrs.asdict(record))

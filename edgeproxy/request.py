@@ -13,6 +13,8 @@ wants.
 from __future__ import annotations
 
 import io
+import ipaddress
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -25,6 +27,7 @@ from edgeproxy.errors import BodyTooLarge, EdgeProxyError, NoRoute, NoVirtualHos
 from edgeproxy.hostnames import normalise_host
 from edgeproxy.netutil import set_no_delay
 from edgeproxy.routing import RouteMatch, VirtualHostTable
+from edgeproxy.settings import IPNetwork
 
 if TYPE_CHECKING:
     from edgeproxy.forward import Forwarder
@@ -81,6 +84,8 @@ class ProxyRequest(http.Request):
     upstream_status: int | None = None
     attempts: int = 0
     outcome: str = "ok"
+    upstream_time: float | None = None
+    request_id: str | None = None
 
     _body_limit: int = 0
     _body_seen: int = 0
@@ -90,6 +95,9 @@ class ProxyRequest(http.Request):
 
     def __init__(self, channel: ProxyChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        # twisted.web drops request.channel when the request ends; the access
+        # log still wants the connection's TLS details then.
+        self.tls_channel = channel
         self.factory: ProxyFactory = channel.factory
         self.started = self.factory.clock.seconds()
 
@@ -202,6 +210,7 @@ class ProxyRequest(http.Request):
         if self._rejected_early:
             self._close_after_reject()
             return
+        self._assign_request_id()
         if self.error is not None:
             self.respond_error(self.error)
             return
@@ -210,6 +219,19 @@ class ProxyRequest(http.Request):
             self._redirect_to_https()
             return
         self.factory.forwarder.forward(self)
+
+    def _assign_request_id(self) -> None:
+        """Keep a trusted client's ``X-Request-Id``, else make one; it goes
+        upstream, back to the client and into the access log."""
+        incoming = self.requestHeaders.getRawHeaders(b"x-request-id")
+        if incoming and len(incoming) == 1 and _is_request_id(incoming[0]):
+            trusted = self.factory.settings.trusted_sources
+            if trusted and _address_in(self.getClientAddress(), trusted):
+                self.request_id = incoming[0].decode("ascii")
+        if self.request_id is None:
+            self.request_id = secrets.token_hex(16)
+            self.requestHeaders.setRawHeaders(b"x-request-id", [self.request_id.encode("ascii")])
+        self.responseHeaders.setRawHeaders(b"x-request-id", [self.request_id.encode("ascii")])
 
     # -- answers made here ---------------------------------------------------
 
@@ -268,6 +290,19 @@ class ProxyRequest(http.Request):
             return
         self._logged = True
         self.factory.access_log.log_request(self, self.factory.clock.seconds() - self.started)
+
+
+def _is_request_id(value: bytes) -> bool:
+    # Printable ASCII without spaces or quotes, of a sane length: it is logged and echoed.
+    return 0 < len(value) <= 200 and all(0x21 <= b <= 0x7E and b != 0x22 for b in value)
+
+
+def _address_in(address: Any, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(getattr(address, "host", ""))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def _error_body(error: EdgeProxyError) -> bytes:

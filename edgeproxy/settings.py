@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import attrs
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "Settings"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Request bodies larger than this get 413 unless a Route says otherwise.
 DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
@@ -31,3 +35,9 @@ class Settings:
     cert_poll_interval: float = DEFAULT_CERT_POLL_INTERVAL
     lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT
     via: bytes = b"1.1 edgeproxy"
+    #: Worker processes sharing the listeners (``--workers``); 1 = one process,
+    #: no supervisor.  See :mod:`edgeproxy.workers` and docs/scaling.md.
+    workers: int = 1
+    #: Clients whose ``X-Request-Id`` is kept (``--trusted-source CIDR``); from
+    #: anyone else the header is replaced by a new id.
+    trusted_sources: tuple[IPNetwork, ...] = ()
