@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -72,10 +73,24 @@ def status(proxy: EdgeProxyService) -> dict[str, Any]:
     }
 
 
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self._registry)
+
+
 def admin_site(proxy: EdgeProxyService) -> Site:
     root = Resource()
     root.putChild(b"healthz", _Healthz())
     root.putChild(b"status", _Status(proxy))
+    root.putChild(b"metrics", _Metrics(proxy.metrics.registry))
     site = Site(root)
     site.noisy = False
     return site

@@ -11,11 +11,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from edgeproxy.metrics import Metrics
 
 __all__ = [
     "ACCESS_LOG_FORMATS",
@@ -200,10 +203,16 @@ class AccessLog:
     ``edgeproxy.access``) or, when a sink is given, straight to it."""
 
     def __init__(
-        self, clock: Any, *, sink: FileSink | None = None, fmt: str = "combined"
+        self,
+        clock: Any,
+        *,
+        sink: FileSink | None = None,
+        fmt: str = "combined",
+        metrics: Metrics | None = None,
     ) -> None:
         self._clock = clock
         self._sink = sink
+        self._metrics = metrics
         self._format = ACCESS_LOG_FORMATS[fmt]
         # An instance attribute: a Logger on the class would take the class's
         # name as its namespace instead of the stable "edgeproxy.access".
@@ -211,6 +220,8 @@ class AccessLog:
 
     def log_request(self, request: Any, duration: float) -> None:
         record = access_record(request, self._clock.seconds(), duration)
+        if self._metrics is not None:
+            self._metrics.observe_request(record, request.body_bytes)
         line = self._format(record)
         if self._sink is not None:
             self._sink.write(line)

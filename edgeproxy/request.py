@@ -17,10 +17,13 @@ import ipaddress
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IDelayedCall
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from zope.interface import implementer
 
 from edgeproxy.config import Route
 from edgeproxy.errors import BodyTooLarge, EdgeProxyError, NoRoute, NoVirtualHost
@@ -31,6 +34,7 @@ from edgeproxy.settings import IPNetwork
 
 if TYPE_CHECKING:
     from edgeproxy.forward import Forwarder
+    from edgeproxy.metrics import Metrics
     from edgeproxy.snapshot import Snapshot
 
 __all__ = ["BadRequest", "ProxyChannel", "ProxyFactory", "ProxyRequest"]
@@ -88,7 +92,8 @@ class ProxyRequest(http.Request):
     request_id: str | None = None
 
     _body_limit: int = 0
-    _body_seen: int = 0
+    #: Request body bytes received so far.
+    body_bytes: int = 0
     _rejected_early: bool = False
     _linger: IDelayedCall | None = None
     _logged: bool = False
@@ -155,8 +160,8 @@ class ProxyRequest(http.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected_early:
             return
-        self._body_seen += len(data)
-        if self._body_seen > self._body_limit:
+        self.body_bytes += len(data)
+        if self.body_bytes > self._body_limit:
             self._reject_early(BodyTooLarge())
             return
         assert self.content is not None  # gotLength made it
@@ -309,13 +314,43 @@ def _error_body(error: EdgeProxyError) -> bytes:
     return b"%d %s\n" % (error.status_hint, error.public_message.encode("ascii"))
 
 
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+@implementer(IHandshakeListener)
 class ProxyChannel(http.HTTPChannel):
     requestFactory = ProxyRequest  # type: ignore[assignment]
     factory: ProxyFactory
+    _handshake_done = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay(self.transport)
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.connection_opened(self.factory.kind)
+
+    def handshakeCompleted(self) -> None:
+        """Called by the TLS layer under this channel."""
+        self._handshake_done = True
+        metrics = self.factory.metrics
+        if metrics is not None:
+            version = None
+            get_handle = getattr(self.transport, "getHandle", None)
+            if get_handle is not None:
+                version = get_handle().get_protocol_version_name()
+            metrics.tls_handshakes.labels(version or "unknown").inc()
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        super().connectionLost(reason)
+        metrics = self.factory.metrics
+        if metrics is None:
+            return
+        metrics.connection_closed(self.factory.kind)
+        if self.factory.tls and not self._handshake_done:
+            # A scanner, a refused SNI name, a client that distrusts the certificate...
+            failed = "tls_error" if reason.check(SSL.Error) else "closed_before_handshake"
+            metrics.tls_failures.labels(failed).inc()
 
 
 class ProxyFactory(http.HTTPFactory):
@@ -332,10 +367,13 @@ class ProxyFactory(http.HTTPFactory):
         access_log: Any,
         clock: Any,
         https_port: Any = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(timeout=settings.keepalive_timeout, reactor=clock)
         self.forwarder = forwarder
         self.tls = tls
+        self.kind = "https" if tls else "http"
+        self.metrics = metrics
         self.settings = settings
         self.access_log = access_log
         self.clock = clock

@@ -24,8 +24,9 @@ from edgeproxy.certwatch import CertificateWatcher
 from edgeproxy.configload import load_config
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
+from edgeproxy.metrics import Metrics
 from edgeproxy.netutil import DirectEndpointFactory
-from edgeproxy.observability import AccessLog
+from edgeproxy.observability import AccessLog, FileSink
 from edgeproxy.request import ProxyFactory
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
@@ -123,11 +124,28 @@ class EdgeProxyService(MultiService):
         )
         self.certificates.setServiceParent(self)
         creator = SNIConnectionCreator(lambda: self.certificate_index)
-        access_log = AccessLog(reactor)
+        self.metrics = Metrics()
+        self.metrics.watch(
+            lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: 1
+        )
+        self.access_sink = (
+            FileSink(settings.access_log, reactor) if settings.access_log is not None else None
+        )
+        access_log = AccessLog(
+            reactor,
+            sink=self.access_sink,
+            fmt=settings.access_log_format,
+            metrics=self.metrics,
+        )
         self.https_listeners: list[ListenerService] = []
         for description in settings.https:
             factory = ProxyFactory(
-                self.forwarder, tls=True, settings=settings, access_log=access_log, clock=reactor
+                self.forwarder,
+                tls=True,
+                settings=settings,
+                access_log=access_log,
+                clock=reactor,
+                metrics=self.metrics,
             )
             endpoint = wrapServerTLS(creator, endpoints("https", description), reactor)
             listener = ListenerService("https", description, endpoint, factory)
@@ -141,6 +159,7 @@ class EdgeProxyService(MultiService):
                 access_log=access_log,
                 clock=reactor,
                 https_port=self.https_port,
+                metrics=self.metrics,
             )
             ListenerService(
                 "http", description, endpoints("http", description), factory
@@ -181,10 +200,17 @@ class EdgeProxyService(MultiService):
                     return port
         return None
 
+    def startService(self) -> None:
+        super().startService()
+        if self.access_sink is not None:
+            self.access_sink.start()
+
     def stopService(self) -> Deferred[None]:
         d: Deferred[None] = super().stopService()
         d.addBoth(lambda _: self.upstream.close())
         d.addBoth(lambda _: self.forwarder.snapshot.stop())
+        if self.access_sink is not None:
+            d.addBoth(lambda _: self.access_sink.stop() if self.access_sink else None)
         return d
 
 

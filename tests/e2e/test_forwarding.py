@@ -386,3 +386,30 @@ def test_access_log_line(setup: Setup) -> None:
     assert "vhost=shop.example route=/api/ cluster=api endpoint=127.0.0.1:" in line
     assert "upstream_status=200" in line
     assert "duration=" in line
+
+
+def test_metrics_endpoint(setup: Setup) -> None:
+    import urllib.request
+
+    for _ in range(3):
+        setup.get("/api/m")
+    setup.get("/", host="other.example")
+    url = f"http://127.0.0.1:{setup.proxy.ports['admin']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    lines = text.splitlines()
+
+    def value(prefix: str) -> float:
+        found = [line for line in lines if line.startswith(prefix)]
+        assert found, f"{prefix} not in metrics"
+        return float(found[0].rsplit(" ", 1)[1])
+
+    assert value('edgeproxy_requests_total{cluster="api",route="/api/",status_class="2xx",vhost="shop.example"}') >= 3
+    assert value('edgeproxy_requests_total{cluster="-",route="-",status_class="4xx",vhost="-"}') >= 1
+    assert value('edgeproxy_tls_handshakes_total{version="TLSv1.3"}') >= 4
+    assert value(f'edgeproxy_endpoint_available{{cluster="api",endpoint="{setup.api1.address}"}}') == 1
+    assert value('edgeproxy_certificate_expiry_timestamp_seconds{source=') > 1.7e9
+    assert value('edgeproxy_request_duration_seconds_count{route="/api/",vhost="shop.example"}') >= 3
+    assert value('edgeproxy_active_connections{listener="https"}') >= 0
+    assert value("edgeproxy_config_generation") == 1

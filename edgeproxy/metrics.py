@@ -1,0 +1,248 @@
+"""
+Prometheus metrics, served on the admin listener at ``/metrics``.
+
+Per-request figures (counts, durations, bytes) are observed once per request,
+through children cached per label set so the hot path does a dict lookup, not
+prometheus-client's label resolution.  Everything that is state rather than an
+event (endpoint health, breaker states, certificate expiry, in-flight counts,
+config generation) is read at scrape time by a collector, costing nothing per
+request.  Label sets are bounded by the configuration: no per-client or
+per-path labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from edgeproxy.certificates import CertificateIndex
+    from edgeproxy.observability import AccessRecord
+    from edgeproxy.snapshot import Snapshot
+
+__all__ = ["BREAKER_STATES", "Metrics"]
+
+#: Request and upstream durations, in seconds.
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class Metrics:
+    """The process's metrics; one registry per process (not the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "edgeproxy_requests",
+            "Requests answered, by virtual host, route, cluster and status class.",
+            ["vhost", "route", "cluster", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "edgeproxy_request_duration_seconds",
+            "Time from the request line to the end of the response, as the client saw it.",
+            ["vhost", "route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "edgeproxy_upstream_response_duration_seconds",
+            "Time from sending a request upstream to its response head.",
+            ["cluster"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.bytes_in = Counter(
+            "edgeproxy_request_bytes",
+            "Request body bytes received from clients, by virtual host.",
+            ["vhost"],
+            registry=r,
+        )
+        self.bytes_out = Counter(
+            "edgeproxy_response_bytes",
+            "Response body bytes sent to clients, by virtual host.",
+            ["vhost"],
+            registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "edgeproxy_tls_handshakes",
+            "Completed TLS handshakes, by protocol version.",
+            ["version"],
+            registry=r,
+        )
+        self.tls_failures = Counter(
+            "edgeproxy_tls_handshake_failures",
+            "TLS connections that ended before their handshake completed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "edgeproxy_config_reloads",
+            "Configuration reloads, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.active_connections: dict[str, int] = {}
+        self._request_children: dict[tuple[str, str, str, str], Any] = {}
+        self._duration_children: dict[tuple[str, str], Any] = {}
+        self._upstream_children: dict[str, Any] = {}
+        self._bytes_children: dict[str, tuple[Any, Any]] = {}
+        self._state = _StateCollector(self)
+        r.register(self._state)
+
+    def watch(
+        self,
+        snapshot: Callable[[], Snapshot],
+        certificates: Callable[[], CertificateIndex],
+        generation: Callable[[], int],
+    ) -> None:
+        """Where the scrape-time collector reads the live state from."""
+        self._state.sources = (snapshot, certificates, generation)
+
+    def observe_request(self, record: AccessRecord, body_in: int) -> None:
+        vhost = record.vhost or "-"
+        route = record.route or "-"
+        cluster = record.cluster or "-"
+        key = (vhost, route, cluster, _status_class(record.status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
+        duration_key = (vhost, route)
+        histogram = self._duration_children.get(duration_key)
+        if histogram is None:
+            histogram = self._duration_children[duration_key] = self.request_duration.labels(
+                *duration_key
+            )
+        histogram.observe(record.duration)
+        if record.upstream_time is not None and record.cluster is not None:
+            upstream = self._upstream_children.get(record.cluster)
+            if upstream is None:
+                upstream = self._upstream_children[record.cluster] = (
+                    self.upstream_duration.labels(record.cluster)
+                )
+            upstream.observe(record.upstream_time)
+        pair = self._bytes_children.get(vhost)
+        if pair is None:
+            pair = self._bytes_children[vhost] = (
+                self.bytes_in.labels(vhost),
+                self.bytes_out.labels(vhost),
+            )
+        if body_in:
+            pair[0].inc(body_in)
+        if record.bytes:
+            pair[1].inc(record.bytes)
+
+    def connection_opened(self, listener: str) -> None:
+        self.active_connections[listener] = self.active_connections.get(listener, 0) + 1
+
+    def connection_closed(self, listener: str) -> None:
+        self.active_connections[listener] = self.active_connections.get(listener, 1) - 1
+
+
+class _StateCollector(Collector):
+    """Reads gauges (and counters kept elsewhere) from the live state at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.sources: tuple[Callable[[], Any], Callable[[], Any], Callable[[], int]] | None = None
+
+    def describe(self) -> list[Any]:
+        # Dynamic families: let the registry ask collect() (auto_describe)
+        # rather than describing them twice.
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        connections = GaugeMetricFamily(
+            "edgeproxy_active_connections",
+            "Open client connections, by listener kind.",
+            labels=["listener"],
+        )
+        for listener, count in sorted(self._metrics.active_connections.items()):
+            connections.add_metric([listener], count)
+        yield connections
+        if self.sources is None:
+            return
+        snapshot_of, certificates_of, generation_of = self.sources
+        yield from _cluster_families(snapshot_of())
+        yield from _certificate_families(certificates_of())
+        generation = GaugeMetricFamily(
+            "edgeproxy_config_generation",
+            "How many configurations this process has loaded (1 = the one it started with).",
+        )
+        generation.add_metric([], generation_of())
+        yield generation
+
+
+def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
+    healthy = GaugeMetricFamily(
+        "edgeproxy_endpoint_available",
+        "1 if the endpoint takes traffic (healthy and not ejected), else 0.",
+        labels=["cluster", "endpoint"],
+    )
+    breaker = GaugeMetricFamily(
+        "edgeproxy_endpoint_breaker_state",
+        "1 for the endpoint's current outlier-detection breaker state.",
+        labels=["cluster", "endpoint", "state"],
+    )
+    in_flight = GaugeMetricFamily(
+        "edgeproxy_endpoint_requests_in_flight",
+        "Requests in flight to the endpoint.",
+        labels=["cluster", "endpoint"],
+    )
+    ejections = CounterMetricFamily(
+        "edgeproxy_endpoint_ejections",
+        "Times the endpoint was ejected by outlier detection.",
+        labels=["cluster", "endpoint"],
+    )
+    retries = CounterMetricFamily(
+        "edgeproxy_retries", "Retries sent, by cluster.", labels=["cluster"]
+    )
+    overflows = CounterMetricFamily(
+        "edgeproxy_limit_overflows",
+        "Requests shed by a cluster limit, by limit.",
+        labels=["cluster", "limit"],
+    )
+    pending = GaugeMetricFamily(
+        "edgeproxy_cluster_pending_requests",
+        "Requests waiting for a free connection slot.",
+        labels=["cluster"],
+    )
+    for name, runtime in sorted(snapshot.clusters.items()):
+        counters = runtime.counters
+        retries.add_metric([name], counters.retries_total)
+        pending.add_metric([name], counters.pending)
+        for limit, count in sorted(counters.overflows.items()):
+            overflows.add_metric([name, limit], count)
+        for rt in runtime.endpoints:
+            endpoint = str(rt.endpoint)
+            healthy.add_metric([name, endpoint], 1 if rt.up() else 0)
+            in_flight.add_metric([name, endpoint], rt.in_flight)
+            if rt.breaker is not None:
+                status = rt.breaker.status()
+                for state in BREAKER_STATES:
+                    breaker.add_metric([name, endpoint, state], 1 if status.state == state else 0)
+                ejections.add_metric([name, endpoint], status.ejections)
+    yield from (healthy, breaker, in_flight, ejections, retries, overflows, pending)
+
+
+def _certificate_families(index: CertificateIndex) -> Iterator[Any]:
+    expiry = GaugeMetricFamily(
+        "edgeproxy_certificate_expiry_timestamp_seconds",
+        "When each loaded certificate expires (Unix time).",
+        labels=["source"],
+    )
+    for certificate in index.certificates:
+        expiry.add_metric([certificate.source], certificate.not_after.timestamp())
+    yield expiry

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from edgeproxy.metrics import Metrics
+from edgeproxy.observability import AccessRecord
+
+
+def record(**overrides: object) -> AccessRecord:
+    fields: dict[str, object] = dict(
+        time=1_800_000_000.0, client="192.0.2.1", method="GET", host="shop.example",
+        path="/api/x", protocol="HTTP/1.1", status=200, bytes=5, duration=0.01,
+        referer="-", user_agent="-", vhost="shop.example", route="/api/", cluster="api",
+        endpoint="10.0.0.1:80", upstream_status=200, upstream_time=0.005, attempts=1,
+        outcome="ok", tls_version="TLSv1.3", sni="shop.example", request_id="abc",
+    )
+    fields.update(overrides)
+    return AccessRecord(**fields)  # type: ignore[arg-type]
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    value = metrics.registry.get_sample_value(name, labels)
+    return value
+
+
+def test_requests_are_counted_by_bounded_labels() -> None:
+    metrics = Metrics()
+    metrics.observe_request(record(), body_in=7)
+    metrics.observe_request(record(status=503, upstream_time=None), body_in=0)
+    metrics.observe_request(record(vhost=None, route=None, cluster=None, status=404), body_in=0)
+    labels = dict(vhost="shop.example", route="/api/", cluster="api")
+    assert sample(metrics, "edgeproxy_requests_total", status_class="2xx", **labels) == 1
+    assert sample(metrics, "edgeproxy_requests_total", status_class="5xx", **labels) == 1
+    assert sample(metrics, "edgeproxy_requests_total", status_class="4xx", vhost="-", route="-", cluster="-") == 1
+    assert sample(metrics, "edgeproxy_upstream_response_duration_seconds_count", cluster="api") == 1
+    assert sample(metrics, "edgeproxy_request_bytes_total", vhost="shop.example") == 7
+    assert sample(metrics, "edgeproxy_response_bytes_total", vhost="shop.example") == 10
+    # No client, path or endpoint ever becomes a label.
+    text = generate_latest(metrics.registry).decode()
+    assert "192.0.2.1" not in text and "/api/x" not in text
+
+
+def test_connections_gauge() -> None:
+    metrics = Metrics()
+    metrics.connection_opened("https")
+    metrics.connection_opened("https")
+    metrics.connection_closed("https")
+    assert sample(metrics, "edgeproxy_active_connections", listener="https") == 1
