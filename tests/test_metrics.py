@@ -46,3 +46,38 @@ def test_connections_gauge() -> None:
     metrics.connection_opened("https")
     metrics.connection_closed("https")
     assert sample(metrics, "edgeproxy_active_connections", listener="https") == 1
+
+
+def test_dashboard_uses_only_metrics_that_exist() -> None:
+    import random
+    import re
+    from pathlib import Path
+
+    from twisted.internet.task import Clock
+
+    from edgeproxy.certificates import CertificateIndex
+    from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
+    from edgeproxy.snapshot import Snapshot
+    from tests.memproxy import make_config
+
+    cluster = Cluster("api", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection())
+    snapshot = Snapshot.build(
+        make_config(VirtualHost(["a.example"], routes=[Route("/", cluster)])),
+        Clock(),
+        random.Random(1),
+    )
+    metrics = Metrics()
+    metrics.watch(lambda: snapshot, CertificateIndex.empty, lambda: 1)
+    metrics.observe_request(record(), body_in=1)
+    metrics.tls_handshakes.labels("TLSv1.3").inc()
+    metrics.tls_failures.labels("tls_error").inc()
+    metrics.config_reloads.labels("ok").inc()
+    snapshot.clusters["api"].counters.count_overflow("max_requests")
+    exposed = {
+        sample.name for family in metrics.registry.collect() for sample in family.samples
+    } | {family.name for family in metrics.registry.collect()}
+    dashboard = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+    used = set(re.findall(r"edgeproxy_[a-z_]+", dashboard.read_text()))
+    missing = {name for name in used if name not in exposed}
+    # Certificate expiry is a family without samples when no certificate is loaded.
+    assert missing <= {"edgeproxy_certificate_expiry_timestamp_seconds"}, missing
