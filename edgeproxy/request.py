@@ -18,6 +18,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener
 from twisted.logger import Logger
@@ -317,6 +318,44 @@ def _error_body(error: EdgeProxyError) -> bytes:
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
+class ConnectionTracker:
+    """The open client connections of every listener, for a graceful drain."""
+
+    def __init__(self) -> None:
+        self.channels: set[ProxyChannel] = set()
+        self.draining = False
+        self._waiters: list[Deferred[None]] = []
+
+    def add(self, channel: ProxyChannel) -> None:
+        self.channels.add(channel)
+        if self.draining:
+            channel.drain()
+
+    def remove(self, channel: ProxyChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """Close idle connections now and busy ones after their response;
+        fires when none is left."""
+        self.draining = True
+        for channel in list(self.channels):
+            channel.drain()
+        if not self.channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def abort_all(self) -> None:
+        for channel in list(self.channels):
+            if channel.transport is not None:
+                channel.transport.abortConnection()  # type: ignore[attr-defined]
+
+
 @implementer(IHandshakeListener)
 class ProxyChannel(http.HTTPChannel):
     requestFactory = ProxyRequest  # type: ignore[assignment]
@@ -326,6 +365,7 @@ class ProxyChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         set_no_delay(self.transport)
+        self.factory.connections.add(self)
         metrics = self.factory.metrics
         if metrics is not None:
             metrics.connection_opened(self.factory.kind)
@@ -341,8 +381,15 @@ class ProxyChannel(http.HTTPChannel):
                 version = get_handle().get_protocol_version_name()
             metrics.tls_handshakes.labels(version or "unknown").inc()
 
+    def drain(self) -> None:
+        """Finish the request in progress, if any, then close; take no more."""
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()
+
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         super().connectionLost(reason)
+        self.factory.connections.remove(self)
         metrics = self.factory.metrics
         if metrics is None:
             return
@@ -368,12 +415,14 @@ class ProxyFactory(http.HTTPFactory):
         clock: Any,
         https_port: Any = lambda: None,
         metrics: Metrics | None = None,
+        connections: ConnectionTracker | None = None,
     ) -> None:
         super().__init__(timeout=settings.keepalive_timeout, reactor=clock)
         self.forwarder = forwarder
         self.tls = tls
         self.kind = "https" if tls else "http"
         self.metrics = metrics
+        self.connections = connections if connections is not None else ConnectionTracker()
         self.settings = settings
         self.access_log = access_log
         self.clock = clock

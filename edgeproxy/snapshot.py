@@ -32,10 +32,24 @@ class Snapshot:
     splits: Mapping[int, SplitChooser]
 
     @classmethod
-    def build(cls, config: LoadedConfig, clock: IReactorTime, rng: random.Random) -> Snapshot:
-        clusters = {
-            name: ClusterRuntime(cluster, clock, rng) for name, cluster in config.clusters.items()
-        }
+    def build(
+        cls,
+        config: LoadedConfig,
+        clock: IReactorTime,
+        rng: random.Random,
+        previous: Snapshot | None = None,
+    ) -> Snapshot:
+        """The state for ``config``.  With ``previous``, a cluster defined exactly
+        as before keeps its runtime: its health, breakers, counters and
+        requests in flight carry over a reload."""
+        carried = previous.clusters if previous is not None else {}
+        clusters: dict[str, ClusterRuntime] = {}
+        for name, cluster in config.clusters.items():
+            old = carried.get(name)
+            if old is not None and old.cluster == cluster:
+                clusters[name] = old
+            else:
+                clusters[name] = ClusterRuntime(cluster, clock, rng)
         splits: dict[int, SplitChooser] = {}
         for vhost in config.virtual_hosts:
             for route in vhost.routes:
@@ -47,3 +61,8 @@ class Snapshot:
         """Cancel every timer the cluster runtimes hold."""
         for runtime in self.clusters.values():
             runtime.stop()
+
+    def retired_by(self, new: Snapshot) -> list[ClusterRuntime]:
+        """This snapshot's cluster runtimes that ``new`` does not carry over."""
+        kept = {id(runtime) for runtime in new.clusters.values()}
+        return [runtime for runtime in self.clusters.values() if id(runtime) not in kept]
