@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from typing import Any
 
@@ -42,6 +43,20 @@ def _positive_float(value: str) -> float:
     return number
 
 
+#: More worker processes than this is a typo, not a plan.
+MAX_WORKERS = 256
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a count, or ``auto`` for one per CPU."""
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    number = int(value)
+    if not 1 <= number <= MAX_WORKERS:
+        raise ValueError(f"must be 'auto' or 1..{MAX_WORKERS}: {value}")
+    return number
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -68,12 +83,21 @@ class Options(usage.Options):
          "first --https listener's port; 443 is left out of the URL).", _port_number],
         ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT, "Seconds an idle client "
          "connection is kept open.", _positive_float],
+        ["workers", None, 1, "Worker processes sharing the listeners, or 'auto' (one per "
+         "CPU); with more than 1 this process binds the listeners and supervises the "
+         "workers (docs/scaling.md).", _workers],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["https"] = []
         self["http"] = []
+        #: The arguments as given, for the worker processes (edgeproxy.workers).
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_https(self, description: str) -> None:
         """TLS listener endpoint, wrapped in TLS with SNI; repeatable [default: tcp:8443]."""
@@ -96,6 +120,7 @@ class Options(usage.Options):
             max_body_size=self["max-body-size"],
             redirect_port=self["redirect-port"],
             keepalive_timeout=self["keepalive-timeout"],
+            workers=self["workers"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.
@@ -135,6 +160,13 @@ def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
+
+    if options["settings"].workers > 1:
+        # The supervisor binds the listeners and runs workers; it imports
+        # nothing of the proxy itself (edgeproxy.workers).
+        from edgeproxy.workers import make_supervisor
+
+        return make_supervisor(options["settings"], options.argv, reactor)
 
     from edgeproxy.errors import ConfigError
     from edgeproxy.service import make_service
