@@ -25,9 +25,44 @@ from edgeproxy.errors import ConfigError, ConfigProblem
 from edgeproxy.hostnames import normalise_pattern
 from edgeproxy.routing import RoutingTable
 
-__all__ = ["LoadedConfig", "config_files", "load_config"]
+__all__ = [
+    "ClusterDefinition",
+    "Expectation",
+    "LoadedConfig",
+    "config_files",
+    "load_config",
+]
 
 _MODULE_PREFIX = "edgeproxy_site_"
+
+
+@attrs.frozen
+class Expectation:
+    """One entry of a file's ``expectations``: ``url`` should go to ``cluster``.
+
+    Only the shape is checked when loading; ``--check`` (:mod:`edgeproxy.checks`)
+    parses the URL and routes it.
+    """
+
+    url: str
+    #: A cluster name, or ``"redirect"`` for an ``http://`` URL redirected to https.
+    cluster: str
+    #: The file that declares it, and the line of its tuple (when known).
+    path: str
+    line: int | None
+
+
+@attrs.frozen
+class ClusterDefinition:
+    """A :class:`Cluster` found at module level of a configuration file."""
+
+    cluster: Cluster
+    path: str
+    #: The line of the cluster's name in the statement that binds ``variable``
+    #: (else of that statement), when known.
+    line: int | None
+    #: The module-level name it was found under (``"api"``, ``"clusters"``).
+    variable: str
 
 
 @attrs.frozen(eq=False)
@@ -41,6 +76,26 @@ class LoadedConfig:
     #: in order of first appearance.
     clusters: Mapping[str, Cluster]
     routing: RoutingTable
+    #: The file each virtual host came from, parallel to ``virtual_hosts``
+    #: (empty when the config was not built by :func:`load_config`).
+    virtual_host_files: tuple[str, ...] = ()
+    #: Every file's ``expectations``, in load order (see ``--check``).
+    expectations: tuple[Expectation, ...] = ()
+    #: Every Cluster found at module level of a file (a top-level name bound to
+    #: a Cluster, or to a list, tuple, set or dict holding Clusters), whether
+    #: or not a route uses it, by cluster name, each definition in load order.
+    defined_clusters: Mapping[str, tuple[ClusterDefinition, ...]] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+    #: For each file, every string literal in it (and the hostname it spells)
+    #: mapped to its first line; used to point a reported problem at a line.
+    literal_lines: Mapping[str, Mapping[str, int]] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+
+    def line_of(self, path: str, text: str) -> int | None:
+        """The first line of ``path`` with a string literal spelling ``text``, if any."""
+        return self.literal_lines.get(path, {}).get(text)
 
     @property
     def route_count(self) -> int:
@@ -103,9 +158,8 @@ def load_config(path: str) -> LoadedConfig:
         if isinstance(result, ConfigProblem):
             problems.append(result)
         else:
-            vhosts, file_problems = result
-            problems.extend(file_problems)
-            loaded.append(_LoadedFile(filename, vhosts))
+            problems.extend(result.problems)
+            loaded.append(result)
 
     problems.extend(_cross_check(loaded))
     virtual_hosts = tuple(vhost for f in loaded for vhost in f.virtual_hosts)
@@ -121,11 +175,23 @@ def load_config(path: str) -> LoadedConfig:
         for route in vhost.routes:
             for cluster in route.clusters:
                 clusters.setdefault(cluster.name, cluster)
+    defined: dict[str, list[ClusterDefinition]] = {}
+    for f in loaded:
+        for definition in f.defined_clusters:
+            defined.setdefault(definition.cluster.name, []).append(definition)
     return LoadedConfig(
         virtual_hosts=virtual_hosts,
         files=tuple(files),
         clusters=types.MappingProxyType(clusters),
         routing=RoutingTable.from_virtual_hosts(virtual_hosts),
+        virtual_host_files=tuple(f.path for f in loaded for _ in f.virtual_hosts),
+        expectations=tuple(e for f in loaded for e in f.expectations),
+        defined_clusters=types.MappingProxyType(
+            {name: tuple(definitions) for name, definitions in defined.items()}
+        ),
+        literal_lines=types.MappingProxyType(
+            {f.path: types.MappingProxyType(f.literal_lines) for f in loaded}
+        ),
     )
 
 
@@ -133,11 +199,13 @@ def load_config(path: str) -> LoadedConfig:
 class _LoadedFile:
     path: str
     virtual_hosts: tuple[VirtualHost, ...]
+    problems: tuple[ConfigProblem, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
+    defined_clusters: tuple[ClusterDefinition, ...] = ()
+    literal_lines: Mapping[str, int] = attrs.field(factory=dict)
 
 
-def _load_file(
-    filename: str,
-) -> ConfigProblem | tuple[tuple[VirtualHost, ...], list[ConfigProblem]]:
+def _load_file(filename: str) -> ConfigProblem | _LoadedFile:
     try:
         with open(filename, "rb") as f:
             source_bytes = f.read()
@@ -168,7 +236,17 @@ def _load_file(
         else:
             sys.modules[module.__name__] = previous
 
-    return _read_virtual_hosts(filename, namespace)
+    vhosts, problems = _read_virtual_hosts(filename, namespace)
+    tree = _parse(source_bytes)
+    expectations, expectation_problems = _read_expectations(filename, namespace, tree)
+    return _LoadedFile(
+        filename,
+        vhosts,
+        tuple(problems + expectation_problems),
+        expectations,
+        _module_clusters(filename, namespace, tree),
+        _literals_in(tree),
+    )
 
 
 def _describe(e: BaseException) -> str:
@@ -214,20 +292,179 @@ def _read_virtual_hosts(
     return tuple(vhosts), problems
 
 
+def _module_statements(tree: ast.Module | None) -> list[ast.stmt]:
+    """The statements that run at module level: the top level and the bodies of
+    top-level ``if``/``for``/``while``/``with``/``try`` (not of functions or classes)."""
+    result: list[ast.stmt] = []
+    pending: list[ast.stmt] = list(tree.body) if tree is not None else []
+    while pending:
+        statement = pending.pop(0)
+        result.append(statement)
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            pending.extend(getattr(statement, field, []))
+        for handler in getattr(statement, "handlers", []):
+            pending.extend(handler.body)
+    return sorted(result, key=lambda node: (node.lineno, node.col_offset))
+
+
+def _bound_names(statement: ast.stmt) -> set[str]:
+    targets: list[ast.expr] = []
+    if isinstance(statement, ast.Assign):
+        targets = list(statement.targets)
+    elif isinstance(statement, ast.AnnAssign | ast.AugAssign):
+        targets = [statement.target]
+    elif isinstance(statement, ast.Import | ast.ImportFrom):
+        return {(alias.asname or alias.name).split(".")[0] for alias in statement.names}
+    names = set()
+    for target in targets:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+    return names
+
+
+def _last_binding(statements: Sequence[ast.stmt], name: str) -> ast.stmt | None:
+    """The last module-level statement binding ``name`` (its value is the one left)."""
+    found = None
+    for statement in statements:
+        if name in _bound_names(statement):
+            found = statement
+    return found
+
+
+def _string_line(node: ast.AST, text: str) -> int | None:
+    """The first line inside ``node`` with a string literal equal to ``text``."""
+    lines = [
+        child.lineno
+        for child in ast.walk(node)
+        if isinstance(child, ast.Constant) and child.value == text
+    ]
+    return min(lines) if lines else None
+
+
+def _read_expectations(
+    filename: str, namespace: dict[str, Any], tree: ast.Module | None
+) -> tuple[tuple[Expectation, ...], list[ConfigProblem]]:
+    """``expectations = [(url, cluster_name), ...]``; optional.  Only the shape is checked."""
+    if "expectations" not in namespace:
+        return (), []
+    value = namespace["expectations"]
+    statement = _last_binding(_module_statements(tree), "expectations")
+    statement_line = statement.lineno if statement is not None else None
+    if not isinstance(value, list | tuple):
+        return (), [
+            ConfigProblem(
+                filename,
+                "expectations must be a list of (url, cluster name) tuples, "
+                f"not {type(value).__name__}",
+                statement_line,
+            )
+        ]
+    # With a literal list, each tuple's own line; otherwise the line of its URL.
+    element_lines: list[int] | None = None
+    if (
+        isinstance(statement, ast.Assign | ast.AnnAssign)
+        and isinstance(statement.value, ast.List | ast.Tuple)
+        and len(statement.value.elts) == len(value)
+        and not any(isinstance(e, ast.Starred) for e in statement.value.elts)
+    ):
+        element_lines = [e.lineno for e in statement.value.elts]
+    expectations: list[Expectation] = []
+    problems: list[ConfigProblem] = []
+    for index, item in enumerate(value):
+        if element_lines is not None:
+            line: int | None = element_lines[index]
+        else:
+            line = None
+            if isinstance(item, tuple | list) and item and isinstance(item[0], str):
+                line = _string_line(tree, item[0]) if tree is not None else None
+            if line is None:
+                line = statement_line
+        if (
+            not isinstance(item, tuple | list)
+            or len(item) != 2
+            or not all(isinstance(part, str) and part for part in item)
+        ):
+            problems.append(
+                ConfigProblem(
+                    filename,
+                    f"expectations[{index}] must be a (url, cluster name) tuple of two "
+                    f"non-empty strings, not {_short_repr(item)}",
+                    line,
+                )
+            )
+            continue
+        expectations.append(Expectation(item[0], item[1], filename, line))
+    return tuple(expectations), problems
+
+
+def _clusters_in(value: object) -> list[Cluster]:
+    if isinstance(value, Cluster):
+        return [value]
+    items: list[object] = []
+    try:
+        if isinstance(value, Mapping):
+            items = [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            items = list(value)
+    except Exception:  # a user's odd container: not where clusters are
+        return []
+    return [item for item in items if isinstance(item, Cluster)]
+
+
+def _module_clusters(
+    filename: str, namespace: dict[str, Any], tree: ast.Module | None
+) -> tuple[ClusterDefinition, ...]:
+    """Every Cluster bound at module level of a file: ``api = Cluster(...)``, or one
+    level inside a list, tuple, set or dict bound at module level."""
+    statements = _module_statements(tree)
+    definitions: list[ClusterDefinition] = []
+    seen: set[tuple[str, Cluster]] = set()
+    for variable, value in namespace.items():
+        if variable.startswith("__"):
+            continue
+        clusters = _clusters_in(value)
+        if not clusters:
+            continue
+        statement = _last_binding(statements, variable)
+        for cluster in clusters:
+            if (cluster.name, cluster) in seen:
+                continue  # the same cluster under two names: once is enough
+            seen.add((cluster.name, cluster))
+            line = None
+            if statement is not None:
+                line = _string_line(statement, cluster.name) or statement.lineno
+            elif tree is not None:
+                line = _string_line(tree, cluster.name)
+            definitions.append(ClusterDefinition(cluster, filename, line, variable))
+    return tuple(definitions)
+
+
 def _short_repr(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _parse(source: str | bytes) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+
+
 def _literal_lines(source: str) -> dict[str, int]:
     """Map each string literal in ``source``, and the hostname it spells, to its first line.
 
-    Only used to point at a line when reporting a cross-file problem.
+    Only used to point at a line when reporting a problem.
     """
+    return _literals_in(_parse(source))
+
+
+def _literals_in(tree: ast.AST | None) -> dict[str, int]:
     lines: dict[str, int] = {}
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    if tree is None:
         return lines
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):

@@ -19,6 +19,8 @@ DEFAULT_CERT_POLL_INTERVAL = 2.0
 #: After a 413 sent before the body arrived, keep reading (and discarding) for
 #: this long so the client sees the response instead of a reset (nginx's lingering close).
 DEFAULT_LINGERING_TIMEOUT = 5.0
+#: On SIGTERM, seconds requests in flight get to finish after the listeners close.
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 @attrs.frozen
@@ -45,3 +47,7 @@ class Settings:
     access_log: str | None = None
     #: ``--access-log-format combined|json``.
     access_log_format: str = "combined"
+    #: ``--watch-config``: reload when a config file changes.
+    watch_config: bool = False
+    #: ``--drain-timeout``: on SIGTERM, how long requests in flight may take to finish.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import sys
 from typing import Any
@@ -13,7 +14,12 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from edgeproxy.settings import DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BODY_SIZE, Settings
+from edgeproxy.settings import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    Settings,
+)
 
 __all__ = ["Options", "makeService", "run_check"]
 
@@ -47,6 +53,19 @@ def _positive_float(value: str) -> float:
 MAX_WORKERS = 256
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"must not be negative: {value}")
+    return number
+
+
+def _access_log_format(value: str) -> str:
+    if value not in ("combined", "json"):
+        raise ValueError(f"must be combined or json: {value}")
+    return value
+
+
 def _workers(value: str) -> int:
     """``--workers``: a count, or ``auto`` for one per CPU."""
     if value == "auto":
@@ -67,8 +86,11 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["check", None, "Load and validate the config and certificates, print every problem "
-         "and exit (1 if there is any, else 0); starts nothing."],
+        ["check", None, "Load and validate the config and certificates, check what they "
+         "mean (expectations, unused clusters, uncovered names, expiring certificates), "
+         "print every problem and exit (1 on an error, else 0); starts nothing."],
+        ["strict", None, "With --check: warnings fail the check too (exit 1)."],
+        ["watch-config", None, "Reload when a config file changes (as on SIGHUP)."],
     ]
     optParameters = [
         ["config", None, "sites", "A Python config file, or a directory whose *.py files are "
@@ -86,12 +108,19 @@ class Options(usage.Options):
         ["workers", None, 1, "Worker processes sharing the listeners, or 'auto' (one per "
          "CPU); with more than 1 this process binds the listeners and supervises the "
          "workers (docs/scaling.md).", _workers],
+        ["access-log", None, None, "Write access lines to this file ('-': stdout) instead "
+         "of through the twistd log."],
+        ["access-log-format", None, "combined", "Access line format: combined or json.",
+         _access_log_format],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT, "On SIGTERM, seconds to let requests "
+         "in flight finish after the listeners close.", _non_negative_float],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["https"] = []
         self["http"] = []
+        self["trusted-source"] = []
         #: The arguments as given, for the worker processes (edgeproxy.workers).
         self.argv: list[str] = []
 
@@ -102,6 +131,13 @@ class Options(usage.Options):
     def opt_https(self, description: str) -> None:
         """TLS listener endpoint, wrapped in TLS with SNI; repeatable [default: tcp:8443]."""
         self["https"].append(description)
+
+    def opt_trusted_source(self, network: str) -> None:
+        """Network (CIDR) whose X-Request-Id is kept; repeatable [default: none]."""
+        try:
+            self["trusted-source"].append(ipaddress.ip_network(network, strict=False))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-source: {e}") from None
 
     def opt_http(self, description: str) -> None:
         """Plain HTTP listener (redirects to https; repeatable; 'none': off) [default: tcp:8080]."""
@@ -121,15 +157,24 @@ class Options(usage.Options):
             redirect_port=self["redirect-port"],
             keepalive_timeout=self["keepalive-timeout"],
             workers=self["workers"],
+            access_log=self["access-log"],
+            access_log_format=self["access-log-format"],
+            trusted_sources=tuple(self["trusted-source"]),
+            watch_config=bool(self["watch-config"]),
+            drain_timeout=self["drain-timeout"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.
-            raise SystemExit(run_check(self["settings"]))
+            raise SystemExit(run_check(self["settings"], strict=bool(self["strict"])))
 
 
-def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
-    """Validate config and certificates; print every problem; return the exit code."""
+def run_check(
+    settings: Settings, out: Any = None, err: Any = None, *, strict: bool = False
+) -> int:
+    """Validate config and certificates and what they mean together; print
+    every problem; return the exit code (1 on an error, or a warning if strict)."""
     from edgeproxy.certwatch import check_directory
+    from edgeproxy.checks import CheckReport, format_report, run_semantic_check
     from edgeproxy.configload import load_config
     from edgeproxy.errors import ConfigError, ConfigProblem
 
@@ -137,20 +182,25 @@ def run_check(settings: Settings, out: Any = None, err: Any = None) -> int:
     err = err or sys.stderr
     problems: list[ConfigProblem] = []
     summary: list[str] = []
+    now = datetime.datetime.now(datetime.UTC)
+    scan = check_directory(settings.certs, now)
+    report = CheckReport()
     try:
         config = load_config(settings.config)
     except ConfigError as e:
         problems.extend(e.problems)
     else:
         summary.append(config.summary())
-    scan = check_directory(settings.certs, datetime.datetime.now(datetime.UTC))
+        report = run_semantic_check(config, scan.index, now)
     problems.extend(scan.problems)
-    for problem in problems:
-        print(f"error: {problem}", file=err)
-    for warning in scan.index.warnings:
-        print(f"warning: {warning}", file=err)
-    if problems:
-        print(f"edgeproxy: {len(problems)} problem(s) found", file=err)
+    lines, code = format_report(
+        CheckReport(tuple(problems) + report.errors, report.warnings), strict
+    )
+    for line in lines:
+        print(line, file=err)
+    if code:
+        count = len(problems) + len(report.errors) + (len(report.warnings) if strict else 0)
+        print(f"edgeproxy: {count} problem(s) found", file=err)
         return 1
     count = len(scan.index.certificates)
     summary.append(f"{count} certificate" + ("" if count == 1 else "s"))
