@@ -146,7 +146,11 @@ def status(proxy: EdgeProxyService, started: float | None = None) -> dict[str, A
             }
             for listener in _listeners(proxy)
         ],
-        "config": {"files": list(config.files)},
+        "config": {
+            "files": list(config.files),
+            "generation": proxy.generation,
+            "last_reload": proxy.last_reload,
+        },
         "virtual_hosts": [
             {
                 "names": list(vhost.names),

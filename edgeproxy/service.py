@@ -7,11 +7,13 @@ pool and the admin listener, as one ``MultiService``.  Only this module and
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -22,12 +24,14 @@ from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
 from edgeproxy.configload import load_config
+from edgeproxy.configwatch import ConfigWatcher
+from edgeproxy.errors import ConfigError
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
 from edgeproxy.metrics import Metrics
 from edgeproxy.netutil import DirectEndpointFactory
 from edgeproxy.observability import AccessLog, FileSink
-from edgeproxy.request import ProxyFactory
+from edgeproxy.request import ConnectionTracker, ProxyFactory
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
 from edgeproxy.upstream import UpstreamClient
@@ -100,21 +104,40 @@ class ListenerService(Service):
 class EdgeProxyService(MultiService):
     """The whole proxy; children are started in the order they were added."""
 
+    log = Logger()
+
     def __init__(
-        self, settings: Settings, reactor: Any, endpoints: ListenEndpoints | None = None
+        self,
+        settings: Settings,
+        reactor: Any,
+        endpoints: ListenEndpoints | None = None,
+        *,
+        handle_sighup: bool = False,
     ) -> None:
         super().__init__()
+        self._handle_sighup = handle_sighup
         endpoints = endpoints or _string_endpoints(reactor)
         self.settings = settings
         self.reactor = reactor
         config = load_config(settings.config)
-        rng = random.Random()
+        self._rng = rng = random.Random()
         self.upstream = UpstreamClient(reactor)
         snapshot = Snapshot.build(config, reactor, rng)
         self.forwarder = Forwarder(
             snapshot, self.upstream, via=settings.via, clock=reactor, rng=rng
         )
-        self._add_health_checkers(snapshot, reactor, rng)
+        self.generation = 1
+        self.last_reload: dict[str, Any] | None = None
+        self.connections = ConnectionTracker()
+        # Checks use their own short-lived connections, as HAProxy's do: a
+        # check must see whether a *new* connection works.
+        self._health_agent = Agent.usingEndpointFactory(
+            reactor,
+            DirectEndpointFactory(reactor, connect_timeout=30.0),  # the check's timeout governs
+            HTTPConnectionPool(reactor, persistent=False),
+        )
+        self._health_checkers: dict[int, HealthChecker] = {}
+        self._start_health_checkers(snapshot)
         self.certificate_index = CertificateIndex.empty()
         self.certificates = CertificateWatcher(
             settings.certs,
@@ -126,7 +149,7 @@ class EdgeProxyService(MultiService):
         creator = SNIConnectionCreator(lambda: self.certificate_index)
         self.metrics = Metrics()
         self.metrics.watch(
-            lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: 1
+            lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: self.generation
         )
         self.access_sink = (
             FileSink(settings.access_log, reactor) if settings.access_log is not None else None
@@ -146,6 +169,7 @@ class EdgeProxyService(MultiService):
                 access_log=access_log,
                 clock=reactor,
                 metrics=self.metrics,
+                connections=self.connections,
             )
             endpoint = wrapServerTLS(creator, endpoints("https", description), reactor)
             listener = ListenerService("https", description, endpoint, factory)
@@ -160,6 +184,7 @@ class EdgeProxyService(MultiService):
                 clock=reactor,
                 https_port=self.https_port,
                 metrics=self.metrics,
+                connections=self.connections,
             )
             ListenerService(
                 "http", description, endpoints("http", description), factory
@@ -168,23 +193,60 @@ class EdgeProxyService(MultiService):
             ListenerService(
                 "admin", settings.admin, endpoints("admin", settings.admin), admin_site(self)
             ).setServiceParent(self)
+        if settings.watch_config:
+            ConfigWatcher(settings.config, reactor, self.reload).setServiceParent(self)
 
-    def _add_health_checkers(self, snapshot: Snapshot, reactor: Any, rng: random.Random) -> None:
-        # Checks use their own short-lived connections, as HAProxy's do: a
-        # check must see whether a *new* connection works.
-        agent = Agent.usingEndpointFactory(
-            reactor,
-            DirectEndpointFactory(reactor, connect_timeout=30.0),  # the check's timeout governs
-            HTTPConnectionPool(reactor, persistent=False),
-        )
+    def _start_health_checkers(self, snapshot: Snapshot) -> None:
+        """A checker for every cluster runtime with a health check that has none yet."""
         for name, runtime in snapshot.clusters.items():
             check = runtime.cluster.health_check
-            if check is None:
+            if check is None or id(runtime) in self._health_checkers:
                 continue
             targets = [
                 (rt.endpoint, rt.health) for rt in runtime.endpoints if rt.health is not None
             ]
-            HealthChecker(name, targets, check, reactor, agent, rng).setServiceParent(self)
+            checker = HealthChecker(
+                name, targets, check, self.reactor, self._health_agent, self._rng
+            )
+            self._health_checkers[id(runtime)] = checker
+            checker.setServiceParent(self)
+
+    def reload(self) -> bool:
+        """Load the configuration again and swap it in whole; keep the old one if
+        the new one is broken.  Requests in flight finish on the snapshot they
+        started with; clusters defined exactly as before keep their health,
+        breakers and counters.  Returns whether the new configuration is in."""
+        at = self.reactor.seconds()
+        try:
+            config = load_config(self.settings.config)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.log.error("reload rejected: {problem}", problem=str(problem))
+            self.last_reload = {
+                "at": at,
+                "outcome": "error",
+                "problems": [str(p) for p in e.problems],
+            }
+            self.metrics.config_reloads.labels("error").inc()
+            return False
+        old = self.forwarder.snapshot
+        new = Snapshot.build(config, self.reactor, self._rng, previous=old)
+        self.forwarder.swap(new)
+        for runtime in old.retired_by(new):
+            checker = self._health_checkers.pop(id(runtime), None)
+            if checker is not None:
+                checker.disownServiceParent()
+            runtime.stop()
+        self._start_health_checkers(new)
+        self.generation += 1
+        self.last_reload = {"at": at, "outcome": "ok", "problems": []}
+        self.metrics.config_reloads.labels("ok").inc()
+        self.log.info(
+            "configuration reloaded (generation {generation}): {summary}",
+            generation=self.generation,
+            summary=config.summary(),
+        )
+        return True
 
     def _install_index(self, index: CertificateIndex) -> None:
         self.certificate_index = index
@@ -200,13 +262,48 @@ class EdgeProxyService(MultiService):
                     return port
         return None
 
+    def privilegedStartService(self) -> None:
+        if self._handle_sighup:
+            # Before the listeners open: a SIGHUP that arrives once anyone can
+            # know we are up must reload, not kill the process.
+            signal.signal(
+                signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload)
+            )
+        super().privilegedStartService()
+
     def startService(self) -> None:
         super().startService()
         if self.access_sink is not None:
             self.access_sink.start()
 
+    def drain(self) -> Deferred[None]:
+        """Stop accepting, let requests in flight finish for up to
+        ``drain_timeout`` seconds, then cut what is left."""
+        listeners = [
+            child for child in self if isinstance(child, ListenerService) and child.kind != "admin"
+        ]
+        stopped = [d for d in (listener.stopService() for listener in listeners) if d is not None]
+        self.log.info(
+            "draining: listeners closed, {connections} client connection(s) open",
+            connections=len(self.connections.channels),
+        )
+        d = gatherResults(stopped).addBoth(lambda _: self.connections.drain())
+        d.addTimeout(self.settings.drain_timeout, self.reactor)
+
+        def cut(failure: Failure) -> None:
+            failure.trap(DeferredTimeoutError)
+            self.log.warn(
+                "drain timeout: cutting {connections} connection(s)",
+                connections=len(self.connections.channels),
+            )
+            self.connections.abort_all()
+
+        d.addErrback(cut)
+        return d
+
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = super().stopService()
+        d = self.drain()
+        d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
         d.addBoth(lambda _: self.upstream.close())
         d.addBoth(lambda _: self.forwarder.snapshot.stop())
         if self.access_sink is not None:
@@ -215,6 +312,11 @@ class EdgeProxyService(MultiService):
 
 
 def make_service(
-    settings: Settings, reactor: Any, endpoints: ListenEndpoints | None = None
+    settings: Settings,
+    reactor: Any,
+    endpoints: ListenEndpoints | None = None,
+    *,
+    handle_sighup: bool = False,
 ) -> EdgeProxyService:
-    return EdgeProxyService(settings, reactor, endpoints)
+    """The proxy; with ``handle_sighup`` it reloads its configuration on SIGHUP."""
+    return EdgeProxyService(settings, reactor, endpoints, handle_sighup=handle_sighup)

@@ -222,6 +222,6 @@ def makeService(options: Options) -> IService:
     from edgeproxy.service import make_service
 
     try:
-        return make_service(options["settings"], reactor)
+        return make_service(options["settings"], reactor, handle_sighup=True)
     except ConfigError as e:
         raise SystemExit("edgeproxy: configuration errors:\n" + str(e)) from None

@@ -820,13 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reactor.addReader(_SupervisorPipe(0, supervisor_gone))
 
     def reload() -> None:
-        # Nothing to reload yet: certificates are re-read on their own.
-        log.info(
-            "edgeproxy worker {index}: SIGHUP: nothing to reload (certificates are "
-            "re-read every {interval:g}s)",
-            index=index,
-            interval=settings.cert_poll_interval,
-        )
+        log.info("edgeproxy worker {index}: SIGHUP: reloading the configuration", index=index)
+        service.reload()
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
     log.info("edgeproxy worker {index} serving (pid {pid})", index=index, pid=pid)
