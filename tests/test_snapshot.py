@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import random
+
+from twisted.internet.task import Clock
+
+from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
+from edgeproxy.snapshot import Snapshot
+from tests.memproxy import make_config
+
+A = Cluster("a", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection(consecutive_failures=1))
+B = Cluster("b", endpoints=["10.0.0.2:80"])
+B2 = Cluster("b", endpoints=["10.0.0.3:80"])
+
+
+def build(*clusters: Cluster, previous: Snapshot | None = None) -> Snapshot:
+    routes = [Route(f"/{c.name}{i}/", c) for i, c in enumerate(clusters)]
+    config = make_config(VirtualHost(["x.example"], routes=routes))
+    return Snapshot.build(config, Clock(), random.Random(1), previous=previous)
+
+
+def test_unchanged_cluster_keeps_its_runtime_and_state() -> None:
+    old = build(A, B)
+    old.clusters["a"].endpoints[0].breaker.record_failure("test")  # type: ignore[union-attr]
+    assert not old.clusters["a"].endpoints[0].up()
+    new = build(A, B2, previous=old)
+    assert new.clusters["a"] is old.clusters["a"]
+    assert not new.clusters["a"].endpoints[0].up()  # still ejected after the reload
+    assert new.clusters["b"] is not old.clusters["b"]
+    assert old.retired_by(new) == [old.clusters["b"]]
+
+
+def test_removed_cluster_is_retired() -> None:
+    old = build(A, B)
+    new = build(A, previous=old)
+    assert old.retired_by(new) == [old.clusters["b"]]
