@@ -217,6 +217,9 @@ class EdgeProxyService(MultiService):
         started with; clusters defined exactly as before keep their health,
         breakers and counters.  Returns whether the new configuration is in."""
         at = self.reactor.seconds()
+        if self.access_sink is not None:
+            # Log rotation: the file may have been moved away.
+            self.access_sink.reopen()
         try:
             config = load_config(self.settings.config)
         except ConfigError as e:
