@@ -1,0 +1,1081 @@
+"""
+The lean HTTP/1.1 upstream client (``edgeproxy.h1client`` behind
+``UpstreamClient``), driven in memory: ``MemoryReactorClock`` for the network
+and the clock, ``StringTransport`` for each upstream socket.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import (
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+    TimeoutError,
+)
+from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from edgeproxy.config import Endpoint
+from edgeproxy.errors import (
+    UpstreamConnectFailed,
+    UpstreamConnectTimeout,
+    UpstreamResponseFailed,
+    UpstreamTimeout,
+)
+from edgeproxy.h1client import BODY_CHUNK, MAX_HEAD_BYTES
+from edgeproxy.upstream import UpstreamClient
+
+EP = Endpoint("10.0.0.1", 8080)
+OTHER = Endpoint("10.0.0.2", 80)
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+class Collector(Protocol):
+    """A body protocol that records what it gets."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.reason: Failure | None = None
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        assert self.reason is None, "connectionLost twice"
+        self.reason = reason
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.data)
+
+
+class Upstream:
+    def __init__(self, protocol: Any, transport: StringTransport, address: tuple[str, int]):
+        self.protocol = protocol
+        self.transport = transport
+        self.address = address
+
+    def sent(self) -> bytes:
+        return self.transport.value()
+
+    def respond(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def lose(self, reason: Exception | None = None) -> None:
+        self.protocol.connectionLost(Failure(reason or ConnectionDone()))
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting or self.transport.disconnected)
+
+
+class Rig:
+    def __init__(self, **kwargs: Any) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = UpstreamClient(self.reactor, **kwargs)
+
+    def request(
+        self,
+        method: bytes = b"GET",
+        target: bytes = b"/x",
+        headers: dict[bytes, list[bytes]] | None = None,
+        body: Any = None,
+        body_length: int | None = None,
+        endpoint: Endpoint = EP,
+        connect_timeout: float = 5.0,
+        response_timeout: float = 30.0,
+    ) -> Deferred[Any]:
+        h = Headers({b"Host": [b"shop.example"]} if headers is None else headers)
+        if isinstance(body, bytes):
+            body_length = len(body)
+            body = io.BytesIO(body)
+        return self.client.request(
+            endpoint,
+            method,
+            target,
+            h,
+            body,
+            body_length,
+            connect_timeout=connect_timeout,
+            response_timeout=response_timeout,
+        )
+
+    @property
+    def connections(self) -> int:
+        return len(self.reactor.tcpClients)
+
+    def accept(self, index: int = -1) -> Upstream:
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return Upstream(protocol, transport, (host, port))
+
+    def refuse(self, reason: Exception, index: int = -1) -> None:
+        factory = self.reactor.tcpClients[index][2]
+        factory.clientConnectionFailed(None, Failure(reason))
+
+    def idle(self, endpoint: Endpoint = EP) -> int:
+        return self.client.idle_connections(endpoint)
+
+
+def result(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "no result yet"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def failure(d: Deferred[Any]) -> Failure:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out and isinstance(out[0], Failure), out
+    return out[0]
+
+
+def no_result(d: Deferred[Any]) -> None:
+    out: list[Any] = []
+
+    def seen(r: Any) -> Any:
+        out.append(r)
+        return r
+
+    d.addBoth(seen)
+    assert not out, out
+
+
+def fetch(rig: Rig, up: Upstream, d: Deferred[Any], data: bytes) -> tuple[Any, Collector]:
+    up.respond(data)
+    response = result(d)
+    body = Collector()
+    response.deliverBody(body)
+    return response, body
+
+
+# -- the request on the wire ----------------------------------------------------------
+
+
+def test_request_line_and_headers_in_order_with_repeats() -> None:
+    rig = Rig()
+    rig.request(
+        b"GET",
+        b"/a/b?c=d",
+        {b"Host": [b"shop.example"], b"X-Dup": [b"1", b"2"], b"Accept": [b"*/*"]},
+    )
+    up = rig.accept()
+    assert up.address == ("10.0.0.1", 8080)
+    assert up.sent() == (
+        b"GET /a/b?c=d HTTP/1.1\r\nHost: shop.example\r\nX-Dup: 1\r\nX-Dup: 2\r\n"
+        b"Accept: */*\r\n\r\n"
+    )
+
+
+def test_host_is_the_endpoint_when_the_headers_have_none() -> None:
+    rig = Rig()
+    rig.request(headers={})
+    assert rig.accept().sent() == b"GET /x HTTP/1.1\r\nHost: 10.0.0.1:8080\r\n\r\n"
+    rig.request(headers={}, endpoint=OTHER)
+    assert b"\r\nHost: 10.0.0.2\r\n" in rig.accept().sent()
+
+
+def test_small_body_goes_with_the_head_with_content_length_never_chunked() -> None:
+    rig = Rig()
+    rig.request(b"POST", body=b"pay me")
+    sent = rig.accept().sent()
+    assert sent == (b"POST /x HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 6\r\n\r\npay me")
+    assert b"Transfer-Encoding" not in sent
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT"])
+def test_post_and_put_without_body_send_content_length_zero(method: bytes) -> None:
+    rig = Rig()
+    rig.request(method)
+    assert rig.accept().sent().endswith(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_get_without_body_sends_no_content_length() -> None:
+    rig = Rig()
+    rig.request(b"GET")
+    assert b"Content-Length" not in rig.accept().sent()
+
+
+def test_invalid_method_or_target_is_refused() -> None:
+    rig = Rig()
+    with pytest.raises(ValueError):
+        rig.request(b"GE T")
+    with pytest.raises(ValueError):
+        rig.request(b"GET", b"/x HTTP/1.1\r\nX-Evil: 1")
+    assert rig.connections == 0
+
+
+def test_upstream_socket_has_no_delay() -> None:
+    rig = Rig()
+    rig.request()
+    host, port, factory, timeout, _ = rig.reactor.tcpClients[-1]
+    assert timeout == 5.0
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+
+    class NoDelayTransport(StringTransport):
+        no_delay: bool | None = None
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.no_delay = enabled
+
+    transport = NoDelayTransport()
+    protocol.makeConnection(transport)
+    assert transport.no_delay is True
+
+
+# -- large request bodies stream from their file -----------------------------------------
+
+
+class CountingFile(io.RawIOBase):
+    """A ``size``-byte file of ``b"z"`` that records how much was read."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pos = 0
+        self.read_total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.size + offset
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
+        self.pos += n
+        self.read_total += n
+        return b"z" * n
+
+
+def test_large_body_is_read_a_chunk_at_a_time_as_the_socket_drains() -> None:
+    rig = Rig()
+    size = 10 * 1024 * 1024 + 5
+    body = CountingFile(size)
+    d = rig.request(b"PUT", body=body, body_length=size)
+    up = rig.accept()
+    assert up.sent().endswith(b"\r\nContent-Length: %d\r\n\r\n" % size)
+    producer = up.transport.producer
+    assert producer is not None and not up.transport.streaming
+    assert body.read_total == 0
+    # The socket asks for more each time its buffer drains.
+    producer.resumeProducing()
+    assert body.read_total == BODY_CHUNK
+    up.transport.clear()
+    while up.transport.producer is not None:
+        producer.resumeProducing()
+        assert len(up.transport.value()) <= BODY_CHUNK
+        up.transport.clear()
+    assert body.read_total == size
+    response, collected = fetch(rig, up, d, OK)
+    assert collected.body == b"hi"
+    assert rig.idle() == 1
+
+
+def test_answer_before_the_body_is_written_stops_the_body_and_closes() -> None:
+    rig = Rig()
+    size = 4 * BODY_CHUNK
+    body = CountingFile(size)
+    d = rig.request(b"POST", body=body, body_length=size)
+    up = rig.accept()
+    up.transport.producer.resumeProducing()
+    up.respond(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert result(d).code == 413
+    assert up.transport.producer is None
+    assert body.read_total == BODY_CHUNK
+    assert up.closed
+    assert rig.idle() == 0
+
+
+def test_body_shorter_than_announced_fails_without_reuse() -> None:
+    rig = Rig()
+    d = rig.request(b"POST", body=io.BytesIO(b"abc"), body_length=5)
+    up = rig.accept()
+    assert failure(d).check(UpstreamConnectFailed)
+    assert up.closed
+
+
+# -- pooling -------------------------------------------------------------------------------
+
+
+def test_sequential_requests_reuse_one_connection() -> None:
+    rig = Rig()
+    up = None
+    for i in range(5):
+        d = rig.request(target=b"/%d" % i)
+        if up is None:
+            up = rig.accept()
+        assert up.sent().startswith(b"GET /%d " % i)
+        up.transport.clear()
+        _, body = fetch(rig, up, d, OK)
+        assert body.body == b"hi"
+        assert body.reason is not None and body.reason.check(ResponseDone)
+        assert rig.idle() == 1
+    assert rig.connections == 1
+
+
+def test_endpoints_have_pools_of_their_own() -> None:
+    rig = Rig()
+    d = rig.request()
+    fetch(rig, rig.accept(), d, OK)
+    rig.request(endpoint=OTHER)
+    assert rig.connections == 2
+    assert rig.reactor.tcpClients[-1][:2] == ("10.0.0.2", 80)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nConnection: x-a, Close\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+)
+def test_no_reuse_after_close_or_http10(answer: bytes) -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, answer)
+    assert body.body == b"hi"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert up.closed
+    assert rig.idle() == 0
+    rig.request()
+    assert rig.connections == 2
+
+
+def test_connection_is_reused_only_after_the_complete_body() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    assert rig.idle() == 0
+    rig.request(target=b"/second")
+    assert rig.connections == 2
+    up.respond(b"defghij")
+    assert body.body == b"abcdefghij"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert rig.idle() == 1
+
+
+def test_at_most_max_idle_per_endpoint_are_kept() -> None:
+    rig = Rig(max_idle_per_endpoint=2)
+    pending = [rig.request() for _ in range(3)]
+    ups = [rig.accept(i) for i in range(3)]
+    for up, d in zip(ups, pending, strict=True):
+        fetch(rig, up, d, OK)
+    assert rig.idle() == 2
+    # The oldest idle one was closed.
+    assert [up.closed for up in ups] == [True, False, False]
+
+
+def test_idle_connections_close_after_idle_timeout() -> None:
+    rig = Rig(idle_timeout=50.0)
+    d = rig.request()
+    up = rig.accept()
+    fetch(rig, up, d, OK)
+    rig.reactor.advance(49)
+    assert not up.closed and rig.idle() == 1
+    rig.reactor.advance(1)
+    assert up.closed and rig.idle() == 0
+    rig.request()
+    assert rig.connections == 2
+
+
+def test_idle_timeout_counts_from_the_last_use() -> None:
+    rig = Rig(idle_timeout=50.0)
+    d = rig.request()
+    up = rig.accept()
+    fetch(rig, up, d, OK)
+    rig.reactor.advance(40)
+    d = rig.request()
+    fetch(rig, up, d, OK)
+    rig.reactor.advance(40)
+    assert not up.closed and rig.idle() == 1
+    rig.reactor.advance(10)
+    assert up.closed
+
+
+@pytest.mark.parametrize("event", ["eof", "data"])
+def test_idle_connection_that_closes_or_talks_is_dropped(event: str) -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    fetch(rig, up, d, OK)
+    assert rig.idle() == 1
+    if event == "eof":
+        up.lose()
+    else:
+        up.respond(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        assert up.closed
+    assert rig.idle() == 0
+    rig.request()
+    assert rig.connections == 2
+
+
+def test_close_closes_idle_connections() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    fetch(rig, up, d, OK)
+    closed = rig.client.close()
+    assert up.closed
+    no_result(closed)
+    up.lose()
+    assert result(closed) is None
+
+
+# -- response bodies -----------------------------------------------------------------------
+
+
+def test_content_length_body_across_reads() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Le")
+    no_result(d)
+    up.respond(b"ngth: 6\r\nX-A: b\r\n\r\nab")
+    response = result(d)
+    assert (response.code, response.phrase, response.length) == (200, b"OK", 6)
+    assert response.version == (b"HTTP", 1, 1)
+    assert response.headers.getRawHeaders(b"x-a") == [b"b"]
+    assert not response.headers.hasHeader(b"content-length")
+    body = Collector()
+    response.deliverBody(body)
+    assert body.made and body.body == b"ab" and body.reason is None
+    up.respond(b"cd")
+    up.respond(b"ef")
+    assert body.body == b"abcdef"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+
+
+def test_chunked_body_is_dechunked() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(
+        rig,
+        up,
+        d,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\nde",
+    )
+    assert response.length is UNKNOWN_LENGTH
+    assert not response.headers.hasHeader(b"transfer-encoding")
+    up.respond(b"fg\r\n0\r\nX-Trailer: t\r\n\r\n")
+    assert body.body == b"abcdefg"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert rig.idle() == 1
+
+
+def test_close_delimited_body_ends_in_potential_data_loss() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert response.length is UNKNOWN_LENGTH
+    up.respond(b" more")
+    up.lose()
+    assert body.body == b"some more"
+    assert body.reason is not None and body.reason.check(PotentialDataLoss)
+    assert rig.idle() == 0
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc",
+    ],
+)
+def test_truncated_body_is_not_taken_for_a_whole_one(head: bytes) -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, head)
+    up.lose(ConnectionLost())
+    assert body.body == b"abc"
+    assert body.reason is not None
+    assert not body.reason.check(ResponseDone, PotentialDataLoss)
+    assert body.reason.check(ResponseFailed)
+
+
+def test_body_before_deliver_body_is_buffered_with_reading_paused() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    response = result(d)
+    assert up.transport.producerState == "paused"
+    body = Collector()
+    response.deliverBody(body)
+    assert up.transport.producerState == "producing"
+    up.respond(b"cd")
+    assert body.body == b"abcd"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+
+
+def test_complete_response_delivered_later_still_frees_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(OK)
+    response = result(d)
+    assert rig.idle() == 1
+    body = Collector()
+    response.deliverBody(body)
+    assert body.body == b"hi"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    # Its transport no longer stands for the connection, which is idle (or
+    # serving another request) by now.
+    body.transport.stopProducing()  # type: ignore[union-attr]
+    assert not up.closed and rig.idle() == 1
+
+
+# -- backpressure ---------------------------------------------------------------------------
+
+
+def test_body_consumer_pauses_and_resumes_the_upstream_socket() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+    assert body.transport is not None
+    body.transport.pauseProducing()  # type: ignore[attr-defined]
+    assert up.transport.producerState == "paused"
+    body.transport.resumeProducing()  # type: ignore[attr-defined]
+    assert up.transport.producerState == "producing"
+
+
+def test_paused_connection_is_resumed_when_it_goes_back_to_the_pool() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    body.transport.pauseProducing()  # type: ignore[union-attr]
+    up.respond(b"cd")
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert up.transport.producerState == "producing"
+    assert rig.idle() == 1
+
+
+def test_stopping_the_body_closes_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+    body.transport.stopProducing()  # type: ignore[union-attr]
+    assert up.transport.producerState == "stopped"
+    assert up.closed
+    assert body.reason is not None and not body.reason.check(ResponseDone)
+    up.respond(b"more")
+    up.lose()
+    assert body.body == b"ab"
+    assert rig.idle() == 0
+
+
+# -- no body: HEAD, 204, 304 -------------------------------------------------------------------
+
+
+def test_head_keeps_content_length_and_has_no_body() -> None:
+    rig = Rig()
+    d = rig.request(b"HEAD")
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n")
+    assert response.length == 0
+    assert response.headers.getRawHeaders(b"content-length") == [b"0"]
+    assert body.body == b""
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert rig.idle() == 1
+    # The next response on the connection parses normally.
+    d = rig.request()
+    _, body = fetch(rig, up, d, OK)
+    assert body.body == b"hi"
+
+
+def test_head_answer_with_content_length_is_reused() -> None:
+    """A HEAD answer's Content-Length describes the GET body (RFC 9112 6.3): no body follows."""
+    rig = Rig()
+    d = rig.request(b"HEAD")
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    assert response.headers.getRawHeaders(b"content-length") == [b"1234"]
+    assert response.length == 0
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert not up.closed and rig.idle() == 1
+    d = rig.request()
+    _, body = fetch(rig, up, d, OK)
+    assert body.body == b"hi"
+
+
+def test_body_sent_with_a_head_answer_closes_the_connection() -> None:
+    rig = Rig()
+    d = rig.request(b"HEAD")
+    up = rig.accept()
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
+    response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + smuggled)
+    assert response.code == 200 and body.body == b""
+    assert up.closed and rig.idle() == 0
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_no_body_statuses(code: int) -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 %d X\r\nETag: e\r\n\r\n" % code)
+    assert response.code == code and response.length == 0
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert rig.idle() == 1
+
+
+def test_no_body_status_with_bytes_after_it_closes_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nhi")
+    assert response.code == 204 and body.body == b""
+    assert up.closed and rig.idle() == 0
+
+
+# -- interim responses ------------------------------------------------------------------------
+
+
+def test_interim_responses_are_skipped() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+    no_result(d)
+    up.respond(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
+    no_result(d)
+    response, body = fetch(rig, up, d, OK)
+    assert response.code == 200
+    assert not response.headers.hasHeader(b"link")
+    assert body.body == b"hi"
+    assert rig.idle() == 1
+
+
+def test_switching_protocols_is_a_failure() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
+    assert failure(d).check(UpstreamResponseFailed)
+    assert up.closed
+
+
+def test_upgrade_advertised_on_a_normal_response_is_fine() -> None:
+    """Apache's mod_http2 announces h2c on ordinary HTTP/1.1 responses."""
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(
+        rig,
+        up,
+        d,
+        b"HTTP/1.1 200 OK\r\nUpgrade: h2,h2c\r\nConnection: Upgrade\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    assert body.body == b"hi"
+    assert not response.headers.hasHeader(b"upgrade")
+    assert rig.idle() == 1
+
+
+# -- end-to-end headers only ------------------------------------------------------------------------
+
+
+def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, _ = fetch(
+        rig,
+        up,
+        d,
+        b"HTTP/1.1 200 OK\r\nConnection: X-Private, keep-alive\r\nX-Private: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: X-T\r\n"
+        b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    names = {name.lower() for name, _ in response.headers.getAllRawHeaders()}
+    assert names == {b"set-cookie"}
+    assert response.headers.getRawHeaders(b"set-cookie") == [b"a=1", b"b=2"]
+    assert response.length == 2
+
+
+# -- responses that must not be trusted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Framing both ways: the classic desync.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nhi",
+        # Transfer codings other than exactly chunked.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        # Chunk framing.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nhi\n0\n\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhi\r\n",
+        # Header syntax.
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nhi",
+        # Not HTTP/1.x.
+        b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/0.9 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"RTSP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"ICE/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"ICY 200 OK\r\n\r\nhi",
+        b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nhi",
+        b"garbage\r\n\r\n",
+        # A 1xx has no content.
+        b"HTTP/1.1 199 Odd\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+def test_malformed_responses_fail_and_close(answer: bytes) -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(answer)
+    assert failure(d).check(UpstreamResponseFailed)
+    assert up.closed
+    assert rig.idle() == 0
+
+
+def test_status_line_checked_across_reads() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTT")
+    no_result(d)
+    up.respond(b"X/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert failure(d).check(UpstreamResponseFailed)
+    assert up.closed
+
+    d = rig.request()
+    up = rig.accept()
+    for byte in OK[:9]:
+        up.respond(bytes([byte]))
+    up.respond(OK[9:])
+    assert result(d).code == 200
+
+
+def test_bad_chunk_after_the_head_truncates_the_body() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+    up.respond(b"zz\r\n")
+    assert body.body == b"hi"
+    assert body.reason is not None and body.reason.check(ResponseFailed)
+    assert up.closed and rig.idle() == 0
+
+
+def test_oversized_head_fails() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\n")
+    line = b"X-Big: " + b"a" * 1000 + b"\r\n"
+    for _ in range(MAX_HEAD_BYTES // len(line) + 1):
+        up.respond(line)
+        if up.closed:
+            break
+    assert failure(d).check(UpstreamResponseFailed)
+    assert up.closed
+
+
+def test_endless_trailers_fail() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
+    for _ in range(3 * MAX_HEAD_BYTES // 4096):
+        up.respond(b"a" * 4096)
+        if up.closed:
+            break
+    assert up.closed
+    assert body.reason is not None and body.reason.check(ResponseFailed)
+
+
+def test_second_response_in_the_same_read_closes_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(rig, up, d, OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert body.body == b"hi"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert up.closed and rig.idle() == 0
+
+
+def test_bytes_after_a_closing_response_are_ignored() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    _, body = fetch(
+        rig, up, d, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhiXX"
+    )
+    assert body.body == b"hi"
+    assert up.closed
+
+
+# -- connecting, timeouts, cancel -------------------------------------------------------------
+
+
+def test_connect_refused_is_connect_failed() -> None:
+    rig = Rig()
+    d = rig.request()
+    rig.refuse(ConnectionRefusedError())
+    f = failure(d)
+    assert f.check(UpstreamConnectFailed)
+    assert f.value.never_sent
+
+
+def test_connect_timeout_is_connect_timeout() -> None:
+    rig = Rig()
+    d = rig.request(connect_timeout=3.0)
+    assert rig.reactor.tcpClients[-1][3] == 3.0
+    rig.refuse(TimeoutError())
+    assert failure(d).check(UpstreamConnectTimeout)
+
+
+def test_no_head_within_response_timeout_is_upstream_timeout_and_closes() -> None:
+    rig = Rig()
+    d = rig.request(response_timeout=7.0)
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\n")
+    rig.reactor.advance(6.9)
+    no_result(d)
+    rig.reactor.advance(0.1)
+    assert failure(d).check(UpstreamTimeout)
+    assert up.closed
+    up.lose()
+    assert rig.idle() == 0
+
+
+def test_response_timeout_while_connecting_stops_connecting() -> None:
+    rig = Rig()
+    d = rig.request(response_timeout=7.0)
+    rig.reactor.advance(7.0)
+    assert failure(d).check(UpstreamTimeout)
+    assert rig.reactor.connectors[-1].stoppedConnecting
+    # A connection completing after all is closed at once.
+    up = rig.accept()
+    assert up.closed and up.sent() == b""
+
+
+def test_response_timeout_stops_once_the_head_arrived() -> None:
+    rig = Rig()
+    d = rig.request(response_timeout=7.0)
+    up = rig.accept()
+    _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    rig.reactor.advance(60)
+    assert not up.closed
+    up.respond(b"cd")
+    assert body.reason is not None and body.reason.check(ResponseDone)
+
+
+def test_cancel_while_waiting_for_the_head_closes_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    d.cancel()
+    assert failure(d).check(CancelledError)
+    assert up.closed
+    up.lose()
+    up.respond(OK)
+    assert rig.idle() == 0
+
+
+def test_cancel_while_connecting_stops_connecting() -> None:
+    rig = Rig()
+    d = rig.request()
+    d.cancel()
+    assert failure(d).check(CancelledError)
+    assert rig.reactor.connectors[-1].stoppedConnecting
+    rig.refuse(ConnectionRefusedError())
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_connection_lost_before_the_head_is_response_failed() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\n")
+    up.lose(ConnectionLost())
+    f = failure(d)
+    assert f.check(UpstreamResponseFailed)
+    assert not f.value.never_sent
+    assert rig.connections == 1
+
+
+# -- stale pooled connections -------------------------------------------------------------------
+
+
+def pooled(rig: Rig) -> Upstream:
+    d = rig.request()
+    up = rig.accept()
+    fetch(rig, up, d, OK)
+    up.transport.clear()
+    assert rig.idle() == 1
+    return up
+
+
+@pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE"])
+def test_idempotent_request_on_a_stale_pooled_connection_is_retried_once(method: bytes) -> None:
+    rig = Rig()
+    stale = pooled(rig)
+    d = rig.request(method, body=b"data" if method == b"PUT" else None)
+    assert stale.sent().startswith(method + b" /x ")
+    stale.lose(ConnectionLost())
+    no_result(d)
+    assert rig.connections == 2
+    fresh = rig.accept()
+    assert fresh.sent() == stale.sent()
+    response, body = fetch(rig, fresh, d, OK)
+    assert body.body == b"hi"
+    assert rig.idle() == 1
+
+
+def test_stale_retry_happens_once() -> None:
+    rig = Rig()
+    stale = pooled(rig)
+    d = rig.request()
+    stale.lose()
+    rig.accept().lose()
+    assert failure(d).check(UpstreamResponseFailed)
+    assert rig.connections == 2
+
+
+def test_post_on_a_stale_pooled_connection_is_not_retried() -> None:
+    rig = Rig()
+    stale = pooled(rig)
+    d = rig.request(b"POST", body=b"pay")
+    stale.lose()
+    assert failure(d).check(UpstreamResponseFailed)
+    assert rig.connections == 1
+
+
+def test_connection_closed_after_response_bytes_is_not_retried() -> None:
+    rig = Rig()
+    stale = pooled(rig)
+    d = rig.request()
+    stale.respond(b"HTTP/1.1 2")
+    stale.lose()
+    assert failure(d).check(UpstreamResponseFailed)
+    assert rig.connections == 1
+
+
+def test_fresh_connection_lost_is_not_retried() -> None:
+    rig = Rig()
+    d = rig.request()
+    rig.accept().lose()
+    assert failure(d).check(UpstreamResponseFailed)
+    assert rig.connections == 1
+
+
+# -- endpoints given by name ----------------------------------------------------------------
+
+
+@implementer(IHostnameResolver)
+class FixedResolver:
+    """Resolves every name to ``addresses`` at once (none: the name does not exist)."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.asked: list[str] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        self.asked.append(hostName)
+        resolutionReceiver.resolutionBegan(None)
+        for address in self.addresses:
+            resolutionReceiver.addressResolved(IPv4Address("TCP", address, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return None
+
+
+@implementer(IReactorPluggableNameResolver)
+class ResolvingReactor(MemoryReactorClock):
+    def __init__(self, addresses: list[str]) -> None:
+        super().__init__()
+        self.nameResolver = FixedResolver(addresses)
+
+    def installNameResolver(self, resolver: Any) -> Any:
+        old, self.nameResolver = self.nameResolver, resolver
+        return old
+
+
+def test_endpoint_by_name_is_resolved_and_pooled() -> None:
+    rig = Rig()
+    rig.reactor = ResolvingReactor(["192.0.2.50"])
+    rig.client = UpstreamClient(rig.reactor)
+    named = Endpoint("app.internal", 8080)
+    d = rig.request(endpoint=named, headers={})
+    assert rig.reactor.nameResolver.asked == ["app.internal"]
+    up = rig.accept()
+    assert up.address == ("192.0.2.50", 8080)
+    assert b"\r\nHost: app.internal:8080\r\n" in up.sent()
+    fetch(rig, up, d, OK)
+    assert rig.idle(named) == 1
+    rig.request(endpoint=named)
+    assert rig.connections == 1
+
+
+def test_name_that_does_not_resolve_is_connect_failed() -> None:
+    rig = Rig()
+    rig.reactor = ResolvingReactor([])
+    rig.client = UpstreamClient(rig.reactor)
+    d = rig.request(endpoint=Endpoint("nowhere.internal", 80))
+    assert failure(d).check(UpstreamConnectFailed)
+    assert rig.connections == 0
