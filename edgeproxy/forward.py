@@ -15,7 +15,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from edgeproxy.cluster import FULL, ClusterRuntime, EndpointRuntime
@@ -158,7 +157,7 @@ class _Exchange:
             self._body_length = body.tell()
         request.notifyFinish().addBoth(self._on_request_over)
 
-    def _upstream_headers(self) -> Headers:
+    def _upstream_headers(self) -> list[tuple[bytes, list[bytes]]]:
         request = self._request
         client = request.getClientAddress()
         rewritten = upstream_request_headers(
@@ -168,11 +167,16 @@ class _Exchange:
             host=request.getHeader(b"host"),
             via=self._forwarder._via,
         )
-        headers = Headers()
-        for name, values in rewritten:
-            if name.lower() not in _NOT_FORWARDED:
-                headers.setRawHeaders(name, values)
-        return headers
+        # Plain pairs rather than a Headers: the upstream client writes them
+        # as they are.  twisted.web's parser already refused CR and LF in what
+        # the client sent; a NUL or a bare CR it may let through is dropped
+        # here so no upstream parser is ever shown one.
+        return [
+            (name, values)
+            for name, values in rewritten
+            if name.lower() not in _NOT_FORWARDED
+            and not any(b"\r" in v or b"\n" in v or b"\0" in v for v in values)
+        ]
 
     # -- bookkeeping ---------------------------------------------------------
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import IO, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -888,25 +889,27 @@ class H1Client:
         endpoint: Endpoint,
         method: bytes,
         target: bytes,
-        headers: Headers,
+        headers: Headers | Sequence[tuple[bytes, Sequence[bytes]]],
         body: IO[bytes] | None,
         body_length: int | None,
         *,
         connect_timeout: float,
         response_timeout: float,
     ) -> Deferred[IResponse]:
+        """``headers`` is a ``Headers`` or, cheaper, ``(name, [values])`` pairs
+        whose names are tokens and whose values hold no CR, LF or NUL (the
+        caller vouches for that; ``Headers`` does it itself)."""
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
             raise ValueError("invalid method or request-target")
-        # Headers keeps names as tokens and values free of CR/LF.
+        pairs = headers.getAllRawHeaders() if isinstance(headers, Headers) else headers
         lines = [method + b" " + target + b" HTTP/1.1"]
-        lines.extend(
-            [
-                name + b": " + value
-                for name, values in headers.getAllRawHeaders()
-                for value in values
-            ]
-        )
-        if not headers.hasHeader(b"host"):
+        has_host = False
+        for name, values in pairs:
+            if not has_host and name.lower() == b"host":
+                has_host = True
+            for value in values:
+                lines.append(name + b": " + value)
+        if not has_host:
             lines.append(b"Host: " + _host_value(endpoint))
         if body is not None and body_length is not None:
             lines.append(b"Content-Length: %d\r\n\r\n" % body_length)

@@ -226,5 +226,5 @@ class AccessLog:
         if self._sink is not None:
             self._sink.write(line)
         else:
-            # Every field also rides on the event, for structured observers.
-            self.log.info("{access_line}", access_line=line, **attrs.asdict(record))
+            # The record rides on the event for structured observers.
+            self.log.info("{access_line}", access_line=line, access=record)

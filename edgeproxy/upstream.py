@@ -9,6 +9,7 @@ client over a persistent pool; health checks keep using treq/Agent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import IO
 
 from twisted.internet import error as ierror
@@ -69,7 +70,7 @@ class UpstreamClient:
         endpoint: Endpoint,
         method: bytes,
         target: bytes,
-        headers: Headers,
+        headers: Headers | Sequence[tuple[bytes, Sequence[bytes]]],
         body: IO[bytes] | None,
         body_length: int | None,
         *,
