@@ -70,6 +70,7 @@ from edgeproxy.errors import (
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
+from edgeproxy.headers import HOP_BY_HOP
 from edgeproxy.netutil import set_no_delay
 
 __all__ = [
@@ -92,17 +93,7 @@ _DONE = Failure(ResponseDone("Response body fully received"))
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Hop-by-hop response headers (RFC 9110 7.6.1); Content-Length is framing and
 # handled apart (kept for HEAD, where it describes the representation).
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+_HOP_BY_HOP = HOP_BY_HOP
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
 

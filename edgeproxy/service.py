@@ -160,25 +160,10 @@ class EdgeProxyService(MultiService):
             fmt=settings.access_log_format,
             metrics=self.metrics,
         )
-        self.https_listeners: list[ListenerService] = []
-        for description in settings.https:
-            factory = ProxyFactory(
+        def proxy_factory(tls: bool) -> ProxyFactory:
+            return ProxyFactory(
                 self.forwarder,
-                tls=True,
-                settings=settings,
-                access_log=access_log,
-                clock=reactor,
-                metrics=self.metrics,
-                connections=self.connections,
-            )
-            endpoint = wrapServerTLS(creator, endpoints("https", description), reactor)
-            listener = ListenerService("https", description, endpoint, factory)
-            listener.setServiceParent(self)
-            self.https_listeners.append(listener)
-        for description in settings.http:
-            factory = ProxyFactory(
-                self.forwarder,
-                tls=False,
+                tls=tls,
                 settings=settings,
                 access_log=access_log,
                 clock=reactor,
@@ -186,8 +171,16 @@ class EdgeProxyService(MultiService):
                 metrics=self.metrics,
                 connections=self.connections,
             )
+
+        self.https_listeners: list[ListenerService] = []
+        for description in settings.https:
+            endpoint = wrapServerTLS(creator, endpoints("https", description), reactor)
+            listener = ListenerService("https", description, endpoint, proxy_factory(True))
+            listener.setServiceParent(self)
+            self.https_listeners.append(listener)
+        for description in settings.http:
             ListenerService(
-                "http", description, endpoints("http", description), factory
+                "http", description, endpoints("http", description), proxy_factory(False)
             ).setServiceParent(self)
         if settings.admin is not None:
             ListenerService(
