@@ -637,7 +637,9 @@ def make_supervisor(settings: Settings, argv: Sequence[str], reactor: Any) -> Wo
     if code:
         raise SystemExit(code)
     summary = out.getvalue().strip().removeprefix("edgeproxy: ")
-    return WorkerSupervisor(settings, argv, reactor, summary=summary)
+    # Workers drain for up to --drain-timeout on SIGTERM: do not kill them sooner.
+    policy = RestartPolicy(stop_timeout=settings.drain_timeout + 5.0)
+    return WorkerSupervisor(settings, argv, reactor, summary=summary, policy=policy)
 
 
 # -- the worker ------------------------------------------------------------------
