@@ -149,13 +149,27 @@ def format_combined(r: AccessRecord) -> str:
     )
 
 
+_RECORD_FIELDS = tuple(field.name for field in attrs.fields(AccessRecord))
+_json_encode = json.JSONEncoder(separators=(",", ":")).encode
+_cached_json_second = -1
+_cached_json_time = ""
+
+
+def _rfc3339(now: float) -> str:
+    global _cached_json_second, _cached_json_time
+    second = int(now)
+    if second != _cached_json_second:
+        _cached_json_time = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _cached_json_second = second
+    return f"{_cached_json_time}.{int(now % 1 * 1000):03d}Z"
+
+
 def format_json(r: AccessRecord) -> str:
     """One JSON object with stable keys (see :class:`AccessRecord`); time in RFC 3339."""
-    fields = attrs.asdict(r)
-    fields["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.time)) + (
-        f".{int(r.time % 1 * 1000):03d}Z"
-    )
-    return json.dumps(fields, separators=(",", ":"))
+    # getattr over the field names, not attrs.asdict: this runs per request.
+    fields = {name: getattr(r, name) for name in _RECORD_FIELDS}
+    fields["time"] = _rfc3339(r.time)
+    return _json_encode(fields)
 
 
 ACCESS_LOG_FORMATS: dict[str, Callable[[AccessRecord], str]] = {

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import json
+
+from edgeproxy.observability import combined_time, format_combined, format_json
+from tests.test_metrics import record
+
+
+def test_json_line_has_every_field_and_rfc3339_time() -> None:
+    line = format_json(record(time=1_800_000_000.25))
+    fields = json.loads(line)
+    assert fields["time"] == "2027-01-15T08:00:00.250Z"
+    assert fields["request_id"] == "abc" and fields["upstream_time"] == 0.005
+    assert "\n" not in line
+
+
+def test_combined_line_is_combined_format_then_fields() -> None:
+    line = format_combined(record(time=1_800_000_000.0))
+    assert line.startswith('192.0.2.1 - - [15/Jan/2027:08:00:00 +0000] "GET /api/x HTTP/1.1" 200 5 "-" "-" ')
+    assert "vhost=shop.example route=/api/ cluster=api endpoint=10.0.0.1:80" in line
+    assert line.endswith("request_id=abc")
+
+
+def test_combined_time_is_cached_per_second() -> None:
+    assert combined_time(1_800_000_000.1) is combined_time(1_800_000_000.9)
