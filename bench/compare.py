@@ -45,8 +45,8 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,36 +59,47 @@ from typing import Any, TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (  # bench/run.py: processes, nginx, wrk parsing
-    _LISTENING,
+from _common import (  # bench/_common.py: processes, nginx, edgeproxy, wrk parsing
     _NGINX_PROXY,
-    CERT_NAMES,
-    HOST,
     LARGE_BODY,
     LARGE_PATH,
-    OUT_DIR,
     SMALL_PATH,
-    STARTUP_TIMEOUT,
-    TWISTD,
+    Meter,
     Processes,
     Server,
-    children_cpu_seconds,
+    can_pin,
+    cpu_model,
     cpu_seconds,
-    free_port,
+    dev_certificate,
+    git_info,
     http_get,
+    insecure_tls_context,
+    loadavg,
     log,
     nginx_binary,
     parse_wrk,
     peak_rss_kib,
+    python_versions,
+    results_path,
+    rss_kib,
+    run_main,
+    sbin_binary,
+    self_cpu_seconds,
     sigterm_as_exit,
+    single_route_config,
     split_pem,
-    start_nginx,
+    start_edgeproxy,
     start_nginx_backend,
+    start_nginx_proxy,
+    start_on_free_ports,
     start_python_backend,
+    stop_and_clean,
     summarize_proxy_log,
     system_cpu_seconds,
     tail,
-    wait_until_serving,
+    target_url,
+    write_key_and_cert,
+    wrk_argv,
 )
 
 PROXIES = ("edgeproxy", "nginx", "haproxy", "caddy")
@@ -120,40 +131,8 @@ _NGINX_PROXY_TLS13 = _NGINX_PROXY.replace(
 assert _NGINX_PROXY_TLS13 != _NGINX_PROXY
 
 
-def start_nginx_proxy(
-    procs: Processes, binary: str, workdir: Path, backend_port: int, pem: bytes,
-    access_log: bool,
-) -> Server:
-    workdir.mkdir(parents=True)
-    key, cert = split_pem(pem)
-    (workdir / "key.pem").write_bytes(key)
-    (workdir / "cert.pem").write_bytes(cert)
-    name = "nginx+log" if access_log else "nginx"
-    for attempt in range(3):
-        ports = {"http": free_port(), "https": free_port()}
-        body = _NGINX_PROXY_TLS13.format(
-            backend_port=backend_port, http_port=ports["http"], https_port=ports["https"],
-            host=HOST, dir=workdir,
-        )
-        server = start_nginx(
-            procs, binary, name, workdir, PROXY_CPU, body, ports,
-            access_log=f"{workdir}/access.log" if access_log else "off",
-        )
-        try:
-            wait_until_serving(server, ports["http"])
-            wait_until_serving(server, ports["https"], tls=True)
-            return server
-        except RuntimeError:
-            if attempt == 2:
-                raise
-            server.stop()
-    raise AssertionError("unreachable")
-
-
 def haproxy_binary() -> str | None:
-    return shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
-    )
+    return sbin_binary("haproxy")
 
 
 def caddy_binary() -> str | None:
@@ -198,8 +177,8 @@ def start_haproxy(
     key, cert = split_pem(pem)
     (workdir / "bench.pem").write_bytes(cert + key)
     name = "haproxy+log" if access_log else "haproxy"
-    for attempt in range(3):
-        ports = {"http": free_port(), "https": free_port()}
+
+    def start(ports: dict[str, int]) -> Server:
         conf = workdir / "haproxy.cfg"
         conf.write_text(_HAPROXY.format(
             http_port=ports["http"], https_port=ports["https"], backend_port=backend_port,
@@ -209,18 +188,10 @@ def start_haproxy(
             log_defaults="    log global\n    option httplog" if access_log else "",
         ))
         # -db: foreground, no daemon, no master-worker: one process.
-        server = procs.start(name, [binary, "-db", "-f", str(conf)], PROXY_CPU, workdir,
-                             env=None)
-        server.ports = ports
-        try:
-            wait_until_serving(server, ports["http"])
-            wait_until_serving(server, ports["https"], tls=True)
-            return server
-        except RuntimeError:
-            if attempt == 2:
-                raise
-            server.stop()
-    raise AssertionError("unreachable")
+        return procs.start(name, [binary, "-db", "-f", str(conf)], PROXY_CPU, workdir,
+                           env=None)
+
+    return start_on_free_ports(("http", "https"), start)
 
 
 def _caddy_config(
@@ -293,138 +264,39 @@ def start_caddy(
     procs: Processes, binary: str, workdir: Path, backend_port: int, pem: bytes,
     access_log: bool,
 ) -> Server:
-    workdir.mkdir(parents=True)
-    key, cert = split_pem(pem)
-    (workdir / "key.pem").write_bytes(key)
-    (workdir / "cert.pem").write_bytes(cert)
+    write_key_and_cert(workdir, pem)
     env = dict(
         os.environ, GOMAXPROCS="1", HOME=str(workdir),
         XDG_CONFIG_HOME=str(workdir / "config"), XDG_DATA_HOME=str(workdir / "data"),
     )
     name = "caddy+log" if access_log else "caddy"
-    for attempt in range(3):
-        ports = {"http": free_port(), "https": free_port()}
+
+    def start(ports: dict[str, int]) -> Server:
         conf = workdir / "caddy.json"
         conf.write_text(json.dumps(_caddy_config(workdir, ports, backend_port, access_log),
                                    indent=2))
-        server = procs.start(name, [binary, "run", "--config", str(conf)], PROXY_CPU,
-                             workdir, env=env)
-        server.ports = ports
-        try:
-            wait_until_serving(server, ports["http"])
-            wait_until_serving(server, ports["https"], tls=True)
-            return server
-        except RuntimeError:
-            if attempt == 2:
-                raise
-            server.stop()
-    raise AssertionError("unreachable")
+        return procs.start(name, [binary, "run", "--config", str(conf)], PROXY_CPU,
+                           workdir, env=env)
+
+    return start_on_free_ports(("http", "https"), start)
 
 
-def start_edgeproxy(procs: Processes, workdir: Path, backend_port: int, pem: bytes) -> Server:
+def edgeproxy_server(procs: Processes, workdir: Path, backend_port: int, pem: bytes) -> Server:
     """Like bench/run.py's, but the certificate is ``default.pem`` (still indexed by its
     names), so that clients without SNI (openssl s_time) get it too."""
-    workdir.mkdir(parents=True)
-    certs = workdir / "certs"
-    certs.mkdir(mode=0o700)
-    pem_path = certs / "default.pem"
-    pem_path.write_bytes(pem)
-    pem_path.chmod(0o600)
-    config = workdir / "bench_site.py"
-    config.write_text(
-        "from edgeproxy.config import Cluster, Route, VirtualHost\n\n"
-        f'bench = Cluster("bench", endpoints=["127.0.0.1:{backend_port}"])\n\n'
-        "virtual_hosts = [\n"
-        f"    VirtualHost({list(CERT_NAMES)!r}, routes=[Route(\"/\", bench, plain_http=True)]),\n"
-        "]\n"
-    )
-    loopback = "tcp:0:interface=127.0.0.1"
-    argv = [
-        TWISTD, "--pidfile=", "-n", "edgeproxy",
-        "--config", str(config), "--certs", str(certs),
-        "--https", loopback, "--http", loopback, "--admin", loopback,
-    ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    server = procs.start("edgeproxy", argv, PROXY_CPU, workdir, env=env)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline and server.alive():
-        for match in _LISTENING.finditer(server.output.read_text(errors="replace")):
-            server.ports.setdefault(match.group(1), int(match.group(3)))
-        if {"https", "http", "admin"} <= set(server.ports):
-            wait_until_serving(server, server.ports["http"])
-            wait_until_serving(server, server.ports["https"], tls=True)
-            return server
-        time.sleep(0.05)
-    raise RuntimeError(f"edgeproxy did not start:\n{tail(server.output)}")
+    return start_edgeproxy(procs, workdir, PROXY_CPU, single_route_config(backend_port), pem,
+                           pem_name="default.pem")
 
 
 def tls_version(port: int) -> str:
     """The TLS version negotiated by a default client (sanity check: TLS 1.3)."""
-    import socket
-    import ssl
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = insecure_tls_context()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as s:
         return str(s.version())
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def loadavg() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "?"
-
-
-def rss_kib(pids: Sequence[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
-
-
-def self_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Meter:
-    """CPU of the server under test, and CPU used meanwhile by processes this script did
-    not start (noise), between :meth:`start` and :meth:`stop`."""
-
-    def __init__(self, procs: Processes, pids: list[int]) -> None:
-        self.procs = procs
-        self.pids = pids
-        self.ours = sorted({p for s in procs.servers for p in s.pids()})
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self.cpu0 = cpu_seconds(self.pids)
-        self.ours0 = cpu_seconds(self.ours)
-        self.kids0 = children_cpu_seconds()
-        self.self0 = self_cpu_seconds()
-        self.sys0, self.steal0 = system_cpu_seconds()
-
-    def stop(self) -> dict[str, float]:
-        wall = time.monotonic() - self.t0
-        used = cpu_seconds(self.pids) - self.cpu0
-        sys1, steal1 = system_cpu_seconds()
-        other = (sys1 - self.sys0) - (cpu_seconds(self.ours) - self.ours0) - (
-            children_cpu_seconds() - self.kids0) - (self_cpu_seconds() - self.self0)
-        return {
-            "wall_seconds": wall,
-            "cpu_seconds": used,
-            "cpu_utilization": used / wall if wall else 0.0,
-            "other_cpu_utilization": max(0.0, other) / wall if wall else 0.0,
-            "steal_utilization": (steal1 - self.steal0) / wall if wall else 0.0,
-        }
 
 
 def wait_sampling(popen: subprocess.Popen[str], pids: list[int], timeout: float) -> int:
@@ -442,14 +314,6 @@ def wait_sampling(popen: subprocess.Popen[str], pids: list[int], timeout: float)
     return peak
 
 
-def wrk_argv(procs: Processes, url: str, duration: float, connections: int) -> list[str]:
-    return procs.command(
-        ["wrk", "--latency", "-t", "1", "-c", str(connections),
-         "-d", f"{max(1, round(duration))}s", "-H", f"Host: {HOST}", url],
-        CLIENT_CPU,
-    )
-
-
 def measure_wrk(
     procs: Processes, proxy: Proxy, scheme: str, path: str, body_size: int,
     connections: int, args: argparse.Namespace,
@@ -459,16 +323,16 @@ def measure_wrk(
     if status != 200 or length != body_size:
         raise RuntimeError(f"{proxy.name} {scheme} {path}: status {status}, {length} body "
                            f"bytes (expected 200 and {body_size})")
-    url = (f"https://localhost:{port}{path}" if scheme == "https"
-           else f"http://127.0.0.1:{port}{path}")
+    url = target_url(scheme, port, path)
     if args.warmup > 0:
-        subprocess.run(wrk_argv(procs, url, args.warmup, connections), capture_output=True,
+        subprocess.run(wrk_argv(procs, url, args.warmup, connections, 1, CLIENT_CPU),
+                       capture_output=True,
                        timeout=args.warmup + 60, check=False)
     pids = proxy.server.pids()
     load = loadavg()
     meter = Meter(procs, pids)
     meter.start()
-    with subprocess.Popen(wrk_argv(procs, url, args.duration, connections),
+    with subprocess.Popen(wrk_argv(procs, url, args.duration, connections, 1, CLIENT_CPU),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as wrk:
         peak = wait_sampling(wrk, pids, args.duration + 60)
         output = wrk.stdout.read() if wrk.stdout else ""
@@ -556,7 +420,7 @@ def measure_handshakes(
 
 def other_cpu_now(procs: Processes, window: float = 1.0) -> float:
     """CPU used during ``window`` s by processes this script did not start, in cores."""
-    ours = sorted({p for s in procs.servers for p in s.pids()})
+    ours = procs.our_pids()
     sys0, _ = system_cpu_seconds()
     ours0, self0 = cpu_seconds(ours), self_cpu_seconds()
     time.sleep(window)
@@ -737,11 +601,7 @@ def noise_table(rows: list[Row]) -> str:
 
 
 def versions() -> dict[str, str]:
-    found: dict[str, str] = {"python": platform.python_version()}
-    with contextlib.suppress(Exception):
-        import twisted
-
-        found["twisted"] = twisted.__version__
+    found = python_versions()
 
     def first_line(argv: list[str]) -> str:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -762,27 +622,12 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    git: dict[str, Any] = {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        root = Path(__file__).resolve().parent.parent
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "edgeproxy"],
-                               capture_output=True, text=True, check=True, timeout=10)
-        git = {"commit": head.stdout.strip(),
-               "edgeproxy_uncommitted_files": len(dirty.stdout.splitlines())}
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
-        "git": git,
+        "git": git_info(short=True, timeout=10),
         "versions": versions(),
     }
 
@@ -846,7 +691,7 @@ def start_all(
     for kind in args.only:
         if kind == "edgeproxy":
             proxies.append(Proxy("edgeproxy", "edgeproxy",
-                                 start_edgeproxy(procs, tmp / "edgeproxy", port, pem), True))
+                                 edgeproxy_server(procs, tmp / "edgeproxy", port, pem), True))
             continue
         binary = binaries[kind]
         if binary is None:
@@ -856,7 +701,8 @@ def start_all(
             name = f"{kind}+log" if logging_on else kind
             workdir = tmp / name
             if kind == "nginx":
-                server = start_nginx_proxy(procs, binary, workdir, port, pem, logging_on)
+                server = start_nginx_proxy(procs, binary, workdir, PROXY_CPU, port, pem,
+                                           logging_on, name=name, template=_NGINX_PROXY_TLS13)
             elif kind == "haproxy":
                 server = start_haproxy(procs, binary, workdir, port, pem, logging_on)
             else:
@@ -876,13 +722,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if shutil.which(tool) is None:
             log(f"error: {tool} is not installed")
             return 2
-    pin = args.pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    pin = can_pin(args.pin)
     if pin:
         # This script (RSS sampling, /proc reads) stays off the proxies' CPU.
         os.sched_setaffinity(0, {int(CLIENT_CPU)})
-    from edgeproxy.devcert import make_dev_certificate
-
-    pem = make_dev_certificate(CERT_NAMES)  # ECDSA P-256, self-signed
+    pem = dev_certificate()  # ECDSA P-256, self-signed
     tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-compare-"))
     procs = Processes(pin)
     info = machine()
@@ -957,11 +801,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             report["peak_rss_kib_since_start"] = {
                 p.name: peak_rss_kib(p.server.pids()) for p in proxies}
     finally:
-        procs.stop_all()
-        if args.keep_temp:
-            log(f"temporary files kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_and_clean(procs, tmp, args.keep_temp)
 
     medians = {key: median_of(value) for key, value in runs.items()}
     rows = build_rows(medians, proxies)
@@ -983,9 +823,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     report["runs"] = {" ".join(k): v for k, v in runs.items()}
     report["tables"] = tables
 
-    OUT_DIR.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = OUT_DIR / f"compare-{stamp}.json"
+    path = results_path("compare")
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
     v = info["versions"]
@@ -1022,8 +860,4 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every started process was stopped")
-        sys.exit(130)
+    run_main(main)

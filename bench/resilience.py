@@ -31,15 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import http.client
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -50,24 +46,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from run import (
-    _LISTENING,
+from _common import (
     CERT_NAMES,
     HOST,
-    OUT_DIR,
-    STARTUP_TIMEOUT,
-    TWISTD,
     Processes,
     Server,
+    can_pin,
+    connect,
     cpu_seconds,
+    dev_certificate,
     free_port,
     log,
     machine_info,
+    results_path,
+    run_main,
+    serve_http,
     sigterm_as_exit,
+    start_edgeproxy,
+    stop_and_clean,
     summarize_proxy_log,
     system_cpu_seconds,
     tail,
-    wait_until_serving,
+    wait_for_output,
 )
 
 BENCH_FILE = Path(__file__).resolve()
@@ -84,38 +84,6 @@ _RETRY = re.compile(r"retrying \S+ elsewhere after (\S+) from (\S+)")
 # --------------------------------------------------------------------------- backend
 
 
-class _BackendProtocol(asyncio.Protocol):
-    def __init__(self, response: bytes) -> None:
-        self._response = response
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        assert self._transport is not None
-        buffer = self._buffer + data
-        answers = 0
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                break
-            head, buffer = buffer[:end], buffer[end + 4 :]
-            answers += 1
-            if b"\r\nconnection: close" in head.lower():
-                self._transport.write(self._response * answers)
-                self._transport.close()
-                return
-        self._buffer = buffer
-        if answers:
-            self._transport.write(self._response * answers)
-
-
 async def _serve_backend(name: str, port: int) -> None:
     body = f"{name}\n".encode()
     response = (
@@ -125,28 +93,15 @@ async def _serve_backend(name: str, port: int) -> None:
         f"Content-Length: {len(body)}\r\n"
         "\r\n"
     ).encode("ascii") + body
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _BackendProtocol(response), "127.0.0.1", port, backlog=1024, reuse_address=True
-    )
-    address = server.sockets[0].getsockname()
-    print(f"backend {name} listening on {address[0]}:{address[1]}", flush=True)
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_http(lambda head: response, port, 1024, f"backend {name}")
 
 
 def start_backend(procs: Processes, workdir: Path, name: str, port: int, tag: str) -> Server:
     argv = [sys.executable, str(BENCH_FILE), "--serve-backend", name, "--port", str(port)]
     server = procs.start(f"backend-{name}{tag}", argv, "0", workdir, env=None)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline and server.alive():
-        if _BACKEND_READY.search(server.output.read_text(errors="replace")):
-            server.ports = {"http": port}
-            return server
-        time.sleep(0.01)
+    if wait_for_output(server, lambda text: bool(_BACKEND_READY.search(text)), 0.01):
+        server.ports = {"http": port}
+        return server
     raise RuntimeError(f"backend {name} did not start on port {port}:\n{tail(server.output)}")
 
 
@@ -184,37 +139,6 @@ def edgeproxy_config(ports: dict[str, int], args: argparse.Namespace) -> str:
     )
 
 
-def start_edgeproxy(
-    procs: Processes, workdir: Path, cpu: str, config_text: str, pem: bytes
-) -> Server:
-    workdir.mkdir(parents=True)
-    certs = workdir / "certs"
-    certs.mkdir(mode=0o700)
-    pem_path = certs / "bench.pem"
-    pem_path.write_bytes(pem)
-    pem_path.chmod(0o600)
-    config = workdir / "resilience_site.py"
-    config.write_text(config_text)
-    loopback = "tcp:0:interface=127.0.0.1"
-    argv = [
-        TWISTD, "--pidfile=", "-n", "edgeproxy",
-        "--config", str(config), "--certs", str(certs),
-        "--https", loopback, "--http", loopback, "--admin", loopback,
-    ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    server = procs.start("edgeproxy", argv, cpu, workdir, env=env)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline and server.alive():
-        for match in _LISTENING.finditer(server.output.read_text(errors="replace")):
-            server.ports.setdefault(match.group(1), int(match.group(3)))
-        if {"https", "http", "admin"} <= set(server.ports):
-            wait_until_serving(server, server.ports["http"])
-            wait_until_serving(server, server.ports["https"], tls=True)
-            return server
-        time.sleep(0.05)
-    raise RuntimeError(f"edgeproxy did not start:\n{tail(server.output)}")
-
-
 # --------------------------------------------------------------------------- load
 
 
@@ -237,15 +161,6 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.status == 200
-
-
-def _connect(scheme: str, port: int, timeout: float) -> http.client.HTTPConnection:
-    if scheme == "https":
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return http.client.HTTPSConnection("localhost", port, context=ctx, timeout=timeout)
-    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
 
 def load_worker(
@@ -272,7 +187,7 @@ def load_worker(
                 # Never send a burst to catch up after a slow answer.
                 next_at = max(next_at + period, time.monotonic() - period)
             if conn is None:
-                conn = _connect(scheme, port, timeout)
+                conn = connect(scheme == "https", port, timeout)
             path = f"/r/{index}-{seq}"
             seq += 1
             status, backend, error = 0, None, None
@@ -718,10 +633,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if args.serve_backend:
         asyncio.run(_serve_backend(args.serve_backend, args.port))
         return 0
-    pin = args.pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-    from edgeproxy.devcert import make_dev_certificate
-
-    pem = make_dev_certificate(CERT_NAMES)
+    pin = can_pin(args.pin)
+    pem = dev_certificate()
     tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-resilience-"))
     procs = Processes(pin)
     stop = threading.Event()
@@ -740,7 +653,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 workdir.mkdir()
                 backends[name] = start_backend(procs, workdir, name, port, "")
             config_text = edgeproxy_config(ports, args)
-            edge = start_edgeproxy(procs, tmp / "edgeproxy", "1", config_text, pem)
+            edge = start_edgeproxy(procs, tmp / "edgeproxy", "1", config_text, pem,
+                                   config_name="resilience_site.py")
             killed_endpoint = f"127.0.0.1:{ports[KILLED]}"
             log(f"backends: a on {ports['a']} (pid {backends['a'].pid}), b on {ports['b']} "
                 f"(pid {backends['b'].pid}); edgeproxy pid {edge.pid}, ports {edge.ports}")
@@ -857,15 +771,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             }
     finally:
         stop.set()
-        procs.stop_all()
-        if args.keep_temp:
-            log(f"temporary files kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_and_clean(procs, tmp, args.keep_temp)
 
-    OUT_DIR.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = OUT_DIR / f"resilience-{stamp}.json"
+    path = results_path("resilience")
     report["path"] = str(path)
     path.write_text(json.dumps(report, indent=1) + "\n")
     print_report(report, out)
@@ -873,8 +781,4 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log("interrupted; every started process was stopped")
-        sys.exit(130)
+    run_main(main)
