@@ -490,6 +490,8 @@ _NGINX_PROXY = """\
         server_name {host} localhost 127.0.0.1;
         ssl_certificate {dir}/cert.pem;
         ssl_certificate_key {dir}/key.pem;
+        # The same protocol edgeproxy's clients negotiate (nginx 1.22 stops at 1.2).
+        ssl_protocols TLSv1.2 TLSv1.3;
         location / {{
             proxy_pass http://b;
             proxy_http_version 1.1;

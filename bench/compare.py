@@ -122,11 +122,9 @@ class Proxy:
     schemes: tuple[str, ...] = ("http", "https")
 
 
-# bench/run.py's nginx proxy (keep-alive upstream pool, in-memory buffering), TLS 1.3 only:
-# nginx 1.22's default ssl_protocols stop at TLSv1.2.
+# bench/run.py's nginx proxy (keep-alive upstream pool, in-memory buffering), TLS 1.3 only.
 _NGINX_PROXY_TLS13 = _NGINX_PROXY.replace(
-    "        ssl_certificate_key {dir}/key.pem;\n",
-    "        ssl_certificate_key {dir}/key.pem;\n        ssl_protocols TLSv1.3;\n",
+    "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;"
 )
 assert _NGINX_PROXY_TLS13 != _NGINX_PROXY
 

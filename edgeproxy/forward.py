@@ -109,10 +109,9 @@ class Forwarder:
 
 
 def _hash_key(request: ProxyRequest, spec: str) -> bytes | None:
-    client = request.getClientAddress()
     return request_hash_key(
         spec,
-        client_ip=getattr(client, "host", ""),
+        client_ip=request.client_ip,
         header=request.getHeader,
         cookie=request.getCookie,
     )
@@ -161,10 +160,9 @@ class _Exchange:
 
     def _upstream_headers(self) -> list[tuple[bytes, list[bytes]]]:
         request = self._request
-        client = request.getClientAddress()
         rewritten = upstream_request_headers(
             request.requestHeaders.getAllRawHeaders(),
-            client_ip=getattr(client, "host", "unknown"),
+            client_ip=request.client_ip,
             proto="https" if request.factory.tls else "http",
             host=request.getHeader(b"host"),
             via=self._forwarder._via,

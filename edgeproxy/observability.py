@@ -103,7 +103,6 @@ def _tls_details(request: Any) -> tuple[str | None, str | None]:
 
 
 def access_record(request: Any, now: float, duration: float) -> AccessRecord:
-    client = request.getClientAddress()
     headers = request.requestHeaders
     vhost = request.vhost
     route = request.route
@@ -111,7 +110,7 @@ def access_record(request: Any, now: float, duration: float) -> AccessRecord:
     host = headers.getRawHeaders(b"host", [b""])[0]
     return AccessRecord(
         time=now,
-        client=getattr(client, "host", "-"),
+        client=request.client_ip,
         method=_text(request.method),
         host=_text(host),
         path=_text(request.uri),

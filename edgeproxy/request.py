@@ -227,13 +227,29 @@ class ProxyRequest(http.Request):
             return
         self.factory.forwarder.forward(self)
 
+    _client_ip: str | None = None
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address as text, IPv6 in canonical form (a PROXY v2
+        header gives it uncompressed), ``"-"`` when there is none."""
+        if self._client_ip is None:
+            host = getattr(self.getClientAddress(), "host", None) or "-"
+            if ":" in host:
+                try:
+                    host = str(ipaddress.ip_address(host))
+                except ValueError:
+                    pass
+            self._client_ip = host
+        return self._client_ip
+
     def _assign_request_id(self) -> None:
         """Keep a trusted client's ``X-Request-Id``, else make one; it goes
         upstream, back to the client and into the access log."""
         incoming = self.requestHeaders.getRawHeaders(b"x-request-id")
         if incoming and len(incoming) == 1 and _is_request_id(incoming[0]):
             trusted = self.factory.settings.trusted_sources
-            if trusted and _address_in(self.getClientAddress(), trusted):
+            if trusted and _address_in(self.client_ip, trusted):
                 self.request_id = incoming[0].decode("ascii")
         if self.request_id is None:
             self.request_id = _new_request_id()
@@ -313,9 +329,9 @@ def _is_request_id(value: bytes) -> bool:
     return 0 < len(value) <= 200 and all(0x21 <= b <= 0x7E and b != 0x22 for b in value)
 
 
-def _address_in(address: Any, networks: tuple[IPNetwork, ...]) -> bool:
+def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     try:
-        ip = ipaddress.ip_address(getattr(address, "host", ""))
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
     return any(ip in network for network in networks)

@@ -140,14 +140,13 @@ def test_https_client_address_comes_from_the_proxy_header(
     assert status == 200
     address = ipaddress.ip_address(client)
     # Twisted's v2 parser writes IPv6 addresses uncompressed (2001:db8:0:0:0:0:0:7);
-    # X-Forwarded-For and the access log pass that text on (the same address),
-    # Forwarded normalises it.
-    assert ipaddress.ip_address(seen["X-Forwarded-For"]) == address
+    # edgeproxy puts the canonical text everywhere.
+    assert seen["X-Forwarded-For"] == str(address)
     assert seen["X-Forwarded-Proto"] == "https"
     node = f'"[{address}]"' if address.version == 6 else client
     assert seen["Forwarded"].startswith(f"for={node};proto=https")
     line = proxy.wait_for_output(r"\[edgeproxy\.access#info\] .*\"GET / HTTP/1.1\" 200 ", 5, mark)
-    assert ipaddress.ip_address(line.split("] ", 1)[1].split(" ", 1)[0]) == address
+    assert line.split("] ", 1)[1].split(" ", 1)[0] == str(address)
 
 
 def test_plain_http_listener_reads_the_header_too(proxy: ProxyProcess) -> None:
