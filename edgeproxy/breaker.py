@@ -124,6 +124,9 @@ class _BreakerInputs(Protocol):
     def _eject(self, cause: str) -> None:
         "Internal: the failure threshold was reached and the cap allows it."
 
+    def uneject(self, cause: str) -> None:
+        "An active health check passed: the endpoint is back (Envoy's default)."
+
 
 @dataclass
 class _BreakerCore:
@@ -217,6 +220,7 @@ def _build_breaker_machine() -> TypeMachine[_BreakerInputs, _BreakerCore]:
     closed.upon(I.ejection_over).loop().returns(None)  # no timer in this state
     closed.upon(I.is_ejected).loop().returns(False)
     closed.upon(I.retry_after).loop().returns(None)
+    closed.upon(I.uneject).loop().returns(None)
 
     @pep614(closed.upon(I.success).loop())
     def reset(machine: _BreakerInputs, core: _BreakerCore) -> None:
@@ -275,6 +279,15 @@ def _build_breaker_machine() -> TypeMachine[_BreakerInputs, _BreakerCore]:
         ejection.cancel()
         core.transition("open", "half_open", f"ejection over after {ejection.duration:g}s")
 
+    @pep614(opened.upon(I.uneject).to(closed))
+    def uneject_open(
+        machine: _BreakerInputs, core: _BreakerCore, ejection: _Ejection, cause: str
+    ) -> None:
+        ejection.cancel()
+        core.consecutive_failures = 0
+        core.closed_since = core.clock.seconds()
+        core.transition("open", "closed", cause)
+
     @pep614(opened.upon(I.stop).to(stopped))
     def stop_open(machine: _BreakerInputs, core: _BreakerCore, ejection: _Ejection) -> None:
         ejection.cancel()
@@ -301,6 +314,14 @@ def _build_breaker_machine() -> TypeMachine[_BreakerInputs, _BreakerCore]:
         core.consecutive_failures = 0
         core.closed_since = core.clock.seconds()
         core.transition("half_open", "closed", "probe succeeded")
+
+    @pep614(half_open.upon(I.uneject).to(closed))
+    def uneject_half_open(
+        machine: _BreakerInputs, core: _BreakerCore, probe: _Probe, cause: str
+    ) -> None:
+        core.consecutive_failures = 0
+        core.closed_since = core.clock.seconds()
+        core.transition("half_open", "closed", cause)
 
     @pep614(half_open.upon(I.failure).loop())
     def probe_failed(
@@ -343,6 +364,7 @@ def _build_breaker_machine() -> TypeMachine[_BreakerInputs, _BreakerCore]:
     stopped.upon(I.is_ejected).loop().returns(False)
     stopped.upon(I.retry_after).loop().returns(None)
     stopped.upon(I._eject).loop().returns(None)
+    stopped.upon(I.uneject).loop().returns(None)
 
     @pep614(stopped.upon(I.status).loop())
     def stopped_status(machine: _BreakerInputs, core: _BreakerCore) -> BreakerStatus:
@@ -418,6 +440,13 @@ class Breaker:
     def record_cancelled(self) -> None:
         """An admitted request went away without a verdict (the client left)."""
         self._machine.cancelled()
+        self._flush()
+
+    def record_health_pass(self) -> None:
+        """An active health check of this endpoint passed: an ejected (or
+        half-open) endpoint is back at once, as with Envoy's
+        ``successful_active_health_check_uneject_host``."""
+        self._machine.uneject("active health check passed")
         self._flush()
 
     def is_ejected(self) -> bool:

@@ -93,11 +93,6 @@ class ClusterRuntime:
         self.endpoints: list[EndpointRuntime] = []
         for endpoint in cluster.endpoints:
             label = f"{cluster.name}/{endpoint}"
-            health = (
-                HealthState(label, cluster.health_check, self._transition, clock=clock)
-                if cluster.health_check is not None
-                else None
-            )
             breaker = (
                 Breaker(
                     label,
@@ -107,6 +102,18 @@ class ClusterRuntime:
                     on_transition=self._transition,
                 )
                 if cluster.outlier_detection is not None
+                else None
+            )
+            health = (
+                HealthState(
+                    label,
+                    cluster.health_check,
+                    self._transition,
+                    clock=clock,
+                    # A passing check brings an ejected endpoint back (Envoy's default).
+                    on_pass=breaker.record_health_pass if breaker is not None else None,
+                )
+                if cluster.health_check is not None
                 else None
             )
             self.endpoints.append(EndpointRuntime(endpoint, label, health, breaker))

@@ -215,8 +215,10 @@ class HealthState:
         on_transition: Callable[[Transition], None],
         *,
         clock: IReactorTime | None = None,
+        on_pass: Callable[[], object] | None = None,
     ) -> None:
         self._on_transition = on_transition
+        self._on_pass = on_pass
         self._clock = clock
         self._pending: list[Transition] = []
         self._core = _HealthCore(endpoint_label, config, self._pending.append)
@@ -240,6 +242,8 @@ class HealthState:
         self._stamp(at)
         self._machine.check_passed()
         self._flush()
+        if self._on_pass is not None:
+            self._on_pass()
 
     def record_fail(self, cause: str, *, at: float | None = None) -> None:
         """A check failed; ``cause`` is short: ``"timeout"``, ``"status 503"``..."""

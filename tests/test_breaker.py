@@ -118,6 +118,7 @@ INPUTS: dict[str, Callable[[Harness], Any]] = {
     "retry_after": lambda h: h.breaker.retry_after(),
     "status": lambda h: h.breaker.status().state,
     "_eject": lambda h: h.forced_eject(),
+    "uneject": lambda h: h.breaker.record_health_pass(),
 }
 
 # (state, input) -> (return value, state after, pending timers after, transitions reported)
@@ -132,6 +133,7 @@ GRID: dict[tuple[str, str], tuple[object, str, int, int]] = {
     ("closed", "retry_after"): (None, "closed", 0, 0),
     ("closed", "status"): ("closed", "closed", 0, 0),
     ("closed", "_eject"): (None, "open", 1, 1),
+    ("closed", "uneject"): (None, "closed", 0, 0),
     # open: late results from requests admitted before the ejection are no-ops
     ("open", "admit"): (False, "open", 1, 0),
     ("open", "success"): (None, "open", 1, 0),
@@ -143,6 +145,7 @@ GRID: dict[tuple[str, str], tuple[object, str, int, int]] = {
     ("open", "retry_after"): (10.0, "open", 1, 0),
     ("open", "status"): ("open", "open", 1, 0),
     ("open", "_eject"): (None, "open", 1, 0),
+    ("open", "uneject"): (None, "closed", 0, 1),
     # half-open, the probe slot free
     ("half_open", "admit"): (True, "half_open", 0, 0),
     ("half_open", "success"): (None, "closed", 0, 1),
@@ -154,6 +157,7 @@ GRID: dict[tuple[str, str], tuple[object, str, int, int]] = {
     ("half_open", "retry_after"): (None, "half_open", 0, 0),
     ("half_open", "status"): ("half_open", "half_open", 0, 0),
     ("half_open", "_eject"): (None, "open", 1, 1),
+    ("half_open", "uneject"): (None, "closed", 0, 1),
     # half-open, the probe in flight
     ("half_open_probing", "admit"): (False, "half_open", 0, 0),
     ("half_open_probing", "success"): (None, "closed", 0, 1),
@@ -165,6 +169,7 @@ GRID: dict[tuple[str, str], tuple[object, str, int, int]] = {
     ("half_open_probing", "retry_after"): (None, "half_open", 0, 0),
     ("half_open_probing", "status"): ("half_open", "half_open", 0, 0),
     ("half_open_probing", "_eject"): (None, "open", 1, 1),
+    ("half_open_probing", "uneject"): (None, "closed", 0, 1),
     # stopped: a pass-through, everything a no-op
     ("stopped", "admit"): (True, "stopped", 0, 0),
     ("stopped", "success"): (None, "stopped", 0, 0),
@@ -176,6 +181,7 @@ GRID: dict[tuple[str, str], tuple[object, str, int, int]] = {
     ("stopped", "retry_after"): (None, "stopped", 0, 0),
     ("stopped", "status"): ("stopped", "stopped", 0, 0),
     ("stopped", "_eject"): (None, "stopped", 0, 0),
+    ("stopped", "uneject"): (None, "stopped", 0, 0),
 }
 
 

@@ -458,3 +458,21 @@ class StopTests(SynchronousTestCase):
         self.failureResultOf(waiter, CancelledError)
         # Stopped breakers let everything through.
         self.assertTrue(all(rt.up() for rt in runtime.endpoints))
+
+
+def test_passing_health_check_brings_an_ejected_endpoint_back() -> None:
+    transitions: list[Transition] = []
+    runtime, clock = make(
+        health=HealthCheck(),
+        outlier=OutlierDetection(consecutive_failures=1, base_ejection_time=300.0),
+        transitions=transitions,
+    )
+    first = runtime.endpoints[0]
+    assert first.breaker is not None and first.health is not None
+    first.breaker.record_failure("connect refused")
+    assert not first.up()
+    first.health.record_pass(at=clock.seconds())
+    assert first.up()
+    assert first.breaker.status().state == "closed"
+    assert transitions[-1].cause == "active health check passed"
+    assert clock.getDelayedCalls() == []  # the ejection timer went with it
