@@ -887,7 +887,13 @@ class H1Client:
         connect_timeout: float,
         response_timeout: float,
     ) -> Deferred[IResponse]:
-        """``headers`` is a ``Headers`` or, cheaper, ``(name, [values])`` pairs
+        """Send one request; fires with the response once its head arrived.
+
+        Errbacks with an :class:`~edgeproxy.errors.EdgeProxyError`, or with
+        ``CancelledError`` when the caller cancels (the connection is closed).
+        ``response_timeout`` counts from now until the response head.
+
+        ``headers`` is a ``Headers`` or, cheaper, ``(name, [values])`` pairs
         whose names are tokens and whose values hold no CR, LF or NUL (the
         caller vouches for that; ``Headers`` does it itself)."""
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
