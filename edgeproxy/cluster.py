@@ -217,12 +217,11 @@ class ClusterRuntime:
 
     def retry_after(self) -> int:
         """Seconds a client should wait before trying again when nothing is available."""
-        waits = [
-            rt.breaker.retry_after()
+        known = [
+            wait
             for rt in self.endpoints
-            if rt.breaker is not None and rt.breaker.retry_after() is not None
+            if rt.breaker is not None and (wait := rt.breaker.retry_after()) is not None
         ]
-        known = [w for w in waits if w is not None]
         if known:
             return max(1, math.ceil(min(known)))
         check = self.cluster.health_check

@@ -26,6 +26,7 @@ from edgeproxy.errors import (
     NoHealthyUpstream,
     UpstreamResponseFailed,
 )
+from edgeproxy.h1client import IDEMPOTENT_METHODS
 from edgeproxy.headers import downstream_response_headers, upstream_request_headers
 from edgeproxy.relay import ResponseRelay
 from edgeproxy.selection import request_hash_key, stable_roll
@@ -35,10 +36,7 @@ if TYPE_CHECKING:
     from edgeproxy.request import ProxyRequest
     from edgeproxy.snapshot import Snapshot
 
-__all__ = ["IDEMPOTENT_METHODS", "Forwarder"]
-
-#: Methods that may be retried after the request reached an upstream (RFC 9110 9.2.2).
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+__all__ = ["Forwarder"]
 
 # Framing is edgeproxy's to decide on each hop; Expect was already answered
 # (twisted.web sent 100 Continue) and the body is spooled.

@@ -86,7 +86,8 @@ MAX_HEAD_BYTES = 64 * 1024
 #: Request bodies up to this size go out in the same write as the head;
 #: larger ones are read from their file in chunks of this size as the socket drains.
 BODY_CHUNK = 64 * 1024
-#: Methods retried once on a fresh connection when a pooled one turns out stale.
+#: Idempotent methods (RFC 9110 9.2.2): retried once on a fresh connection when a
+#: pooled one turns out stale, and by the forwarder after a failure past sending.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _DONE = Failure(ResponseDone("Response body fully received"))

@@ -87,9 +87,8 @@ class AccessRecord:
 
 
 def _tls_details(request: Any) -> tuple[str | None, str | None]:
-    # The channel is gone once the request has finished: keep what we saw.
-    channel = getattr(request, "channel", None) or getattr(request, "tls_channel", None)
-    transport = getattr(channel, "transport", None)
+    # request.channel is gone once the request has finished; tls_channel stays.
+    transport = getattr(request.tls_channel, "transport", None)
     get_handle = getattr(transport, "getHandle", None)
     if get_handle is None or not request.factory.tls:
         return None, None
