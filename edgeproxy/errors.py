@@ -12,19 +12,24 @@ from collections.abc import Sequence
 import attrs
 
 __all__ = [
+    "BadRequest",
     "BodyTooLarge",
     "ConfigError",
     "ConfigProblem",
     "EdgeProxyError",
+    "HeadTooLarge",
     "LimitExceeded",
     "NoHealthyUpstream",
     "NoRoute",
     "NoVirtualHost",
+    "NotImplementedCoding",
+    "NotImplementedMethod",
     "UpstreamConnectFailed",
     "UpstreamConnectTimeout",
     "UpstreamError",
     "UpstreamResponseFailed",
     "UpstreamTimeout",
+    "VersionNotSupported",
 ]
 
 
@@ -51,6 +56,41 @@ class NoVirtualHost(EdgeProxyError):
 class NoRoute(EdgeProxyError):
     status_hint = 404
     public_message = "not found"
+
+
+class BadRequest(EdgeProxyError):
+    """The request cannot be parsed or is ambiguous; the connection is closed after the answer."""
+
+    status_hint = 400
+    public_message = "bad request"
+
+
+class HeadTooLarge(BadRequest):
+    """The request line and headers exceed the limit (nginx answers 400, Envoy 431)."""
+
+    status_hint = 431
+    public_message = "request header fields too large"
+
+
+class VersionNotSupported(BadRequest):
+    """HTTP/2.0 (or any major version but 1) on an HTTP/1.1 connection."""
+
+    status_hint = 505
+    public_message = "http version not supported"
+
+
+class NotImplementedCoding(BadRequest):
+    """A ``Transfer-Encoding`` other than ``chunked`` (as nginx, 501)."""
+
+    status_hint = 501
+    public_message = "transfer coding not implemented"
+
+
+class NotImplementedMethod(BadRequest):
+    """A method the parser does not know (501, as RFC 9110 15.6.2 suggests)."""
+
+    status_hint = 501
+    public_message = "method not implemented"
 
 
 class BodyTooLarge(EdgeProxyError):
@@ -107,7 +147,7 @@ class NoHealthyUpstream(EdgeProxyError):
         self.retry_after = retry_after
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", b"%d" % self.retry_after)]
+        return [(b"Retry-After", b"%d" % self.retry_after)]
 
 
 class LimitExceeded(EdgeProxyError):
@@ -127,7 +167,7 @@ class LimitExceeded(EdgeProxyError):
         self.limit = limit
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"x-edgeproxy-limit", self.limit.encode("ascii"))]
+        return [(b"X-Edgeproxy-Limit", self.limit.encode("ascii"))]
 
 
 @attrs.frozen

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["Forwarder"]
 
 # Framing is edgeproxy's to decide on each hop; Expect was already answered
-# (twisted.web sent 100 Continue) and the body is spooled.
-_NOT_FORWARDED = (b"content-length", b"expect")
+# (100 Continue) and the body is spooled; the request id is edgeproxy's.
+_NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
+_NOT_RETURNED = frozenset({b"x-request-id"})
 _CONTROL = re.compile(rb"[\r\n\x00]")
 
 
@@ -145,39 +146,29 @@ class _Exchange:
         policy = self._cluster.policy
         key_spec = getattr(policy, "key", None)
         self._hash_key = _hash_key(request, key_spec) if isinstance(key_spec, str) else None
-        body = request.content
-        self._body = body
-        self._body_length: int | None = None
-        if body is not None and (
-            request.requestHeaders.hasHeader(b"content-length")
-            or request.requestHeaders.hasHeader(b"transfer-encoding")
-        ):
-            body.seek(0, 2)
-            self._body_length = body.tell()
+        self._body = request.content
+        self._body_length = request.body_length if request.content is not None else None
         request.notifyFinish().addBoth(self._on_request_over)
 
-    def _upstream_headers(self) -> list[tuple[bytes, list[bytes]]]:
+    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         request = self._request
-        rewritten = upstream_request_headers(
-            request.requestHeaders.getAllRawHeaders(),
+        kept = upstream_request_headers(
+            request.headers,
             client_ip=request.client_ip,
             proto="https" if request.factory.tls else "http",
-            host=request.getHeader(b"host"),
+            host=request.host,
             via=self._forwarder._via,
+            drop=_NOT_FORWARDED,
         )
-        # Plain pairs rather than a Headers: the upstream client writes them
-        # as they are.  twisted.web's parser already refused CR and LF in what
-        # the client sent; a NUL or a bare CR it may let through is dropped
-        # here so no upstream parser is ever shown one.
-        kept = [(name, values) for name, values in rewritten if name.lower() not in _NOT_FORWARDED]
-        # One search over every value (a C loop), the per-header filter only if it hits.
-        if _CONTROL.search(b"|".join(v for _, values in kept for v in values)) is None:
+        if request.request_id is not None:
+            kept.append((b"X-Request-Id", request.request_id.encode("ascii")))
+        # llhttp already refused CR, LF and NUL in what the client sent; the
+        # check stays so that no upstream parser is ever shown one, whatever
+        # the parser lets through.  One search over every value (a C loop),
+        # the per-header filter only if it hits.
+        if _CONTROL.search(b"|".join(v for _, v in kept)) is None:
             return kept
-        return [
-            (name, values)
-            for name, values in kept
-            if not any(_CONTROL.search(v) for v in values)
-        ]
+        return [(name, value) for name, value in kept if not _CONTROL.search(value)]
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -369,17 +360,17 @@ class _Exchange:
             response.deliverBody(_Discard())
             self._retry(f"status {response.code}")
             return
-        request.setResponseCode(response.code, response.phrase)
-        out = request.responseHeaders
-        for name, values in downstream_response_headers(response.headers.getAllRawHeaders()):
-            out.setRawHeaders(name, values)
-        if request.request_id is not None:
-            # Ours wins over one the upstream may echo, so client and log agree.
-            out.setRawHeaders(b"x-request-id", [request.request_id.encode("ascii")])
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+        # Ours wins over an X-Request-Id the upstream may echo, so client and log agree.
+        out = downstream_response_headers(
+            [(n, v) for n, values in response.headers.getAllRawHeaders() for v in values],
+            drop=_NOT_RETURNED,
+        )
         if self._set_cookie is not None:
-            out.addRawHeader(b"set-cookie", self._set_cookie)
+            out.append((b"Set-Cookie", self._set_cookie))
+        length = response.length
+        request.send_head(
+            response.code, response.phrase, out, None if length is UNKNOWN_LENGTH else length
+        )
         relay = ResponseRelay(
             request,
             request.notifyFinish(),
@@ -388,6 +379,7 @@ class _Exchange:
         )
         relay.done.addCallback(self._on_body_done)
         response.deliverBody(relay)
+        request.flush_head()
 
     def _on_body_done(self, outcome: str) -> None:
         request = self._request

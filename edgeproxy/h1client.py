@@ -881,7 +881,7 @@ class H1Client:
         endpoint: Endpoint,
         method: bytes,
         target: bytes,
-        headers: Headers | Sequence[tuple[bytes, Sequence[bytes]]],
+        headers: Headers | Sequence[tuple[bytes, bytes]],
         body: IO[bytes] | None,
         body_length: int | None,
         *,
@@ -894,19 +894,22 @@ class H1Client:
         ``CancelledError`` when the caller cancels (the connection is closed).
         ``response_timeout`` counts from now until the response head.
 
-        ``headers`` is a ``Headers`` or, cheaper, ``(name, [values])`` pairs
-        whose names are tokens and whose values hold no CR, LF or NUL (the
+        ``headers`` is a ``Headers`` or, cheaper, ``(name, value)`` pairs (one
+        per header line) whose names are tokens and whose values hold no CR, LF or NUL (the
         caller vouches for that; ``Headers`` does it itself)."""
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
             raise ValueError("invalid method or request-target")
-        pairs = headers.getAllRawHeaders() if isinstance(headers, Headers) else headers
+        pairs: Sequence[tuple[bytes, bytes]]
+        if isinstance(headers, Headers):
+            pairs = [(n, v) for n, values in headers.getAllRawHeaders() for v in values]
+        else:
+            pairs = headers
         lines = [method + b" " + target + b" HTTP/1.1"]
         has_host = False
-        for name, values in pairs:
+        for name, value in pairs:
             if not has_host and name.lower() == b"host":
                 has_host = True
-            for value in values:
-                lines.append(name + b": " + value)
+            lines.append(name + b": " + value)
         if not has_host:
             lines.append(b"Host: " + _host_value(endpoint))
         if body is not None and body_length is not None:

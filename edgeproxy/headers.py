@@ -1,16 +1,16 @@
 """
 Header rewriting for a reverse proxy.  Pure: values in, values out.
 
-Headers are lists of ``(name, [values])`` pairs as yielded by
-``twisted.web.http_headers.Headers.getAllRawHeaders()``.  Names may come in
-any case and are compared lower-cased; names keep the case they came in.
-Every end-to-end header survives, with its repeated values, in order.
+Headers are lists of ``(name, value)`` pairs, one per header line, in the
+order they were received (what the HTTP parsers hand us, and what goes on the
+wire).  Names may come in any case and are compared lower-cased; names keep
+the case they came in.  Every end-to-end header line survives, in order.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 __all__ = [
     "HOP_BY_HOP",
@@ -20,7 +20,7 @@ __all__ = [
     "upstream_request_headers",
 ]
 
-Headers = list[tuple[bytes, list[bytes]]]
+Headers = list[tuple[bytes, bytes]]
 
 #: Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP: frozenset[bytes] = frozenset(
@@ -40,35 +40,32 @@ _OWS = b" \t"
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def _connection_tokens(headers: Sequence[tuple[bytes, Sequence[bytes]]]) -> set[bytes]:
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     tokens: set[bytes] = set()
-    for name, values in headers:
+    for name, value in headers:
         if name.lower() == b"connection":
-            for value in values:
-                for token in value.split(b","):
-                    token = token.strip(_OWS).lower()
-                    if token:
-                        tokens.add(token)
+            for token in value.split(b","):
+                token = token.strip(_OWS).lower()
+                if token:
+                    tokens.add(token)
     return tokens
 
 
 def strip_hop_by_hop(
-    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    headers: Iterable[tuple[bytes, bytes]],
     *,
     keep: frozenset[bytes] = frozenset(),
+    drop: frozenset[bytes] = frozenset(),
 ) -> Headers:
-    """Drop :data:`HOP_BY_HOP` headers and every header named in a ``Connection`` value.
+    """Drop :data:`HOP_BY_HOP` headers, every header named in a ``Connection``
+    value, and ``drop`` (lower-case names).
 
     ``keep`` (lower-case names) are never dropped because a ``Connection``
     value names them (the proxy keeps ``Host`` that way).
     """
     headers = list(headers)
-    named = _connection_tokens(headers) - keep
-    return [
-        (name, list(values))
-        for name, values in headers
-        if (lower := name.lower()) not in HOP_BY_HOP and lower not in named
-    ]
+    named = (_connection_tokens(headers) - keep) | HOP_BY_HOP | drop
+    return [(name, value) for name, value in headers if name.lower() not in named]
 
 
 def _quote(value: bytes) -> bytes:
@@ -86,7 +83,7 @@ def _quote(value: bytes) -> bytes:
 
 
 def _node(client_ip: str) -> bytes:
-    if client_ip.replace(".", "").isdigit() and client_ip.count(".") == 3:
+    if client_ip.isascii() and client_ip.replace(".", "").isdigit() and client_ip.count(".") == 3:
         # The common case, without the cost of ipaddress.
         return client_ip.encode("ascii")
     try:
@@ -125,12 +122,13 @@ def _joined(values: list[bytes], element: bytes) -> bytes:
 
 
 def upstream_request_headers(
-    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    headers: Iterable[tuple[bytes, bytes]],
     *,
     client_ip: str,
     proto: str,
     host: bytes | None,
     via: bytes = b"1.1 edgeproxy",
+    drop: frozenset[bytes] = frozenset(),
 ) -> Headers:
     """The headers to send upstream for a client's request.
 
@@ -139,31 +137,33 @@ def upstream_request_headers(
     (the latter removed when the client sent no Host), ``Forwarded`` gets a
     ``for=...;proto=...;host=...`` element appended, ``Via`` gets ``via``
     appended.  ``Host`` is passed through unchanged.  Each rewritten header
-    takes the place of the first incoming one, or goes at the end.
+    takes the place of the first incoming one, or goes at the end.  Headers
+    named in ``drop`` (lower case) are left out of what is passed on (the
+    headers edgeproxy writes itself are still added).
 
     One pass over the headers: this runs for every request.
     """
     headers = headers if isinstance(headers, list) else list(headers)
-    named: set[bytes] | frozenset[bytes] = frozenset()
+    named: set[bytes] | frozenset[bytes] = HOP_BY_HOP | drop
     for name, _ in headers:
         if name.lower() == b"connection":
-            named = _connection_tokens(headers) - _KEEP_HOST
+            named = (_connection_tokens(headers) - _KEEP_HOST) | named
             break
-    result: list[tuple[bytes, list[bytes]] | None] = []
+    result: list[tuple[bytes, bytes] | None] = []
     seen: dict[bytes, tuple[int, list[bytes]]] = {}
-    for name, values in headers:
+    for name, value in headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named:
+        if lower in named:
             continue
         if lower in _REWRITTEN:
             found = seen.get(lower)
             if found is None:
-                seen[lower] = (len(result), list(values))
+                seen[lower] = (len(result), [value])
                 result.append(None)  # filled in below, in this place
             else:
-                found[1].extend(values)
+                found[1].append(value)
             continue
-        result.append((name, list(values)))
+        result.append((name, value))
     encoded_proto = proto.encode("ascii", "replace")
     new_values: dict[bytes, bytes | None] = {}
     incoming = seen.get(b"x-forwarded-for")
@@ -180,7 +180,7 @@ def upstream_request_headers(
     new_values[b"via"] = _joined(incoming[1] if incoming else [], via)
     for lower, value in new_values.items():
         place = seen.get(lower)
-        header = None if value is None else (_REWRITTEN[lower], [value])
+        header = None if value is None else (_REWRITTEN[lower], value)
         if place is not None:
             result[place[0]] = header
         elif header is not None:
@@ -188,6 +188,9 @@ def upstream_request_headers(
     return [header for header in result if header is not None]
 
 
-def downstream_response_headers(headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> Headers:
-    """The upstream response's headers for the client: hop-by-hop dropped, nothing invented."""
-    return strip_hop_by_hop(headers)
+def downstream_response_headers(
+    headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
+) -> Headers:
+    """The upstream response's headers for the client: hop-by-hop (and ``drop``)
+    removed, nothing invented."""
+    return strip_hop_by_hop(headers, drop=drop)

@@ -87,8 +87,7 @@ class AccessRecord:
 
 
 def _tls_details(request: Any) -> tuple[str | None, str | None]:
-    # request.channel is gone once the request has finished; tls_channel stays.
-    transport = getattr(request.tls_channel, "transport", None)
+    transport = getattr(request.channel, "transport", None)
     get_handle = getattr(transport, "getHandle", None)
     if get_handle is None or not request.factory.tls:
         return None, None
@@ -102,11 +101,10 @@ def _tls_details(request: Any) -> tuple[str | None, str | None]:
 
 
 def access_record(request: Any, now: float, duration: float) -> AccessRecord:
-    headers = request.requestHeaders
     vhost = request.vhost
     route = request.route
     tls_version, sni = _tls_details(request)
-    host = headers.getRawHeaders(b"host", [b""])[0]
+    host = request.host or b""
     return AccessRecord(
         time=now,
         client=request.client_ip,
@@ -117,8 +115,8 @@ def access_record(request: Any, now: float, duration: float) -> AccessRecord:
         status=request.code,
         bytes=request.sentLength,
         duration=duration,
-        referer=_text(headers.getRawHeaders(b"referer", [b""])[0]),
-        user_agent=_text(headers.getRawHeaders(b"user-agent", [b""])[0]),
+        referer=_text(request.getHeader(b"referer") or b""),
+        user_agent=_text(request.getHeader(b"user-agent") or b""),
         vhost=vhost.vhost_name if vhost is not None else None,
         route=route.prefix if route is not None else None,
         cluster=request.cluster_name,

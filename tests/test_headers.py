@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.web.http_headers import Headers
 
 from edgeproxy.headers import (
     HOP_BY_HOP,
@@ -17,7 +16,7 @@ from edgeproxy.headers import (
     upstream_request_headers,
 )
 
-HeaderList = list[tuple[bytes, list[bytes]]]
+HeaderList = list[tuple[bytes, bytes]]
 
 
 def test_hop_by_hop_set() -> None:
@@ -34,108 +33,261 @@ def test_hop_by_hop_set() -> None:
 
 def test_strip_hop_by_hop_any_case() -> None:
     headers = [
-        (b"Host", [b"a.example"]),
-        (b"CONNECTION", [b"keep-alive"]),
-        (b"Keep-Alive", [b"timeout=5"]),
-        (b"transfer-encoding", [b"chunked"]),
-        (b"Te", [b"trailers"]),
-        (b"Trailer", [b"X-Checksum"]),
-        (b"Upgrade", [b"websocket"]),
-        (b"Proxy-Connection", [b"close"]),
-        (b"Accept", [b"text/html", b"*/*"]),
+        (b"Host", b"a.example"),
+        (b"CONNECTION", b"keep-alive"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"Te", b"trailers"),
+        (b"Trailer", b"X-Checksum"),
+        (b"Upgrade", b"websocket"),
+        (b"Proxy-Connection", b"close"),
+        (b"Accept", b"text/html"),
+        (b"Accept", b"*/*"),
     ]
     assert strip_hop_by_hop(headers) == [
-        (b"Host", [b"a.example"]),
-        (b"Accept", [b"text/html", b"*/*"]),
+        (b"Host", b"a.example"),
+        (b"Accept", b"text/html"),
+        (b"Accept", b"*/*"),
     ]
 
 
 def test_strip_headers_named_in_connection() -> None:
     headers = [
-        (b"Connection", [b"close, X-Secret ,\tx-other", b" , Foo"]),
-        (b"x-secret", [b"1"]),
-        (b"X-Other", [b"2"]),
-        (b"FOO", [b"3"]),
-        (b"X-Kept", [b"4"]),
+        (b"Connection", b"close, X-Secret ,\tx-other"),
+        (b"x-secret", b"1"),
+        (b"X-Other", b"2"),
+        (b"connection", b" , Foo"),
+        (b"FOO", b"3"),
+        (b"X-Kept", b"4"),
     ]
-    assert strip_hop_by_hop(headers) == [(b"X-Kept", [b"4"])]
+    assert strip_hop_by_hop(headers) == [(b"X-Kept", b"4")]
 
 
-def test_strip_accepts_a_generator_and_twisted_headers() -> None:
-    raw = Headers({b"Connection": [b"x-a"], b"X-A": [b"1"], b"X-B": [b"2", b"3"]})
-    result = strip_hop_by_hop(raw.getAllRawHeaders())
-    assert result == [(b"X-B", [b"2", b"3"])]
-    assert strip_hop_by_hop(pair for pair in [(b"a", (b"1",))]) == [(b"a", [b"1"])]
+def test_strip_keep_is_not_dropped_by_connection() -> None:
+    headers = [(b"Connection", b"host, x-a"), (b"Host", b"a.example"), (b"X-A", b"1")]
+    assert strip_hop_by_hop(headers, keep=frozenset({b"host"})) == [(b"Host", b"a.example")]
+
+
+def test_strip_accepts_a_generator() -> None:
+    raw = [(b"Connection", b"x-a"), (b"X-A", b"1"), (b"X-B", b"2"), (b"X-B", b"3")]
+    assert strip_hop_by_hop(pair for pair in raw) == [(b"X-B", b"2"), (b"X-B", b"3")]
+    assert downstream_response_headers(pair for pair in raw) == [(b"X-B", b"2"), (b"X-B", b"3")]
+
+
+def test_strip_drop() -> None:
+    headers = [
+        (b"X-Request-Id", b"abc"),
+        (b"Accept", b"*/*"),
+        (b"x-request-id", b"def"),
+        (b"Content-Length", b"3"),
+        (b"Connection", b"x-other"),
+        (b"X-Other", b"1"),
+    ]
+    assert strip_hop_by_hop(headers, drop=frozenset({b"x-request-id", b"content-length"})) == [
+        (b"Accept", b"*/*"),
+    ]
+    # drop wins over keep
+    assert strip_hop_by_hop(
+        [(b"Host", b"a"), (b"B", b"b")], keep=frozenset({b"host"}), drop=frozenset({b"host"})
+    ) == [(b"B", b"b")]
 
 
 def test_downstream_invents_nothing() -> None:
     headers = [
-        (b"Content-Type", [b"text/html"]),
-        (b"Set-Cookie", [b"a=1", b"b=2"]),
-        (b"Transfer-Encoding", [b"chunked"]),
-        (b"Connection", [b"keep-alive"]),
-        (b"Content-Length", [b"10"]),
+        (b"Content-Type", b"text/html"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"keep-alive"),
+        (b"Content-Length", b"10"),
     ]
     assert downstream_response_headers(headers) == [
-        (b"Content-Type", [b"text/html"]),
-        (b"Set-Cookie", [b"a=1", b"b=2"]),
-        (b"Content-Length", [b"10"]),
+        (b"Content-Type", b"text/html"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Content-Length", b"10"),
     ]
     assert downstream_response_headers([]) == []
 
 
+def test_downstream_drop() -> None:
+    headers = [
+        (b"X-Request-Id", b"upstream"),
+        (b"Content-Type", b"text/plain"),
+        (b"X-REQUEST-ID", b"again"),
+        (b"Keep-Alive", b"timeout=5"),
+    ]
+    assert downstream_response_headers(headers, drop=frozenset({b"x-request-id"})) == [
+        (b"Content-Type", b"text/plain"),
+    ]
+    assert downstream_response_headers(headers, frozenset({b"content-type"})) == [
+        (b"X-Request-Id", b"upstream"),
+        (b"X-REQUEST-ID", b"again"),
+    ]
+
+
+def test_downstream_interleaved_repeats_keep_order() -> None:
+    headers = [
+        (b"Set-Cookie", b"a=1"),
+        (b"X", b"1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Connection", b"close"),
+        (b"x", b"2"),
+        (b"set-cookie", b"c=3"),
+    ]
+    assert downstream_response_headers(headers) == [
+        (b"Set-Cookie", b"a=1"),
+        (b"X", b"1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"x", b"2"),
+        (b"set-cookie", b"c=3"),
+    ]
+
+
 def as_dict(headers: HeaderList) -> dict[bytes, list[bytes]]:
     result: dict[bytes, list[bytes]] = {}
-    for name, values in headers:
-        result.setdefault(name.lower(), []).extend(values)
+    for name, value in headers:
+        result.setdefault(name.lower(), []).append(value)
     return result
 
 
 def test_upstream_fresh_request() -> None:
-    headers = [(b"Host", [b"shop.example"]), (b"Accept", [b"*/*"]), (b"Connection", [b"close"])]
+    headers = [(b"Host", b"shop.example"), (b"Accept", b"*/*"), (b"Connection", b"close")]
     result = upstream_request_headers(
         headers, client_ip="192.0.2.7", proto="https", host=b"shop.example"
     )
     assert result == [
-        (b"Host", [b"shop.example"]),
-        (b"Accept", [b"*/*"]),
-        (b"X-Forwarded-For", [b"192.0.2.7"]),
-        (b"X-Forwarded-Proto", [b"https"]),
-        (b"X-Forwarded-Host", [b"shop.example"]),
-        (b"Forwarded", [b"for=192.0.2.7;proto=https;host=shop.example"]),
-        (b"Via", [b"1.1 edgeproxy"]),
+        (b"Host", b"shop.example"),
+        (b"Accept", b"*/*"),
+        (b"X-Forwarded-For", b"192.0.2.7"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"shop.example"),
+        (b"Forwarded", b"for=192.0.2.7;proto=https;host=shop.example"),
+        (b"Via", b"1.1 edgeproxy"),
     ]
+
+
+def test_upstream_accepts_a_generator() -> None:
+    headers = [(b"Accept", b"*/*"), (b"Via", b"1.0 a")]
+    result = upstream_request_headers(
+        (pair for pair in headers), client_ip="192.0.2.7", proto="http", host=None
+    )
+    assert result == upstream_request_headers(
+        headers, client_ip="192.0.2.7", proto="http", host=None
+    )
+    assert result[:2] == [(b"Accept", b"*/*"), (b"Via", b"1.0 a, 1.1 edgeproxy")]
 
 
 def test_upstream_appends_to_incoming_values() -> None:
     headers = [
-        (b"host", [b"shop.example:8443"]),
-        (b"x-forwarded-for", [b"203.0.113.1", b"198.51.100.2, 10.0.0.1"]),
-        (b"X-Forwarded-Proto", [b"http"]),
-        (b"X-Forwarded-Host", [b"evil.example"]),
-        (b"Forwarded", [b"for=203.0.113.1"]),
-        (b"Via", [b"1.0 fred", b"1.1 p.example (Apache/1.1)"]),
-        (b"Cookie", [b"a=1"]),
+        (b"host", b"shop.example:8443"),
+        (b"x-forwarded-for", b"203.0.113.1"),
+        (b"X-Forwarded-For", b"198.51.100.2, 10.0.0.1"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"X-Forwarded-Host", b"evil.example"),
+        (b"Forwarded", b"for=203.0.113.1"),
+        (b"Via", b"1.0 fred"),
+        (b"via", b"1.1 p.example (Apache/1.1)"),
+        (b"Cookie", b"a=1"),
     ]
     result = upstream_request_headers(
         headers, client_ip="2001:db8::1", proto="https", host=b"shop.example:8443", via=b"1.1 edge"
     )
     assert result == [
-        (b"host", [b"shop.example:8443"]),
-        (b"X-Forwarded-For", [b"203.0.113.1, 198.51.100.2, 10.0.0.1, 2001:db8::1"]),
-        (b"X-Forwarded-Proto", [b"https"]),
-        (b"X-Forwarded-Host", [b"shop.example:8443"]),
+        (b"host", b"shop.example:8443"),
+        (b"X-Forwarded-For", b"203.0.113.1, 198.51.100.2, 10.0.0.1, 2001:db8::1"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"shop.example:8443"),
         (
             b"Forwarded",
-            [b'for=203.0.113.1, for="[2001:db8::1]";proto=https;host="shop.example:8443"'],
+            b'for=203.0.113.1, for="[2001:db8::1]";proto=https;host="shop.example:8443"',
         ),
-        (b"Via", [b"1.0 fred, 1.1 p.example (Apache/1.1), 1.1 edge"]),
-        (b"Cookie", [b"a=1"]),
+        (b"Via", b"1.0 fred, 1.1 p.example (Apache/1.1), 1.1 edge"),
+        (b"Cookie", b"a=1"),
     ]
 
 
+def test_upstream_merges_rewritten_at_first_incoming_line() -> None:
+    headers = [
+        (b"Accept", b"*/*"),
+        (b"Via", b"1.0 a"),
+        (b"Cookie", b"a=1"),
+        (b"X-Forwarded-For", b"203.0.113.1"),
+        (b"via", b"1.0 b"),
+        (b"Cookie", b"b=2"),
+        (b"x-forwarded-for", b"198.51.100.2"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"x-forwarded-proto", b"ftp"),
+        (b"Forwarded", b"for=203.0.113.1"),
+        (b"Accept", b"text/html"),
+        (b"forwarded", b"for=198.51.100.2"),
+    ]
+    result = upstream_request_headers(headers, client_ip="192.0.2.7", proto="https", host=None)
+    assert result == [
+        (b"Accept", b"*/*"),
+        (b"Via", b"1.0 a, 1.0 b, 1.1 edgeproxy"),
+        (b"Cookie", b"a=1"),
+        (b"X-Forwarded-For", b"203.0.113.1, 198.51.100.2, 192.0.2.7"),
+        (b"Cookie", b"b=2"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"Forwarded", b"for=203.0.113.1, for=198.51.100.2, for=192.0.2.7;proto=https"),
+        (b"Accept", b"text/html"),
+    ]
+
+
+def test_upstream_interleaved_repeats_keep_order() -> None:
+    headers = [
+        (b"Cookie", b"a=1"),
+        (b"X", b"1"),
+        (b"Cookie", b"b=2"),
+        (b"TE", b"trailers"),
+        (b"x", b"2"),
+        (b"cookie", b"c=3"),
+    ]
+    result = upstream_request_headers(headers, client_ip="192.0.2.7", proto="https", host=None)
+    assert result[:5] == [
+        (b"Cookie", b"a=1"),
+        (b"X", b"1"),
+        (b"Cookie", b"b=2"),
+        (b"x", b"2"),
+        (b"cookie", b"c=3"),
+    ]
+
+
+def test_upstream_drop() -> None:
+    headers = [
+        (b"Host", b"a.example"),
+        (b"Content-Length", b"5"),
+        (b"Accept", b"*/*"),
+        (b"Expect", b"100-continue"),
+        (b"X-Request-Id", b"client-chosen"),
+        (b"x-request-id", b"again"),
+    ]
+    result = upstream_request_headers(
+        headers,
+        client_ip="192.0.2.7",
+        proto="https",
+        host=b"a.example",
+        drop=frozenset({b"content-length", b"expect", b"x-request-id"}),
+    )
+    assert result == [
+        (b"Host", b"a.example"),
+        (b"Accept", b"*/*"),
+        (b"X-Forwarded-For", b"192.0.2.7"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"a.example"),
+        (b"Forwarded", b"for=192.0.2.7;proto=https;host=a.example"),
+        (b"Via", b"1.1 edgeproxy"),
+    ]
+    # drop wins over the Host that Connection cannot remove
+    dropped_host = upstream_request_headers(
+        headers, client_ip="192.0.2.7", proto="https", host=None, drop=frozenset({b"host"})
+    )
+    assert b"host" not in as_dict(dropped_host)
+
+
 def test_upstream_without_host() -> None:
-    headers = [(b"X-Forwarded-Host", [b"spoofed.example"]), (b"Accept", [b"*/*"])]
+    headers = [(b"X-Forwarded-Host", b"spoofed.example"), (b"Accept", b"*/*")]
     result = upstream_request_headers(headers, client_ip="192.0.2.7", proto="http", host=None)
     assert as_dict(result) == {
         b"accept": [b"*/*"],
@@ -147,8 +299,8 @@ def test_upstream_without_host() -> None:
 
 
 def test_upstream_keeps_host_even_if_named_in_connection() -> None:
-    headers = [(b"Host", [b"a.example"]), (b"Connection", [b"Host, X-Forwarded-For"])]
-    headers.append((b"X-Forwarded-For", [b"1.2.3.4"]))
+    headers = [(b"Host", b"a.example"), (b"Connection", b"Host, X-Forwarded-For")]
+    headers.append((b"X-Forwarded-For", b"1.2.3.4"))
     result = as_dict(
         upstream_request_headers(headers, client_ip="192.0.2.7", proto="https", host=b"a.example")
     )
@@ -158,7 +310,7 @@ def test_upstream_keeps_host_even_if_named_in_connection() -> None:
 
 
 def test_upstream_skips_empty_incoming_list_values() -> None:
-    headers = [(b"Via", [b"", b"  "]), (b"X-Forwarded-For", [b" "])]
+    headers = [(b"Via", b""), (b"X-Forwarded-For", b" "), (b"via", b"  ")]
     result = as_dict(
         upstream_request_headers(headers, client_ip="192.0.2.7", proto="https", host=None)
     )
@@ -187,6 +339,8 @@ def test_forwarded_element(client_ip: str, host: bytes | None, element: bytes) -
 # Properties ---------------------------------------------------------------------
 
 END_TO_END = [b"Accept", b"Cookie", b"X-Custom", b"Content-Type", b"Authorization", b"Te-Foo"]
+END_TO_END_LOWER = {n.lower() for n in END_TO_END}
+REWRITTEN = [b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host", b"Forwarded", b"Via"]
 
 
 def cases(name: bytes) -> st.SearchStrategy[bytes]:
@@ -197,45 +351,53 @@ def cases(name: bytes) -> st.SearchStrategy[bytes]:
     )
 
 
-names = st.sampled_from(sorted(HOP_BY_HOP) + [n.lower() for n in END_TO_END]).flatmap(cases)
+names = st.sampled_from(sorted(HOP_BY_HOP) + sorted(END_TO_END_LOWER)).flatmap(cases)
 value = st.one_of(
     st.binary(max_size=20),
     # Connection values naming other headers, in any case, with whitespace and commas
     st.lists(names, min_size=1, max_size=3).map(lambda ns: b" ,\t".join(ns)),
 )
-values = st.lists(value, min_size=1, max_size=3)
-header_lists = st.lists(st.tuples(names, values), max_size=12)
+header_lists = st.lists(st.tuples(names, value), max_size=20)
+drops = st.frozensets(st.sampled_from(sorted(END_TO_END_LOWER)), max_size=3)
+
+
+def named_in_connection(headers: Sequence[tuple[bytes, bytes]]) -> set[bytes]:
+    return {
+        token.strip(b" \t").lower()
+        for name, v in headers
+        if name.lower() == b"connection"
+        for token in v.split(b",")
+    }
 
 
 @given(header_lists)
-def test_property_no_hop_by_hop_survives(headers: Sequence[tuple[bytes, list[bytes]]]) -> None:
+def test_property_no_hop_by_hop_survives(headers: Sequence[tuple[bytes, bytes]]) -> None:
     result = strip_hop_by_hop(headers)
     assert not {name.lower() for name, _ in result} & HOP_BY_HOP
 
 
-@given(header_lists)
-def test_property_end_to_end_kept_in_order(headers: Sequence[tuple[bytes, list[bytes]]]) -> None:
-    named_in_connection = {
-        token.strip(b" \t").lower()
-        for name, vs in headers
-        if name.lower() == b"connection"
-        for v in vs
-        for token in v.split(b",")
-    }
+@given(header_lists, drops)
+def test_property_end_to_end_kept_in_order(
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> None:
+    named = named_in_connection(headers)
     expected = [
-        (name, list(vs))
-        for name, vs in headers
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named_in_connection
+        (name, v)
+        for name, v in headers
+        if name.lower() not in HOP_BY_HOP and name.lower() not in named
     ]
     assert strip_hop_by_hop(headers) == expected
     assert downstream_response_headers(headers) == expected
+    expected_dropped = [pair for pair in expected if pair[0].lower() not in drop]
+    assert strip_hop_by_hop(headers, drop=drop) == expected_dropped
+    assert downstream_response_headers(headers, drop=drop) == expected_dropped
 
 
 @given(
     header_lists, st.sampled_from(["192.0.2.1", "2001:db8::1"]), st.sampled_from(["http", "https"])
 )
 def test_property_upstream(
-    headers: Sequence[tuple[bytes, list[bytes]]], client_ip: str, proto: str
+    headers: Sequence[tuple[bytes, bytes]], client_ip: str, proto: str
 ) -> None:
     result = upstream_request_headers(headers, client_ip=client_ip, proto=proto, host=b"h.example")
     lowered = [name.lower() for name, _ in result]
@@ -245,8 +407,45 @@ def test_property_upstream(
     by_name = as_dict(result)
     assert by_name[b"x-forwarded-for"][0].endswith(client_ip.encode())
     assert by_name[b"x-forwarded-proto"] == [proto.encode()]
-    # every surviving end-to-end header keeps its values in order
+    # every surviving end-to-end header line keeps its value and its place
     kept = strip_hop_by_hop(headers, keep=frozenset({b"host"}))
-    assert [pair for pair in result if pair[0].lower() in {n.lower() for n in END_TO_END}] == [
-        pair for pair in kept if pair[0].lower() in {n.lower() for n in END_TO_END}
+    assert [pair for pair in result if pair[0].lower() in END_TO_END_LOWER] == [
+        pair for pair in kept if pair[0].lower() in END_TO_END_LOWER
+    ]
+
+
+upstream_names = st.sampled_from(sorted(END_TO_END_LOWER) + [n.lower() for n in REWRITTEN]).flatmap(
+    cases
+)
+upstream_lists = st.lists(st.tuples(upstream_names, st.binary(max_size=10)), max_size=20)
+
+
+@given(upstream_lists, drops)
+def test_property_upstream_rewritten_in_first_place(
+    headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> None:
+    result = upstream_request_headers(
+        headers, client_ip="192.0.2.1", proto="https", host=b"h.example", drop=drop
+    )
+    rewritten = {n.lower() for n in REWRITTEN}
+    # Each rewritten header appears once, in the place of its first incoming
+    # line among the lines that survive; the rest keep their relative order.
+    expected: list[bytes] = []
+    for name, _ in headers:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower in rewritten:
+            if lower not in expected:
+                expected.append(lower)
+        else:
+            expected.append(lower)
+    expected += [n.lower() for n in REWRITTEN if n.lower() not in expected]
+    assert [name.lower() for name, _ in result] == expected
+    assert [pair for pair in result if pair[0].lower() not in rewritten] == [
+        pair for pair in headers if pair[0].lower() not in rewritten | drop
+    ]
+    incoming_xff = [v.strip(b" \t") for n, v in headers if n.lower() == b"x-forwarded-for"]
+    assert as_dict(result)[b"x-forwarded-for"] == [
+        b", ".join([v for v in incoming_xff if v] + [b"192.0.2.1"])
     ]
