@@ -699,6 +699,7 @@ def start_edgeproxy(
     pem: bytes,
     pem_name: str = "bench.pem",
     config_name: str = "bench_site.py",
+    extra_args: Sequence[str] = (),
 ) -> Server:
     """``twistd -n edgeproxy`` with https, http and admin listeners on ephemeral loopback
     ports (read from its output); returns once it serves http and https."""
@@ -715,6 +716,7 @@ def start_edgeproxy(
         TWISTD, "--pidfile=", "-n", "edgeproxy",
         "--config", str(config), "--certs", str(certs),
         "--https", loopback, "--http", loopback, "--admin", loopback,
+        *extra_args,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # stdout (startup lines, then one access-log line per request) goes to a file.

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from edgeproxy.cluster import FULL, ClusterRuntime, EndpointRuntime
 from edgeproxy.config import Endpoint, Split
@@ -26,8 +27,8 @@ from edgeproxy.errors import (
     NoHealthyUpstream,
     UpstreamResponseFailed,
 )
-from edgeproxy.h1client import IDEMPOTENT_METHODS
-from edgeproxy.headers import downstream_response_headers, upstream_request_headers
+from edgeproxy.h1client import IDEMPOTENT_METHODS, H1Response
+from edgeproxy.headers import upstream_request_headers
 from edgeproxy.relay import ResponseRelay
 from edgeproxy.selection import request_hash_key, stable_roll
 from edgeproxy.upstream import UpstreamClient
@@ -43,6 +44,7 @@ __all__ = ["Forwarder"]
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
 _NOT_RETURNED = frozenset({b"x-request-id"})
 _CONTROL = re.compile(rb"[\r\n\x00]")
+_LOST = Failure(ConnectionDone())
 
 
 def _cookie_name(spec: str) -> bytes | None:
@@ -148,7 +150,8 @@ class _Exchange:
         self._hash_key = _hash_key(request, key_spec) if isinstance(key_spec, str) else None
         self._body = request.content
         self._body_length = request.body_length if request.content is not None else None
-        request.notifyFinish().addBoth(self._on_request_over)
+        self._relay: ResponseRelay | None = None
+        request.when_over(self._on_request_over)
 
     def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         request = self._request
@@ -172,13 +175,15 @@ class _Exchange:
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _on_request_over(self, result: Any) -> None:
+    def _on_request_over(self, failure: Failure | None) -> None:
         """The downstream request finished, or its client went away."""
-        if isinstance(result, Failure):
+        if failure is not None:
             self._client_gone = True
             if self._pending is not None:
                 self._pending.cancel()
-        self._release_slot(cancelled=isinstance(result, Failure))
+            if self._relay is not None:
+                self._relay.client_gone()
+        self._release_slot(cancelled=failure is not None)
         if self._counted:
             self._counted = False
             self._runtime.counters.in_flight -= 1
@@ -341,7 +346,7 @@ class _Exchange:
         self._end_retry()
         request.respond_error(error)
 
-    def _on_response(self, response: IResponse) -> None:
+    def _on_response(self, response: H1Response) -> None:
         self._pending = None
         request = self._request
         request.upstream_status = response.code
@@ -361,27 +366,25 @@ class _Exchange:
             self._retry(f"status {response.code}")
             return
         # Ours wins over an X-Request-Id the upstream may echo, so client and log agree.
-        out = downstream_response_headers(
-            [(n, v) for n, values in response.headers.getAllRawHeaders() for v in values],
-            drop=_NOT_RETURNED,
-        )
+        # h1client already left out the hop-by-hop headers.
+        out = [(n, v) for n, v in response.header_pairs if n.lower() not in _NOT_RETURNED]
         if self._set_cookie is not None:
             out.append((b"Set-Cookie", self._set_cookie))
         length = response.length
         request.send_head(
-            response.code, response.phrase, out, None if length is UNKNOWN_LENGTH else length
+            response.code, response.phrase, out, length if isinstance(length, int) else None
         )
-        relay = ResponseRelay(
+        self._relay = relay = ResponseRelay(
             request,
-            request.notifyFinish(),
             clock=self._forwarder.clock,
             idle_timeout=self._cluster.idle_timeout,
+            on_done=self._on_body_done,
         )
-        relay.done.addCallback(self._on_body_done)
         response.deliverBody(relay)
         request.flush_head()
 
     def _on_body_done(self, outcome: str) -> None:
+        self._relay = None
         request = self._request
         if outcome != "complete":
             self._record_failure(outcome)
@@ -397,7 +400,7 @@ class _Exchange:
         request.loseConnection()
 
 
-class _Discard:
+class _Discard(Protocol):
     """A body sink that drops everything (and stops the producer at once)."""
 
     def makeConnection(self, transport: Any) -> None:
@@ -406,5 +409,5 @@ class _Discard:
     def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = _LOST) -> None:
         pass

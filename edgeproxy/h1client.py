@@ -145,15 +145,24 @@ class H1Response:
         version: tuple[bytes, int, int],
         code: int,
         phrase: bytes,
-        headers: Headers,
+        header_pairs: list[tuple[bytes, bytes]],
         length: int | object,
     ) -> None:
         self.version = version
         self.code = code
         self.phrase = phrase
-        self.headers = headers
+        #: End-to-end headers as ``(name, value)`` lines, in order, hop-by-hop ones removed.
+        self.header_pairs = header_pairs
         self.length = length
         self._exchange = exchange
+
+    @property
+    def headers(self) -> Headers:
+        """:attr:`header_pairs` as twisted's ``Headers`` (built on demand)."""
+        headers = Headers()
+        for name, value in self.header_pairs:
+            headers.addRawHeader(name, value)
+        return headers
 
     def deliverBody(self, protocol: IProtocol) -> None:
         self._exchange.deliver_body(protocol)
@@ -798,22 +807,18 @@ class _Connection(Protocol):
         tokens = self._connection_tokens
         http11 = parser.get_http_version() == "1.1"
         head = exchange.method == b"HEAD"
-        headers = Headers()
-        add = headers.addRawHeader
         if tokens is None:
-            for _lname, name, value in self._headers:
-                add(name, value)
+            headers = [(name, value) for _lname, name, value in self._headers]
         else:
-            for lname, name, value in self._headers:
-                if lname not in tokens:
-                    add(name, value)
+            headers = [(name, value) for lname, name, value in self._headers if lname not in tokens]
+        add = headers.append
         length: int | object
         cl = self._content_length
         announced_body = False
         if head or code in _NO_BODY_STATUSES:
             length = 0
             if head and cl is not None and b"content-length" not in (tokens or ()):
-                add(b"Content-Length", cl.strip())
+                add((b"Content-Length", cl.strip()))
             # No body follows, whatever the head says (RFC 9112 6.3).  A HEAD
             # answer's Content-Length describes the GET body and is normal, so
             # that connection is reused as every proxy does; a 204/304 that

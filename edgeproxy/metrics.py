@@ -111,10 +111,33 @@ class Metrics:
         self._state.sources = (snapshot, certificates, generation)
 
     def observe_request(self, record: AccessRecord, body_in: int) -> None:
-        vhost = record.vhost or "-"
-        route = record.route or "-"
-        cluster = record.cluster or "-"
-        key = (vhost, route, cluster, _status_class(record.status))
+        """One finished request, as its access record tells it."""
+        self.observe(
+            record.vhost,
+            record.route,
+            record.cluster,
+            record.status,
+            record.duration,
+            record.upstream_time,
+            body_in,
+            record.bytes,
+        )
+
+    def observe(
+        self,
+        vhost: str | None,
+        route: str | None,
+        cluster: str | None,
+        status: int,
+        duration: float,
+        upstream_time: float | None,
+        body_in: int,
+        body_out: int,
+    ) -> None:
+        """One finished request (called for every request: no record is built for it)."""
+        vhost = vhost or "-"
+        route = route or "-"
+        key = (vhost, route, cluster or "-", _status_class(status))
         child = self._request_children.get(key)
         if child is None:
             child = self._request_children[key] = self.requests.labels(*key)
@@ -125,14 +148,14 @@ class Metrics:
             histogram = self._duration_children[duration_key] = self.request_duration.labels(
                 *duration_key
             )
-        histogram.observe(record.duration)
-        if record.upstream_time is not None and record.cluster is not None:
-            upstream = self._upstream_children.get(record.cluster)
+        histogram.observe(duration)
+        if upstream_time is not None and cluster is not None:
+            upstream = self._upstream_children.get(cluster)
             if upstream is None:
-                upstream = self._upstream_children[record.cluster] = (
-                    self.upstream_duration.labels(record.cluster)
+                upstream = self._upstream_children[cluster] = self.upstream_duration.labels(
+                    cluster
                 )
-            upstream.observe(record.upstream_time)
+            upstream.observe(upstream_time)
         pair = self._bytes_children.get(vhost)
         if pair is None:
             pair = self._bytes_children[vhost] = (
@@ -141,8 +164,8 @@ class Metrics:
             )
         if body_in:
             pair[0].inc(body_in)
-        if record.bytes:
-            pair[1].inc(record.bytes)
+        if body_out:
+            pair[1].inc(body_out)
 
     def connection_opened(self, listener: str) -> None:
         self.active_connections[listener] = self.active_connections.get(listener, 0) + 1

@@ -210,7 +210,9 @@ class FileSink:
 
 class AccessLog:
     """One access record per request: to ``twisted.logger`` (namespace
-    ``edgeproxy.access``) or, when a sink is given, straight to it."""
+    ``edgeproxy.access``), or, when a sink is given, straight to it, or
+    nowhere (``enabled=False``: ``--access-log off``).  Metrics are observed
+    for every request either way."""
 
     def __init__(
         self,
@@ -219,19 +221,33 @@ class AccessLog:
         sink: FileSink | None = None,
         fmt: str = "combined",
         metrics: Metrics | None = None,
+        enabled: bool = True,
     ) -> None:
         self._clock = clock
         self._sink = sink
         self._metrics = metrics
         self._format = ACCESS_LOG_FORMATS[fmt]
+        self._enabled = enabled
         # An instance attribute: a Logger on the class would take the class's
         # name as its namespace instead of the stable "edgeproxy.access".
         self.log = Logger(namespace="edgeproxy.access")
 
     def log_request(self, request: Any, duration: float) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.observe(
+                request.vhost.vhost_name if request.vhost is not None else None,
+                request.route.prefix if request.route is not None else None,
+                request.cluster_name,
+                request.code,
+                duration,
+                request.upstream_time,
+                request.body_bytes,
+                request.sentLength,
+            )
+        if not self._enabled:
+            return
         record = access_record(request, self._clock.seconds(), duration)
-        if self._metrics is not None:
-            self._metrics.observe_request(record, request.body_bytes)
         line = self._format(record)
         if self._sink is not None:
             self._sink.write(line)

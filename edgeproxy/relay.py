@@ -1,17 +1,18 @@
 """
 Streams an upstream response body into the downstream request with
 backpressure: a producer standing for the upstream socket is registered with
-the downstream request, so when the client reads slowly twisted.web pauses it
-and the upstream socket stops being read.  While the client is keeping up, the
-upstream must send something every ``idle_timeout`` seconds.
+the downstream request, so when the client reads slowly the downstream
+connection pauses it and the upstream socket stops being read.  While the
+client is keeping up, the upstream must send something every
+``idle_timeout`` seconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -21,7 +22,7 @@ from zope.interface import implementer
 
 __all__ = ["COMPLETE", "IDLE", "TRUNCATED", "DownstreamSink", "ResponseRelay"]
 
-#: Outcomes ``ResponseRelay.done`` fires with.
+#: Outcomes ``on_done`` is called with.
 COMPLETE = "complete"
 TRUNCATED = "truncated"
 IDLE = "idle timeout"
@@ -61,16 +62,17 @@ class _UpstreamProducer:
 
 
 class ResponseRelay(Protocol):
-    """Given to ``IResponse.deliverBody``; ``done`` fires with :data:`COMPLETE`,
-    :data:`TRUNCATED` (the upstream broke off) or :data:`IDLE` (it went quiet)."""
+    """Given to ``IResponse.deliverBody``; ``on_done`` is called once, with
+    :data:`COMPLETE`, :data:`TRUNCATED` (the upstream broke off) or
+    :data:`IDLE` (it went quiet)."""
 
     def __init__(
         self,
         sink: DownstreamSink,
-        gone: Deferred[None],
         *,
         clock: IReactorTime,
         idle_timeout: float,
+        on_done: Callable[[str], object],
     ) -> None:
         self._sink = sink
         self._clock = clock
@@ -79,12 +81,11 @@ class ResponseRelay(Protocol):
         self._idled = False
         self._downstream_gone = False
         self._producer: _UpstreamProducer | None = None
-        self.done: Deferred[str] = Deferred()
-        gone.addErrback(self._client_gone)
+        self._on_done = on_done
 
-    def _client_gone(self, failure: Failure) -> None:
-        # The client went away: stop reading, which closes the upstream
-        # connection (it cannot be reused with an unread body).
+    def client_gone(self) -> None:
+        """The client went away: stop reading, which closes the upstream
+        connection (it cannot be reused with an unread body)."""
         self._downstream_gone = True
         if self._producer is not None:
             self._producer.stopProducing()
@@ -128,8 +129,9 @@ class ResponseRelay(Protocol):
         # Idleness first: stopping a body delimited by the connection's close
         # ends in PotentialDataLoss, which would otherwise pass for complete.
         if self._idled:
-            self.done.callback(IDLE)
+            outcome = IDLE
         elif reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(COMPLETE)
+            outcome = COMPLETE
         else:
-            self.done.callback(TRUNCATED)
+            outcome = TRUNCATED
+        self._on_done(outcome)

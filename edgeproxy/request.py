@@ -187,7 +187,7 @@ class ProxyRequest:
     _chunked: bool = False
     _head: bytes | None = None
     _logged: bool = False
-    _finish_waiters: list[Deferred[None]] | None = None
+    _watchers: list[Callable[[Failure | None], object]] | None = None
 
     def __init__(
         self,
@@ -472,26 +472,28 @@ class ProxyRequest:
         self.persistent = False
         self.channel.close()
 
-    def notifyFinish(self) -> Deferred[None]:
-        """Fires when the response is finished, fails when the client went away first."""
+    def when_over(self, callback: Callable[[Failure | None], object]) -> None:
+        """Call ``callback`` once the response is finished (with None) or the
+        client went away first (with the reason)."""
         if self.finished:
-            return succeed(None)
+            callback(None)
+        elif self._disconnected:
+            callback(Failure(ConnectionDone()))
+        elif self._watchers is None:
+            self._watchers = [callback]
+        else:
+            self._watchers.append(callback)
+
+    def notifyFinish(self) -> Deferred[None]:
+        """:meth:`when_over` as a Deferred, as twisted.web's requests have it."""
         d: Deferred[None] = Deferred()
-        if self._disconnected:
-            d.errback(Failure(ConnectionDone()))
-            return d
-        if self._finish_waiters is None:
-            self._finish_waiters = []
-        self._finish_waiters.append(d)
+        self.when_over(lambda failure: d.callback(None) if failure is None else d.errback(failure))
         return d
 
     def _notify(self, failure: Failure | None) -> None:
-        waiters, self._finish_waiters = self._finish_waiters, None
-        for d in waiters or ():
-            if failure is None:
-                d.callback(None)
-            else:
-                d.errback(failure)
+        watchers, self._watchers = self._watchers, None
+        for watcher in watchers or ():
+            watcher(failure)
 
     # -- answers made here ---------------------------------------------------
 

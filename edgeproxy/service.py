@@ -6,6 +6,7 @@ pool and the admin listener, as one ``MultiService``.  Only this module and
 
 from __future__ import annotations
 
+import gc
 import random
 import signal
 from collections.abc import Callable
@@ -151,14 +152,14 @@ class EdgeProxyService(MultiService):
         self.metrics.watch(
             lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: self.generation
         )
-        self.access_sink = (
-            FileSink(settings.access_log, reactor) if settings.access_log is not None else None
-        )
+        path = settings.access_log
+        self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
         access_log = AccessLog(
             reactor,
             sink=self.access_sink,
             fmt=settings.access_log_format,
             metrics=self.metrics,
+            enabled=settings.access_log != "off",
         )
         def proxy_factory(tls: bool) -> ProxyFactory:
             return ProxyFactory(
@@ -271,6 +272,7 @@ class EdgeProxyService(MultiService):
         super().startService()
         if self.access_sink is not None:
             self.access_sink.start()
+        _settle_heap()
 
     def drain(self) -> Deferred[None]:
         """Stop accepting, let requests in flight finish for up to
@@ -316,3 +318,22 @@ def make_service(
 ) -> EdgeProxyService:
     """The proxy; with ``handle_sighup`` it reloads its configuration on SIGHUP."""
     return EdgeProxyService(settings, reactor, endpoints, handle_sighup=handle_sighup)
+
+
+def _settle_heap() -> None:
+    """Move everything alive after start-up (modules, configuration,
+    certificates) out of the collector's sight, and collect the young
+    generation less often.
+
+    A request allocates a few hundred objects; with the default threshold
+    (700) the collector runs every few requests and each run walks every
+    object of the requests in flight, which cost ~100 us per request under
+    load.  What a request leaves behind is freed by reference counting; the
+    cycles that remain are few and small, so a larger threshold costs little
+    memory."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+
+
+_GC_THRESHOLDS = (7000, 10, 10)

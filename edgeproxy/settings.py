@@ -43,7 +43,8 @@ class Settings:
     #: Clients whose ``X-Request-Id`` is kept (``--trusted-source CIDR``); from
     #: anyone else the header is replaced by a new id.
     trusted_sources: tuple[IPNetwork, ...] = ()
-    #: ``--access-log PATH|-``: write access lines there directly; None = through twisted.logger.
+    #: ``--access-log PATH|-|off``: write access lines there directly; None = through
+    #: twisted.logger; ``off``: none at all.
     access_log: str | None = None
     #: ``--access-log-format combined|json``.
     access_log_format: str = "combined"

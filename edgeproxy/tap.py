@@ -109,7 +109,7 @@ class Options(usage.Options):
          "CPU); with more than 1 this process binds the listeners and supervises the "
          "workers (docs/scaling.md).", _workers],
         ["access-log", None, None, "Write access lines to this file ('-': stdout) instead "
-         "of through the twistd log."],
+         "of through the twistd log; 'off': no access log."],
         ["access-log-format", None, "combined", "Access line format: combined or json.",
          _access_log_format],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT, "On SIGTERM, seconds to let requests "

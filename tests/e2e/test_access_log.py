@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import trustme
@@ -96,3 +97,27 @@ def test_trusted_source_keeps_its_request_id(tmp_path: Path) -> None:
     finally:
         proxy.stop()
         backend.stop()
+
+
+def test_access_log_off_logs_no_requests_but_still_counts_them(tmp_path: Path) -> None:
+    proxy, backend, ctx = start(tmp_path, "--access-log", "off")
+    try:
+        for _ in range(3):
+            response, _body = get(proxy, ctx)
+            assert response.status == 200
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{proxy.ports['admin']}/metrics", timeout=5
+        ) as answer:
+            metrics = answer.read().decode()
+        counted = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("edgeproxy_requests_total{") and 'status_class="2xx"' in line
+        ]
+        assert counted and float(counted[0].rsplit(" ", 1)[1]) == 3.0, counted
+    finally:
+        proxy.stop()
+        backend.stop()
+    output = "".join(proxy.output)
+    assert "edgeproxy https listener" in output  # the output was read at all
+    assert '"GET /x?y=1 HTTP/1.1" 200' not in output
