@@ -109,7 +109,15 @@ def _validate_weight(instance: object, attribute: attrs.Attribute[int], value: i
         raise ValueError(f"endpoint weight must be at least 1, not {value}")
 
 
-@attrs.frozen
+def _endpoint_text(endpoint: Endpoint) -> str:
+    # Runs before the validators: the host may not even be a str yet.
+    if isinstance(endpoint.host, str) and ":" in endpoint.host:
+        return f"[{endpoint.host}]:{endpoint.port}"
+    return f"{endpoint.host}:{endpoint.port}"
+
+
+# Hashed and printed on every request (pool keys, balancer tables, logs): both cached.
+@attrs.frozen(cache_hash=True)
 class Endpoint:
     """One upstream server, ``Endpoint("10.0.0.5", 8080)``.
 
@@ -120,6 +128,12 @@ class Endpoint:
     host: str = attrs.field(validator=_validate_host)
     port: int = attrs.field(validator=_validate_port)
     weight: int = attrs.field(default=1, validator=_validate_weight, kw_only=True)
+    _text: str = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(_endpoint_text, takes_self=True),
+    )
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
@@ -148,9 +162,7 @@ class Endpoint:
         return cls(host, int(port_text))
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return self._text
 
 
 def _to_endpoints(value: Iterable[str | Endpoint]) -> tuple[Endpoint, ...]:

@@ -10,6 +10,7 @@ the case they came in.  Every end-to-end header line survives, in order.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 __all__ = [
@@ -36,8 +37,8 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 )
 
 _OWS = b" \t"
-# RFC 9110 tchar
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# RFC 9110 token
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -70,7 +71,7 @@ def strip_hop_by_hop(
 
 def _quote(value: bytes) -> bytes:
     """``value`` as an RFC 7239 value: a token as is, otherwise a quoted-string."""
-    if value and all(byte in _TCHAR for byte in value):
+    if _TOKEN.fullmatch(value) is not None:
         return value
     escaped = bytearray(b'"')
     for byte in value:
@@ -97,6 +98,21 @@ def _node(client_ip: str) -> bytes:
 
 def forwarded_element(client_ip: str, proto: str, host: bytes | None) -> bytes:
     """One RFC 7239 ``Forwarded`` element: ``for=192.0.2.1;proto=https;host=example.com``."""
+    key = (client_ip, proto, host)
+    element = _forwarded_cache.get(key)
+    if element is None:
+        if len(_forwarded_cache) >= _FORWARDED_CACHE_SIZE:
+            _forwarded_cache.clear()
+        element = _forwarded_cache[key] = _forwarded_element(client_ip, proto, host)
+    return element
+
+
+# Clients and hosts repeat: the element is built once per (client, proto, host).
+_forwarded_cache: dict[tuple[str, str, bytes | None], bytes] = {}
+_FORWARDED_CACHE_SIZE = 4096
+
+
+def _forwarded_element(client_ip: str, proto: str, host: bytes | None) -> bytes:
     pairs = [b"for=" + _node(client_ip), b"proto=" + _quote(proto.encode("ascii", "replace"))]
     if host is not None:
         pairs.append(b"host=" + _quote(host))
@@ -144,6 +160,44 @@ def upstream_request_headers(
     One pass over the headers: this runs for every request.
     """
     headers = headers if isinstance(headers, list) else list(headers)
+    named = _NOT_PASSED.get(drop)
+    if named is None:
+        named = _NOT_PASSED[drop] = HOP_BY_HOP | drop
+    result: Headers = []
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in named or lower in _REWRITTEN:
+            if lower == b"connection" or lower in _REWRITTEN:
+                # Headers named by Connection, or incoming values to extend:
+                # the general case (behind another proxy, say).
+                return _upstream_request_headers(
+                    headers, client_ip=client_ip, proto=proto, host=host, via=via, drop=drop
+                )
+            continue
+        result.append(pair)
+    # The common case: a client talking to us directly.
+    result.append((b"X-Forwarded-For", client_ip.encode("utf-8", "replace")))
+    result.append((b"X-Forwarded-Proto", proto.encode("ascii", "replace")))
+    if host is not None:
+        result.append((b"X-Forwarded-Host", host))
+    result.append((b"Forwarded", forwarded_element(client_ip, proto, host)))
+    result.append((b"Via", via))
+    return result
+
+
+# HOP_BY_HOP | drop, per drop set.
+_NOT_PASSED: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def _upstream_request_headers(
+    headers: list[tuple[bytes, bytes]],
+    *,
+    client_ip: str,
+    proto: str,
+    host: bytes | None,
+    via: bytes,
+    drop: frozenset[bytes],
+) -> Headers:
     named: set[bytes] | frozenset[bytes] = HOP_BY_HOP | drop
     for name, _ in headers:
         if name.lower() == b"connection":
