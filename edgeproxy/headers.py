@@ -232,9 +232,9 @@ def _upstream_request_headers(
     )
     incoming = seen.get(b"via")
     new_values[b"via"] = _joined(incoming[1] if incoming else [], via)
-    for lower, value in new_values.items():
+    for lower, new_value in new_values.items():
         place = seen.get(lower)
-        header = None if value is None else (_REWRITTEN[lower], value)
+        header = None if new_value is None else (_REWRITTEN[lower], new_value)
         if place is not None:
             result[place[0]] = header
         elif header is not None:

@@ -1,23 +1,26 @@
 """
 Prometheus metrics, served on the admin listener at ``/metrics``.
 
-Per-request figures (counts, durations, bytes) are observed once per request,
-through children cached per label set so the hot path does a dict lookup, not
-prometheus-client's label resolution.  Everything that is state rather than an
-event (endpoint health, breaker states, certificate expiry, in-flight counts,
-config generation) is read at scrape time by a collector, costing nothing per
-request.  Label sets are bounded by the configuration: no per-client or
-per-path labels.
+Per-request figures (counts, durations, bytes) are added up in plain dicts
+keyed by label tuple (a dict lookup and an integer add per request; the
+reactor is one thread, so prometheus-client's per-sample locks would buy
+nothing) and turned into metric families at scrape time.  Everything that is
+state rather than an event (endpoint health, breaker states, certificate
+expiry, in-flight counts, config generation) is read at scrape time too.
+Label sets are bounded by the configuration: no per-client or per-path
+labels.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from edgeproxy.certificates import CertificateIndex
@@ -43,38 +46,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "edgeproxy_requests",
-            "Requests answered, by virtual host, route, cluster and status class.",
-            ["vhost", "route", "cluster", "status_class"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "edgeproxy_request_duration_seconds",
-            "Time from the request line to the end of the response, as the client saw it.",
-            ["vhost", "route"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.upstream_duration = Histogram(
-            "edgeproxy_upstream_response_duration_seconds",
-            "Time from sending a request upstream to its response head.",
-            ["cluster"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.bytes_in = Counter(
-            "edgeproxy_request_bytes",
-            "Request body bytes received from clients, by virtual host.",
-            ["vhost"],
-            registry=r,
-        )
-        self.bytes_out = Counter(
-            "edgeproxy_response_bytes",
-            "Response body bytes sent to clients, by virtual host.",
-            ["vhost"],
-            registry=r,
-        )
+        #: Per-request sums, turned into families by _RequestCollector.
+        self.request_counts: dict[tuple[str, str, str, str], int] = {}
+        self.request_durations: dict[tuple[str, str], _Histogram] = {}
+        self.upstream_durations: dict[str, _Histogram] = {}
+        self.body_bytes: dict[str, list[int]] = {}  # vhost -> [in, out]
+        r.register(_RequestCollector(self))
         self.tls_handshakes = Counter(
             "edgeproxy_tls_handshakes",
             "Completed TLS handshakes, by protocol version.",
@@ -94,10 +71,6 @@ class Metrics:
             registry=r,
         )
         self.active_connections: dict[str, int] = {}
-        self._request_children: dict[tuple[str, str, str, str], Any] = {}
-        self._duration_children: dict[tuple[str, str], Any] = {}
-        self._upstream_children: dict[str, Any] = {}
-        self._bytes_children: dict[str, tuple[Any, Any]] = {}
         self._state = _StateCollector(self)
         r.register(self._state)
 
@@ -138,40 +111,105 @@ class Metrics:
         vhost = vhost or "-"
         route = route or "-"
         key = (vhost, route, cluster or "-", _status_class(status))
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
-        duration_key = (vhost, route)
-        histogram = self._duration_children.get(duration_key)
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
+        histogram = self.request_durations.get((vhost, route))
         if histogram is None:
-            histogram = self._duration_children[duration_key] = self.request_duration.labels(
-                *duration_key
-            )
+            histogram = self.request_durations[(vhost, route)] = _Histogram()
         histogram.observe(duration)
         if upstream_time is not None and cluster is not None:
-            upstream = self._upstream_children.get(cluster)
-            if upstream is None:
-                upstream = self._upstream_children[cluster] = self.upstream_duration.labels(
-                    cluster
-                )
-            upstream.observe(upstream_time)
-        pair = self._bytes_children.get(vhost)
+            histogram = self.upstream_durations.get(cluster)
+            if histogram is None:
+                histogram = self.upstream_durations[cluster] = _Histogram()
+            histogram.observe(upstream_time)
+        pair = self.body_bytes.get(vhost)
         if pair is None:
-            pair = self._bytes_children[vhost] = (
-                self.bytes_in.labels(vhost),
-                self.bytes_out.labels(vhost),
-            )
-        if body_in:
-            pair[0].inc(body_in)
-        if body_out:
-            pair[1].inc(body_out)
+            pair = self.body_bytes[vhost] = [0, 0]
+        pair[0] += body_in
+        pair[1] += body_out
 
     def connection_opened(self, listener: str) -> None:
         self.active_connections[listener] = self.active_connections.get(listener, 0) + 1
 
     def connection_closed(self, listener: str) -> None:
         self.active_connections[listener] = self.active_connections.get(listener, 1) - 1
+
+
+class _Histogram:
+    """Bucket counts (not cumulative; the last is +Inf), count and sum."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: Prometheus buckets are "le".
+        self.buckets[bisect_left(DURATION_BUCKETS, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        out: list[tuple[str, float]] = []
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self.buckets, strict=True):
+            running += count
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+class _RequestCollector(Collector):
+    """The per-request sums as metric families, built at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "edgeproxy_requests",
+            "Requests answered, by virtual host, route, cluster and status class.",
+            labels=["vhost", "route", "cluster", "status_class"],
+        )
+        for key, count in sorted(m.request_counts.items()):
+            requests.add_metric(list(key), count)
+        yield requests
+        durations = HistogramMetricFamily(
+            "edgeproxy_request_duration_seconds",
+            "Time from the request line to the end of the response, as the client saw it.",
+            labels=["vhost", "route"],
+        )
+        for (vhost, route), histogram in sorted(m.request_durations.items()):
+            durations.add_metric([vhost, route], histogram.cumulative(), histogram.total)
+        yield durations
+        upstream = HistogramMetricFamily(
+            "edgeproxy_upstream_response_duration_seconds",
+            "Time from sending a request upstream to its response head.",
+            labels=["cluster"],
+        )
+        for cluster, histogram in sorted(m.upstream_durations.items()):
+            upstream.add_metric([cluster], histogram.cumulative(), histogram.total)
+        yield upstream
+        bytes_in = CounterMetricFamily(
+            "edgeproxy_request_bytes",
+            "Request body bytes received from clients, by virtual host.",
+            labels=["vhost"],
+        )
+        bytes_out = CounterMetricFamily(
+            "edgeproxy_response_bytes",
+            "Response body bytes sent to clients, by virtual host.",
+            labels=["vhost"],
+        )
+        for vhost, (received, sent) in sorted(m.body_bytes.items()):
+            bytes_in.add_metric([vhost], received)
+            bytes_out.add_metric([vhost], sent)
+        yield bytes_in
+        yield bytes_out
 
 
 class _StateCollector(Collector):

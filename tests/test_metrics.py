@@ -81,3 +81,21 @@ def test_dashboard_uses_only_metrics_that_exist() -> None:
     missing = {name for name in used if name not in exposed}
     # Certificate expiry is a family without samples when no certificate is loaded.
     assert missing <= {"edgeproxy_certificate_expiry_timestamp_seconds"}, missing
+
+
+def test_duration_histogram_buckets_are_cumulative_le() -> None:
+    metrics = Metrics()
+    for duration in (0.001, 0.0011, 0.3, 100.0):
+        metrics.observe_request(record(duration=duration), body_in=0)
+    labels = dict(vhost="shop.example", route="/api/")
+    name = "edgeproxy_request_duration_seconds"
+    assert sample(metrics, name + "_bucket", le="0.001", **labels) == 1  # le: bound included
+    assert sample(metrics, name + "_bucket", le="0.0025", **labels) == 2
+    assert sample(metrics, name + "_bucket", le="0.25", **labels) == 2
+    assert sample(metrics, name + "_bucket", le="0.5", **labels) == 3
+    assert sample(metrics, name + "_bucket", le="30.0", **labels) == 3
+    assert sample(metrics, name + "_bucket", le="+Inf", **labels) == 4
+    assert sample(metrics, name + "_count", **labels) == 4
+    assert sample(metrics, name + "_sum", **labels) == 0.001 + 0.0011 + 0.3 + 100.0
+    text = generate_latest(metrics.registry).decode()
+    assert 'edgeproxy_requests_total{cluster="api",route="/api/",status_class="2xx",vhost="shop.example"} 4.0' in text
