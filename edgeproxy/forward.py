@@ -381,6 +381,7 @@ class _Exchange:
             on_done=self._on_body_done,
         )
         response.deliverBody(relay)
+        relay.arm()
         request.flush_head()
 
     def _on_body_done(self, outcome: str) -> None:

@@ -49,10 +49,12 @@ class _UpstreamProducer:
         self._upstream = upstream
 
     def pauseProducing(self) -> None:
+        self._relay._paused = True
         self._relay._stop_idle_timer()
         self._upstream.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._relay._paused = False
         self._relay._start_idle_timer()
         self._upstream.resumeProducing()
 
@@ -82,6 +84,8 @@ class ResponseRelay(Protocol):
         self._downstream_gone = False
         self._producer: _UpstreamProducer | None = None
         self._on_done = on_done
+        self._paused = False
+        self._over = False
 
     def client_gone(self) -> None:
         """The client went away: stop reading, which closes the upstream
@@ -114,7 +118,13 @@ class ResponseRelay(Protocol):
             self._producer.stopProducing()
             return
         self._sink.registerProducer(self._producer, True)
-        self._start_idle_timer()
+
+    def arm(self) -> None:
+        """Start the idle clock, once what arrived with the response head has
+        been relayed: a body that is already whole (most small ones) needs no
+        timer at all."""
+        if not self._over and not self._downstream_gone and not self._paused:
+            self._start_idle_timer()
 
     def dataReceived(self, data: bytes) -> None:
         if self._idle_call is not None:
@@ -123,6 +133,7 @@ class ResponseRelay(Protocol):
             self._sink.write(data)
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._over = True
         self._stop_idle_timer()
         if not self._downstream_gone:
             self._sink.unregisterProducer()

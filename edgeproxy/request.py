@@ -41,6 +41,7 @@ import secrets
 import tempfile
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 from httptools import (
@@ -56,6 +57,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
@@ -592,6 +594,10 @@ def _temporary_file() -> IO[bytes]:
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
+def _no_write(data: bytes) -> None:
+    """A channel's write before it has a transport."""
+
+
 class ConnectionTracker:
     """The open client connections of every listener, for a graceful drain."""
 
@@ -657,6 +663,7 @@ class ProxyChannel(Protocol):
         self._write_paused = False
         self._body_producer: IPushProducer | None = None
         self._closed = False
+        self._write: Callable[[bytes], object] = _no_write
         self._last_data = 0.0
         self._timer: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
@@ -667,6 +674,14 @@ class ProxyChannel(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         set_no_delay(transport)
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # Not BufferingTLSTransport's write, which holds small writes back
+            # to the next reactor turn to join them: a response head and its
+            # first body bytes already go out as one write, so the wait (a
+            # callLater per response) would buy nothing.
+            self._write = partial(TLSMemoryBIOProtocol.write, transport)
+        else:
+            self._write = transport.write
         # Told to pause when the client is slow to read; passed on to the body's producer.
         transport.registerProducer(self, True)
         factory = self.factory
@@ -881,8 +896,8 @@ class ProxyChannel(Protocol):
             self._processing_queue = False
 
     def write_now(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed:
-            self.transport.write(data)
+        if not self._closed and self.transport is not None:
+            self._write(data)
 
     # -- write-side flow control -----------------------------------------------------
 

@@ -815,6 +815,21 @@ def test_bad_chunk_after_the_head_truncates_the_body() -> None:
     assert up.closed and rig.idle() == 0
 
 
+def test_a_big_first_read_with_head_and_body_is_not_an_oversized_head() -> None:
+    # One read can bring the head and far more than MAX_HEAD_BYTES of body
+    # (the client reads 256 KiB at a time): only the head counts.
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    size = 4 * MAX_HEAD_BYTES
+    response, body = fetch(
+        rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
+    )
+    assert response.code == 200
+    assert body.body == b"x" * size
+    assert body.reason is not None and body.reason.check(ResponseDone)
+
+
 def test_oversized_head_fails() -> None:
     rig = Rig()
     d = rig.request()

@@ -73,6 +73,7 @@ class RelayTests(SynchronousTestCase):
 
     def connect(self) -> None:
         self.relay.makeConnection(self.upstream)  # type: ignore[arg-type]
+        self.relay.arm()
 
     # -- relaying ------------------------------------------------------------
 
@@ -209,3 +210,33 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.upstream.calls, ["stop"])
         self.assertEqual(self.sink.events, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ArmingTests(SynchronousTestCase):
+    def test_a_body_complete_before_arming_never_starts_a_timer(self) -> None:
+        clock = Clock()
+        outcomes: list[str] = []
+        relay = ResponseRelay(
+            FakeSink(), clock=clock, idle_timeout=IDLE_TIMEOUT, on_done=outcomes.append
+        )
+        relay.makeConnection(FakeUpstream())  # type: ignore[arg-type]
+        relay.dataReceived(b"whole")
+        relay.connectionLost(Failure(ResponseDone()))
+        relay.arm()
+        self.assertEqual(outcomes, [COMPLETE])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_arming_while_the_client_is_slow_waits_for_resume(self) -> None:
+        clock = Clock()
+        relay = ResponseRelay(
+            FakeSink(), clock=clock, idle_timeout=IDLE_TIMEOUT, on_done=lambda _: None
+        )
+        upstream = FakeUpstream()
+        relay.makeConnection(upstream)  # type: ignore[arg-type]
+        producer = relay._producer
+        assert producer is not None
+        producer.pauseProducing()
+        relay.arm()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        producer.resumeProducing()
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
