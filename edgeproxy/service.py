@@ -27,13 +27,13 @@ from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
 from edgeproxy.configload import load_config
 from edgeproxy.configwatch import ConfigWatcher
+from edgeproxy.downstream import ConnectionTracker, ProxyFactory
 from edgeproxy.errors import ConfigError
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
 from edgeproxy.metrics import Metrics
 from edgeproxy.netutil import DirectEndpointFactory
 from edgeproxy.observability import AccessLog, FileSink
-from edgeproxy.request import ConnectionTracker, ProxyFactory
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
 from edgeproxy.upstream import UpstreamClient

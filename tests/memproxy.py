@@ -12,9 +12,9 @@ from twisted.internet.testing import MemoryReactorClock
 
 from edgeproxy.config import VirtualHost
 from edgeproxy.configload import LoadedConfig
+from edgeproxy.downstream import ProxyFactory
 from edgeproxy.forward import Forwarder
 from edgeproxy.observability import AccessLog
-from edgeproxy.request import ProxyFactory
 from edgeproxy.routing import RoutingTable
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot

@@ -5,7 +5,7 @@ Every test drives one client connection with ``dataReceived`` and reads what
 went back with ``StringTransport.value()``; the upstream side is the memory
 reactor's ``tcpClients``, answered by hand.  Nothing here looks at request or
 channel objects, so the tests hold for any implementation of the downstream
-protocol (``edgeproxy.request.ProxyChannel`` on httptools/llhttp today).
+protocol (``edgeproxy.downstream.ProxyChannel`` on httptools/llhttp today).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from edgeproxy.config import Cluster, Route, VirtualHost
+from edgeproxy.downstream import ProxyFactory
 from edgeproxy.forward import Forwarder
 from edgeproxy.observability import AccessLog
-from edgeproxy.request import ProxyFactory
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
 from edgeproxy.upstream import UpstreamClient

@@ -30,7 +30,7 @@ from edgeproxy.config import (
     Split,
     VirtualHost,
 )
-from edgeproxy.request import ProxyFactory
+from edgeproxy.downstream import ProxyFactory
 from edgeproxy.routing import SplitChooser
 from edgeproxy.selection import stable_roll
 from tests.memproxy import make_config, proxy_factory
