@@ -5,12 +5,14 @@ One run starts, on 127.0.0.1 only, in a temporary directory:
 
 * the backend: nginx (1 worker, access log off) answering ``/`` with a fixed
   ``--body``-byte body and ``/large`` with 1 MiB (``bench/run.py``'s backend),
-* edgeproxy (``twistd -n edgeproxy``, one process, the default settings),
+* edgeproxy (``twistd -n edgeproxy``, one process, the default settings but
+  ``--access-log off``),
 * each of nginx, haproxy and caddy that is installed (a missing one is skipped), each
   with one worker / thread / GOMAXPROCS, the same ECDSA P-256 certificate, TLS 1.3
   only, a keep-alive upstream pool and one route (``/`` to the backend),
-* optionally (``--log-table``, on by default) a second instance of nginx, haproxy and
-  caddy with access logging on, to a file,
+* optionally (``--log-table``, on by default) a second instance of each proxy with access
+  logging on, to a file (edgeproxy: ``--access-log FILE``, buffered and flushed every
+  second),
 
 then measures every target in turn, ``--runs`` rounds (default 3) interleaved so that
 slow drifts of the machine hit every target alike, and reports medians:
@@ -26,9 +28,8 @@ slow drifts of the machine hit every target alike, and reports medians:
 Pinning (``taskset``, 2+ CPUs): wrk, s_time and the backend on CPU 0, every proxy on
 CPU 1 (only the one being measured is busy).
 
-Access logging: off in nginx, haproxy and caddy for the main table; edgeproxy cannot
-turn it off (it logs every request through twisted.logger to stdout, which goes to a
-file here).  The second table compares it with the others logging to a file too.
+Access logging: off in every proxy for the main table; on, to a file, in every proxy for
+the second.
 
 Prints markdown tables on stdout; everything (raw wrk / s_time output of every run,
 machine, versions, load) goes to ``bench/out/compare-<UTC timestamp>.json``.
@@ -279,11 +280,15 @@ def start_caddy(
     return start_on_free_ports(("http", "https"), start)
 
 
-def edgeproxy_server(procs: Processes, workdir: Path, backend_port: int, pem: bytes) -> Server:
+def edgeproxy_server(
+    procs: Processes, workdir: Path, backend_port: int, pem: bytes, logging_on: bool
+) -> Server:
     """Like bench/run.py's, but the certificate is ``default.pem`` (still indexed by its
-    names), so that clients without SNI (openssl s_time) get it too."""
+    names), so that clients without SNI (openssl s_time) get it too; the access log goes
+    to ``access.log`` in ``workdir``, or nowhere."""
+    access_log = str(workdir / "access.log") if logging_on else "off"
     return start_edgeproxy(procs, workdir, PROXY_CPU, single_route_config(backend_port), pem,
-                           pem_name="default.pem")
+                           pem_name="default.pem", extra_args=("--access-log", access_log))
 
 
 def tls_version(port: int) -> str:
@@ -687,18 +692,16 @@ def start_all(
     proxies = [Proxy("direct", "direct", backend, False, ("http",))]
     binaries = {"nginx": nginx, "haproxy": haproxy_binary(), "caddy": caddy_binary()}
     for kind in args.only:
-        if kind == "edgeproxy":
-            proxies.append(Proxy("edgeproxy", "edgeproxy",
-                                 edgeproxy_server(procs, tmp / "edgeproxy", port, pem), True))
-            continue
-        binary = binaries[kind]
-        if binary is None:
+        binary = binaries.get(kind)
+        if kind != "edgeproxy" and binary is None:
             notes.append(f"{kind}: not installed, skipped")
             continue
         for logging_on in (False, True) if args.log_table else (False,):
             name = f"{kind}+log" if logging_on else kind
             workdir = tmp / name
-            if kind == "nginx":
+            if binary is None:  # edgeproxy: started from this checkout
+                server = edgeproxy_server(procs, workdir, port, pem, logging_on)
+            elif kind == "nginx":
                 server = start_nginx_proxy(procs, binary, workdir, PROXY_CPU, port, pem,
                                            logging_on, name=name, template=_NGINX_PROXY_TLS13)
             elif kind == "haproxy":
@@ -745,8 +748,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 log(note)
             jobs: list[tuple[Proxy, str, str]] = []
             for proxy in proxies:
-                scenarios = ["small"] if proxy.access_log and proxy.kind != "edgeproxy" \
-                    else ["small", "large", "handshake"]
+                scenarios = ["small"] if proxy.access_log else ["small", "large", "handshake"]
                 for scenario in scenarios:
                     for scheme in proxy.schemes:
                         if scenario != "handshake" or scheme == "https":
@@ -792,10 +794,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                     result["round"] = round_no
                     runs.setdefault((proxy.name, scheme, scenario), []).append(result)
             info["loadavg_at_end"] = loadavg()
-            edge = next((p for p in proxies if p.kind == "edgeproxy"), None)
-            if edge is not None:
-                report["edgeproxy_log"] = summarize_proxy_log(edge.server.output)
-                report["edgeproxy_alive_at_end"] = edge.server.alive()
+            logged_edge = next((p for p in proxies if p.name == "edgeproxy+log"), None)
+            if logged_edge is not None:
+                report["edgeproxy_log"] = summarize_proxy_log(
+                    logged_edge.server.output.parent / "access.log"
+                )
+            report["edgeproxy_output_problems"] = {
+                p.name: summarize_proxy_log(p.server.output)["problem_lines"]
+                for p in proxies if p.kind == "edgeproxy"
+            }
+            report["edgeproxy_alive_at_end"] = all(
+                p.server.alive() for p in proxies if p.kind == "edgeproxy"
+            )
             report["peak_rss_kib_since_start"] = {
                 p.name: peak_rss_kib(p.server.pids()) for p in proxies}
     finally:
@@ -806,10 +816,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     for row in rows:
         first = runs[(row["proxy"], row["scheme"], "small")][0]
         row["load"] = first["loadavg_before"]
-    main_rows = [r for r in rows if not (r["access_log"] and r["kind"] != "edgeproxy")]
+    main_rows = [r for r in rows if not r["access_log"]]
     tables = {"main": markdown(main_rows, "nginx", "÷ nginx")}
     log_rows = [r for r in rows if r["access_log"]]
-    if args.log_table and any(r["kind"] != "edgeproxy" for r in log_rows):
+    if args.log_table and log_rows:
         direct = [r for r in rows if r["kind"] == "direct"]
         logged = [dict(r, large=None, handshake=None) for r in direct + log_rows]
         for r in logged:
@@ -836,8 +846,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
           f"-new -tls1_3 -time {args.handshake_time:g} (no session reuse)", file=out)
     for note in report.get("notes", []):
         print(f"{note}", file=out)
-    print("\n### Access logging off in nginx, haproxy and caddy; ON in edgeproxy "
-          "(it cannot be turned off; its stdout goes to a file)\n", file=out)
+    print("\n### Access logging off in every proxy\n", file=out)
     print(tables["main"], file=out)
     if "access_log_on" in tables:
         print("\n### Access logging ON in every proxy (to a file), small body only\n",
@@ -847,9 +856,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     print(tables["noise"], file=out)
     summary = report.get("edgeproxy_log")
     if summary:
-        print(f"\nedgeproxy: access-log statuses {summary['access_log_statuses']}, outcomes "
-              f"{summary['access_log_outcomes']}, warn/error/traceback lines "
-              f"{summary['problem_lines']}, alive at end: "
+        print(f"\nedgeproxy+log: access-log statuses {summary['access_log_statuses']}, "
+              f"outcomes {summary['access_log_outcomes']}; warn/error/traceback lines in "
+              f"edgeproxy's output: {report.get('edgeproxy_output_problems')}; alive at end: "
               f"{report.get('edgeproxy_alive_at_end')}", file=out)
         for line in summary["problem_sample"][:10]:
             print(f"    {line[:300]}", file=out)

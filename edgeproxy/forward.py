@@ -29,7 +29,7 @@ from edgeproxy.errors import (
 )
 from edgeproxy.h1client import IDEMPOTENT_METHODS, H1Response
 from edgeproxy.headers import upstream_request_headers
-from edgeproxy.relay import ResponseRelay
+from edgeproxy.relay import COMPLETE, ResponseRelay
 from edgeproxy.selection import request_hash_key, stable_roll
 from edgeproxy.upstream import UpstreamClient
 
@@ -169,7 +169,7 @@ class _Exchange:
         # check stays so that no upstream parser is ever shown one, whatever
         # the parser lets through.  One search over every value (a C loop),
         # the per-header filter only if it hits.
-        if _CONTROL.search(b"|".join(v for _, v in kept)) is None:
+        if _CONTROL.search(b"|".join([v for _, v in kept])) is None:
             return kept
         return [(name, value) for name, value in kept if not _CONTROL.search(value)]
 
@@ -371,6 +371,14 @@ class _Exchange:
         if self._set_cookie is not None:
             out.append((b"Set-Cookie", self._set_cookie))
         length = response.length
+        body = response.whole_body()
+        if body is not None:
+            # The whole body came with the head (most small responses): no
+            # relay, no timer, and a length even if the upstream chunked it.
+            request.send_head(response.code, response.phrase, out, len(body))
+            request.write(body)
+            self._on_body_done(COMPLETE)
+            return
         request.send_head(
             response.code, response.phrase, out, length if isinstance(length, int) else None
         )
@@ -387,12 +395,12 @@ class _Exchange:
     def _on_body_done(self, outcome: str) -> None:
         self._relay = None
         request = self._request
-        if outcome != "complete":
+        if outcome != COMPLETE:
             self._record_failure(outcome)
         self._release_slot()
         if self._client_gone or request.finished:
             return
-        if outcome == "complete":
+        if outcome == COMPLETE:
             request.finish()
             return
         # The upstream broke off (or went quiet) mid-body: the client must not

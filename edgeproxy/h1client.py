@@ -93,6 +93,8 @@ READ_SIZE = 128 * 1024
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _DONE = Failure(ResponseDone("Response body fully received"))
+#: The body protocol of a response whose body was taken whole (whole_body).
+_DELIVERED: IProtocol = Protocol()
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Hop-by-hop response headers (RFC 9110 7.6.1); Content-Length is framing and
 # handled apart (kept for HEAD, where it describes the representation).
@@ -168,6 +170,11 @@ class H1Response:
 
     def deliverBody(self, protocol: IProtocol) -> None:
         self._exchange.deliver_body(protocol)
+
+    def whole_body(self) -> bytes | None:
+        """The body, if all of it arrived with the head and cleanly ended;
+        else None, and it streams through :meth:`deliverBody` as usual."""
+        return self._exchange.whole_body()
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
@@ -355,6 +362,15 @@ class _Exchange:
         conn = self.conn
         if conn is not None:
             conn.body_consumer_ready()
+
+    def whole_body(self) -> bytes | None:
+        if self.protocol is not None or self.finished is not _DONE:
+            return None
+        # Delivered here, not through a protocol: deliverBody must not follow.
+        self.protocol = _DELIVERED
+        self.lost_delivered = True
+        chunks, self.chunks = self.chunks, []
+        return b"".join(chunks)
 
     def body_data(self, data: bytes) -> None:
         protocol = self.protocol

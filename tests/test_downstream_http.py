@@ -691,10 +691,17 @@ def test_content_length_response_relayed_with_content_length() -> None:
     assert response.header(b"x-a") == b"b"
 
 
+def _respond_in_two_reads(c: Conn, data: bytes) -> None:
+    """The head and the first bytes of the body, then the rest: the body streams."""
+    cut = data.index(b"\r\n\r\n") + 7
+    c.respond(data[:cut], complete=False)
+    c.respond(data[cut:])
+
+
 def test_chunked_response_to_http11_client_is_chunked() -> None:
     c = Conn()
     c.send(request())
-    c.respond(CHUNKED_RESPONSE)
+    _respond_in_two_reads(c, CHUNKED_RESPONSE)
     [response] = c.responses()
     assert response.chunked
     assert response.header(b"content-length") is None
@@ -705,6 +712,20 @@ def test_chunked_response_to_http11_client_is_chunked() -> None:
     assert [r.body for r in c.responses()] == [b"hello world", b"again"]
 
 
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_chunked_response_complete_in_one_read_gets_a_length(version: bytes) -> None:
+    # The whole body came with the head: the proxy knows its length, so the
+    # client gets Content-Length (and an HTTP/1.0 client keeps its connection).
+    c = Conn()
+    c.send(request(version=version, headers=b"Connection: keep-alive\r\n"))
+    c.respond(CHUNKED_RESPONSE)
+    [response] = c.responses()
+    assert not response.chunked
+    assert response.header(b"content-length") == b"11"
+    assert response.body == b"hello world"
+    assert not c.closing
+
+
 @pytest.mark.parametrize(
     "headers", [b"", b"Connection: keep-alive\r\n"], ids=["plain", "keep-alive"]
 )
@@ -712,7 +733,7 @@ def test_chunked_response_to_http10_client_is_delimited_by_close(headers: bytes)
     # Even with keep-alive: an HTTP/1.0 client knows no chunking, only the close.
     c = Conn()
     c.send(request(version=b"HTTP/1.0", headers=headers))
-    c.respond(CHUNKED_RESPONSE)
+    _respond_in_two_reads(c, CHUNKED_RESPONSE)
     [response] = c.responses()
     assert response.header(b"transfer-encoding") is None
     assert response.framing == "close"
