@@ -81,7 +81,15 @@ _CONNECTION_DONE = Failure(ConnectionDone())
 
 
 def _no_write(data: bytes) -> None:
-    """A channel's write before it has a transport."""
+    """A channel's write before it has a transport, and after."""
+
+
+class _NoCallbacks:
+    pass
+
+
+#: The parser of every closed connection (it never parses again).
+_CLOSED_PARSER = HttpRequestParser(_NoCallbacks())
 
 
 class ConnectionTracker:
@@ -458,6 +466,11 @@ class ProxyChannel(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True
         self._input_closed = True
+        # The parser and the write function refer back to this channel (and
+        # its transport): let go of them so reference counting, not the
+        # garbage collector, frees the connection.
+        self._parser = _CLOSED_PARSER
+        self._write = _no_write
         for call in (self._timer, self._linger):
             if call is not None and call.active():
                 call.cancel()

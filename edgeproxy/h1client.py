@@ -103,6 +103,14 @@ _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
 
 
+class _NoCallbacks:
+    pass
+
+
+#: The parser of every closed connection (it never parses again).
+_CLOSED_PARSER = HttpResponseParser(_NoCallbacks())
+
+
 class _ProtocolViolation(Exception):
     """The upstream's response cannot be trusted (raised inside parser callbacks)."""
 
@@ -241,6 +249,7 @@ class _Exchange:
     """One request: its deferred, deadline, response and body delivery."""
 
     __slots__ = (
+        "answered",
         "body",
         "body_length",
         "chunks",
@@ -255,7 +264,6 @@ class _Exchange:
         "lost_delivered",
         "method",
         "protocol",
-        "response",
         "retried",
         "stopped",
         "timer",
@@ -278,12 +286,17 @@ class _Exchange:
         self.body = body
         self.body_length = body_length
         self.connect_timeout = connect_timeout
-        self.deferred: Deferred[IResponse] = Deferred(self._cancel)
+        # Set to None once fired: the Deferred's canceller refers back to
+        # this exchange, and that cycle would leave every request's objects
+        # to the garbage collector instead of reference counting.
+        self.deferred: Deferred[IResponse] | None = Deferred(self._cancel)
         self.timer: IDelayedCall | None = None
         self.conn: _Connection | None = None
         self.connecting: _Connecting | None = None
         self.retried = False
-        self.response: H1Response | None = None
+        # Whether the head was handed over (not the response itself: the
+        # response refers to this exchange, and the cycle would outlive it).
+        self.answered = False
         # Body delivery: chunks wait here until deliverBody; finished is the
         # Failure the body protocol's connectionLost gets, once known.
         self.protocol: IProtocol | None = None
@@ -296,18 +309,21 @@ class _Exchange:
 
     def waiting(self) -> bool:
         """Still waiting for the response head (not failed, cancelled or answered)."""
-        return self.response is None and not self.deferred.called
+        return not self.answered and self.deferred is not None
 
     def fail(self, error: Exception) -> None:
-        if self.deferred.called:
+        d, self.deferred = self.deferred, None
+        if d is None:
             return
         self._stop_timer()
-        self.deferred.errback(Failure(error))
+        d.errback(Failure(error))
 
     def respond(self, response: H1Response) -> None:
-        self.response = response
+        self.answered = True
+        d, self.deferred = self.deferred, None
         self._stop_timer()
-        self.deferred.callback(response)
+        assert d is not None
+        d.callback(response)
 
     def _stop_timer(self) -> None:
         timer, self.timer = self.timer, None
@@ -323,6 +339,7 @@ class _Exchange:
     def _cancel(self, d: Deferred[IResponse]) -> None:
         # The caller went away before the head arrived; the deferred then
         # fails with CancelledError.
+        self.deferred = None
         self._stop_timer()
         self._abandon()
 
@@ -384,9 +401,12 @@ class _Exchange:
             return
         self.finished = reason
         self.conn = None
-        if self.protocol is not None and not self.lost_delivered:
+        protocol = self.protocol
+        if protocol is not None and not self.lost_delivered:
             self.lost_delivered = True
-            self.protocol.connectionLost(reason)
+            # Let go of the body's protocol: its transport refers back here.
+            self.protocol = _DELIVERED
+            protocol.connectionLost(reason)
 
 
 class _Connecting(ClientFactory):
@@ -576,7 +596,7 @@ class _Connection(Protocol):
         self._reusable = False
         self._stop_writer()
         exchange, self._exchange = self._exchange, None
-        if exchange is not None and exchange.response is not None:
+        if exchange is not None and exchange.answered:
             exchange.body_done(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
         if exchange is not None:
             exchange.conn = None
@@ -601,6 +621,8 @@ class _Connection(Protocol):
         self._closed = True
         self._reusable = False
         self._writer = None
+        # The parser refers back to this connection: no cycle left for the GC.
+        self._parser = _CLOSED_PARSER
         self._client._forget(self)
         lost, self.lost = self.lost, None
         exchange, self._exchange = self._exchange, None
@@ -610,7 +632,7 @@ class _Connection(Protocol):
             lost.callback(None)
 
     def _exchange_lost(self, exchange: _Exchange, reason: Failure) -> None:
-        if exchange.response is None:
+        if not exchange.answered:
             if not exchange.waiting():
                 return
             exchange.conn = None
@@ -713,7 +735,7 @@ class _Connection(Protocol):
             self._violation(exchange)
             return
         response = self._response
-        fire = response is not None and exchange.response is None
+        fire = response is not None and not exchange.answered
         if self._complete:
             if not self._request_written:
                 # Answered before the request body was all sent: this
@@ -743,7 +765,7 @@ class _Connection(Protocol):
 
     def _violation(self, exchange: _Exchange) -> None:
         self._reusable = False
-        if exchange.response is None:
+        if not exchange.answered:
             exchange.fail(UpstreamResponseFailed())
         self.abort()
 
@@ -767,7 +789,7 @@ class _Connection(Protocol):
             self._client._release(self)
         else:
             self.close()
-        if exchange.response is not None:
+        if exchange.answered:
             exchange.body_done(_DONE)
         else:
             # The head is delivered by dataReceived right after this.
@@ -951,13 +973,15 @@ class H1Client:
         exchange = _Exchange(
             self, endpoint, method, b"\r\n".join(lines), body, body_length, connect_timeout
         )
+        d = exchange.deferred
+        assert d is not None
         exchange.timer = self.reactor.callLater(response_timeout, exchange.timeout)
         conn = self._take(str(endpoint))
         if conn is None:
             self._connect(exchange)
         else:
             conn.start(exchange, reused=True)
-        return exchange.deferred
+        return d
 
     def _connect(self, exchange: _Exchange) -> None:
         connecting = _Connecting(self, exchange)

@@ -145,4 +145,8 @@ class ResponseRelay(Protocol):
             outcome = COMPLETE
         else:
             outcome = TRUNCATED
+        # The producer and the transport refer back to this relay: let them
+        # go, so reference counting frees the lot (no cycle for the GC).
+        self._producer = None
+        self.transport = None
         self._on_done(outcome)

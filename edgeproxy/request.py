@@ -199,9 +199,11 @@ class ProxyRequest:
         try:
             self._route(snapshot)
         except BadRequest as e:
-            raise RejectRequest(e) from None
+            raise RejectRequest(e.with_traceback(None)) from None
         except EdgeProxyError as e:
-            self.error = e
+            # Without its traceback: the traceback's frames hold this request,
+            # which would make a cycle only the garbage collector can free.
+            self.error = e.with_traceback(None)
         route = self.route
         limit = factory.settings.max_body_size
         if route is not None and route.max_body_size is not None:

@@ -1,0 +1,162 @@
+"""
+Latency at half load: what edgeproxy adds to p50/p99 when it runs at half of its
+own peak request rate (the issue's "proxy-added p99 under 3 ms at half load").
+
+One run, on 127.0.0.1, in a temporary directory: the nginx backend (or
+``bench/backend.py``) and edgeproxy (``--access-log off``, https and http), pinned like
+``compare.py`` (clients and backend on CPU 0, the proxy on CPU 1). Then, for each
+scheme:
+
+1. the peak: ``wrk -t1 -c50`` for ``--duration`` seconds, keep-alive, small body;
+2. half of that rate, held for ``--duration`` seconds by wrk with a Lua ``delay()``
+   (every connection waits a random time, 15 ms on average at 50 connections and
+   3 000 req/s, between a response and its next request, so the offered rate is fixed
+   and well under capacity: no queue builds up, unlike at peak);
+3. the same rate against the backend directly, for the baseline.
+
+"Proxy-added" is the proxy's percentile minus the backend's. wrk measures from
+sending a request to its response; it is a closed loop, so a stall delays the next
+request of that connection rather than piling up requests behind it (wrk2 would
+count those too, but it is not packaged for Debian), which is why the rate is kept
+at half of the peak.
+
+Run: ``.venv/bin/python bench/latency.py [--duration 10] [--connections 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # bench/_common.py
+    HOST,
+    SMALL_PATH,
+    Processes,
+    can_pin,
+    dev_certificate,
+    log,
+    machine_info,
+    nginx_binary,
+    parse_wrk,
+    results_path,
+    run_main,
+    single_route_config,
+    start_edgeproxy,
+    start_nginx_backend,
+    start_python_backend,
+    stop_and_clean,
+    target_url,
+    wrk_argv,
+)
+
+CLIENT_CPU = "0"
+PROXY_CPU = "1"
+# Every connection waits about WRK_DELAY_MS between a response and its next request;
+# the wait is drawn uniformly from 0..2x so that the connections do not fall into step
+# (with a fixed delay all 50 send at the same instant, and the last of each burst
+# waits for the 49 before it: that would measure the burst, not the proxy).
+_DELAY_SCRIPT = (
+    'local d = tonumber(os.getenv("WRK_DELAY_MS"))\n'
+    "math.randomseed(os.time())\n"
+    "function delay() return 2 * d * math.random() end\n"
+)
+
+
+def fixed_rate(
+    procs: Processes, url: str, rate: float, args: argparse.Namespace, script: Path
+) -> dict[str, Any]:
+    """wrk at about ``rate`` requests/s; the delay is corrected once from what it achieved."""
+    delay_ms = max(args.connections / rate * 1000.0 - 1.0, 0.0)
+    result: dict[str, Any] = {}
+    for _ in range(2):
+        argv = procs.command(
+            ["wrk", "--latency", "-t1", "-c", str(args.connections),
+             "-d", f"{round(args.duration)}s", "-s", str(script), "-H", f"Host: {HOST}", url],
+            CLIENT_CPU,
+        )
+        env = {"WRK_DELAY_MS": f"{delay_ms:.3f}", "PATH": "/usr/bin:/bin"}
+        output = subprocess.run(argv, capture_output=True, text=True, env=env,
+                                timeout=args.duration + 60, check=True).stdout
+        wrk = parse_wrk(output)
+        result = {"rate": wrk.requests_per_s, "target_rate": rate, "delay_ms": delay_ms,
+                  "p50_ms": wrk.p50_ms, "p99_ms": wrk.p99_ms, "errors": wrk.errors,
+                  "raw": output}
+        if abs(wrk.requests_per_s - rate) <= 0.1 * rate:
+            break
+        # Each connection's cycle is delay + latency: scale the delay to the miss.
+        cycle_ms = args.connections / max(wrk.requests_per_s, 1.0) * 1000.0
+        delay_ms = max(delay_ms + cycle_ms * (wrk.requests_per_s / rate - 1.0), 0.0)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--no-pin", dest="pin", action="store_false")
+    args = parser.parse_args(argv)
+    pin = can_pin(args.pin)
+    tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-latency-"))
+    procs = Processes(pin)
+    report: dict[str, Any] = {"args": vars(args)}
+    try:
+        script = tmp / "delay.lua"
+        script.write_text(_DELAY_SCRIPT)
+        nginx = nginx_binary()
+        if nginx:
+            backend = start_nginx_backend(procs, nginx, tmp / "backend", CLIENT_CPU, 1024)
+        else:
+            backend = start_python_backend(procs, tmp / "backend", CLIENT_CPU, 1024)
+        edge = start_edgeproxy(procs, tmp / "edgeproxy", PROXY_CPU,
+                               single_route_config(backend.ports["http"]), dev_certificate(),
+                               extra_args=("--access-log", "off"))
+        report["machine"] = machine_info(pin, "nginx" if nginx else "python")
+        direct_url = target_url("http", backend.ports["http"], SMALL_PATH)
+        rows = []
+        for scheme in ("http", "https"):
+            url = target_url(scheme, edge.ports[scheme], SMALL_PATH)
+            log(f"{scheme}: peak")
+            peak_out = subprocess.run(
+                wrk_argv(procs, url, args.duration, args.connections, 1, CLIENT_CPU),
+                capture_output=True, text=True, timeout=args.duration + 60, check=True,
+            ).stdout
+            peak = parse_wrk(peak_out)
+            half = peak.requests_per_s / 2
+            log(f"{scheme}: {peak.requests_per_s:.0f} req/s at peak; holding {half:.0f} req/s")
+            proxied = fixed_rate(procs, url, half, args, script)
+            direct = fixed_rate(procs, direct_url, half, args, script)
+            rows.append({
+                "scheme": scheme, "peak_rate": peak.requests_per_s,
+                "peak_p50_ms": peak.p50_ms, "peak_p99_ms": peak.p99_ms,
+                "proxied": proxied, "direct": direct,
+                "added_p50_ms": proxied["p50_ms"] - direct["p50_ms"],
+                "added_p99_ms": proxied["p99_ms"] - direct["p99_ms"],
+            })
+        report["rows"] = rows
+    finally:
+        stop_and_clean(procs, tmp, False)
+    path = results_path("latency")
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print("| scheme | peak req/s | held req/s | p50 ms proxied / direct | "
+          "p99 ms proxied / direct | proxy-added p50 / p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in report["rows"]:
+        p, d = r["proxied"], r["direct"]
+        print(f"| {r['scheme']} | {r['peak_rate']:.0f} | {p['rate']:.0f} | "
+              f"{p['p50_ms']:.2f} / {d['p50_ms']:.2f} | {p['p99_ms']:.2f} / {d['p99_ms']:.2f} | "
+              f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | "
+              f"{p['errors'] + d['errors']} |")
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main())
