@@ -12,7 +12,10 @@ scheme:
    (every connection waits a random time, 15 ms on average at 50 connections and
    3 000 req/s, between a response and its next request, so the offered rate is fixed
    and well under capacity: no queue builds up, unlike at peak);
-3. the same rate against the backend directly, for the baseline.
+3. the same rate against the backend directly, for the baseline, and (when nginx is
+   installed) against nginx as a reverse proxy on the same CPU, for a reference: a
+   stall that nginx shows too comes from the machine (a shared VM's CPU can be taken
+   away for milliseconds), not from edgeproxy.
 
 "Proxy-added" is the proxy's percentile minus the backend's. wrk measures from
 sending a request to its response; it is a closed loop, so a stall delays the next
@@ -51,6 +54,7 @@ from _common import (  # bench/_common.py
     single_route_config,
     start_edgeproxy,
     start_nginx_backend,
+    start_nginx_proxy,
     start_python_backend,
     stop_and_clean,
     target_url,
@@ -118,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         edge = start_edgeproxy(procs, tmp / "edgeproxy", PROXY_CPU,
                                single_route_config(backend.ports["http"]), dev_certificate(),
                                extra_args=("--access-log", "off"))
+        reference = None
+        if nginx:
+            reference = start_nginx_proxy(procs, nginx, tmp / "proxy-nginx", PROXY_CPU,
+                                          backend.ports["http"], dev_certificate(), False)
         report["machine"] = machine_info(pin, "nginx" if nginx else "python")
         direct_url = target_url("http", backend.ports["http"], SMALL_PATH)
         rows = []
@@ -133,10 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{scheme}: {peak.requests_per_s:.0f} req/s at peak; holding {half:.0f} req/s")
             proxied = fixed_rate(procs, url, half, args, script)
             direct = fixed_rate(procs, direct_url, half, args, script)
+            nginx_row = None
+            if reference is not None:
+                nginx_url = target_url(scheme, reference.ports[scheme], SMALL_PATH)
+                nginx_row = fixed_rate(procs, nginx_url, half, args, script)
             rows.append({
                 "scheme": scheme, "peak_rate": peak.requests_per_s,
                 "peak_p50_ms": peak.p50_ms, "peak_p99_ms": peak.p99_ms,
-                "proxied": proxied, "direct": direct,
+                "proxied": proxied, "direct": direct, "nginx": nginx_row,
                 "added_p50_ms": proxied["p50_ms"] - direct["p50_ms"],
                 "added_p99_ms": proxied["p99_ms"] - direct["p99_ms"],
             })
@@ -145,15 +157,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_and_clean(procs, tmp, False)
     path = results_path("latency")
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print("| scheme | peak req/s | held req/s | p50 ms proxied / direct | "
-          "p99 ms proxied / direct | proxy-added p50 / p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| scheme | edgeproxy peak req/s | held req/s | p50 ms edgeproxy / direct | "
+          "p99 ms edgeproxy / direct | edgeproxy-added p50 / p99 ms | "
+          "nginx-added p50 / p99 ms (same rate) | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in report["rows"]:
-        p, d = r["proxied"], r["direct"]
+        p, d, n = r["proxied"], r["direct"], r["nginx"]
+        reference_cell = (
+            f"{n['p50_ms'] - d['p50_ms']:.2f} / {n['p99_ms'] - d['p99_ms']:.2f}" if n else "-"
+        )
+        errors = p["errors"] + d["errors"] + (n["errors"] if n else 0)
         print(f"| {r['scheme']} | {r['peak_rate']:.0f} | {p['rate']:.0f} | "
               f"{p['p50_ms']:.2f} / {d['p50_ms']:.2f} | {p['p99_ms']:.2f} / {d['p99_ms']:.2f} | "
-              f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | "
-              f"{p['errors'] + d['errors']} |")
+              f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | {reference_cell} | "
+              f"{errors} |")
     print(f"\nresults: {path}")
     return 0
 
