@@ -249,8 +249,10 @@ class ProxyChannel(Protocol):
         self.run_queue()
 
     def _upgraded(self, rest: bytes) -> None:
-        """llhttp stops at ``Upgrade``/``CONNECT``.  Upgrades are not proxied
-        (Upgrade is hop-by-hop and dropped), so a plain request goes on as one."""
+        """llhttp stops after a request with ``Upgrade``.  Upgrades are not
+        proxied (Upgrade is hop-by-hop and dropped), so the request goes on
+        as a plain one and parsing starts afresh after it.  (``CONNECT`` never
+        gets here: its target is refused while its head is checked.)"""
         request = self._parsing
         if request is not None and not request.complete:
             if request.body_length is not None:
@@ -258,11 +260,6 @@ class ProxyChannel(Protocol):
                 self._reject(BadRequest())
                 return
             self.on_message_complete()
-        last = self.requests[-1] if self.requests else None
-        if last is not None and last.error is not None:
-            # CONNECT and friends: answered 400, and the connection closes.
-            self._input_closed = True
-            return
         self._parser = HttpRequestParser(self)
         if rest:
             self.dataReceived(rest)

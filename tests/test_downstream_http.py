@@ -1011,6 +1011,20 @@ def test_upgrade_request_without_body_is_forwarded_as_a_plain_request() -> None:
     assert not c.closing
 
 
+def test_upgrade_request_answered_by_edgeproxy_keeps_the_connection() -> None:
+    # An Upgrade request for an unknown site gets its 404, and the request
+    # pipelined after it is still read and answered.
+    c = Conn()
+    c.send(
+        b"GET /ws HTTP/1.1\r\nHost: nowhere.example\r\n" + UPGRADE + b"\r\n"
+        + request(target=b"/next")
+    )
+    c.respond(ok(b"next"))
+    assert [r.status for r in c.responses()] == [404, 200]
+    assert [r.start[1] for r in c.upstream_requests()] == [b"/next"]
+    assert not c.closing
+
+
 UPGRADE_WITH_BODY = {
     "content-length": request(
         b"POST",
