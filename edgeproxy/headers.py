@@ -130,11 +130,49 @@ _REWRITTEN: dict[bytes, bytes] = {
 _KEEP_HOST = frozenset({b"host"})
 
 
-def _joined(values: list[bytes], element: bytes) -> bytes:
+def _joined(values: list[bytes] | None, element: bytes) -> bytes:
     """A comma-separated list header: the incoming lines joined with ", ", plus ``element``."""
+    if not values:
+        return element
     parts = [stripped for value in values if (stripped := value.strip(_OWS))]
     parts.append(element)
     return b", ".join(parts)
+
+
+def _rewritten(
+    incoming: dict[bytes, list[bytes]],
+    client_ip: str,
+    proto: str,
+    host: bytes | None,
+    via: bytes,
+) -> list[tuple[bytes, bytes | None]]:
+    """What edgeproxy writes for each header it rewrites (lower-case name,
+    value or None for "leave out"), in the order they are added, given the
+    incoming values of each."""
+    return [
+        (
+            b"x-forwarded-for",
+            _joined(incoming.get(b"x-forwarded-for"), client_ip.encode("utf-8", "replace")),
+        ),
+        (b"x-forwarded-proto", proto.encode("ascii", "replace")),
+        (b"x-forwarded-host", host),
+        (
+            b"forwarded",
+            _joined(incoming.get(b"forwarded"), forwarded_element(client_ip, proto, host)),
+        ),
+        (b"via", _joined(incoming.get(b"via"), via)),
+    ]
+
+
+def _not_passed(drop: frozenset[bytes]) -> frozenset[bytes]:
+    """HOP_BY_HOP | drop, computed once per drop set."""
+    named = _NOT_PASSED.get(drop)
+    if named is None:
+        named = _NOT_PASSED[drop] = HOP_BY_HOP | drop
+    return named
+
+
+_NOT_PASSED: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
 def upstream_request_headers(
@@ -157,12 +195,11 @@ def upstream_request_headers(
     named in ``drop`` (lower case) are left out of what is passed on (the
     headers edgeproxy writes itself are still added).
 
-    One pass over the headers: this runs for every request.
+    One pass over the headers for a client talking to us directly; this runs
+    for every request.
     """
     headers = headers if isinstance(headers, list) else list(headers)
-    named = _NOT_PASSED.get(drop)
-    if named is None:
-        named = _NOT_PASSED[drop] = HOP_BY_HOP | drop
+    named = _not_passed(drop)
     result: Headers = []
     for pair in headers:
         lower = pair[0].lower()
@@ -175,18 +212,11 @@ def upstream_request_headers(
                 )
             continue
         result.append(pair)
-    # The common case: a client talking to us directly.
-    result.append((b"X-Forwarded-For", client_ip.encode("utf-8", "replace")))
-    result.append((b"X-Forwarded-Proto", proto.encode("ascii", "replace")))
-    if host is not None:
-        result.append((b"X-Forwarded-Host", host))
-    result.append((b"Forwarded", forwarded_element(client_ip, proto, host)))
-    result.append((b"Via", via))
+    # The common case: nothing incoming to extend, each goes at the end.
+    for lower, value in _rewritten({}, client_ip, proto, host, via):
+        if value is not None:
+            result.append((_REWRITTEN[lower], value))
     return result
-
-
-# HOP_BY_HOP | drop, per drop set.
-_NOT_PASSED: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
 def _upstream_request_headers(
@@ -198,7 +228,7 @@ def _upstream_request_headers(
     via: bytes,
     drop: frozenset[bytes],
 ) -> Headers:
-    named: set[bytes] | frozenset[bytes] = HOP_BY_HOP | drop
+    named: set[bytes] | frozenset[bytes] = _not_passed(drop)
     for name, _ in headers:
         if name.lower() == b"connection":
             named = (_connection_tokens(headers) - _KEEP_HOST) | named
@@ -218,21 +248,8 @@ def _upstream_request_headers(
                 found[1].append(value)
             continue
         result.append((name, value))
-    encoded_proto = proto.encode("ascii", "replace")
-    new_values: dict[bytes, bytes | None] = {}
-    incoming = seen.get(b"x-forwarded-for")
-    new_values[b"x-forwarded-for"] = _joined(
-        incoming[1] if incoming else [], client_ip.encode("utf-8", "replace")
-    )
-    new_values[b"x-forwarded-proto"] = encoded_proto
-    new_values[b"x-forwarded-host"] = host
-    incoming = seen.get(b"forwarded")
-    new_values[b"forwarded"] = _joined(
-        incoming[1] if incoming else [], forwarded_element(client_ip, proto, host)
-    )
-    incoming = seen.get(b"via")
-    new_values[b"via"] = _joined(incoming[1] if incoming else [], via)
-    for lower, new_value in new_values.items():
+    incoming = {lower: values for lower, (_, values) in seen.items()}
+    for lower, new_value in _rewritten(incoming, client_ip, proto, host, via):
         place = seen.get(lower)
         header = None if new_value is None else (_REWRITTEN[lower], new_value)
         if place is not None:

@@ -24,7 +24,6 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from edgeproxy.certificates import CertificateIndex
-    from edgeproxy.observability import AccessRecord
     from edgeproxy.snapshot import Snapshot
 
 __all__ = ["BREAKER_STATES", "Metrics"]
@@ -82,19 +81,6 @@ class Metrics:
     ) -> None:
         """Where the scrape-time collector reads the live state from."""
         self._state.sources = (snapshot, certificates, generation)
-
-    def observe_request(self, record: AccessRecord, body_in: int) -> None:
-        """One finished request, as its access record tells it."""
-        self.observe(
-            record.vhost,
-            record.route,
-            record.cluster,
-            record.status,
-            record.duration,
-            record.upstream_time,
-            body_in,
-            record.bytes,
-        )
 
     def observe(
         self,

@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -215,8 +214,10 @@ class ProxyRequest:
                 self.reject_early(BodyTooLarge())
                 return
             self.body_length = 0
-            if length:
-                self.content = io.BytesIO() if length <= SPOOL_IN_MEMORY else _temporary_file()
+            if length > SPOOL_IN_MEMORY:
+                self.content = tempfile.TemporaryFile()
+            elif length:
+                self.content = io.BytesIO()
         elif coding is not None:
             self.body_length = 0
             self.content = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
@@ -435,12 +436,6 @@ class ProxyRequest:
         else:
             self._watchers.append(callback)
 
-    def notifyFinish(self) -> Deferred[None]:
-        """:meth:`when_over` as a Deferred, as twisted.web's requests have it."""
-        d: Deferred[None] = Deferred()
-        self.when_over(lambda failure: d.callback(None) if failure is None else d.errback(failure))
-        return d
-
     def _notify(self, failure: Failure | None) -> None:
         watchers, self._watchers = self._watchers, None
         for watcher in watchers or ():
@@ -534,7 +529,3 @@ def _reason(status: int) -> bytes:
 
 def _error_body(error: EdgeProxyError) -> bytes:
     return b"%d %s\n" % (error.status_hint, error.public_message.encode("ascii"))
-
-
-def _temporary_file() -> IO[bytes]:
-    return tempfile.TemporaryFile()
