@@ -84,12 +84,8 @@ def _no_write(data: bytes) -> None:
     """A channel's write before it has a transport, and after."""
 
 
-class _NoCallbacks:
-    pass
-
-
-#: The parser of every closed connection (it never parses again).
-_CLOSED_PARSER = HttpRequestParser(_NoCallbacks())
+#: The parser of every closed connection (it never parses again; no callbacks).
+_CLOSED_PARSER = HttpRequestParser(object())
 
 
 class ConnectionTracker:

@@ -103,12 +103,8 @@ _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
 
 
-class _NoCallbacks:
-    pass
-
-
-#: The parser of every closed connection (it never parses again).
-_CLOSED_PARSER = HttpResponseParser(_NoCallbacks())
+#: The parser of every closed connection (it never parses again; no callbacks).
+_CLOSED_PARSER = HttpResponseParser(object())
 
 
 class _ProtocolViolation(Exception):

@@ -817,7 +817,7 @@ def test_bad_chunk_after_the_head_truncates_the_body() -> None:
 
 def test_a_big_first_read_with_head_and_body_is_not_an_oversized_head() -> None:
     # One read can bring the head and far more than MAX_HEAD_BYTES of body
-    # (the client reads 256 KiB at a time): only the head counts.
+    # (the client reads READ_SIZE, 128 KiB, at a time): only the head counts.
     rig = Rig()
     d = rig.request()
     up = rig.accept()
