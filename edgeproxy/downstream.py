@@ -37,7 +37,6 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from httptools import (
@@ -53,7 +52,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -164,14 +162,7 @@ class ProxyChannel(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         set_no_delay(transport)
-        if isinstance(transport, TLSMemoryBIOProtocol):
-            # Not BufferingTLSTransport's write, which holds small writes back
-            # to the next reactor turn to join them: a response head and its
-            # first body bytes already go out as one write, so the wait (a
-            # callLater per response) would buy nothing.
-            self._write = partial(TLSMemoryBIOProtocol.write, transport)
-        else:
-            self._write = transport.write
+        self._write = transport.write
         # Told to pause when the client is slow to read; passed on to the body's producer.
         transport.registerProducer(self, True)
         factory = self.factory
@@ -205,7 +196,7 @@ class ProxyChannel(Protocol):
             get_handle = getattr(self.transport, "getHandle", None)
             if get_handle is not None:
                 version = get_handle().get_protocol_version_name()
-            metrics.tls_handshakes.labels(version or "unknown").inc()
+            metrics.tls_handshake(version or "unknown")
 
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:

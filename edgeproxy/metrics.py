@@ -57,6 +57,7 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self._handshake_children: dict[str, Any] = {}
         self.tls_failures = Counter(
             "edgeproxy_tls_handshake_failures",
             "TLS connections that ended before their handshake completed, by reason.",
@@ -119,6 +120,13 @@ class Metrics:
 
     def connection_closed(self, listener: str) -> None:
         self.active_connections[listener] = self.active_connections.get(listener, 1) - 1
+
+    def tls_handshake(self, version: str) -> None:
+        # labels() takes a lock and builds a key per call: keep the children.
+        child = self._handshake_children.get(version)
+        if child is None:
+            child = self._handshake_children[version] = self.tls_handshakes.labels(version)
+        child.inc()
 
 
 class _Histogram:

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +36,7 @@ from edgeproxy.netutil import DirectEndpointFactory
 from edgeproxy.observability import AccessLog, FileSink
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
+from edgeproxy.tlsserver import TLSServerEndpoint
 from edgeproxy.upstream import UpstreamClient
 
 __all__ = ["EdgeProxyService", "ListenEndpoints", "ListenerService", "make_service"]
@@ -176,7 +177,7 @@ class EdgeProxyService(MultiService):
 
         self.https_listeners: list[ListenerService] = []
         for description in settings.https:
-            endpoint = wrapServerTLS(creator, endpoints("https", description), reactor)
+            endpoint = TLSServerEndpoint(creator, endpoints("https", description))
             listener = ListenerService("https", description, endpoint, proxy_factory(True))
             listener.setServiceParent(self)
             self.https_listeners.append(listener)

@@ -1,0 +1,348 @@
+"""
+The TLS server layer under every https connection: pyOpenSSL on memory BIOs,
+between the TCP transport and the HTTP channel.
+
+Why not ``twisted.protocols.tls`` (which this replaces on the proxy's https
+listeners only; health checks and the admin listener are unchanged): profiled
+under ``openssl s_time`` and wrk, Twisted's layer cost more Python than the
+handshake's own cryptography.
+
+* Per connection it copies the TCP transport's interfaces onto itself with one
+  ``directlyProvides`` per interface (10 calls, each rebuilding a declaration),
+  registers itself in a ``WrappingFactory`` dict and builds a
+  ``BufferingTLSTransport``.
+* Per read it ends every drain of the send BIO with a ``WantReadError``.
+* Per write it holds small writes for a ``callLater`` (``BufferingTLSTransport``),
+  and cuts what OpenSSL produced into 32 KiB socket writes (a 1 MiB body: 32
+  sends instead of 8).
+* Its producer membrane and pull-to-push adapter wrap every registered producer.
+
+This layer keeps to pyOpenSSL's public API and to what the HTTP channel needs:
+
+* **Writes** go to OpenSSL at once and everything it produced goes to the
+  transport in one write.  No TLS-level buffering, so the transport's own
+  buffer and backpressure are the whole story: producers are registered
+  straight with the transport.
+* **Reads**: everything decrypted is passed on, record by record.
+* **Closing**: ``loseConnection`` sends ``close_notify`` and closes the socket
+  once its buffer is sent; it does not wait for the client's ``close_notify``
+  (RFC 8446 6.1 does not require it; nginx does the same).  A client's
+  ``close_notify`` is answered and the connection closed.
+* **Errors**: a failed handshake sends OpenSSL's alert, closes, and reaches the
+  application as the ``SSL.Error`` failure (before ``handshakeCompleted``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    ISSLTransport,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+#: Decrypted bytes taken from OpenSSL per call (a TLS record is at most 16 KiB).
+RECV_SIZE = 65536
+
+
+def _encrypted_size(plaintext: int) -> int:
+    """Room for ``plaintext`` once encrypted: records of 16 KiB with at most 29
+    bytes of framing each (TLS 1.2 AES-GCM; 1.3 is 22), plus spare room for a
+    session ticket or alert OpenSSL may have queued meanwhile."""
+    return plaintext + (plaintext >> 9) + 4096
+
+
+@implementer(ISSLTransport, IPushProducer)
+class TLSServerProtocol(Protocol):
+    """One server-side TLS connection: the transport's protocol and ``app``'s transport."""
+
+    _handshake_done = False
+    _tls_closed = False
+    disconnecting = False
+
+    def __init__(self, creator: IOpenSSLServerConnectionCreator, app: IProtocol) -> None:
+        self.app: IProtocol | None = app
+        self._creator = creator
+        self._connection: SSL.Connection | None = None
+        self._reason: Failure | None = None
+        self._early_writes: list[bytes] = []
+        self._tells_handshake = IHandshakeListener.providedBy(app)
+
+    # -- under: the TCP transport ----------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        connection = self._creator.serverConnectionForTLS(self)  # type: ignore[arg-type]
+        connection.set_accept_state()
+        # Twisted's SNI callback aborts through the app data if selection raises.
+        connection.set_app_data(self)
+        self._connection = connection
+        Protocol.makeConnection(self, transport)
+        app = self.app
+        assert app is not None
+        app.makeConnection(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        connection = self._connection
+        if connection is None or self._tls_closed:
+            return
+        connection.bio_write(data)
+        if not self._handshake_done:
+            try:
+                connection.do_handshake()
+            except SSL.WantReadError:
+                self._flush()
+                return
+            except SSL.Error as e:
+                self._failed(e)
+                return
+            self._handshake_done = True
+            # The server's last flight (TLS 1.3: its session tickets).
+            self._flush()
+            app: Any = self.app
+            if self._tells_handshake and app is not None:
+                app.handshakeCompleted()
+            early, self._early_writes = self._early_writes, []
+            for chunk in early:
+                self.write(chunk)
+        self._deliver(connection)
+
+    def _deliver(self, connection: SSL.Connection) -> None:
+        """Pass on every record decrypted so far."""
+        while not self._tls_closed and self.app is not None:
+            try:
+                plaintext = connection.recv(RECV_SIZE)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                # The client's close_notify: answer it and close.
+                self._tls_closed = True
+                self._close_tls()
+                return
+            except SSL.Error as e:
+                self._failed(e)
+                return
+            self.app.dataReceived(plaintext)
+        # Reading may have produced output: an alert refusing renegotiation,
+        # a KeyUpdate answer.
+        if not self._tls_closed:
+            self._flush()
+
+    def _flush(self, expected: int = 0) -> None:
+        """Send whatever OpenSSL has produced, in one transport write."""
+        connection = self._connection
+        transport = self.transport
+        if connection is None or transport is None:
+            return
+        size = _encrypted_size(expected)
+        try:
+            data = connection.bio_read(size)
+        except SSL.WantReadError:
+            return
+        if len(data) == size:
+            chunks = [data]
+            while True:
+                try:
+                    chunks.append(connection.bio_read(size))
+                except SSL.WantReadError:
+                    break
+            data = b"".join(chunks)
+        transport.write(data)
+
+    def _failed(self, error: SSL.Error) -> None:
+        """A handshake or record error: send OpenSSL's alert, then close."""
+        self._tls_closed = True
+        if self._reason is None:
+            # No traceback: its frames would hold this protocol in a cycle.
+            self._reason = Failure(error.with_traceback(None))
+        self._flush()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _close_tls(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.shutdown()
+            except SSL.Error:
+                pass  # mid-handshake: nothing to say
+            self._flush()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = 0
+        self._tls_closed = True
+        reason = self._reason or reason
+        self._reason = None
+        app, self.app = self.app, None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.set_app_data(None)
+        self._early_writes = []
+        if app is not None:
+            app.connectionLost(reason)
+        self.transport = None
+
+    # -- above: the application's transport ------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.disconnecting or self._tls_closed or not data:
+            return
+        connection = self._connection
+        if connection is None:
+            return
+        if not self._handshake_done:
+            self._early_writes.append(data)
+            return
+        total = len(data)
+        try:
+            sent = connection.send(data)
+            if sent < total:  # not with memory BIOs, but send() may say so
+                view = memoryview(data)[sent:]
+                while view:
+                    view = view[connection.send(view):]
+        except SSL.Error as e:
+            self._failed(e)
+            return
+        self._flush(total)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        if self.disconnecting or self.transport is None:
+            return
+        self.disconnecting = True
+        if self._tls_closed:
+            self.transport.loseConnection()
+            return
+        self._tls_closed = True
+        if not self._handshake_done:
+            # Nothing to shut down cleanly yet.
+            self.transport.loseConnection()
+            return
+        self._close_tls()
+
+    def abortConnection(self) -> None:
+        self._tls_closed = True
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def getHandle(self) -> SSL.Connection | None:
+        """The pyOpenSSL connection (None once closed), for the TLS version and SNI name."""
+        return self._connection
+
+    def getPeerCertificate(self) -> Any:
+        connection = self._connection
+        return connection.get_peer_certificate() if connection is not None else None
+
+    @property
+    def negotiatedProtocol(self) -> bytes | None:
+        connection = self._connection
+        if connection is None or not self._handshake_done:
+            return None
+        return connection.get_alpn_proto_negotiated() or None
+
+    # Backpressure: nothing is buffered here, so it is the TCP transport's.
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        if self.transport is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def pauseProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: ``close_notify``, then the TCP write side."""
+        if self._handshake_done and not self._tls_closed and self._connection is not None:
+            try:
+                self._connection.shutdown()
+            except SSL.Error:
+                pass
+            self._flush()
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.transport.setTcpNoDelay(enabled)  # type: ignore[union-attr]
+
+    def getTcpNoDelay(self) -> bool:
+        return bool(self.transport.getTcpNoDelay())  # type: ignore[union-attr]
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.transport.setTcpKeepAlive(enabled)  # type: ignore[union-attr]
+
+    def getTcpKeepAlive(self) -> bool:
+        return bool(self.transport.getTcpKeepAlive())  # type: ignore[union-attr]
+
+
+class TLSServerFactory(ServerFactory):
+    """Wraps ``factory``'s protocols in :class:`TLSServerProtocol`."""
+
+    noisy = False
+
+    def __init__(
+        self, creator: IOpenSSLServerConnectionCreator, factory: IProtocolFactory
+    ) -> None:
+        self.creator = creator
+        self.wrapped = factory
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrapped, "logPrefix", None)
+        return f"{prefix() if prefix is not None else type(self.wrapped).__name__} (TLS)"
+
+    def buildProtocol(self, addr: Any) -> TLSServerProtocol | None:
+        app = self.wrapped.buildProtocol(addr)
+        if app is None:
+            return None
+        return TLSServerProtocol(self.creator, app)
+
+
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """``wrapServerTLS`` with :class:`TLSServerProtocol` as the TLS layer."""
+
+    def __init__(
+        self, creator: IOpenSSLServerConnectionCreator, wrapped: IStreamServerEndpoint
+    ) -> None:
+        self.creator = creator
+        self.wrapped = wrapped
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Any:
+        deferred: Any = self.wrapped.listen(TLSServerFactory(self.creator, protocolFactory))
+        return deferred
+
+
+__all__ = ["TLSServerEndpoint", "TLSServerFactory", "TLSServerProtocol"]
