@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from edgeproxy import writethrough
+from edgeproxy import fastpoll, writethrough
 from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
@@ -263,6 +263,7 @@ class EdgeProxyService(MultiService):
 
     def privilegedStartService(self) -> None:
         writethrough.install()
+        fastpoll.install(self.reactor)
         if self._handle_sighup:
             # Before the listeners open: a SIGHUP that arrives once anyone can
             # know we are up must reload, not kill the process.

@@ -107,12 +107,19 @@ class TLSServerProtocol(Protocol):
             self._handshake_done = True
             # The server's last flight (TLS 1.3: its session tickets).
             self._flush()
+            # What the application wrote meanwhile goes first, then whatever
+            # it writes when told the handshake is done.
+            early, self._early_writes = self._early_writes, []
+            for chunk in early:
+                self._send(chunk)
             app: Any = self.app
             if self._tells_handshake and app is not None:
                 app.handshakeCompleted()
-            early, self._early_writes = self._early_writes, []
-            for chunk in early:
-                self.write(chunk)
+            if self.disconnecting and not self._tls_closed:
+                # loseConnection() was called while writes were held.
+                self._tls_closed = True
+                self._close_tls()
+                return
         self._deliver(connection)
 
     def _deliver(self, connection: SSL.Connection) -> None:
@@ -195,14 +202,16 @@ class TLSServerProtocol(Protocol):
     # -- above: the application's transport ------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.disconnecting or self._tls_closed or not data:
-            return
-        connection = self._connection
-        if connection is None:
+        if self.disconnecting or self._tls_closed or not data or self._connection is None:
             return
         if not self._handshake_done:
             self._early_writes.append(data)
             return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        connection = self._connection
+        assert connection is not None
         total = len(data)
         try:
             sent = connection.send(data)
@@ -225,11 +234,14 @@ class TLSServerProtocol(Protocol):
         if self._tls_closed:
             self.transport.loseConnection()
             return
-        self._tls_closed = True
         if not self._handshake_done:
+            if self._early_writes:
+                return  # they go once the handshake is done, then the close
             # Nothing to shut down cleanly yet.
+            self._tls_closed = True
             self.transport.loseConnection()
             return
+        self._tls_closed = True
         self._close_tls()
 
     def abortConnection(self) -> None:
