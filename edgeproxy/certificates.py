@@ -108,6 +108,10 @@ class LoadedCertificate:
         return self.not_before <= now < self.not_after
 
 
+#: ssl.h's SSL_MODE_ENABLE_PARTIAL_WRITE (pyOpenSSL does not export it).
+_SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+
+
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     """ALPN: pick ``http/1.1`` if offered; otherwise negotiate no protocol
     (the handshake continues without ALPN).  Never raises."""
@@ -142,6 +146,10 @@ def make_server_context(
         contextForServerName=context_for_server_name,
     )
     context: SSL.Context = options.getContext()
+    # pyOpenSSL turns partial writes on: SSL_write then stops after each
+    # 16 KiB record and a 128 KiB body chunk takes eight Python round trips.
+    # Our TLS layer writes to a memory BIO, which always takes everything.
+    context.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)
     # Twisted's ALPN callback also offers whatever the wrapped factory
     # negotiates (h2 when twisted.web has it); we speak HTTP/1.1 only, and do
     # not depend on the connection's app data.

@@ -6,7 +6,6 @@ pool and the admin listener, as one ``MultiService``.  Only this module and
 
 from __future__ import annotations
 
-import gc
 import random
 import signal
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from edgeproxy import fastpoll, writethrough
+from edgeproxy import fastpoll, heap, writethrough
 from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
@@ -276,7 +275,8 @@ class EdgeProxyService(MultiService):
         super().startService()
         if self.access_sink is not None:
             self.access_sink.start()
-        _settle_heap()
+        heap.tune_malloc()
+        heap.settle()
 
     def drain(self) -> Deferred[None]:
         """Stop accepting, let requests in flight finish for up to
@@ -322,22 +322,3 @@ def make_service(
 ) -> EdgeProxyService:
     """The proxy; with ``handle_sighup`` it reloads its configuration on SIGHUP."""
     return EdgeProxyService(settings, reactor, endpoints, handle_sighup=handle_sighup)
-
-
-def _settle_heap() -> None:
-    """Move everything alive after start-up (modules, configuration,
-    certificates) out of the collector's sight, and collect the young
-    generation less often.
-
-    A request allocates a few hundred objects; with the default threshold
-    (700) the collector runs every few requests and each run walks every
-    object of the requests in flight, which cost ~100 us per request under
-    load.  What a request leaves behind is freed by reference counting; the
-    cycles that remain are few and small, so a larger threshold costs little
-    memory."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*_GC_THRESHOLDS)
-
-
-_GC_THRESHOLDS = (7000, 10, 10)

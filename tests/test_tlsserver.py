@@ -410,6 +410,16 @@ def test_large_write_is_one_transport_write(creator, contexts, version, name) ->
     assert pair.client_pending() == b""
 
 
+def test_openssl_takes_a_large_write_in_one_call(creator, contexts) -> None:
+    # pyOpenSSL's default SSL_MODE_ENABLE_PARTIAL_WRITE would stop each
+    # SSL_write after one 16 KiB record: one Python round trip per record.
+    pair = Pair(creator, contexts[TLS13])
+    pair.handshake()
+    handle = pair.proto.getHandle()
+    assert handle is not None
+    assert handle.send(b"z" * 300_000) == 300_000
+
+
 @pytest.mark.parametrize("size", [1, 100, 16383, 16384, 16385, 65536, 300_000])
 def test_each_write_is_one_transport_write(creator, contexts, size) -> None:
     pair = Pair(creator, contexts[TLS12])
