@@ -11,8 +11,9 @@ import random
 import re
 import secrets
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
@@ -49,6 +50,10 @@ _LOST = Failure(ConnectionDone())
 
 def _cookie_name(spec: str) -> bytes | None:
     return spec[len("cookie:") :].encode("ascii") if spec.startswith("cookie:") else None
+
+
+class _Cancellable(TypingProtocol):
+    def cancel(self) -> object: ...
 
 
 class Forwarder:
@@ -135,7 +140,8 @@ class _Exchange:
         self._set_cookie = set_cookie
         self._tried: list[Endpoint] = []
         self._slot: EndpointRuntime | None = None
-        self._pending: Deferred[Any] | None = None
+        #: The upstream exchange waiting for its head, or the wait for a free slot.
+        self._pending: _Cancellable | None = None
         self._client_gone = False
         self._counted = False
         self._retrying = False
@@ -179,8 +185,9 @@ class _Exchange:
         """The downstream request finished, or its client went away."""
         if failure is not None:
             self._client_gone = True
-            if self._pending is not None:
-                self._pending.cancel()
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                pending.cancel()
             if self._relay is not None:
                 self._relay.client_gone()
         self._release_slot(cancelled=failure is not None)
@@ -245,7 +252,7 @@ class _Exchange:
         request = self._request
         request.endpoint = str(endpoint)
         request.attempts = len(self._tried)
-        d = self._forwarder.upstream.request(
+        exchange = self._forwarder.upstream.send(
             endpoint,
             self._method,
             self._target,
@@ -254,9 +261,11 @@ class _Exchange:
             self._body_length,
             connect_timeout=self._cluster.connect_timeout,
             response_timeout=self._cluster.response_timeout,
+            on_response=self._on_response,
+            on_error=self._on_error,
         )
-        self._pending = d
-        d.addCallbacks(self._on_response, self._on_error)
+        # (It may have answered already, an error found at once.)
+        self._pending = exchange if exchange.waiting() else None
 
     def _wait_for_slot(self) -> None:
         counters = self._runtime.counters

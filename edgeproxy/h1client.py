@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -259,10 +259,13 @@ class _Exchange:
         "head",
         "lost_delivered",
         "method",
+        "on_error",
+        "on_response",
         "protocol",
         "retried",
         "stopped",
         "timer",
+        "waiting_for_head",
     )
 
     def __init__(
@@ -274,6 +277,8 @@ class _Exchange:
         body: IO[bytes] | None,
         body_length: int,
         connect_timeout: float,
+        on_response: Callable[[H1Response], object] | None = None,
+        on_error: Callable[[Failure], object] | None = None,
     ) -> None:
         self.client = client
         self.endpoint = endpoint
@@ -282,10 +287,18 @@ class _Exchange:
         self.body = body
         self.body_length = body_length
         self.connect_timeout = connect_timeout
-        # Set to None once fired: the Deferred's canceller refers back to
-        # this exchange, and that cycle would leave every request's objects
-        # to the garbage collector instead of reference counting.
-        self.deferred: Deferred[IResponse] | None = Deferred(self._cancel)
+        # The head is handed over through a Deferred (request()) or straight
+        # to two callbacks (send()).  Both are let go of once used: they
+        # refer back to this exchange (the Deferred's canceller; the caller,
+        # which holds the exchange), and those cycles would leave every
+        # request's objects to the garbage collector instead of reference
+        # counting.
+        self.deferred: Deferred[IResponse] | None = (
+            Deferred(self._cancel) if on_response is None else None
+        )
+        self.on_response = on_response
+        self.on_error = on_error
+        self.waiting_for_head = True
         self.timer: IDelayedCall | None = None
         self.conn: _Connection | None = None
         self.connecting: _Connecting | None = None
@@ -305,21 +318,44 @@ class _Exchange:
 
     def waiting(self) -> bool:
         """Still waiting for the response head (not failed, cancelled or answered)."""
-        return not self.answered and self.deferred is not None
+        return self.waiting_for_head
 
     def fail(self, error: Exception) -> None:
-        d, self.deferred = self.deferred, None
-        if d is None:
+        if not self.waiting_for_head:
             return
+        self.waiting_for_head = False
         self._stop_timer()
-        d.errback(Failure(error))
+        d, self.deferred = self.deferred, None
+        if d is not None:
+            d.errback(Failure(error))
+            return
+        on_error = self.on_error
+        self.on_response = self.on_error = None
+        assert on_error is not None
+        on_error(Failure(error))
 
     def respond(self, response: H1Response) -> None:
         self.answered = True
-        d, self.deferred = self.deferred, None
+        self.waiting_for_head = False
         self._stop_timer()
-        assert d is not None
-        d.callback(response)
+        d, self.deferred = self.deferred, None
+        if d is not None:
+            d.callback(response)
+            return
+        on_response = self.on_response
+        self.on_response = self.on_error = None
+        assert on_response is not None
+        on_response(response)
+
+    def cancel(self) -> None:
+        """The caller of :meth:`H1Client.send` went away before the head
+        arrived: neither callback will be called; the connection is closed."""
+        if not self.waiting_for_head:
+            return
+        self.waiting_for_head = False
+        self.on_response = self.on_error = None
+        self._stop_timer()
+        self._abandon()
 
     def _stop_timer(self) -> None:
         timer, self.timer = self.timer, None
@@ -336,6 +372,7 @@ class _Exchange:
         # The caller went away before the head arrived; the deferred then
         # fails with CancelledError.
         self.deferred = None
+        self.waiting_for_head = False
         self._stop_timer()
         self._abandon()
 
@@ -945,6 +982,51 @@ class H1Client:
         ``headers`` is a ``Headers`` or, cheaper, ``(name, value)`` pairs (one
         per header line) whose names are tokens and whose values hold no CR, LF or NUL (the
         caller vouches for that; ``Headers`` does it itself)."""
+        exchange = self._exchange(
+            endpoint, method, target, headers, body, body_length, connect_timeout, None, None
+        )
+        d = exchange.deferred
+        assert d is not None
+        self._start(exchange, response_timeout)
+        return d
+
+    def send(
+        self,
+        endpoint: Endpoint,
+        method: bytes,
+        target: bytes,
+        headers: Headers | Sequence[tuple[bytes, bytes]],
+        body: IO[bytes] | None,
+        body_length: int | None,
+        *,
+        connect_timeout: float,
+        response_timeout: float,
+        on_response: Callable[[H1Response], object],
+        on_error: Callable[[Failure], object],
+    ) -> _Exchange:
+        """:meth:`request` without a Deferred (the proxy's hot path): exactly
+        one of ``on_response`` (with the response, once its head arrived) and
+        ``on_error`` (with the failure) is called, unless the returned
+        exchange's ``cancel()`` is called first (then neither is)."""
+        exchange = self._exchange(
+            endpoint, method, target, headers, body, body_length, connect_timeout,
+            on_response, on_error,
+        )
+        self._start(exchange, response_timeout)
+        return exchange
+
+    def _exchange(
+        self,
+        endpoint: Endpoint,
+        method: bytes,
+        target: bytes,
+        headers: Headers | Sequence[tuple[bytes, bytes]],
+        body: IO[bytes] | None,
+        body_length: int | None,
+        connect_timeout: float,
+        on_response: Callable[[H1Response], object] | None,
+        on_error: Callable[[Failure], object] | None,
+    ) -> _Exchange:
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
             raise ValueError("invalid method or request-target")
         pairs: Sequence[tuple[bytes, bytes]]
@@ -966,18 +1048,18 @@ class H1Client:
             body = None
             body_length = 0
             lines.append(b"Content-Length: 0\r\n\r\n" if method in (b"POST", b"PUT") else b"\r\n")
-        exchange = _Exchange(
-            self, endpoint, method, b"\r\n".join(lines), body, body_length, connect_timeout
+        return _Exchange(
+            self, endpoint, method, b"\r\n".join(lines), body, body_length, connect_timeout,
+            on_response, on_error,
         )
-        d = exchange.deferred
-        assert d is not None
+
+    def _start(self, exchange: _Exchange, response_timeout: float) -> None:
         exchange.timer = self.reactor.callLater(response_timeout, exchange.timeout)
-        conn = self._take(str(endpoint))
+        conn = self._take(str(exchange.endpoint))
         if conn is None:
             self._connect(exchange)
         else:
             conn.start(exchange, reused=True)
-        return d
 
     def _connect(self, exchange: _Exchange) -> None:
         connecting = _Connecting(self, exchange)

@@ -1094,3 +1094,112 @@ def test_name_that_does_not_resolve_is_connect_failed() -> None:
     d = rig.request(endpoint=Endpoint("nowhere.internal", 80))
     assert failure(d).check(UpstreamConnectFailed)
     assert rig.connections == 0
+
+
+# -- send(): the callback interface the proxy uses --------------------------------------------
+
+
+class Outcome:
+    """Records what send() hands back: responses and failures, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_response(self, response: Any) -> None:
+        self.events.append(("response", response))
+
+    def on_error(self, failure: Failure) -> None:
+        self.events.append(("error", failure))
+
+
+def send(rig: Rig, outcome: Outcome, method: bytes = b"GET", **kwargs: Any) -> Any:
+    return rig.client.send(
+        EP,
+        method,
+        b"/x",
+        [(b"Host", b"shop.example")],
+        None,
+        None,
+        connect_timeout=kwargs.get("connect_timeout", 5.0),
+        response_timeout=kwargs.get("response_timeout", 30.0),
+        on_response=outcome.on_response,
+        on_error=outcome.on_error,
+    )
+
+
+def test_send_hands_the_response_to_on_response_once_and_lets_go_of_the_callbacks() -> None:
+    rig, outcome = Rig(), Outcome()
+    exchange = send(rig, outcome)
+    assert exchange.waiting()
+    up = rig.accept()
+    assert up.sent() == b"GET /x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    up.respond(OK)
+    assert [kind for kind, _ in outcome.events] == ["response"]
+    response = outcome.events[0][1]
+    body = Collector()
+    response.deliverBody(body)
+    assert body.body == b"hi"
+    assert not exchange.waiting()
+    # No reference back to the caller once answered (it holds the exchange).
+    assert exchange.on_response is None and exchange.on_error is None
+    exchange.cancel()  # too late: harmless
+    assert rig.idle() == 1
+    # The next send reuses the pooled connection.
+    send(rig, outcome)
+    assert rig.connections == 1
+
+
+def test_send_connect_refused_goes_to_on_error() -> None:
+    rig, outcome = Rig(), Outcome()
+    send(rig, outcome)
+    rig.refuse(ConnectionRefusedError())
+    assert [kind for kind, _ in outcome.events] == ["error"]
+    assert outcome.events[0][1].check(UpstreamConnectFailed)
+
+
+def test_send_response_timeout_goes_to_on_error_and_closes() -> None:
+    rig, outcome = Rig(), Outcome()
+    send(rig, outcome, response_timeout=7.0)
+    up = rig.accept()
+    rig.reactor.advance(6.9)
+    assert outcome.events == []
+    rig.reactor.advance(0.1)
+    assert [kind for kind, _ in outcome.events] == ["error"]
+    assert outcome.events[0][1].check(UpstreamTimeout)
+    assert up.closed
+
+
+def test_send_cancel_calls_neither_callback_and_closes_the_connection() -> None:
+    rig, outcome = Rig(), Outcome()
+    exchange = send(rig, outcome)
+    up = rig.accept()
+    exchange.cancel()
+    assert not exchange.waiting()
+    assert up.closed
+    up.respond(OK)
+    up.lose()
+    rig.reactor.advance(60)
+    assert outcome.events == []
+    assert rig.idle() == 0
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_send_cancel_while_connecting_stops_connecting() -> None:
+    rig, outcome = Rig(), Outcome()
+    exchange = send(rig, outcome)
+    exchange.cancel()
+    assert rig.reactor.connectors[-1].stoppedConnecting
+    rig.refuse(ConnectionRefusedError())
+    assert outcome.events == []
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_send_retries_a_stale_pooled_connection_once_with_one_answer() -> None:
+    rig, outcome = Rig(), Outcome()
+    stale = pooled(rig)
+    send(rig, outcome)
+    stale.lose(ConnectionLost())
+    assert outcome.events == []
+    fresh = rig.accept()
+    fresh.respond(OK)
+    assert [kind for kind, _ in outcome.events] == ["response"]
