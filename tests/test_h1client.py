@@ -1203,3 +1203,82 @@ def test_send_retries_a_stale_pooled_connection_once_with_one_answer() -> None:
     fresh = rig.accept()
     fresh.respond(OK)
     assert [kind for kind, _ in outcome.events] == ["response"]
+
+
+# -- Content-Length bodies read past llhttp ------------------------------------------------------
+
+
+def body_reading(rig: Rig, length: int) -> tuple[Upstream, Collector]:
+    """A response head announcing ``length`` bytes, with the first 3 of them."""
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nabc" % length)
+    body = Collector()
+    result(d).deliverBody(body)
+    return up, body
+
+
+def test_reads_after_the_head_reach_the_body_as_they_are() -> None:
+    rig = Rig()
+    up, body = body_reading(rig, 3 + 2 * 100_000 + 5)
+    middle = [b"m" * 100_000, b"n" * 100_000]
+    for chunk in middle:
+        up.respond(chunk)
+    # Not copied by a parser: the very objects read are passed on.
+    assert body.data[1] is middle[0] and body.data[2] is middle[1]
+    assert body.reason is None
+    up.respond(b"12345")
+    assert body.body == b"abc" + b"m" * 100_000 + b"n" * 100_000 + b"12345"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert rig.idle() == 1
+
+
+def test_after_a_body_read_past_the_parser_the_next_response_parses_afresh() -> None:
+    rig = Rig()
+    up, body = body_reading(rig, 10)
+    up.respond(b"defg")
+    up.respond(b"hij")
+    assert body.body == b"abcdefghij"
+    assert rig.idle() == 1
+    up.transport.clear()
+    d = rig.request()
+    assert rig.connections == 1
+    up.respond(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")
+    response = result(d)
+    second = Collector()
+    response.deliverBody(second)
+    assert response.code == 404
+    assert second.body == b"no" and second.reason is not None
+    assert second.reason.check(ResponseDone)
+    assert rig.idle() == 1
+
+
+def test_bytes_after_a_body_read_past_the_parser_close_the_connection() -> None:
+    rig = Rig()
+    up, body = body_reading(rig, 8)
+    up.respond(b"defgh" + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert body.body == b"abcdefgh"
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert up.closed
+    assert rig.idle() == 0
+
+
+def test_body_cut_short_while_read_past_the_parser_is_a_failed_response() -> None:
+    rig = Rig()
+    up, body = body_reading(rig, 100)
+    up.respond(b"x" * 50)
+    up.lose(ConnectionLost())
+    assert body.body == b"abc" + b"x" * 50
+    assert body.reason is not None and body.reason.check(ResponseFailed)
+    assert rig.idle() == 0
+
+
+def test_consumer_closing_mid_body_read_past_the_parser_drops_the_connection() -> None:
+    rig = Rig()
+    up, body = body_reading(rig, 100)
+    assert body.transport is not None
+    body.transport.stopProducing()
+    assert up.closed
+    up.respond(b"y" * 97)  # late bytes: nobody gets them
+    assert body.body == b"abc"
+    assert rig.idle() == 0
