@@ -148,7 +148,10 @@ class ClusterRuntime:
         self, tried: Collection[Endpoint], hash_key: bytes | None
     ) -> EndpointRuntime | NoSlot:
         """An endpoint for the next attempt, its slot taken; or why there is none."""
-        untried = [rt for rt in self.endpoints if rt.endpoint not in tried]
+        # (A first attempt, nearly always: every endpoint is untried.)
+        untried = (
+            [rt for rt in self.endpoints if rt.endpoint not in tried] if tried else self.endpoints
+        )
         up = [rt for rt in untried if rt.up()]
         panic = False
         if not up:

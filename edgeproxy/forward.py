@@ -297,14 +297,15 @@ class _Exchange:
         policy = self._cluster.retries
         if len(self._tried) >= policy.attempts or self._client_gone:
             return False
-        if not self._runtime.has_candidate(self._tried):
-            # Nowhere else to go: better the answer (or error) we have.
-            return False
-        if error is not None and not error.never_sent and self._method not in IDEMPOTENT_METHODS:
-            return False
+        # The cheap checks first: this runs for every response.
         if status is not None and (
             status not in policy.retry_statuses or self._method not in IDEMPOTENT_METHODS
         ):
+            return False
+        if error is not None and not error.never_sent and self._method not in IDEMPOTENT_METHODS:
+            return False
+        if not self._runtime.has_candidate(self._tried):
+            # Nowhere else to go: better the answer (or error) we have.
             return False
         counters = self._runtime.counters
         if error is not None and error.never_sent:

@@ -253,6 +253,7 @@ class _Exchange:
         "conn",
         "connect_timeout",
         "connecting",
+        "deadline",
         "deferred",
         "endpoint",
         "finished",
@@ -299,6 +300,11 @@ class _Exchange:
         self.on_response = on_response
         self.on_error = on_error
         self.waiting_for_head = True
+        #: When the response head is due (reactor time); set when sent.
+        self.deadline = 0.0
+        #: The exchange's own response timer: while it connects, or on a fresh
+        #: connection.  On a pooled connection the connection's timer watches
+        #: the deadline instead (see _Connection.watch_head).
         self.timer: IDelayedCall | None = None
         self.conn: _Connection | None = None
         self.connecting: _Connecting | None = None
@@ -527,6 +533,7 @@ class _Connection(Protocol):
         self._paused = False
         self._writer: _BodyWriter | None = None
         self._request_written = False
+        self._head_timer: IDelayedCall | None = None
         self._reset_message_state()
 
     def _reset_message_state(self) -> None:
@@ -628,9 +635,41 @@ class _Connection(Protocol):
             and not transport.disconnecting
         )
 
+    def watch_head(self, response_timeout: float) -> None:
+        """Time the head of the exchange about to start on this pooled connection.
+
+        One timer per connection, moved on for each exchange and left running
+        when the head arrives: on a busy connection each request then costs
+        a ``reset`` (a later time is only recorded until the timer comes due)
+        instead of a new ``DelayedCall`` and its cancellation."""
+        timer = self._head_timer
+        if timer is not None and timer.active():
+            timer.reset(response_timeout)
+        else:
+            self._head_timer = self._client.reactor.callLater(
+                response_timeout, self._head_timer_due
+            )
+
+    def _head_timer_due(self) -> None:
+        self._head_timer = None
+        exchange = self._exchange
+        if exchange is None or exchange.timer is not None or not exchange.waiting():
+            return
+        left = exchange.deadline - self._client.reactor.seconds()
+        if left > 0:
+            self.watch_head(left)
+        else:
+            exchange.timeout()
+
+    def _stop_head_timer(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def abort(self) -> None:
         """Close at once; nothing more is expected from this connection."""
         self._reusable = False
+        self._stop_head_timer()
         self._stop_writer()
         exchange, self._exchange = self._exchange, None
         if exchange is not None and exchange.answered:
@@ -651,12 +690,14 @@ class _Connection(Protocol):
     def close(self) -> None:
         """Close an idle connection politely."""
         self._reusable = False
+        self._stop_head_timer()
         if not self._closed and self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         self._reusable = False
+        self._stop_head_timer()
         self._writer = None
         # The parser refers back to this connection: no cycle left for the GC.
         self._parser = _CLOSED_PARSER
@@ -1099,14 +1140,21 @@ class H1Client:
         )
 
     def _start(self, exchange: _Exchange, response_timeout: float) -> None:
-        exchange.timer = self.reactor.callLater(response_timeout, exchange.timeout)
+        exchange.deadline = self.reactor.seconds() + response_timeout
         conn = self._take(str(exchange.endpoint))
         if conn is None:
             self._connect(exchange)
         else:
+            conn.watch_head(response_timeout)
             conn.start(exchange, reused=True)
 
     def _connect(self, exchange: _Exchange) -> None:
+        if exchange.timer is None:
+            # Its own timer from here on (a retry leaves the pooled connection
+            # that watched its deadline).
+            exchange.timer = self.reactor.callLater(
+                max(0.0, exchange.deadline - self.reactor.seconds()), exchange.timeout
+            )
         connecting = _Connecting(self, exchange)
         exchange.connecting = connecting
         connecting.start()

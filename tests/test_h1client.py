@@ -1282,3 +1282,72 @@ def test_consumer_closing_mid_body_read_past_the_parser_drops_the_connection() -
     up.respond(b"y" * 97)  # late bytes: nobody gets them
     assert body.body == b"abc"
     assert rig.idle() == 0
+
+
+# -- the response timer of pooled connections ------------------------------------------------------
+
+
+def test_pooled_connection_times_out_a_missing_head() -> None:
+    rig = Rig()
+    up = pooled(rig)
+    d = rig.request(response_timeout=7.0)
+    assert rig.connections == 1
+    rig.reactor.advance(6.9)
+    no_result(d)
+    rig.reactor.advance(0.1)
+    assert failure(d).check(UpstreamTimeout)
+    assert up.closed
+
+
+def test_each_request_on_a_pooled_connection_gets_its_whole_timeout() -> None:
+    rig = Rig()
+    up = pooled(rig)
+    first = rig.request(response_timeout=7.0)
+    rig.reactor.advance(1.0)
+    fetch(rig, up, first, OK)
+    rig.reactor.advance(5.0)  # t=6: the first deadline (t=7) is near
+    second = rig.request(response_timeout=7.0)
+    rig.reactor.advance(6.9)  # t=12.9
+    no_result(second)
+    assert not up.closed
+    rig.reactor.advance(0.1)  # t=13
+    assert failure(second).check(UpstreamTimeout)
+
+
+def test_a_shorter_timeout_on_a_pooled_connection_comes_due_on_time() -> None:
+    rig = Rig()
+    up = pooled(rig)
+    fetch(rig, up, rig.request(response_timeout=60.0), OK)
+    d = rig.request(response_timeout=2.0)
+    rig.reactor.advance(1.9)
+    no_result(d)
+    rig.reactor.advance(0.1)
+    assert failure(d).check(UpstreamTimeout)
+
+
+def test_a_retry_off_a_stale_pooled_connection_keeps_its_deadline() -> None:
+    rig = Rig()
+    stale = pooled(rig)
+    d = rig.request(response_timeout=7.0)
+    rig.reactor.advance(3.0)
+    stale.lose(ConnectionLost())
+    fresh = rig.accept()
+    rig.reactor.advance(3.9)  # t=6.9
+    no_result(d)
+    rig.reactor.advance(0.1)  # t=7
+    assert failure(d).check(UpstreamTimeout)
+    assert fresh.closed
+
+
+def test_busy_pooled_connection_keeps_one_response_timer() -> None:
+    rig = Rig(idle_timeout=50.0)
+    up = pooled(rig)
+    before = len(rig.reactor.getDelayedCalls())
+    for _ in range(20):
+        fetch(rig, up, rig.request(response_timeout=7.0), OK)
+        rig.reactor.advance(0.5)
+    assert rig.connections == 1
+    assert len(rig.reactor.getDelayedCalls()) <= before + 1
+    # Long idle: the timer comes due with nothing waiting, and nothing happens.
+    rig.reactor.advance(10.0)
+    assert not up.closed and rig.idle() == 1
