@@ -53,6 +53,32 @@ from zope.interface import implementer
 #: Decrypted bytes taken from OpenSSL per call (a TLS record is at most 16 KiB).
 RECV_SIZE = 65536
 
+# How many bytes wait in a memory BIO (BIO_get_mem_data with no pointer).
+# pyOpenSSL has no public call for it, and without it the only way to find
+# a BIO empty is a read that raises WantReadError: twice per request (after
+# the last record is decrypted, and when draining output), ~4 us each.  The
+# BIOs are pyOpenSSL's (``Connection._into_ssl``/``_from_ssl``, unchanged for
+# a decade); if a release renames them, the exception path is used instead.
+try:
+    from cryptography.hazmat.bindings.openssl.binding import Binding as _Binding
+
+    _binding = _Binding()
+    _mem_pending: Any = _binding.lib.BIO_get_mem_data
+    _NULL: Any = _binding.ffi.NULL
+except (ImportError, AttributeError):  # pragma: no cover - other bindings
+    _mem_pending = None
+    _NULL = None
+
+
+def _bios(connection: SSL.Connection) -> tuple[Any, Any]:
+    """The connection's (incoming, outgoing) memory BIOs, or (None, None)."""
+    if _mem_pending is None:
+        return None, None
+    into, out = getattr(connection, "_into_ssl", None), getattr(connection, "_from_ssl", None)
+    if into is None or out is None:
+        return None, None
+    return into, out
+
 
 def _encrypted_size(plaintext: int) -> int:
     """Room for ``plaintext`` once encrypted: records of 16 KiB with at most 29
@@ -76,6 +102,9 @@ class TLSServerProtocol(Protocol):
         self._reason: Failure | None = None
         self._early_writes: list[bytes] = []
         self._tells_handshake = IHandshakeListener.providedBy(app)
+        # The connection's memory BIOs while it is alive (see _mem_pending).
+        self._in_bio: Any = None
+        self._out_bio: Any = None
 
     # -- under: the TCP transport ----------------------------------------------------
 
@@ -85,6 +114,7 @@ class TLSServerProtocol(Protocol):
         # Twisted's SNI callback aborts through the app data if selection raises.
         connection.set_app_data(self)
         self._connection = connection
+        self._in_bio, self._out_bio = _bios(connection)
         Protocol.makeConnection(self, transport)
         app = self.app
         assert app is not None
@@ -138,6 +168,9 @@ class TLSServerProtocol(Protocol):
                 self._failed(e)
                 return
             self.app.dataReceived(plaintext)
+            in_bio = self._in_bio
+            if in_bio is not None and not _mem_pending(in_bio, _NULL) and not connection.pending():
+                break  # nothing left to decrypt: spare the read that would raise
         # Reading may have produced output: an alert refusing renegotiation,
         # a KeyUpdate answer.
         if not self._tls_closed:
@@ -148,6 +181,12 @@ class TLSServerProtocol(Protocol):
         connection = self._connection
         transport = self.transport
         if connection is None or transport is None:
+            return
+        out_bio = self._out_bio
+        if out_bio is not None:
+            pending = _mem_pending(out_bio, _NULL)
+            if pending > 0:
+                transport.write(connection.bio_read(pending))
             return
         size = _encrypted_size(expected)
         try:
@@ -192,6 +231,8 @@ class TLSServerProtocol(Protocol):
         self._reason = None
         app, self.app = self.app, None
         connection, self._connection = self._connection, None
+        # The BIOs are freed with the connection: never touch them after.
+        self._in_bio = self._out_bio = None
         if connection is not None:
             connection.set_app_data(None)
         self._early_writes = []

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from edgeproxy import tlsserver
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator, parse_certificate
 from edgeproxy.tlsserver import TLSServerEndpoint, TLSServerFactory, TLSServerProtocol
 from tests.certutil import client_context, make_ca
@@ -43,6 +44,18 @@ VERSIONS = [(TLS12, "TLSv1.2"), (TLS13, "TLSv1.3")]
 
 
 # --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, params=["bio-sizes", "exceptions"])
+def bio_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test both ways: with the BIO sizes read directly (the normal
+    path), and as if pyOpenSSL's BIOs were out of reach (empty BIOs found by
+    reads that raise WantReadError)."""
+    if request.param == "exceptions":
+        monkeypatch.setattr(tlsserver, "_mem_pending", None)
+    else:
+        assert tlsserver._mem_pending is not None, "the BIO-size path is not available"
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
