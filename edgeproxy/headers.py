@@ -213,10 +213,30 @@ def upstream_request_headers(
             continue
         result.append(pair)
     # The common case: nothing incoming to extend, each goes at the end.
-    for lower, value in _rewritten({}, client_ip, proto, host, via):
-        if value is not None:
-            result.append((_REWRITTEN[lower], value))
+    result.extend(_direct_tail(client_ip, proto, host, via))
     return result
+
+
+def _direct_tail(
+    client_ip: str, proto: str, host: bytes | None, via: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The rewritten headers for a client that sent none of them: the same
+    for every request of a connection, so computed once per (client, host)."""
+    key = (client_ip, proto, host, via)
+    tail = _DIRECT_TAILS.get(key)
+    if tail is None:
+        if len(_DIRECT_TAILS) >= _DIRECT_TAILS_MAX:
+            _DIRECT_TAILS.clear()
+        tail = _DIRECT_TAILS[key] = [
+            (_REWRITTEN[lower], value)
+            for lower, value in _rewritten({}, client_ip, proto, host, via)
+            if value is not None
+        ]
+    return tail
+
+
+_DIRECT_TAILS: dict[tuple[str, str, bytes | None, bytes], list[tuple[bytes, bytes]]] = {}
+_DIRECT_TAILS_MAX = 4096
 
 
 def _upstream_request_headers(

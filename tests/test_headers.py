@@ -449,3 +449,25 @@ def test_property_upstream_rewritten_in_first_place(
     assert as_dict(result)[b"x-forwarded-for"] == [
         b", ".join([v for v in incoming_xff if v] + [b"192.0.2.1"])
     ]
+
+
+def test_direct_client_tail_is_cached_per_client_and_host_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgeproxy import headers as headers_module
+
+    monkeypatch.setattr(headers_module, "_DIRECT_TAILS", {})
+    monkeypatch.setattr(headers_module, "_DIRECT_TAILS_MAX", 3)
+    incoming = [(b"Host", b"a.example"), (b"Accept", b"*/*")]
+    first = upstream_request_headers(incoming, client_ip="192.0.2.1", proto="https", host=b"a.example")
+    # The caller owns its list: changing it does not change the next answer.
+    first.append((b"X-Mine", b"1"))
+    second = upstream_request_headers(incoming, client_ip="192.0.2.1", proto="https", host=b"a.example")
+    assert second == first[:-1]
+    assert (b"X-Forwarded-For", b"192.0.2.1") in second
+    other = upstream_request_headers(incoming, client_ip="192.0.2.2", proto="https", host=b"b.example")
+    assert (b"X-Forwarded-For", b"192.0.2.2") in other
+    assert (b"X-Forwarded-Host", b"b.example") in other
+    for n in range(10):
+        upstream_request_headers(incoming, client_ip=f"192.0.2.{n}", proto="http", host=None)
+        assert len(headers_module._DIRECT_TAILS) <= 3
