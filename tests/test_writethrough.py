@@ -133,3 +133,29 @@ def test_a_pull_producer_keeps_being_asked_for_more() -> None:
     pair.drain()
     assert bytes(pair.received) == b"a" * 1000 + b"b" * 1000 + b"c" * 1000
     pair.close()
+
+
+def test_small_writes_into_a_full_socket_are_buffered_in_order() -> None:
+    pair = Pair(buffer_size=4096)
+    chunks = [bytes([i % 256]) * 1000 for i in range(400)]  # each under SEND_LIMIT
+    for chunk in chunks:
+        pair.conn.write(chunk)
+    assert pair.buffered()  # the kernel stopped taking them at some point
+    pair.drain()
+    assert bytes(pair.received) == b"".join(chunks)
+    pair.close()
+
+
+def test_a_write_to_a_broken_connection_is_left_to_do_write() -> None:
+    pair = Pair()
+    pair.peer.close()
+    # The first send may still succeed (the reset comes back later); keep
+    # writing until the kernel refuses one.
+    for _ in range(100):
+        pair.conn.write(b"x" * 1000)
+        if pair.buffered():
+            break
+    assert pair.buffered()  # no exception escaped write()
+    result = pair.conn.doWrite()
+    assert isinstance(result, Exception) or result is not None
+    pair.conn.socket.close()
