@@ -21,17 +21,28 @@ goes on, as with ``callWithLogger``.
 from __future__ import annotations
 
 import errno
+import sys
 import types
+from select import EPOLLIN
 from typing import Any
 
+from twisted.internet import main, tcp
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 
 __all__ = ["install", "installed"]
 
 log = Logger(namespace="edgeproxy.fastpoll")
 
 # The reactor attributes the lean doPoll reads.
-_REQUIRED = ("_poller", "_selectables", "_doReadOrWrite", "doPoll", "doIteration")
+_REQUIRED = (
+    "_poller",
+    "_selectables",
+    "_doReadOrWrite",
+    "_disconnectSelectable",
+    "doPoll",
+    "doIteration",
+)
 
 
 def _do_poll(self: Any, timeout: float | None) -> None:
@@ -51,11 +62,40 @@ def _do_poll(self: Any, timeout: float | None) -> None:
         if selectable is None:
             continue
         try:
-            handle(selectable, fd, event)
+            if event == EPOLLIN and type(selectable).doRead is _TCP_DO_READ:
+                _read(self, selectable)
+            else:
+                handle(selectable, fd, event)
         except KeyboardInterrupt:
             raise
         except BaseException:
             log.failure("while handling an event on {selectable!r}", selectable=selectable)
+
+
+_TCP_DO_READ = tcp.Connection.doRead
+
+
+def _read(reactor: Any, connection: Any) -> None:
+    """``_doReadOrWrite`` -> ``doRead`` -> ``_dataReceived`` for the common
+    event, a TCP connection with bytes to read, in one frame: the same steps
+    (receive, EOF or error ends the connection, an exception from the
+    protocol is logged and ends it) without three calls per event."""
+    try:
+        data = connection.socket.recv(connection.bufferSize)
+    except BlockingIOError:
+        return
+    except OSError:
+        reactor._disconnectSelectable(connection, main.CONNECTION_LOST, True)
+        return
+    if not data:
+        reactor._disconnectSelectable(connection, main.CONNECTION_DONE, True)
+        return
+    try:
+        connection.protocol.dataReceived(data)
+    except BaseException:
+        why = sys.exc_info()[1]
+        legacy_log.err()
+        reactor._disconnectSelectable(connection, why, True)
 
 
 def installed(reactor: Any) -> bool:

@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
 from edgeproxy import fastpoll
 
@@ -164,3 +167,81 @@ def test_eintr_is_a_quiet_return_and_other_errors_raise(reactor: EPollReactor) -
             reactor.doIteration(0)
     finally:
         reactor._poller = real
+
+
+class Recorder(Protocol):
+    def __init__(self, explode: bool = False) -> None:
+        self.data: list[bytes] = []
+        self.lost: list[Any] = []
+        self.explode = explode
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.explode:
+            raise ValueError("protocol broke")
+        self.data.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.append(reason)
+
+
+def tcp_pair(reactor: EPollReactor, protocol: Protocol) -> tuple[tcp.Connection, socket.socket]:
+    ours, peer = socket.socketpair()
+    conn = tcp.Connection(ours, protocol, reactor)
+    conn.connected = 1
+    protocol.makeConnection(conn)
+    reactor.addReader(conn)
+    conn.sock = ours  # type: ignore[attr-defined]  # connectionLost drops .socket
+    return conn, peer
+
+
+def spin(reactor: EPollReactor, done: Any) -> None:
+    for _ in range(5):
+        reactor.doIteration(0.5)
+        if done():
+            return
+
+
+def test_tcp_reads_take_the_short_path_to_the_protocol(
+    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert fastpoll.install(reactor)
+    generic: list[int] = []
+    real = reactor._doReadOrWrite
+    monkeypatch.setattr(
+        reactor, "_doReadOrWrite", lambda s, fd, ev: (generic.append(fd), real(s, fd, ev))
+    )
+    protocol = Recorder()
+    conn, peer = tcp_pair(reactor, protocol)
+    try:
+        peer.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        spin(reactor, lambda: protocol.data)
+        assert protocol.data == [b"GET / HTTP/1.1\r\n\r\n"]
+        assert generic == []  # not through _doReadOrWrite
+        # End of stream: the connection is lost cleanly, as Twisted does it.
+        peer.close()
+        spin(reactor, lambda: protocol.lost)
+        assert len(protocol.lost) == 1 and protocol.lost[0].check(ConnectionDone)
+        assert conn not in reactor.getReaders()
+    finally:
+        conn.sock.close()  # type: ignore[attr-defined]
+
+
+def test_a_protocol_error_on_the_short_path_is_logged_and_ends_the_connection(
+    reactor: EPollReactor,
+) -> None:
+    assert fastpoll.install(reactor)
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    protocol = Recorder(explode=True)
+    conn, peer = tcp_pair(reactor, protocol)
+    try:
+        peer.sendall(b"x")
+        spin(reactor, lambda: protocol.lost)
+        assert len(protocol.lost) == 1 and protocol.lost[0].check(ValueError)
+        # Logged as Twisted's _doReadOrWrite logs it (legacy log.err).
+        assert any(e.get("isError") and e["failure"].check(ValueError) for e in logged)
+        assert conn not in reactor.getReaders()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        conn.sock.close()  # type: ignore[attr-defined]
+        peer.close()
