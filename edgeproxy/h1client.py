@@ -254,7 +254,6 @@ class _Exchange:
         "connect_timeout",
         "connecting",
         "deadline",
-        "deferred",
         "endpoint",
         "finished",
         "head",
@@ -278,8 +277,8 @@ class _Exchange:
         body: IO[bytes] | None,
         body_length: int,
         connect_timeout: float,
-        on_response: Callable[[H1Response], object] | None = None,
-        on_error: Callable[[Failure], object] | None = None,
+        on_response: Callable[[H1Response], object],
+        on_error: Callable[[Failure], object],
     ) -> None:
         self.client = client
         self.endpoint = endpoint
@@ -288,17 +287,13 @@ class _Exchange:
         self.body = body
         self.body_length = body_length
         self.connect_timeout = connect_timeout
-        # The head is handed over through a Deferred (request()) or straight
-        # to two callbacks (send()).  Both are let go of once used: they
-        # refer back to this exchange (the Deferred's canceller; the caller,
-        # which holds the exchange), and those cycles would leave every
+        # The head (or the failure) goes to one of these; both are let go of
+        # once either is used: they refer back to this exchange (through
+        # the caller, which holds it), and that cycle would leave every
         # request's objects to the garbage collector instead of reference
         # counting.
-        self.deferred: Deferred[IResponse] | None = (
-            Deferred(self._cancel) if on_response is None else None
-        )
-        self.on_response = on_response
-        self.on_error = on_error
+        self.on_response: Callable[[H1Response], object] | None = on_response
+        self.on_error: Callable[[Failure], object] | None = on_error
         self.waiting_for_head = True
         #: When the response head is due (reactor time); set when sent.
         self.deadline = 0.0
@@ -331,10 +326,6 @@ class _Exchange:
             return
         self.waiting_for_head = False
         self._stop_timer()
-        d, self.deferred = self.deferred, None
-        if d is not None:
-            d.errback(Failure(error))
-            return
         on_error = self.on_error
         self.on_response = self.on_error = None
         assert on_error is not None
@@ -344,18 +335,14 @@ class _Exchange:
         self.answered = True
         self.waiting_for_head = False
         self._stop_timer()
-        d, self.deferred = self.deferred, None
-        if d is not None:
-            d.callback(response)
-            return
         on_response = self.on_response
         self.on_response = self.on_error = None
         assert on_response is not None
         on_response(response)
 
     def cancel(self) -> None:
-        """The caller of :meth:`H1Client.send` went away before the head
-        arrived: neither callback will be called; the connection is closed."""
+        """The caller went away before the head arrived: neither callback will
+        be called; the connection is closed."""
         if not self.waiting_for_head:
             return
         self.waiting_for_head = False
@@ -373,14 +360,6 @@ class _Exchange:
         if self.waiting():
             self._abandon()
             self.fail(UpstreamTimeout())
-
-    def _cancel(self, d: Deferred[IResponse]) -> None:
-        # The caller went away before the head arrived; the deferred then
-        # fails with CancelledError.
-        self.deferred = None
-        self.waiting_for_head = False
-        self._stop_timer()
-        self._abandon()
 
     def _abandon(self) -> None:
         connecting, self.connecting = self.connecting, None
@@ -1068,12 +1047,21 @@ class H1Client:
         ``headers`` is a ``Headers`` or, cheaper, ``(name, value)`` pairs (one
         per header line) whose names are tokens and whose values hold no CR, LF or NUL (the
         caller vouches for that; ``Headers`` does it itself)."""
-        exchange = self._exchange(
-            endpoint, method, target, headers, body, body_length, connect_timeout, None, None
+        sent: list[_Exchange] = []
+
+        def cancel(d: Deferred[IResponse]) -> None:
+            # Neither callback follows; the Deferred fails with CancelledError.
+            if sent:
+                sent[0].cancel()
+
+        d: Deferred[IResponse] = Deferred(cancel)
+        sent.append(
+            self.send(
+                endpoint, method, target, headers, body, body_length,
+                connect_timeout=connect_timeout, response_timeout=response_timeout,
+                on_response=d.callback, on_error=d.errback,
+            )
         )
-        d = exchange.deferred
-        assert d is not None
-        self._start(exchange, response_timeout)
         return d
 
     def send(
@@ -1094,25 +1082,6 @@ class H1Client:
         one of ``on_response`` (with the response, once its head arrived) and
         ``on_error`` (with the failure) is called, unless the returned
         exchange's ``cancel()`` is called first (then neither is)."""
-        exchange = self._exchange(
-            endpoint, method, target, headers, body, body_length, connect_timeout,
-            on_response, on_error,
-        )
-        self._start(exchange, response_timeout)
-        return exchange
-
-    def _exchange(
-        self,
-        endpoint: Endpoint,
-        method: bytes,
-        target: bytes,
-        headers: Headers | Sequence[tuple[bytes, bytes]],
-        body: IO[bytes] | None,
-        body_length: int | None,
-        connect_timeout: float,
-        on_response: Callable[[H1Response], object] | None,
-        on_error: Callable[[Failure], object] | None,
-    ) -> _Exchange:
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
             raise ValueError("invalid method or request-target")
         pairs: Sequence[tuple[bytes, bytes]]
@@ -1134,19 +1103,18 @@ class H1Client:
             body = None
             body_length = 0
             lines.append(b"Content-Length: 0\r\n\r\n" if method in (b"POST", b"PUT") else b"\r\n")
-        return _Exchange(
+        exchange = _Exchange(
             self, endpoint, method, b"\r\n".join(lines), body, body_length, connect_timeout,
             on_response, on_error,
         )
-
-    def _start(self, exchange: _Exchange, response_timeout: float) -> None:
         exchange.deadline = self.reactor.seconds() + response_timeout
-        conn = self._take(str(exchange.endpoint))
+        conn = self._take(str(endpoint))
         if conn is None:
             self._connect(exchange)
         else:
             conn.watch_head(response_timeout)
             conn.start(exchange, reused=True)
+        return exchange
 
     def _connect(self, exchange: _Exchange) -> None:
         if exchange.timer is None:
