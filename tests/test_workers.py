@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 from twisted.internet import error
-from twisted.internet.endpoints import wrapServerTLS
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import capturedLogs
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,6 +31,7 @@ from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.devcert import ensure_dev_certificate
 from edgeproxy.settings import Settings
 from edgeproxy.tap import Options, makeService
+from edgeproxy.tlsserver import TLSServerEndpoint, TLSServerFactory
 from edgeproxy.workers import (
     RestartPolicy,
     SharedListener,
@@ -278,16 +277,17 @@ def test_worker_endpoints_adopt_and_keep_the_haproxy_wrapper(listening_fds: list
     creator = SNIConnectionCreator(CertificateIndex.empty)
     factory = Factory.forProtocol(Protocol)
     for description in settings.https:
-        wrapServerTLS(creator, endpoints("https", description), reactor).listen(factory)
+        # As the service does it.
+        TLSServerEndpoint(creator, endpoints("https", description)).listen(factory)
     (fd1, family1, plain), (fd2, family2, proxied) = reactor.adoptedPorts
     assert family1 == family2 == socket.AF_INET
     # Plain: TLS straight on the socket.
-    assert isinstance(plain, TLSMemoryBIOFactory)
-    assert plain.wrappedFactory is factory
+    assert isinstance(plain, TLSServerFactory)
+    assert plain.wrapped is factory
     # haproxy: the PROXY header comes first, then TLS.
     assert isinstance(proxied, HAProxyWrappingFactory)
-    assert isinstance(proxied.wrappedFactory, TLSMemoryBIOFactory)
-    assert proxied.wrappedFactory.wrappedFactory is factory
+    assert isinstance(proxied.wrappedFactory, TLSServerFactory)
+    assert proxied.wrappedFactory.wrapped is factory
     # Our descriptors were closed once adopted (the reactor keeps its own dup).
     for fd in listening_fds:
         with pytest.raises(OSError):
@@ -460,3 +460,4 @@ def test_the_slot_machine_diagram_names_every_state() -> None:
     dot = workers.diagram()
     for state in ("idle", "running", "waiting", "stopping", "stopped"):
         assert state in dot
+
