@@ -59,25 +59,39 @@ RECV_SIZE = 65536
 # the last record is decrypted, and when draining output), ~4 us each.  The
 # BIOs are pyOpenSSL's (``Connection._into_ssl``/``_from_ssl``, unchanged for
 # a decade); if a release renames them, the exception path is used instead.
+#
+# With the BIOs and the SSL object in hand, the calls of the hot path
+# (SSL_read, SSL_write, BIO_write, BIO_read) also go to OpenSSL directly, the
+# way pyOpenSSL makes them but without its per-call checks and copies into
+# fresh buffers; errors are still raised by pyOpenSSL (``_raise_ssl_error``).
 try:
     from cryptography.hazmat.bindings.openssl.binding import Binding as _Binding
 
     _binding = _Binding()
-    _mem_pending: Any = _binding.lib.BIO_get_mem_data
-    _NULL: Any = _binding.ffi.NULL
+    _lib: Any = _binding.lib
+    _ffi: Any = _binding.ffi
+    _mem_pending: Any = _lib.BIO_get_mem_data
+    _NULL: Any = _ffi.NULL
+    _WANT_READ: int = _lib.SSL_ERROR_WANT_READ
+    _ZERO_RETURN: int = _lib.SSL_ERROR_ZERO_RETURN
+    _no_zero_alloc: Any = _ffi.new_allocator(should_clear_after_alloc=False)
+    #: Decrypted records are copied out at once, so one buffer serves every connection.
+    _RECV_BUFFER: Any = _no_zero_alloc("char[]", RECV_SIZE)
 except (ImportError, AttributeError):  # pragma: no cover - other bindings
     _mem_pending = None
     _NULL = None
 
 
-def _bios(connection: SSL.Connection) -> tuple[Any, Any]:
-    """The connection's (incoming, outgoing) memory BIOs, or (None, None)."""
-    if _mem_pending is None:
-        return None, None
-    into, out = getattr(connection, "_into_ssl", None), getattr(connection, "_from_ssl", None)
-    if into is None or out is None:
-        return None, None
-    return into, out
+def _handles(connection: SSL.Connection) -> tuple[Any, Any, Any]:
+    """The connection's (incoming BIO, outgoing BIO, SSL), or three Nones."""
+    if _mem_pending is None or not hasattr(connection, "_raise_ssl_error"):
+        return None, None, None
+    into = getattr(connection, "_into_ssl", None)
+    out = getattr(connection, "_from_ssl", None)
+    ssl = getattr(connection, "_ssl", None)
+    if into is None or out is None or ssl is None:
+        return None, None, None
+    return into, out, ssl
 
 
 def _encrypted_size(plaintext: int) -> int:
@@ -102,9 +116,11 @@ class TLSServerProtocol(Protocol):
         self._reason: Failure | None = None
         self._early_writes: list[bytes] = []
         self._tells_handshake = IHandshakeListener.providedBy(app)
-        # The connection's memory BIOs while it is alive (see _mem_pending).
+        # The connection's memory BIOs and SSL object while it is alive (see
+        # _mem_pending); None: pyOpenSSL's own calls are used.
         self._in_bio: Any = None
         self._out_bio: Any = None
+        self._ssl: Any = None
 
     # -- under: the TCP transport ----------------------------------------------------
 
@@ -114,7 +130,7 @@ class TLSServerProtocol(Protocol):
         # Twisted's SNI callback aborts through the app data if selection raises.
         connection.set_app_data(self)
         self._connection = connection
-        self._in_bio, self._out_bio = _bios(connection)
+        self._in_bio, self._out_bio, self._ssl = _handles(connection)
         Protocol.makeConnection(self, transport)
         app = self.app
         assert app is not None
@@ -124,7 +140,12 @@ class TLSServerProtocol(Protocol):
         connection = self._connection
         if connection is None or self._tls_closed:
             return
-        connection.bio_write(data)
+        in_bio = self._in_bio
+        if in_bio is not None:
+            # A memory BIO takes everything.
+            _lib.BIO_write(in_bio, _ffi.from_buffer(data), len(data))
+        else:
+            connection.bio_write(data)
         if not self._handshake_done:
             try:
                 connection.do_handshake()
@@ -154,9 +175,21 @@ class TLSServerProtocol(Protocol):
 
     def _deliver(self, connection: SSL.Connection) -> None:
         """Pass on every record decrypted so far."""
+        ssl = self._ssl
         while not self._tls_closed and self.app is not None:
             try:
-                plaintext = connection.recv(RECV_SIZE)
+                if ssl is not None:
+                    n = _lib.SSL_read(ssl, _RECV_BUFFER, RECV_SIZE)
+                    if n > 0:
+                        plaintext = _ffi.buffer(_RECV_BUFFER, n)[:]
+                    elif _lib.SSL_get_error(ssl, n) == _WANT_READ:
+                        break
+                    else:
+                        # ZeroReturnError, or the error, as pyOpenSSL raises it.
+                        connection._raise_ssl_error(ssl, n)
+                        break
+                else:
+                    plaintext = connection.recv(RECV_SIZE)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -186,7 +219,9 @@ class TLSServerProtocol(Protocol):
         if out_bio is not None:
             pending = _mem_pending(out_bio, _NULL)
             if pending > 0:
-                transport.write(connection.bio_read(pending))
+                buffer = _no_zero_alloc("char[]", pending)
+                n = _lib.BIO_read(out_bio, buffer, pending)
+                transport.write(_ffi.buffer(buffer, n)[:])
             return
         size = _encrypted_size(expected)
         try:
@@ -231,8 +266,8 @@ class TLSServerProtocol(Protocol):
         self._reason = None
         app, self.app = self.app, None
         connection, self._connection = self._connection, None
-        # The BIOs are freed with the connection: never touch them after.
-        self._in_bio = self._out_bio = None
+        # The BIOs and SSL object are freed with the connection: never touch them after.
+        self._in_bio = self._out_bio = self._ssl = None
         if connection is not None:
             connection.set_app_data(None)
         self._early_writes = []
@@ -254,7 +289,16 @@ class TLSServerProtocol(Protocol):
         connection = self._connection
         assert connection is not None
         total = len(data)
+        ssl = self._ssl
         try:
+            if ssl is not None:
+                # Not SSL_MODE_ENABLE_PARTIAL_WRITE (see certificates.py): all or an error.
+                n = _lib.SSL_write(ssl, _ffi.from_buffer(data), total)
+                if n <= 0:
+                    connection._raise_ssl_error(ssl, n)
+                    raise SSL.Error("SSL_write failed")
+                self._flush(total)
+                return
             sent = connection.send(data)
             if sent < total:  # not with memory BIOs, but send() may say so
                 view = memoryview(data)[sent:]
