@@ -446,7 +446,8 @@ class CertificateIndex:
 
 @implementer(IOpenSSLServerConnectionCreator)
 class SNIConnectionCreator:
-    """Server connection creator for ``wrapServerTLS``/``TLSMemoryBIOFactory``.
+    """Server connection creator for :class:`~edgeproxy.tlsserver.TLSServerEndpoint`
+    (or Twisted's ``wrapServerTLS``).
 
     Every connection starts on one long-lived bootstrap context (no
     certificate; it owns the session cache and ticket keys) whose SNI callback

@@ -242,7 +242,7 @@ class _BodyWriter:
 
 
 class _Exchange:
-    """One request: its deferred, deadline, response and body delivery."""
+    """One request: its callbacks, deadline, head and body delivery."""
 
     __slots__ = (
         "answered",
@@ -1078,8 +1078,9 @@ class H1Client:
         on_response: Callable[[H1Response], object],
         on_error: Callable[[Failure], object],
     ) -> _Exchange:
-        """:meth:`request` without a Deferred (the proxy's hot path): exactly
-        one of ``on_response`` (with the response, once its head arrived) and
+        """Send one request, as :meth:`request` (which is built on this) but
+        without a Deferred (the proxy's hot path): exactly one of
+        ``on_response`` (with the response, once its head arrived) and
         ``on_error`` (with the failure) is called, unless the returned
         exchange's ``cancel()`` is called first (then neither is)."""
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):

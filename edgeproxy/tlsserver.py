@@ -17,7 +17,8 @@ handshake's own cryptography.
   sends instead of 8).
 * Its producer membrane and pull-to-push adapter wrap every registered producer.
 
-This layer keeps to pyOpenSSL's public API and to what the HTTP channel needs:
+This layer does what the HTTP channel needs, with pyOpenSSL's connection
+objects (on its hot path it calls OpenSSL on them directly, see below):
 
 * **Writes** go to OpenSSL at once and everything it produced goes to the
   transport in one write.  No TLS-level buffering, so the transport's own
