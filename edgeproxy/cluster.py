@@ -148,26 +148,32 @@ class ClusterRuntime:
         self, tried: Collection[Endpoint], hash_key: bytes | None
     ) -> EndpointRuntime | NoSlot:
         """An endpoint for the next attempt, its slot taken; or why there is none."""
-        # (A first attempt, nearly always: every endpoint is untried.)
-        untried = (
-            [rt for rt in self.endpoints if rt.endpoint not in tried] if tried else self.endpoints
-        )
-        up = [rt for rt in untried if rt.up()]
-        panic = False
-        if not up:
-            if not self.cluster.panic_mode or not untried:
-                return UNAVAILABLE
-            # Panic mode: with nothing available, trying a possibly bad
-            # endpoint beats failing every request.
-            up, panic = untried, True
         limit = self.cluster.limits.max_connections_per_endpoint
-        free = [rt for rt in up if rt.in_flight < limit]
+        panic = False
+        # A first attempt, nearly always, and some endpoint up with room: one pass.
+        free = (
+            [rt for rt in self.endpoints if rt.in_flight < limit and rt.up()] if not tried else []
+        )
         if not free:
-            return FULL
-        if tried:
-            # A retry: a hash table per "cluster minus tried" set would be
-            # rebuilt for nothing; any other free endpoint will do.
-            hash_key = None
+            untried = (
+                [rt for rt in self.endpoints if rt.endpoint not in tried]
+                if tried
+                else self.endpoints
+            )
+            up = [rt for rt in untried if rt.up()]
+            if not up:
+                if not self.cluster.panic_mode or not untried:
+                    return UNAVAILABLE
+                # Panic mode: with nothing available, trying a possibly bad
+                # endpoint beats failing every request.
+                up, panic = untried, True
+            free = [rt for rt in up if rt.in_flight < limit]
+            if not free:
+                return FULL
+            if tried:
+                # A retry: a hash table per "cluster minus tried" set would be
+                # rebuilt for nothing; any other free endpoint will do.
+                hash_key = None
         while free:
             picked = self.selector.pick([rt.endpoint for rt in free], hash_key)
             if picked is None:

@@ -7,6 +7,7 @@ safe and the budget allows, and relay the response back.
 
 from __future__ import annotations
 
+import operator
 import random
 import re
 import secrets
@@ -45,6 +46,8 @@ __all__ = ["Forwarder"]
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
 _NOT_RETURNED = frozenset({b"x-request-id"})
 _CONTROL = re.compile(rb"[\r\n\x00]")
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 _LOST = Failure(ConnectionDone())
 
 
@@ -175,7 +178,7 @@ class _Exchange:
         # check stays so that no upstream parser is ever shown one, whatever
         # the parser lets through.  One search over every value (a C loop),
         # the per-header filter only if it hits.
-        if _CONTROL.search(b"|".join([v for _, v in kept])) is None:
+        if _CONTROL.search(b"|".join(map(_second, kept))) is None:
             return kept
         return [(name, value) for name, value in kept if not _CONTROL.search(value)]
 
@@ -377,20 +380,24 @@ class _Exchange:
             return
         # Ours wins over an X-Request-Id the upstream may echo, so client and log agree.
         # h1client already left out the hop-by-hop headers.
-        out = [(n, v) for n, v in response.header_pairs if n.lower() not in _NOT_RETURNED]
+        fields = response.header_fields
+        if _NOT_RETURNED.isdisjoint(map(_first, fields)):
+            lines = list(map(_second, fields))
+        else:
+            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
         if self._set_cookie is not None:
-            out.append((b"Set-Cookie", self._set_cookie))
+            lines.append(b"Set-Cookie: " + self._set_cookie)
         length = response.length
         body = response.whole_body()
         if body is not None:
             # The whole body came with the head (most small responses): no
             # relay, no timer, and a length even if the upstream chunked it.
-            request.send_head(response.code, response.phrase, out, len(body))
+            request.send_head_lines(response.code, response.phrase, lines, len(body))
             request.write(body)
             self._on_body_done(COMPLETE)
             return
-        request.send_head(
-            response.code, response.phrase, out, length if isinstance(length, int) else None
+        request.send_head_lines(
+            response.code, response.phrase, lines, length if isinstance(length, int) else None
         )
         self._relay = relay = ResponseRelay(
             request,

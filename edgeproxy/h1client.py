@@ -101,6 +101,8 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _HOP_BY_HOP = HOP_BY_HOP
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
+_HOST_LINE = re.compile(rb"\r\nhost:", re.IGNORECASE)
+_COLON_SPACE = b": "
 
 
 #: The parser of every closed connection (it never parses again; no callbacks).
@@ -153,16 +155,28 @@ class H1Response:
         version: tuple[bytes, int, int],
         code: int,
         phrase: bytes,
-        header_pairs: list[tuple[bytes, bytes]],
+        header_fields: list[tuple[bytes, bytes]],
         length: int | object,
     ) -> None:
         self.version = version
         self.code = code
         self.phrase = phrase
-        #: End-to-end headers as ``(name, value)`` lines, in order, hop-by-hop ones removed.
-        self.header_pairs = header_pairs
+        #: End-to-end headers as ``(lower-case name, b"Name: value")``, one
+        #: per line, in order, hop-by-hop ones removed: the line as it goes
+        #: on, and its name lower-cased once, while parsing, for whoever
+        #: filters them next.
+        self.header_fields = header_fields
         self.length = length
         self._exchange = exchange
+
+    @property
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """End-to-end headers as ``(name, value)`` lines, in order."""
+        pairs = []
+        for _lname, line in self.header_fields:
+            name, _, value = line.partition(b": ")
+            pairs.append((name, value))
+        return pairs
 
     @property
     def headers(self) -> Headers:
@@ -525,7 +539,7 @@ class _Connection(Protocol):
         self._complete = False  # the final response is complete
         self._interim = False
         self._phrase = b""
-        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._connection_tokens: list[bytes] | None = None
         self._content_length: bytes | None = None
         self._transfer_encoding: list[bytes] | None = None
@@ -924,7 +938,7 @@ class _Connection(Protocol):
                 else:
                     te.append(value)
         else:
-            self._headers.append((lname, name, value))
+            self._headers.append((lname, name + b": " + value))
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -932,7 +946,8 @@ class _Connection(Protocol):
             raise _Trailing()
         parser = self._parser
         code = parser.get_status_code()
-        if parser.get_http_version() not in ("1.1", "1.0") or not 100 <= code <= 999:
+        http_version = parser.get_http_version()
+        if (http_version != "1.1" and http_version != "1.0") or not 100 <= code <= 999:
             raise _ProtocolViolation()
         te = self._transfer_encoding
         if te is not None and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
@@ -949,12 +964,11 @@ class _Connection(Protocol):
             return
         self._final = True
         tokens = self._connection_tokens
-        http11 = parser.get_http_version() == "1.1"
+        http11 = http_version == "1.1"
         head = exchange.method == b"HEAD"
-        if tokens is None:
-            headers = [(name, value) for _lname, name, value in self._headers]
-        else:
-            headers = [(name, value) for lname, name, value in self._headers if lname not in tokens]
+        headers = self._headers
+        if tokens is not None:
+            headers = [field for field in headers if field[0] not in tokens]
         add = headers.append
         length: int | object
         cl = self._content_length
@@ -962,7 +976,7 @@ class _Connection(Protocol):
         if head or code in _NO_BODY_STATUSES:
             length = 0
             if head and cl is not None and b"content-length" not in (tokens or ()):
-                add((b"Content-Length", cl.strip()))
+                add((b"content-length", b"Content-Length: " + cl.strip()))
             # No body follows, whatever the head says (RFC 9112 6.3).  A HEAD
             # answer's Content-Length describes the GET body and is normal, so
             # that connection is reused as every proxy does; a 204/304 that
@@ -1090,22 +1104,20 @@ class H1Client:
             pairs = [(n, v) for n, values in headers.getAllRawHeaders() for v in values]
         else:
             pairs = headers
-        lines = [method + b" " + target + b" HTTP/1.1"]
-        has_host = False
-        for name, value in pairs:
-            if not has_host and name.lower() == b"host":
-                has_host = True
-            lines.append(name + b": " + value)
-        if not has_host:
-            lines.append(b"Host: " + _host_value(endpoint))
+        lines = list(map(_COLON_SPACE.join, pairs))
+        lines.insert(0, method + b" " + target + b" HTTP/1.1")
         if body is not None and body_length is not None:
             lines.append(b"Content-Length: %d\r\n\r\n" % body_length)
         else:
             body = None
             body_length = 0
             lines.append(b"Content-Length: 0\r\n\r\n" if method in (b"POST", b"PUT") else b"\r\n")
+        head = b"\r\n".join(lines)
+        if _HOST_LINE.search(head) is None:
+            # (Names are tokens: no other line can hold a CR LF then "host:".)
+            head = head.replace(b"\r\n", b"\r\nHost: " + _host_value(endpoint) + b"\r\n", 1)
         exchange = _Exchange(
-            self, endpoint, method, b"\r\n".join(lines), body, body_length, connect_timeout,
+            self, endpoint, method, head, body, body_length, connect_timeout,
             on_response, on_error,
         )
         exchange.deadline = self.reactor.seconds() + response_timeout

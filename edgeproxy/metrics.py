@@ -50,6 +50,8 @@ class Metrics:
         self.request_durations: dict[tuple[str, str], _Histogram] = {}
         self.upstream_durations: dict[str, _Histogram] = {}
         self.body_bytes: dict[str, list[int]] = {}  # vhost -> [in, out]
+        # (vhost, route, cluster) -> the above's entries for it, looked up once.
+        self._sinks: dict[tuple[str | None, str | None, str | None], _Sink] = {}
         r.register(_RequestCollector(self))
         self.tls_handshakes = Counter(
             "edgeproxy_tls_handshakes",
@@ -95,25 +97,37 @@ class Metrics:
         body_out: int,
     ) -> None:
         """One finished request (called for every request: no record is built for it)."""
-        vhost = vhost or "-"
-        route = route or "-"
-        key = (vhost, route, cluster or "-", _status_class(status))
+        sink = self._sinks.get((vhost, route, cluster))
+        if sink is None:
+            sink = self._sink(vhost, route, cluster)
+        key = sink.count_keys[status // 100 if 100 <= status < 600 else 0]
         counts = self.request_counts
         counts[key] = counts.get(key, 0) + 1
-        histogram = self.request_durations.get((vhost, route))
-        if histogram is None:
-            histogram = self.request_durations[(vhost, route)] = _Histogram()
-        histogram.observe(duration)
-        if upstream_time is not None and cluster is not None:
-            histogram = self.upstream_durations.get(cluster)
-            if histogram is None:
-                histogram = self.upstream_durations[cluster] = _Histogram()
-            histogram.observe(upstream_time)
-        pair = self.body_bytes.get(vhost)
-        if pair is None:
-            pair = self.body_bytes[vhost] = [0, 0]
+        sink.durations.observe(duration)
+        if upstream_time is not None and sink.upstream is not None:
+            sink.upstream.observe(upstream_time)
+        pair = sink.body_bytes
         pair[0] += body_in
         pair[1] += body_out
+
+    def _sink(self, vhost: str | None, route: str | None, cluster: str | None) -> _Sink:
+        """Where the requests of one (vhost, route, cluster) are added up."""
+        v, r, c = vhost or "-", route or "-", cluster or "-"
+        durations = self.request_durations.get((v, r))
+        if durations is None:
+            durations = self.request_durations[(v, r)] = _Histogram()
+        upstream = None
+        if cluster is not None:
+            upstream = self.upstream_durations.get(cluster)
+            if upstream is None:
+                upstream = self.upstream_durations[cluster] = _Histogram()
+        pair = self.body_bytes.get(v)
+        if pair is None:
+            pair = self.body_bytes[v] = [0, 0]
+        # Index status // 100 (1-5); 0 for a status outside 100-599.
+        keys = tuple((v, r, c, _status_class(n * 100) if n else "other") for n in range(6))
+        sink = self._sinks[(vhost, route, cluster)] = _Sink(keys, durations, upstream, pair)
+        return sink
 
     def connection_opened(self, listener: str) -> None:
         self.active_connections[listener] = self.active_connections.get(listener, 0) + 1
@@ -127,6 +141,24 @@ class Metrics:
         if child is None:
             child = self._handshake_children[version] = self.tls_handshakes.labels(version)
         child.inc()
+
+
+class _Sink:
+    """One (vhost, route, cluster)'s entries in the per-request sums."""
+
+    __slots__ = ("body_bytes", "count_keys", "durations", "upstream")
+
+    def __init__(
+        self,
+        count_keys: tuple[tuple[str, str, str, str], ...],
+        durations: _Histogram,
+        upstream: _Histogram | None,
+        body_bytes: list[int],
+    ) -> None:
+        self.count_keys = count_keys
+        self.durations = durations
+        self.upstream = upstream
+        self.body_bytes = body_bytes
 
 
 class _Histogram:

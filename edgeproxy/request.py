@@ -358,10 +358,15 @@ class ProxyRequest:
         are added here.  ``length`` is the body's length, None when unknown.
         The head is written with the first body bytes (one TLS record, one
         segment for a small response)."""
+        self.send_head_lines(code, phrase, list(map(b": ".join, headers)), length)
+
+    def send_head_lines(
+        self, code: int, phrase: bytes, lines: list[bytes], length: int | None
+    ) -> None:
+        """:meth:`send_head` with the headers already as ``b"Name: value"``
+        lines (which this takes over and adds to)."""
         self.code = code
-        lines = [b"HTTP/1.1 %d %s" % (code, phrase)]
-        for name, value in headers:
-            lines.append(name + b": " + value)
+        lines.insert(0, b"HTTP/1.1 %d %s" % (code, phrase))
         if self.request_id is not None:
             lines.append(b"X-Request-Id: " + self.request_id.encode("ascii"))
         if self.method == b"HEAD" or code in _NO_BODY_STATUSES or code < 200:

@@ -14,8 +14,7 @@ import itertools
 import string
 import urllib.parse
 from collections.abc import Sequence
-
-import attrs
+from typing import NamedTuple
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
 from edgeproxy.hostnames import wildcard_of
@@ -36,9 +35,11 @@ def prefix_bytes(prefix: str) -> bytes:
     return urllib.parse.quote(prefix, safe=_SAFE).encode("ascii")
 
 
-@attrs.frozen
-class RouteMatch:
-    """The outcome of routing one request."""
+class RouteMatch(NamedTuple):
+    """The outcome of routing one request.
+
+    (A named tuple: one is made per request, and an ``attrs`` frozen class
+    costs a ``object.__setattr__`` per field to build.)"""
 
     virtual_host: VirtualHost
     #: The virtual host's first configured name, for logs and metrics.

@@ -197,6 +197,26 @@ def test_host_is_the_endpoint_when_the_headers_have_none() -> None:
     assert b"\r\nHost: 10.0.0.2\r\n" in rig.accept().sent()
 
 
+def test_host_like_headers_are_not_host_and_host_is_found_in_any_case() -> None:
+    rig = Rig()
+    rig.request(headers={b"X-Host": [b"a"], b"X-Forwarded-Host": [b"host: b"]})
+    assert rig.accept().sent() == (
+        b"GET /x HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nX-Host: a\r\nX-Forwarded-Host: host: b\r\n\r\n"
+    )
+    # As (name, value) pairs, names keep the case the client gave them.
+    rig.client.request(
+        EP,
+        b"GET",
+        b"/x",
+        [(b"Accept", b"*/*"), (b"hOsT", b"shop.example")],
+        None,
+        None,
+        connect_timeout=5.0,
+        response_timeout=30.0,
+    )
+    assert rig.accept().sent() == (b"GET /x HTTP/1.1\r\nAccept: */*\r\nhOsT: shop.example\r\n\r\n")
+
+
 def test_small_body_goes_with_the_head_with_content_length_never_chunked() -> None:
     rig = Rig()
     rig.request(b"POST", body=b"pay me")
