@@ -96,13 +96,17 @@ _DONE = Failure(ResponseDone("Response body fully received"))
 #: The body protocol of a response whose body was taken whole (whole_body).
 _DELIVERED: IProtocol = Protocol()
 _NO_BODY_STATUSES = frozenset({204, 304})
-# Hop-by-hop response headers (RFC 9110 7.6.1); Content-Length is framing and
-# handled apart (kept for HEAD, where it describes the representation).
-_HOP_BY_HOP = HOP_BY_HOP
+# What on_header keeps out of the relayed headers: the hop-by-hop ones (RFC
+# 9110 7.6.1), and Content-Length, which is framing and handled apart (kept
+# for HEAD, where it describes the representation).
+_FRAMING = HOP_BY_HOP | {b"content-length"}
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
 _HOST_LINE = re.compile(rb"\r\nhost:", re.IGNORECASE)
 _COLON_SPACE = b": "
+# Connection tokens that name no header kept anyway ("close", or the
+# hop-by-hop Keep-Alive): the usual "Connection: keep-alive" filters nothing.
+_NAMELESS_TOKENS = frozenset({b"close", b"keep-alive"})
 
 
 #: The parser of every closed connection (it never parses again; no callbacks).
@@ -923,9 +927,11 @@ class _Connection(Protocol):
                 raise _Trailing()
             return
         lname = name.lower()
-        if lname == b"content-length":
+        if lname not in _FRAMING:
+            self._headers.append((lname, name + b": " + value))
+        elif lname == b"content-length":
             self._content_length = value
-        elif lname in _HOP_BY_HOP:
+        else:
             if lname == b"connection":
                 tokens = self._connection_tokens
                 if tokens is None:
@@ -937,8 +943,6 @@ class _Connection(Protocol):
                     self._transfer_encoding = [value]
                 else:
                     te.append(value)
-        else:
-            self._headers.append((lname, name + b": " + value))
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -967,7 +971,7 @@ class _Connection(Protocol):
         http11 = http_version == "1.1"
         head = exchange.method == b"HEAD"
         headers = self._headers
-        if tokens is not None:
+        if tokens is not None and not _NAMELESS_TOKENS.issuperset(tokens):
             headers = [field for field in headers if field[0] not in tokens]
         add = headers.append
         length: int | object
