@@ -75,6 +75,8 @@ def _write(self: Any, data: bytes) -> None:
                 # Full (EAGAIN), interrupted, or broken: the buffered path
                 # below takes the bytes; doWrite retries or finds the error.
                 sent = 0
+            if sent == len(data):
+                return
         else:
             sent = self.writeSomeData(data)
         # An exception (connection lost) or nothing sent: the buffered path
