@@ -15,7 +15,11 @@ scheme:
 3. the same rate against the backend directly, for the baseline, and (when nginx is
    installed) against nginx as a reverse proxy on the same CPU, for a reference: a
    stall that nginx shows too comes from the machine (a shared VM's CPU can be taken
-   away for milliseconds), not from edgeproxy.
+   away for milliseconds), not from edgeproxy;
+4. steps 2 and 3 in ``--rounds`` interleaved rounds (edgeproxy, direct, nginx, then
+   again), each target held for ``--duration`` seconds per round.  The table gives
+   the median over rounds, and the added latency per round beside it: a stretch of
+   noise lands in one round of one target instead of deciding the whole result.
 
 "Proxy-added" is the proxy's percentile minus the backend's. wrk measures from
 sending a request to its response; it is a closed loop, so a stall delays the next
@@ -23,13 +27,15 @@ request of that connection rather than piling up requests behind it (wrk2 would
 count those too, but it is not packaged for Debian), which is why the rate is kept
 at half of the peak.
 
-Run: ``.venv/bin/python bench/latency.py [--duration 10] [--connections 50]``.
+Run: ``.venv/bin/python bench/latency.py [--duration 5] [--rounds 5] [--connections 50]``
+(about 4 minutes with the defaults).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,12 +81,20 @@ _DELAY_SCRIPT = (
 
 
 def fixed_rate(
-    procs: Processes, url: str, rate: float, args: argparse.Namespace, script: Path
+    procs: Processes,
+    url: str,
+    rate: float,
+    args: argparse.Namespace,
+    script: Path,
+    delay_ms: float | None = None,
 ) -> dict[str, Any]:
-    """wrk at about ``rate`` requests/s; the delay is corrected once from what it achieved."""
-    delay_ms = max(args.connections / rate * 1000.0 - 1.0, 0.0)
+    """wrk at about ``rate`` requests/s; the delay is corrected once from what it
+    achieved (not when ``delay_ms`` comes from an earlier round)."""
+    tries = 1 if delay_ms is not None else 2
+    if delay_ms is None:
+        delay_ms = max(args.connections / rate * 1000.0 - 1.0, 0.0)
     result: dict[str, Any] = {}
-    for _ in range(2):
+    for _ in range(tries):
         argv = procs.command(
             ["wrk", "--latency", "-t1", "-c", str(args.connections),
              "-d", f"{round(args.duration)}s", "-s", str(script), "-H", f"Host: {HOST}", url],
@@ -103,7 +117,10 @@ def fixed_rate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds of the peak run and of each round's run per target")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds (proxied, direct, nginx); medians are reported")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--no-pin", dest="pin", action="store_false")
     args = parser.parse_args(argv)
@@ -139,19 +156,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             peak = parse_wrk(peak_out)
             half = peak.requests_per_s / 2
             log(f"{scheme}: {peak.requests_per_s:.0f} req/s at peak; holding {half:.0f} req/s")
-            proxied = fixed_rate(procs, url, half, args, script)
-            direct = fixed_rate(procs, direct_url, half, args, script)
-            nginx_row = None
+            targets = {"proxied": url, "direct": direct_url}
             if reference is not None:
-                nginx_url = target_url(scheme, reference.ports[scheme], SMALL_PATH)
-                nginx_row = fixed_rate(procs, nginx_url, half, args, script)
-            rows.append({
+                targets["nginx"] = target_url(scheme, reference.ports[scheme], SMALL_PATH)
+            # Interleaved rounds: a stretch of noise on the machine (a shared
+            # VM's CPU taken away for milliseconds) lands in one round of one
+            # target, and the median over rounds leaves it out.
+            rounds: list[dict[str, dict[str, Any]]] = []
+            delays: dict[str, float] = {}
+            for number in range(args.rounds):
+                log(f"{scheme}: round {number + 1} of {args.rounds}")
+                measured = {}
+                for name, target in targets.items():
+                    measured[name] = fixed_rate(procs, target, half, args, script,
+                                                delays.get(name))
+                    delays[name] = measured[name]["delay_ms"]
+                rounds.append(measured)
+            row: dict[str, Any] = {
                 "scheme": scheme, "peak_rate": peak.requests_per_s,
-                "peak_p50_ms": peak.p50_ms, "peak_p99_ms": peak.p99_ms,
-                "proxied": proxied, "direct": direct, "nginx": nginx_row,
-                "added_p50_ms": proxied["p50_ms"] - direct["p50_ms"],
-                "added_p99_ms": proxied["p99_ms"] - direct["p99_ms"],
-            })
+                "peak_p50_ms": peak.p50_ms, "peak_p99_ms": peak.p99_ms, "rounds": rounds,
+            }
+            for name in targets:
+                row[name] = {
+                    key: statistics.median(r[name][key] for r in rounds)
+                    for key in ("rate", "p50_ms", "p99_ms")
+                }
+                row[name]["errors"] = sum(r[name]["errors"] for r in rounds)
+            row.setdefault("nginx", None)
+            for name, prefix in (("proxied", "added"), ("nginx", "nginx_added")):
+                if name not in targets:
+                    continue
+                for key in ("p50", "p99"):
+                    per_round = [r[name][f"{key}_ms"] - r["direct"][f"{key}_ms"] for r in rounds]
+                    row[f"{prefix}_{key}_ms"] = statistics.median(per_round)
+                    row[f"{prefix}_{key}_ms_rounds"] = per_round
+            rows.append(row)
         report["rows"] = rows
     finally:
         stop_and_clean(procs, tmp, False)
@@ -159,20 +198,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("| scheme | edgeproxy peak req/s | held req/s | p50 ms edgeproxy / direct | "
           "p99 ms edgeproxy / direct | edgeproxy-added p50 / p99 ms | "
-          "nginx-added p50 / p99 ms (same rate) | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "nginx-added p50 / p99 ms (same rate) | edgeproxy-added p99 per round | "
+          "nginx-added p99 per round | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in report["rows"]:
         p, d, n = r["proxied"], r["direct"], r["nginx"]
         reference_cell = (
-            f"{n['p50_ms'] - d['p50_ms']:.2f} / {n['p99_ms'] - d['p99_ms']:.2f}" if n else "-"
+            f"{r['nginx_added_p50_ms']:.2f} / {r['nginx_added_p99_ms']:.2f}" if n else "-"
         )
         errors = p["errors"] + d["errors"] + (n["errors"] if n else 0)
         print(f"| {r['scheme']} | {r['peak_rate']:.0f} | {p['rate']:.0f} | "
               f"{p['p50_ms']:.2f} / {d['p50_ms']:.2f} | {p['p99_ms']:.2f} / {d['p99_ms']:.2f} | "
               f"{r['added_p50_ms']:.2f} / {r['added_p99_ms']:.2f} | {reference_cell} | "
-              f"{errors} |")
+              f"{_rounds_cell(r.get('added_p99_ms_rounds'))} | "
+              f"{_rounds_cell(r.get('nginx_added_p99_ms_rounds'))} | {errors} |")
     print(f"\nresults: {path}")
     return 0
+
+
+def _rounds_cell(values: list[float] | None) -> str:
+    return " ".join(f"{v:.2f}" for v in values) if values else "-"
 
 
 if __name__ == "__main__":
