@@ -58,7 +58,23 @@ def _text(value: bytes | str | None) -> str:
     return value.replace('"', "%22")
 
 
-@attrs.frozen
+# Methods and protocol versions are few (llhttp takes only the registered
+# methods and HTTP/1.x): their text is made once.
+_SHORT_TEXT: dict[bytes, str] = {}
+
+
+def _short_text(value: bytes) -> str:
+    text = _SHORT_TEXT.get(value)
+    if text is None:
+        text = _text(value)
+        if len(_SHORT_TEXT) < 256:
+            _SHORT_TEXT[value] = text
+    return text
+
+
+# Not frozen: one is made for every request, and a frozen class builds itself
+# with an ``object.__setattr__`` call per field (22 of them).
+@attrs.define
 class AccessRecord:
     """What is logged about one request; the JSON keys are these names."""
 
@@ -100,23 +116,38 @@ def _tls_details(request: Any) -> tuple[str | None, str | None]:
     return version, name.decode("ascii", "replace") if name else None
 
 
+def _referer_and_agent(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """The first ``Referer`` and ``User-Agent`` values, in one pass (only names
+    of their lengths are lower-cased)."""
+    referer = agent = None
+    for name, value in headers:
+        length = len(name)
+        if length == 7:
+            if referer is None and name.lower() == b"referer":
+                referer = value
+        elif length == 10 and agent is None and name.lower() == b"user-agent":
+            agent = value
+    return referer, agent
+
+
 def access_record(request: Any, now: float, duration: float) -> AccessRecord:
     vhost = request.vhost
     route = request.route
     tls_version, sni = _tls_details(request)
+    referer, user_agent = _referer_and_agent(request.headers)
     host = request.host or b""
     return AccessRecord(
         time=now,
         client=request.client_ip,
-        method=_text(request.method),
+        method=_short_text(request.method),
         host=_text(host),
         path=_text(request.uri),
-        protocol=_text(request.clientproto),
+        protocol=_short_text(request.clientproto),
         status=request.code,
         bytes=request.sentLength,
         duration=duration,
-        referer=_text(request.getHeader(b"referer") or b""),
-        user_agent=_text(request.getHeader(b"user-agent") or b""),
+        referer=_text(referer),
+        user_agent=_text(user_agent),
         vhost=vhost.vhost_name if vhost is not None else None,
         route=route.prefix if route is not None else None,
         cluster=request.cluster_name,

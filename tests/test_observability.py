@@ -23,3 +23,28 @@ def test_combined_line_is_combined_format_then_fields() -> None:
 
 def test_combined_time_is_cached_per_second() -> None:
     assert combined_time(1_800_000_000.1) is combined_time(1_800_000_000.9)
+
+
+def test_referer_and_user_agent_are_the_first_of_each_in_any_case() -> None:
+    from edgeproxy.observability import _referer_and_agent
+
+    headers = [
+        (b"Host", b"shop.example"),
+        (b"X-Other", b"same length as referer"),
+        (b"X-Agent-Id", b"same length as user-agent"),
+        (b"REFERER", b"https://a.example/"),
+        (b"user-agent", b"first"),
+        (b"Referer", b"https://b.example/"),
+        (b"User-Agent", b"second"),
+    ]
+    assert _referer_and_agent(headers) == (b"https://a.example/", b"first")
+    assert _referer_and_agent([(b"Host", b"x")]) == (None, None)
+
+
+def test_method_and_protocol_text_is_made_once_and_quotes_are_escaped() -> None:
+    from edgeproxy.observability import _short_text
+
+    assert _short_text(b"GET") == "GET"
+    assert _short_text(b"GET") is _short_text(b"GET")
+    assert _short_text(b'M"X') == "M%22X"
+    assert _short_text(b"") == "-"
