@@ -203,12 +203,18 @@ class TLSServerProtocol(Protocol):
                 return
             self.app.dataReceived(plaintext)
             in_bio = self._in_bio
-            if in_bio is not None and not _mem_pending(in_bio, _NULL) and not connection.pending():
+            if (
+                in_bio is not None
+                and not _mem_pending(in_bio, _NULL)
+                and not _lib.SSL_pending(self._ssl)
+            ):
                 break  # nothing left to decrypt: spare the read that would raise
         # Reading may have produced output: an alert refusing renegotiation,
-        # a KeyUpdate answer.
+        # a KeyUpdate answer.  (Usually nothing: the BIO says so without a call.)
         if not self._tls_closed:
-            self._flush()
+            out_bio = self._out_bio
+            if out_bio is None or _mem_pending(out_bio, _NULL):
+                self._flush()
 
     def _flush(self, expected: int = 0) -> None:
         """Send whatever OpenSSL has produced, in one transport write."""
