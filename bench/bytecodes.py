@@ -22,20 +22,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from edgeproxy.config import Cluster, Route, VirtualHost  # noqa: E402
-from tests.memproxy import make_config, proxy_factory  # noqa: E402
+from edgeproxy.config import Cluster, Route, VirtualHost
+from tests.memproxy import make_config, proxy_factory
 
-REQUEST = (
-    b"GET /x HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\n"
-    b"Accept: */*\r\n\r\n"
-)
+REQUEST = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 05 Dec 2026 20:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 1000\r\nConnection: keep-alive\r\n\r\n"
-    + b"x" * 1000
+    + b"x"
+    * 1000
 )
 
 
