@@ -21,7 +21,7 @@ from edgeproxy.settings import (
     Settings,
 )
 
-__all__ = ["Options", "makeService", "run_check"]
+__all__ = ["Options", "makeService", "run_check", "version_text"]
 
 _DEFAULT_HTTPS = "tcp:8443"
 _DEFAULT_HTTP = "tcp:8080"
@@ -76,6 +76,25 @@ def _workers(value: str) -> int:
     return number
 
 
+def version_text() -> str:
+    """``edgeproxy 0.1.0 (Twisted 24.3.0, Python 3.11.2)``: the installed
+    distribution's version, else the package's own."""
+    import platform
+    from importlib import metadata
+
+    from edgeproxy import __version__
+    from twisted import copyright
+
+    try:
+        version = metadata.version("edgeproxy")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version = __version__
+    return (
+        f"edgeproxy {version} (Twisted {copyright.version}, "
+        f"Python {platform.python_version()})"
+    )
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -97,8 +116,9 @@ class Options(usage.Options):
          "all loaded in name order."],
         ["certs", None, "certs", "The certificate directory (NAME.pem, NAME.crt+NAME.key, "
          "certbot's live/NAME/); re-scanned every 2 s."],
-        ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/healthz, /status); 'none' "
-         "to disable."],
+        # The paths must match edgeproxy.admin.admin_site (a test compares them).
+        ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/ page, /healthz, /readyz, "
+         "/status, /metrics); 'none' to disable."],
         ["max-body-size", None, DEFAULT_MAX_BODY_SIZE, "Default request body limit in bytes "
          "(413 above it); Route(max_body_size=...) overrides it per route.", _non_negative_int],
         ["redirect-port", None, None, "Port to put in http->https redirects (default: the "
@@ -127,6 +147,11 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         self.argv = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        """Display edgeproxy's version (and Twisted's and Python's) and exit."""
+        print(version_text())
+        sys.exit(0)
 
     def opt_https(self, description: str) -> None:
         """TLS listener endpoint, wrapped in TLS with SNI; repeatable [default: tcp:8443]."""

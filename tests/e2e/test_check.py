@@ -383,3 +383,12 @@ def test_plugin_is_discoverable(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok ")
+
+
+def test_version_is_edgeproxys(tmp_path: Path) -> None:
+    result = twistd("edgeproxy", "--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from edgeproxy import __version__
+
+    assert result.stdout.startswith(f"edgeproxy {__version__} (Twisted "), result.stdout
+    assert "Twisted version:" not in result.stdout
