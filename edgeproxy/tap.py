@@ -197,35 +197,37 @@ def run_check(
     settings: Settings, out: Any = None, err: Any = None, *, strict: bool = False
 ) -> int:
     """Validate config and certificates and what they mean together; print
-    every problem; return the exit code (1 on an error, or a warning if strict)."""
+    every problem, of every kind, in one pass, and a footer counting errors and
+    warnings; return the exit code (1 on an error, or a warning if strict)."""
     from edgeproxy.certwatch import check_directory
-    from edgeproxy.checks import CheckReport, format_report, run_semantic_check
-    from edgeproxy.configload import load_config
-    from edgeproxy.errors import ConfigError, ConfigProblem
+    from edgeproxy.checks import (
+        CheckReport,
+        check_default_certificate,
+        count_problems,
+        format_report,
+        run_semantic_check,
+    )
+    from edgeproxy.configload import inspect_config
 
     out = out or sys.stdout
     err = err or sys.stderr
-    problems: list[ConfigProblem] = []
     summary: list[str] = []
     now = datetime.datetime.now(datetime.UTC)
     scan = check_directory(settings.certs, now)
-    report = CheckReport()
-    try:
-        config = load_config(settings.config)
-    except ConfigError as e:
-        problems.extend(e.problems)
-    else:
+    # What the files that loaded mean is checked even when others did not
+    # load: one run shows everything (docs/configuration.md).
+    config, load_problems = inspect_config(settings.config)
+    report = CheckReport(load_problems + tuple(scan.problems))
+    if config is not None:
         summary.append(config.summary())
-        report = run_semantic_check(config, scan.index, now)
-    problems.extend(scan.problems)
-    lines, code = format_report(
-        CheckReport(tuple(problems) + report.errors, report.warnings), strict
-    )
+        report += run_semantic_check(config, scan.index, now)
+    report += check_default_certificate(scan.index, settings.certs)
+    lines, code = format_report(report, strict)
     for line in lines:
         print(line, file=err)
+    if lines:
+        print(f"edgeproxy: {count_problems(report)}", file=err)
     if code:
-        count = len(problems) + len(report.errors) + (len(report.warnings) if strict else 0)
-        print(f"edgeproxy: {count} problem(s) found", file=err)
         return 1
     count = len(scan.index.certificates)
     summary.append(f"{count} certificate" + ("" if count == 1 else "s"))
