@@ -18,6 +18,7 @@ from edgeproxy.settings import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RELOAD_TIMEOUT,
     Settings,
 )
 
@@ -134,6 +135,9 @@ class Options(usage.Options):
          _access_log_format],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT, "On SIGTERM, seconds to let requests "
          "in flight finish after the listeners close.", _non_negative_float],
+        ["reload-timeout", None, DEFAULT_RELOAD_TIMEOUT, "On a reload (SIGHUP, "
+         "--watch-config), seconds the config files may take to load (off the event loop) "
+         "before the reload is rejected and the running config stays.", _positive_float],
     ]
 
     def __init__(self) -> None:
@@ -187,6 +191,7 @@ class Options(usage.Options):
             trusted_sources=tuple(self["trusted-source"]),
             watch_config=bool(self["watch-config"]),
             drain_timeout=self["drain-timeout"],
+            reload_timeout=self["reload-timeout"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.
