@@ -41,6 +41,7 @@ from edgeproxy.certificates import (
 from edgeproxy.errors import ConfigProblem
 
 __all__ = [
+    "NO_DEFAULT_CERTIFICATE",
     "CertificateDirectory",
     "CertificateSource",
     "CertificateWatcher",
@@ -54,6 +55,16 @@ _CERTBOT_KEY = "privkey.pem"
 # Files certbot keeps next to fullchain.pem/privkey.pem; never NAME.pem certificates.
 _CERTBOT_FILES = frozenset({_CERTBOT_CHAIN, _CERTBOT_KEY, "cert.pem", "chain.pem"})
 _DEFAULT_STEM = "default"
+
+#: Said at start-up, on every index swap and by ``--check`` when the directory
+#: has no default certificate (docs/certificates.md says how to set one).
+NO_DEFAULT_CERTIFICATE = (
+    "no default certificate (default.pem, or default.crt + default.key): clients that send "
+    "no server name (by IP address, some old clients and probes) and names no certificate "
+    "covers are refused in the TLS handshake; see 'The default certificate' in "
+    "docs/certificates.md"
+)
+
 # PEM labels that make a *.pem file a candidate certificate file.
 _RELEVANT_PEM_MARKERS = (b"CERTIFICATE-----", b"PRIVATE KEY-----")
 
@@ -394,6 +405,14 @@ class CertificateWatcher(Service):
         index = result.index
         for warning in index.warnings:
             self.log.warn("certificate warning: {warning}", warning=warning)
+        if index.default is None:
+            # Otherwise the only sign is "default None" below, and SNI-less
+            # clients are refused with nothing logged per handshake.
+            self.log.warn(
+                "certificate warning: {path}: {problem}",
+                path=self.directory.path,
+                problem=NO_DEFAULT_CERTIFICATE,
+            )
         self.log.info(
             "certificate index loaded from {path}: {certificates} certificate(s), "
             "{names} name(s), default {default}",

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import attrs
 
 from edgeproxy.certificates import CertificateIndex, LoadedCertificate
+from edgeproxy.certwatch import NO_DEFAULT_CERTIFICATE
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
 from edgeproxy.configload import Expectation, LoadedConfig
 from edgeproxy.errors import ConfigProblem
@@ -35,10 +36,12 @@ __all__ = [
     "CheckReport",
     "check_certificate_coverage",
     "check_certificate_validity",
+    "check_default_certificate",
     "check_endpoints",
     "check_expectations",
     "check_shadowed_routes",
     "check_unused_clusters",
+    "count_problems",
     "format_report",
     "run_semantic_check",
 ]
@@ -93,6 +96,15 @@ def format_report(report: CheckReport, strict: bool) -> tuple[list[str], int]:
     lines.extend(f"warning: {problem}" for problem in report.warnings)
     failed = bool(report.errors) or (strict and bool(report.warnings))
     return lines, 1 if failed else 0
+
+
+def count_problems(report: CheckReport) -> str:
+    """The footer of ``--check``: ``"2 errors, 1 warning"``."""
+    errors, warnings = len(report.errors), len(report.warnings)
+    return (
+        f"{errors} error{'' if errors == 1 else 's'}, "
+        f"{warnings} warning{'' if warnings == 1 else 's'}"
+    )
 
 
 # -- where things are -------------------------------------------------------
@@ -236,6 +248,8 @@ def check_shadowed_routes(config: LoadedConfig) -> CheckReport:
         for wire, routes in by_bytes.items():
             first, *others = routes
             for other in others:
+                if other.prefix == first.prefix:
+                    continue  # written twice: the loader reports that
                 errors.append(
                     _problem(
                         config,
@@ -421,6 +435,13 @@ def check_certificate_coverage(config: LoadedConfig, index: CertificateIndex) ->
                     _problem(config, path, f"virtual host {vhost.names[0]!r}: {message}", name)
                 )
     return CheckReport(warnings=tuple(warnings))
+
+
+def check_default_certificate(index: CertificateIndex, directory: str) -> CheckReport:
+    """A warning when the certificate directory has no default certificate."""
+    if index.default is not None:
+        return CheckReport()
+    return CheckReport(warnings=(ConfigProblem(directory, NO_DEFAULT_CERTIFICATE),))
 
 
 def _covers(certificate: LoadedCertificate, name: str) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "Expectation",
     "LoadedConfig",
     "config_files",
+    "inspect_config",
     "load_config",
 ]
 
@@ -150,7 +151,26 @@ def config_files(path: str) -> list[str]:
 
 def load_config(path: str) -> LoadedConfig:
     """Load a configuration file or directory; raise one ConfigError listing every problem."""
-    files = config_files(path)
+    config, problems = inspect_config(path)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem, ...]]:
+    """Load what loads and report every problem, for ``--check``.
+
+    The configuration is built from the files that ran, whatever their
+    problems (a name claimed twice goes to its first claim and a cluster name
+    defined twice to its first definition, as in the routing table), so that
+    what they mean can be checked in the same pass.  ``None`` when there are
+    no files to run (a missing path, an empty directory).  Problems are sorted
+    by file, in load order, and line.
+    """
+    try:
+        files = config_files(path)
+    except ConfigError as e:
+        return None, e.problems
     problems: list[ConfigProblem] = []
     loaded: list[_LoadedFile] = []
     for filename in files:
@@ -165,10 +185,8 @@ def load_config(path: str) -> LoadedConfig:
     virtual_hosts = tuple(vhost for f in loaded for vhost in f.virtual_hosts)
     if not problems and not virtual_hosts:
         problems.append(ConfigProblem(path, "the configuration defines no virtual hosts"))
-    if problems:
-        order = {filename: index for index, filename in enumerate(files)}
-        problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
-        raise ConfigError(problems)
+    order = {filename: index for index, filename in enumerate(files)}
+    problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
 
     clusters: dict[str, Cluster] = {}
     for vhost in virtual_hosts:
@@ -179,7 +197,7 @@ def load_config(path: str) -> LoadedConfig:
     for f in loaded:
         for definition in f.defined_clusters:
             defined.setdefault(definition.cluster.name, []).append(definition)
-    return LoadedConfig(
+    config = LoadedConfig(
         virtual_hosts=virtual_hosts,
         files=tuple(files),
         clusters=types.MappingProxyType(clusters),
@@ -193,6 +211,7 @@ def load_config(path: str) -> LoadedConfig:
             {f.path: types.MappingProxyType(f.literal_lines) for f in loaded}
         ),
     )
+    return config, tuple(problems)
 
 
 @attrs.frozen

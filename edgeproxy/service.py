@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -24,10 +24,9 @@ from edgeproxy import fastpoll, heap, writethrough
 from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
-from edgeproxy.configload import load_config
-from edgeproxy.configwatch import ConfigWatcher
+from edgeproxy.configload import LoadedConfig, load_config
+from edgeproxy.configwatch import BackgroundLoader, ConfigWatcher, in_daemon_thread
 from edgeproxy.downstream import ConnectionTracker, ProxyFactory
-from edgeproxy.errors import ConfigError
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
 from edgeproxy.metrics import Metrics
@@ -130,6 +129,15 @@ class EdgeProxyService(MultiService):
         )
         self.generation = 1
         self.last_reload: dict[str, Any] | None = None
+        self.config_loader = BackgroundLoader(
+            settings.config,
+            load_config,
+            reactor,
+            in_daemon_thread(reactor),
+            settings.reload_timeout,
+            self._install_config,
+            self._reject_config,
+        )
         self.connections = ConnectionTracker()
         # Checks use their own short-lived connections, as HAProxy's do: a
         # check must see whether a *new* connection works.
@@ -206,27 +214,26 @@ class EdgeProxyService(MultiService):
             self._health_checkers[id(runtime)] = checker
             checker.setServiceParent(self)
 
-    def reload(self) -> bool:
+    def reload(self) -> Deferred[bool]:
         """Load the configuration again and swap it in whole; keep the old one if
-        the new one is broken.  Requests in flight finish on the snapshot they
-        started with; clusters defined exactly as before keep their health,
-        breakers and counters.  Returns whether the new configuration is in."""
-        at = self.reactor.seconds()
+        the new one is broken or takes longer than ``--reload-timeout`` to load.
+        The user's Python runs off the event loop (:class:`BackgroundLoader`);
+        the swap happens here, on the reactor.  Requests in flight finish on the
+        snapshot they started with; clusters defined exactly as before keep
+        their health, breakers and counters.  Fires with whether the new
+        configuration is in."""
         if self.access_sink is not None:
             # Log rotation: the file may have been moved away.
             self.access_sink.reopen()
-        try:
-            config = load_config(self.settings.config)
-        except ConfigError as e:
-            for problem in e.problems:
-                self.log.error("reload rejected: {problem}", problem=str(problem))
-            self.last_reload = {
-                "at": at,
-                "outcome": "error",
-                "problems": [str(p) for p in e.problems],
-            }
-            self.metrics.config_reloads.labels("error").inc()
-            return False
+        return self.config_loader.request()
+
+    def _reject_config(self, problems: Sequence[str], at: float) -> None:
+        for problem in problems:
+            self.log.error("reload rejected: {problem}", problem=problem)
+        self.last_reload = {"at": at, "outcome": "error", "problems": list(problems)}
+        self.metrics.config_reloads.labels("error").inc()
+
+    def _install_config(self, config: LoadedConfig, at: float) -> bool:
         old = self.forwarder.snapshot
         new = Snapshot.build(config, self.reactor, self._rng, previous=old)
         self.forwarder.swap(new)
@@ -240,8 +247,10 @@ class EdgeProxyService(MultiService):
         self.last_reload = {"at": at, "outcome": "ok", "problems": []}
         self.metrics.config_reloads.labels("ok").inc()
         self.log.info(
-            "configuration reloaded (generation {generation}): {summary}",
+            "configuration reloaded (generation {generation}, loaded in {seconds:.2f} s): "
+            "{summary}",
             generation=self.generation,
+            seconds=self.reactor.seconds() - at,
             summary=config.summary(),
         )
         return True
@@ -304,6 +313,7 @@ class EdgeProxyService(MultiService):
         return d
 
     def stopService(self) -> Deferred[None]:
+        self.config_loader.close()
         d = self.drain()
         d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
         d.addBoth(lambda _: self.upstream.close())

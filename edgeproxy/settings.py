@@ -21,6 +21,8 @@ DEFAULT_CERT_POLL_INTERVAL = 2.0
 DEFAULT_LINGERING_TIMEOUT = 5.0
 #: On SIGTERM, seconds requests in flight get to finish after the listeners close.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: A configuration reload whose files take longer than this to load is rejected.
+DEFAULT_RELOAD_TIMEOUT = 30.0
 
 
 @attrs.frozen
@@ -52,3 +54,6 @@ class Settings:
     watch_config: bool = False
     #: ``--drain-timeout``: on SIGTERM, how long requests in flight may take to finish.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: ``--reload-timeout``: a reload still loading after this many seconds is
+    #: rejected and the running configuration stays.
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT

@@ -18,10 +18,11 @@ from edgeproxy.settings import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RELOAD_TIMEOUT,
     Settings,
 )
 
-__all__ = ["Options", "makeService", "run_check"]
+__all__ = ["Options", "makeService", "run_check", "version_text"]
 
 _DEFAULT_HTTPS = "tcp:8443"
 _DEFAULT_HTTP = "tcp:8080"
@@ -76,6 +77,25 @@ def _workers(value: str) -> int:
     return number
 
 
+def version_text() -> str:
+    """``edgeproxy 0.1.0 (Twisted 24.3.0, Python 3.11.2)``: the installed
+    distribution's version, else the package's own."""
+    import platform
+    from importlib import metadata
+
+    from edgeproxy import __version__
+    from twisted import copyright
+
+    try:
+        version = metadata.version("edgeproxy")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version = __version__
+    return (
+        f"edgeproxy {version} (Twisted {copyright.version}, "
+        f"Python {platform.python_version()})"
+    )
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -97,8 +117,9 @@ class Options(usage.Options):
          "all loaded in name order."],
         ["certs", None, "certs", "The certificate directory (NAME.pem, NAME.crt+NAME.key, "
          "certbot's live/NAME/); re-scanned every 2 s."],
-        ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/healthz, /status); 'none' "
-         "to disable."],
+        # The paths must match edgeproxy.admin.admin_site (a test compares them).
+        ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/ page, /healthz, /readyz, "
+         "/status, /metrics); 'none' to disable."],
         ["max-body-size", None, DEFAULT_MAX_BODY_SIZE, "Default request body limit in bytes "
          "(413 above it); Route(max_body_size=...) overrides it per route.", _non_negative_int],
         ["redirect-port", None, None, "Port to put in http->https redirects (default: the "
@@ -114,6 +135,9 @@ class Options(usage.Options):
          _access_log_format],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT, "On SIGTERM, seconds to let requests "
          "in flight finish after the listeners close.", _non_negative_float],
+        ["reload-timeout", None, DEFAULT_RELOAD_TIMEOUT, "On a reload (SIGHUP, "
+         "--watch-config), seconds the config files may take to load (off the event loop) "
+         "before the reload is rejected and the running config stays.", _positive_float],
     ]
 
     def __init__(self) -> None:
@@ -127,6 +151,11 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         self.argv = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        """Display edgeproxy's version (and Twisted's and Python's) and exit."""
+        print(version_text())
+        sys.exit(0)
 
     def opt_https(self, description: str) -> None:
         """TLS listener endpoint, wrapped in TLS with SNI; repeatable [default: tcp:8443]."""
@@ -162,6 +191,7 @@ class Options(usage.Options):
             trusted_sources=tuple(self["trusted-source"]),
             watch_config=bool(self["watch-config"]),
             drain_timeout=self["drain-timeout"],
+            reload_timeout=self["reload-timeout"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.
@@ -172,35 +202,37 @@ def run_check(
     settings: Settings, out: Any = None, err: Any = None, *, strict: bool = False
 ) -> int:
     """Validate config and certificates and what they mean together; print
-    every problem; return the exit code (1 on an error, or a warning if strict)."""
+    every problem, of every kind, in one pass, and a footer counting errors and
+    warnings; return the exit code (1 on an error, or a warning if strict)."""
     from edgeproxy.certwatch import check_directory
-    from edgeproxy.checks import CheckReport, format_report, run_semantic_check
-    from edgeproxy.configload import load_config
-    from edgeproxy.errors import ConfigError, ConfigProblem
+    from edgeproxy.checks import (
+        CheckReport,
+        check_default_certificate,
+        count_problems,
+        format_report,
+        run_semantic_check,
+    )
+    from edgeproxy.configload import inspect_config
 
     out = out or sys.stdout
     err = err or sys.stderr
-    problems: list[ConfigProblem] = []
     summary: list[str] = []
     now = datetime.datetime.now(datetime.UTC)
     scan = check_directory(settings.certs, now)
-    report = CheckReport()
-    try:
-        config = load_config(settings.config)
-    except ConfigError as e:
-        problems.extend(e.problems)
-    else:
+    # What the files that loaded mean is checked even when others did not
+    # load: one run shows everything (docs/configuration.md).
+    config, load_problems = inspect_config(settings.config)
+    report = CheckReport(load_problems + tuple(scan.problems))
+    if config is not None:
         summary.append(config.summary())
-        report = run_semantic_check(config, scan.index, now)
-    problems.extend(scan.problems)
-    lines, code = format_report(
-        CheckReport(tuple(problems) + report.errors, report.warnings), strict
-    )
+        report += run_semantic_check(config, scan.index, now)
+    report += check_default_certificate(scan.index, settings.certs)
+    lines, code = format_report(report, strict)
     for line in lines:
         print(line, file=err)
+    if lines:
+        print(f"edgeproxy: {count_problems(report)}", file=err)
     if code:
-        count = len(problems) + len(report.errors) + (len(report.warnings) if strict else 0)
-        print(f"edgeproxy: {count} problem(s) found", file=err)
         return 1
     count = len(scan.index.certificates)
     summary.append(f"{count} certificate" + ("" if count == 1 else "s"))

@@ -12,7 +12,12 @@ from twisted.logger import LogLevel, capturedLogs
 
 from edgeproxy import certwatch
 from edgeproxy.certificates import CertificateIndex
-from edgeproxy.certwatch import CertificateDirectory, CertificateWatcher, check_directory
+from edgeproxy.certwatch import (
+    NO_DEFAULT_CERTIFICATE,
+    CertificateDirectory,
+    CertificateWatcher,
+    check_directory,
+)
 from edgeproxy.errors import ConfigProblem
 from tests.certutil import make_ca, utc, write_cert, write_key_mismatch, write_raw
 
@@ -388,7 +393,36 @@ def test_expired_winner_logged_as_warning(tmp_path, ca) -> None:
     watcher, indexes = _watcher(d, clock, now=lambda: NOW)
     with capturedLogs() as events:
         watcher.startService()
-    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn and "warning" in e]
     assert len(warnings) == 1 and "expired" in warnings[0]["warning"]
     assert served(indexes[0], "shop.example") is not None
+    watcher.stopService()
+
+
+def test_watcher_warns_while_there_is_no_default_certificate(tmp_path, ca) -> None:
+    d = str(tmp_path)
+    write_cert(d, "shop", ca, "shop.example")
+    clock = Clock()
+    watcher, indexes = _watcher(d, clock, now=lambda: NOW)
+
+    def no_default_warnings(events: list) -> list:  # type: ignore[type-arg]
+        return [
+            e
+            for e in events
+            if e["log_level"] == LogLevel.warn and e.get("problem") == NO_DEFAULT_CERTIFICATE
+        ]
+
+    with capturedLogs() as events:
+        watcher.startService()
+        clock.advance(2)  # nothing changed: said once, not on every poll
+    assert len(indexes) == 1
+    [warning] = no_default_warnings(events)
+    assert warning["path"] == d
+    assert "default.pem" in warning["problem"] and "docs/certificates.md" in warning["problem"]
+
+    with capturedLogs() as events:
+        write_cert(d, "default", ca, "any.example")
+        clock.advance(2)
+    assert len(indexes) == 2 and indexes[1].default is not None
+    assert no_default_warnings(events) == []
     watcher.stopService()

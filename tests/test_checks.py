@@ -14,10 +14,12 @@ from edgeproxy.checks import (
     CheckReport,
     check_certificate_coverage,
     check_certificate_validity,
+    check_default_certificate,
     check_endpoints,
     check_expectations,
     check_shadowed_routes,
     check_unused_clusters,
+    count_problems,
     format_report,
     run_semantic_check,
 )
@@ -701,3 +703,40 @@ def test_config_built_without_the_loader() -> None:
     )
     assert config.defined_clusters == {}
     assert ClusterDefinition  # exported
+
+
+def test_count_problems_says_errors_and_warnings() -> None:
+    one = ConfigProblem("a.py", "x", 1)
+    assert count_problems(CheckReport()) == "0 errors, 0 warnings"
+    assert count_problems(CheckReport((one, one), (one,))) == "2 errors, 1 warning"
+    assert count_problems(CheckReport((one,), (one, one))) == "1 error, 2 warnings"
+
+
+def test_no_default_certificate_is_a_warning(tmp_path: Path, ca: trustme.CA) -> None:
+    certs = tmp_path / "certs"
+    write_cert(str(certs), "shop", ca, "shop.example", not_before=NOW - days(1))
+    report = check_default_certificate(index_of(certs), str(certs))
+    assert report.errors == ()
+    assert [(p.path, p.line) for p in report.warnings] == [(str(certs), None)]
+    assert report.warnings[0].message.startswith("no default certificate (default.pem, ")
+    assert "docs/certificates.md" in report.warnings[0].message
+    write_cert(str(certs), "default", ca, "shop.example", not_before=NOW - days(1))
+    assert check_default_certificate(index_of(certs), str(certs)) == CheckReport()
+
+
+def test_a_prefix_written_twice_is_the_loaders_problem_only(tmp_path: Path) -> None:
+    from edgeproxy.configload import inspect_config
+
+    path = write(
+        tmp_path,
+        "site.py",
+        HEADER
+        + 'c = Cluster("c", endpoints=["127.0.0.1:1"])\n'
+        + 'virtual_hosts = [VirtualHost(["a.example"], routes=[Route("/x/", c), Route("/x/", c)])]\n',
+    )
+    config, problems = inspect_config(path)
+    assert [p.message for p in problems] == [
+        "virtual host 'a.example' has two routes for prefix '/x/'"
+    ]
+    assert config is not None
+    assert check_shadowed_routes(config) == CheckReport()

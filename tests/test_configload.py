@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
-from edgeproxy.configload import LoadedConfig, config_files, load_config
+from edgeproxy.configload import LoadedConfig, config_files, inspect_config, load_config
 from edgeproxy.errors import ConfigError, ConfigProblem
 
 EXAMPLE = """\
@@ -341,3 +341,39 @@ def test_every_problem_at_once_sorted_by_file(tmp_path: Path) -> None:
 def test_explicit_file_of_any_name(tmp_path: Path) -> None:
     path = write(tmp_path, "_site.conf", site('["a.example"]'))
     assert load_config(path).files == (path,)
+
+
+def test_inspect_config_builds_what_loaded_beside_every_problem(tmp_path: Path) -> None:
+    broken = write(tmp_path, "a.py", HEADER + "raise RuntimeError('no')\n")
+    first = write(
+        tmp_path, "b.py", site('["shop.example"]', cluster='Cluster("b", endpoints=["h:1"])')
+    )
+    second = write(tmp_path, "c.py", site('["shop.example", "c.example"]', "/c/"))
+    config, problems = inspect_config(str(tmp_path))
+    assert [(p.path, p.message.split(":")[0]) for p in problems] == [
+        (broken, "RuntimeError"),
+        (second, "hostname 'shop.example' is claimed by two virtual hosts"),
+    ]
+    assert config is not None
+    assert config.files == (broken, first, second)
+    assert config.virtual_host_files == (first, second)
+    # The first claim keeps the name, as in the routing table.
+    table = config.routing.find_virtual_host("shop.example")
+    assert table is not None and table.virtual_host is config.virtual_hosts[0]
+    assert list(config.clusters) == ["b", "c"]
+
+
+def test_inspect_config_without_files(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nothing")
+    assert inspect_config(missing) == (
+        None,
+        (ConfigProblem(missing, "no such file or directory"),),
+    )
+
+
+def test_inspect_config_of_a_good_configuration_matches_load_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "shop.py", EXAMPLE)
+    config, problems = inspect_config(path)
+    assert problems == ()
+    assert config is not None
+    assert config.summary() == load_config(path).summary()

@@ -210,7 +210,7 @@ def test_broken_config_fails_before_any_fork(
     with pytest.raises(SystemExit) as raised:
         makeService(options)
     assert raised.value.code == 1
-    assert "problem(s) found" in capsys.readouterr().err
+    assert "edgeproxy: 1 error, 0 warnings" in capsys.readouterr().err
 
 
 def test_good_config_makes_a_supervisor(tmp_path: Path) -> None:

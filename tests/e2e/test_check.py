@@ -202,7 +202,10 @@ def test_every_config_problem_reported_in_one_run(
     claim = next(line for line in errors if "d_claim_again.py" in line)
     assert f"{broken_sites / 'c_claim.py'}:3" in claim, claim
     assert len(errors) == len(expected), result.stderr
-    assert f"{len(expected)} problem(s) found" in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert result.stderr.splitlines()[-1] == (
+        f"edgeproxy: {len(expected)} errors, {len(warnings)} warnings"
+    ), result.stderr
     # Nothing is reported against the files that are fine on their own.
     assert not [line for line in errors if line.startswith(f"error: {broken_sites / 'c_claim.py'}")]
 
@@ -229,7 +232,7 @@ def test_broken_certificates(good: tuple[Path, Path], tmp_path: Path, ca: trustm
             path,
             result.stderr,
         )
-    assert "3 problem(s) found" in result.stderr
+    assert re.search(r"^edgeproxy: 3 errors, \d+ warnings?$", result.stderr, re.M), result.stderr
 
 
 def test_missing_certificate_directory(good: tuple[Path, Path], tmp_path: Path) -> None:
@@ -383,3 +386,12 @@ def test_plugin_is_discoverable(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok ")
+
+
+def test_version_is_edgeproxys(tmp_path: Path) -> None:
+    result = twistd("edgeproxy", "--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from edgeproxy import __version__
+
+    assert result.stdout.startswith(f"edgeproxy {__version__} (Twisted "), result.stdout
+    assert "Twisted version:" not in result.stdout

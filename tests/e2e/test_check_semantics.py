@@ -22,8 +22,9 @@ from tests.e2e.test_check import GOOD_A, GOOD_B, check
 
 HEADER = "from edgeproxy.config import Cluster, Route, Split, VirtualHost\n"
 
-# Loads fine; three warnings: an unused cluster, a name no certificate covers,
-# a certificate that expires in 5 days.  Its expectations all hold.
+# Loads fine; with the fixture's certificates, four warnings: an unused cluster,
+# a name no certificate covers, a certificate that expires in 5 days, and no
+# default certificate.  Its expectations all hold.
 WARNINGS_ONLY = HEADER + (
     "api = Cluster('api', endpoints=['127.0.0.1:9001'])\n"
     "web = Cluster('web', endpoints=['127.0.0.1:9002'])\n"
@@ -94,6 +95,9 @@ def expected_warnings(sites: Path, certs: Path) -> list[str]:
         rf"^warning: {re.escape(str(site))}:{line(site, 'uncovered.example')}: "
         r".*no certificate covers 'uncovered\.example'",
         rf"^warning: {re.escape(str(cert))}: certificate expires in 5 days",
+        rf"^warning: {re.escape(str(certs))}: no default certificate \(default\.pem, or "
+        r"default\.crt \+ default\.key\): clients that send no server name .* are refused "
+        r"in the TLS handshake; see 'The default certificate' in docs/certificates\.md$",
     ]
 
 
@@ -113,8 +117,9 @@ def test_warnings_are_printed(warnings_only: tuple[Path, Path], tmp_path: Path) 
     warnings = [row for row in result.stderr.splitlines() if row.startswith("warning: ")]
     for pattern in expected_warnings(sites, certs):
         assert len([w for w in warnings if re.search(pattern, w)]) == 1, (pattern, result.stderr)
-    assert len(warnings) == 3, result.stderr
+    assert len(warnings) == 4, result.stderr
     assert "error:" not in result.stderr
+    assert result.stderr.splitlines()[-1] == "edgeproxy: 0 errors, 4 warnings"
 
 
 def test_strict_fails_on_warnings(warnings_only: tuple[Path, Path], tmp_path: Path) -> None:
@@ -189,3 +194,33 @@ def good(tmp_path: Path, ca: trustme.CA) -> tuple[Path, Path]:
     write_cert(str(certs), "blog", ca, "blog.example", layout="crtkey")
     write_cert(str(certs), "admin", ca, "admin.example", layout="certbot")
     return sites, certs
+
+
+def test_load_errors_cross_checks_and_warnings_in_one_pass(tmp_path: Path, ca: trustme.CA) -> None:
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    broken = sites / "10-broken.py"
+    broken.write_text(HEADER + "api = Cluster('api', endpoints=[port])\n")
+    shop = sites / "20-shop.py"
+    shop.write_text(
+        HEADER + "web = Cluster('web', endpoints=['127.0.0.1:9002'])\n"
+        "spare = Cluster('spare', endpoints=['127.0.0.1:9003'])\n"
+        "virtual_hosts = [VirtualHost(['shop.example'], routes=[Route('/', web)])]\n"
+    )
+    again = sites / "30-again.py"
+    again.write_text(
+        HEADER + "other = Cluster('other', endpoints=['127.0.0.1:9004'])\n"
+        "virtual_hosts = [VirtualHost(['shop.example'], routes=[Route('/', other)])]\n"
+    )
+    certs = tmp_path / "certs"
+    write_cert(str(certs), "default", ca, "shop.example")
+    result = check(sites, certs, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {broken}:2: NameError: name 'port' is not defined",
+        f"error: {again}:3: hostname 'shop.example' is claimed by two virtual hosts: here and "
+        f"in {shop}:4",
+        f"warning: {shop}:3: cluster 'spare' (module-level 'spare') is not used by any route",
+        "edgeproxy: 2 errors, 1 warning",
+    ], result.stderr

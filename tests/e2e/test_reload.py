@@ -36,6 +36,18 @@ virtual_hosts = [
 """
 
 
+# Put before SPLIT: the import sleeps while the marker file exists (so the
+# first load, at start-up, is fast) and says when it has begun.
+SLOW = """
+import pathlib
+import time
+
+if pathlib.Path({marker!r}).exists():
+    pathlib.Path({started!r}).touch()
+    time.sleep({seconds})
+"""
+
+
 @dataclass
 class Env:
     proxy: ProxyProcess
@@ -49,6 +61,18 @@ class Env:
         tmp = self.site.with_suffix(".tmp")
         tmp.write_text(SPLIT.format(blue=self.blue.address, green=self.green.address, b=b, g=g))
         tmp.rename(self.site)
+
+    def write_slow(self, b: int, g: int, seconds: float) -> Path:
+        """A config whose import takes ``seconds`` from now on; returns the file
+        that appears when a load of it begins."""
+        marker, started = self.site.with_name("slow.marker"), self.site.with_name("slow.started")
+        text = SLOW.format(marker=str(marker), started=str(started), seconds=seconds)
+        text += SPLIT.format(blue=self.blue.address, green=self.green.address, b=b, g=g)
+        tmp = self.site.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(self.site)
+        marker.touch()
+        return started
 
     def status(self) -> dict:  # type: ignore[type-arg]
         url = f"http://127.0.0.1:{self.proxy.ports['admin']}/status"
@@ -173,3 +197,72 @@ def test_sigterm_drains_requests_in_flight(env: Env) -> None:
     assert env.proxy.process.wait(15) in (0, -signal.SIGTERM)  # type: ignore[union-attr]
     assert "Traceback" not in "".join(env.proxy.output)
     assert time.monotonic() - stopping_at >= 1.0  # it waited for the request
+
+
+def timed_backend(env: Env) -> tuple[float, str]:
+    began = time.monotonic()
+    backend = env.backend()
+    return time.monotonic() - began, backend
+
+
+def test_a_slow_reload_does_not_stall_requests(env: Env) -> None:
+    assert env.backend() == "blue"
+    started = env.write_slow(0, 100, seconds=3)
+    env.proxy.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_until(started.exists, 5, "the slow load began")
+    began = time.monotonic()
+    during: list[tuple[float, str]] = []
+    while time.monotonic() - began < 2.0:
+        during.append(timed_backend(env))
+    # The old configuration answers, at normal speed, while the new one loads.
+    assert len(during) >= 5, during
+    assert {backend for _, backend in during} == {"blue"}, during
+    assert max(seconds for seconds, _ in during) < 0.5, during
+    wait_until(lambda: env.backend() == "green", 10, "the slow configuration taken in")
+    config = env.status()["config"]
+    assert config["generation"] == 2 and config["last_reload"]["outcome"] == "ok"
+    env.proxy.wait_for_output(r"configuration reloaded \(generation 2, loaded in [2-9]\.\d+ s\)")
+
+
+def test_a_reload_past_the_limit_is_rejected_and_the_old_config_serves(tmp_path: Path) -> None:
+    made = start(tmp_path, "--reload-timeout", "1")
+    try:
+        assert made.backend() == "blue"
+        start_line = len(made.proxy.output)
+        started = made.write_slow(0, 100, seconds=3)
+        sent = time.monotonic()
+        made.proxy.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        line = made.proxy.wait_for_output(r"reload rejected", timeout=5, start=start_line)
+        rejected_after = time.monotonic() - sent
+        assert started.exists()
+        assert (
+            f"{made.site.parent}: loading the configuration took longer than 1 s "
+            "(--reload-timeout); "
+            "the running configuration stays"
+        ) in line
+        assert 0.9 < rejected_after < 2.5, rejected_after
+        seconds, backend = timed_backend(made)
+        assert backend == "blue" and seconds < 0.5
+        last = made.status()["config"]["last_reload"]
+        assert last["outcome"] == "error" and "--reload-timeout" in last["problems"][0]
+        # The load's thread ends later; what it loaded is not taken in.
+        made.proxy.wait_for_output(
+            r"rejected for taking too long ended after [2-9]\.\d s", timeout=8, start=start_line
+        )
+        assert made.backend() == "blue"
+        assert made.status()["config"]["generation"] == 1
+    finally:
+        made.proxy.stop()
+        made.blue.stop()
+        made.green.stop()
+
+
+def test_sigterm_does_not_wait_for_a_load_that_never_ends(env: Env) -> None:
+    started = env.write_slow(0, 100, seconds=600)
+    env.proxy.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    wait_until(started.exists, 5, "the endless load began")
+    assert env.backend() == "blue"
+    stopping_at = time.monotonic()
+    env.proxy.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert env.proxy.process.wait(15) in (0, -signal.SIGTERM)  # type: ignore[union-attr]
+    assert time.monotonic() - stopping_at < 10

@@ -1,0 +1,63 @@
+"""Tests for edgeproxy.tap: the version and the admin paths ``--help`` and the
+docs list, which must match what the admin listener serves."""
+
+from __future__ import annotations
+
+import re
+import types
+from importlib import metadata
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+import edgeproxy
+from edgeproxy.admin import admin_site
+from edgeproxy.metrics import Metrics
+from edgeproxy.tap import Options, version_text
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def served_paths() -> set[str]:
+    """The paths of the admin resource tree, as a client spells them."""
+    proxy = types.SimpleNamespace(reactor=MemoryReactorClock(), metrics=Metrics())
+    site = admin_site(cast(Any, proxy))
+    return {"/" + name.decode("ascii") for name in site.resource.children}
+
+
+def test_the_admin_tree_serves_the_page_and_the_probes() -> None:
+    assert served_paths() == {"/", "/healthz", "/readyz", "/status", "/metrics"}
+
+
+def test_admin_help_lists_every_served_path() -> None:
+    help_text = " ".join(str(Options()).split())
+    match = re.search(r"--admin=\s*Admin listener endpoint \(([^)]*)\)", help_text)
+    assert match is not None, help_text
+    listed = set(re.findall(r"/[a-z]*", match.group(1)))
+    assert listed == served_paths()
+
+
+def test_operations_doc_lists_every_served_path() -> None:
+    text = (DOCS / "operations.md").read_text()
+    section = text.split("## Admin listener", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(/[a-z]*)` \|", section, re.M))
+    assert listed == served_paths()
+
+
+def test_version_text_names_edgeproxy_twisted_and_python() -> None:
+    text = version_text()
+    assert re.fullmatch(r"edgeproxy \S+ \(Twisted \S+, Python \d+\.\d+\.\d+\S*\)", text), text
+    assert text.startswith(f"edgeproxy {metadata.version('edgeproxy')} ")
+
+
+def test_package_version_matches_the_distribution() -> None:
+    assert edgeproxy.__version__ == metadata.version("edgeproxy")
+
+
+def test_version_option_prints_edgeproxys_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        Options().parseOptions(["--version"])
+    assert raised.value.code == 0
+    assert capsys.readouterr().out == version_text() + "\n"
