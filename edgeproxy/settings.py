@@ -52,3 +52,5 @@ class Settings:
     watch_config: bool = False
     #: ``--drain-timeout``: on SIGTERM, how long requests in flight may take to finish.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: ``--tls-profile intermediate|modern`` (edgeproxy.certificates.TLS_PROFILES).
+    tls_profile: str = "intermediate"

@@ -66,6 +66,12 @@ def _access_log_format(value: str) -> str:
     return value
 
 
+def _tls_profile(value: str) -> str:
+    if value not in ("intermediate", "modern"):
+        raise ValueError(f"must be intermediate or modern: {value}")
+    return value
+
+
 def _workers(value: str) -> int:
     """``--workers``: a count, or ``auto`` for one per CPU."""
     if value == "auto":
@@ -114,6 +120,9 @@ class Options(usage.Options):
          _access_log_format],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT, "On SIGTERM, seconds to let requests "
          "in flight finish after the listeners close.", _non_negative_float],
+        ["tls-profile", None, "intermediate", "TLS versions, suites and groups, after "
+         "Mozilla's profiles: intermediate (TLS 1.2 with ECDHE and AES-GCM or ChaCha20, "
+         "and TLS 1.3) or modern (TLS 1.3 only); docs/certificates.md.", _tls_profile],
     ]
 
     def __init__(self) -> None:
@@ -162,6 +171,7 @@ class Options(usage.Options):
             trusted_sources=tuple(self["trusted-source"]),
             watch_config=bool(self["watch-config"]),
             drain_timeout=self["drain-timeout"],
+            tls_profile=self["tls-profile"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.
