@@ -200,8 +200,17 @@ def openssl_tls13_suite(proxy: Proxy, sni: str, suite: str) -> str | None:
     """The suite ``openssl s_client`` (Python cannot pin a TLS 1.3 suite)
     agrees on when it offers only ``suite``, or None when it is refused."""
     result = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{proxy.port}", "-servername", sni,
-         "-tls1_3", "-ciphersuites", suite],
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{proxy.port}",
+            "-servername",
+            sni,
+            "-tls1_3",
+            "-ciphersuites",
+            suite,
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
