@@ -62,7 +62,7 @@ from edgeproxy.errors import (
     HeadTooLarge,
     NotImplementedMethod,
 )
-from edgeproxy.hostnames import covered_by, normalise_name
+from edgeproxy.hostnames import covered_by, normalise_host
 from edgeproxy.netutil import set_no_delay
 from edgeproxy.request import ProxyRequest, RejectRequest, StopParsing
 
@@ -208,7 +208,7 @@ class ProxyChannel(Protocol):
                 # it must not reach a site that certificate does not cover.
                 names = certificate_names(connection)
                 self.certificate_names = names
-                sni = normalise_name(server_name)
+                sni = normalise_host(server_name)  # cached, unlike normalise_name
                 if names is not None and sni is not None and covered_by(sni, names):
                     self.covered_host = sni
         metrics = self.factory.metrics
