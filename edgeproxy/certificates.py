@@ -117,6 +117,8 @@ class LoadedCertificate:
 
 #: ssl.h's SSL_MODE_ENABLE_PARTIAL_WRITE (pyOpenSSL does not export it).
 _SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+#: ssl.h's SSL_OP_PRIORITIZE_CHACHA (OpenSSL 1.1.1+; pyOpenSSL does not export it).
+_SSL_OP_PRIORITIZE_CHACHA = 0x00200000
 
 #: ``--tls-profile`` values, named after Mozilla's Server Side TLS
 #: configurations: ``intermediate`` (TLS 1.2 and 1.3) and ``modern`` (TLS 1.3 only).
@@ -222,6 +224,9 @@ def make_server_context(
         contextForServerName=context_for_server_name,
     )
     context: SSL.Context = options.getContext()
+    # The server picks the suite, in the order above (Twisted's choice), except
+    # for a client that puts ChaCha20 first: a phone without AES instructions.
+    context.set_options(_SSL_OP_PRIORITIZE_CHACHA)
     _set_groups(context)
     set_tls13 = getattr(context, "set_tls13_ciphersuites", None)
     if set_tls13 is not None:  # pyOpenSSL 25.2+; OpenSSL's default is the same set

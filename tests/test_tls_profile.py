@@ -88,6 +88,25 @@ def test_intermediate_takes_each_of_its_tls12_suites(
 
 
 @pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        # The server's order ...
+        ("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"),
+        # ... unless the client puts ChaCha20 first (no AES instructions).
+        ("ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305"),
+        ("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305", "ECDHE-RSA-AES256-GCM-SHA384"),
+    ],
+)
+def test_server_order_but_chacha_for_clients_that_prefer_it(
+    ca: trustme.CA, intermediate: SNIConnectionCreator, offered: str, chosen: str
+) -> None:
+    ctx = _client(ca, TLS12, offered)
+    result = memory_handshake(intermediate, "rsa.test", ctx)
+    assert result.ok, result.error
+    assert result.cipher == chosen
+
+
+@pytest.mark.parametrize(
     ("sni", "suite"),
     [
         ("rsa.test", "AES128-GCM-SHA256"),
