@@ -15,7 +15,14 @@ ticket keys on the context a connection was *created* with (the "session
 context"), which here is the one long-lived bootstrap context of the
 :class:`SNIConnectionCreator`.  The bootstrap context therefore enables both the
 session cache and tickets, and lives as long as the listener; the per-certificate
-contexts only supply the certificate, key, chain and ALPN selection.
+contexts supply the certificate, key, chain and ALPN selection.
+
+The TLS profile (``--tls-profile``) is set on both kinds of context, because
+OpenSSL reads it from both: the versions and groups from the context a
+connection was created with, the TLS 1.2 suites from the one it switched to.
+Each certificate's context also carries the names it covers
+(:func:`certificate_names`), which the downstream channel reads once per
+connection for its 421 check.
 """
 
 from __future__ import annotations
