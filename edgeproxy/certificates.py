@@ -15,12 +15,20 @@ ticket keys on the context a connection was *created* with (the "session
 context"), which here is the one long-lived bootstrap context of the
 :class:`SNIConnectionCreator`.  The bootstrap context therefore enables both the
 session cache and tickets, and lives as long as the listener; the per-certificate
-contexts only supply the certificate, key, chain and ALPN selection.
+contexts supply the certificate, key, chain and ALPN selection.
+
+The TLS profile (``--tls-profile``) is set on both kinds of context, because
+OpenSSL reads it from both: the versions and groups from the context a
+connection was created with, the TLS 1.2 suites from the one it switched to.
+Each certificate's context also carries the names it covers
+(:func:`certificate_names`), which the downstream channel reads once per
+connection for its 421 check.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import re
@@ -40,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import (
 )
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -48,10 +56,16 @@ from edgeproxy.hostnames import normalise_name, wildcard_of
 
 __all__ = [
     "ALPN_PROTOCOLS",
+    "DEFAULT_TLS_PROFILE",
+    "TLS12_CIPHERS",
+    "TLS13_CIPHERSUITES",
+    "TLS_GROUPS",
+    "TLS_PROFILES",
     "CertificateFileError",
     "CertificateIndex",
     "LoadedCertificate",
     "SNIConnectionCreator",
+    "certificate_names",
     "load_certificate",
     "make_server_context",
     "parse_certificate",
@@ -110,6 +124,67 @@ class LoadedCertificate:
 
 #: ssl.h's SSL_MODE_ENABLE_PARTIAL_WRITE (pyOpenSSL does not export it).
 _SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+#: ssl.h's SSL_OP_PRIORITIZE_CHACHA (OpenSSL 1.1.1+; pyOpenSSL does not export it).
+_SSL_OP_PRIORITIZE_CHACHA = 0x00200000
+
+#: ``--tls-profile`` values, named after Mozilla's Server Side TLS
+#: configurations: ``intermediate`` (TLS 1.2 and 1.3) and ``modern`` (TLS 1.3 only).
+TLS_PROFILES: tuple[str, ...] = ("intermediate", "modern")
+DEFAULT_TLS_PROFILE = "intermediate"
+
+#: TLS 1.2 suites, in Mozilla's intermediate order: ECDHE key exchange (forward
+#: secrecy) and AEAD ciphers only, for ECDSA and RSA certificates.  Mozilla's
+#: list also has DHE-RSA suites; they are left out (slow, and every client
+#: that has them has ECDHE).
+TLS12_CIPHERS: tuple[str, ...] = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+#: Every TLS 1.3 suite a browser offers (OpenSSL's default set, made explicit).
+TLS13_CIPHERSUITES: tuple[str, ...] = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+)
+#: Key-exchange groups, preferred first.  OpenSSL would also take X448,
+#: secp521r1 and the FFDHE groups, which Mozilla's profiles leave out.
+TLS_GROUPS: tuple[str, ...] = ("X25519", "P-256", "P-384")
+
+# OpenSSL's SSL_CTX_set1_groups_list (as its older name, SSL_CTX_set1_curves_list,
+# which cryptography's bindings export): pyOpenSSL has no call that sets more
+# than one group.  Without it, set_tmp_ecdh limits the groups to P-256 alone,
+# which is narrower than the profile but still within it.
+try:
+    from cryptography.hazmat.bindings.openssl.binding import Binding as _Binding
+
+    _set_groups_list: Any = _Binding().lib.SSL_CTX_set1_curves_list
+except (ImportError, AttributeError):  # pragma: no cover - other bindings
+    _set_groups_list = None
+
+
+def groups_settable() -> bool:
+    """Whether contexts get every group of :data:`TLS_GROUPS` (else P-256 alone)."""
+    return _set_groups_list is not None
+
+
+@functools.cache
+def _acceptable_ciphers() -> AcceptableCiphers:
+    # Cached: Twisted checks the list against OpenSSL with a throwaway context.
+    ciphers: AcceptableCiphers = AcceptableCiphers.fromOpenSSLCipherString(
+        ":".join(TLS12_CIPHERS)
+    )
+    return ciphers
+
+
+def _set_groups(context: SSL.Context) -> None:
+    groups = ":".join(TLS_GROUPS).encode("ascii")
+    if _set_groups_list is not None and _set_groups_list(context._context, groups) == 1:
+        return
+    context.set_tmp_ecdh(ec.SECP256R1())
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
@@ -126,26 +201,43 @@ def make_server_context(
     certificate: x509.Certificate | None = None,
     chain: Iterable[x509.Certificate] = (),
     context_for_server_name: Callable[[bytes | None], SSL.Context | None] | None = None,
+    tls_profile: str = DEFAULT_TLS_PROFILE,
 ) -> SSL.Context:
     """Build an OpenSSL server context with edgeproxy's TLS settings.
 
-    Twisted's modern defaults (cipher list, no compression, ...) via
-    :class:`CertificateOptions`, TLS 1.2 minimum (TLS 1.3 available), server
+    ``tls_profile`` (one of :data:`TLS_PROFILES`): TLS 1.2 with
+    :data:`TLS12_CIPHERS` and TLS 1.3 (``intermediate``), or TLS 1.3 alone
+    (``modern``); :data:`TLS13_CIPHERSUITES` and :data:`TLS_GROUPS` either way.
+    Besides: no compression (Twisted's :class:`CertificateOptions`), server
     session cache and session tickets on, ALPN ``http/1.1`` only.
+
+    Both the bootstrap context and every certificate's context need the same
+    settings: after the SNI switch OpenSSL takes the TLS 1.2 suites from the
+    certificate's context, but the groups and versions from the bootstrap one.
     """
+    if tls_profile not in TLS_PROFILES:
+        raise ValueError(f"unknown TLS profile {tls_profile!r}")
     options = CertificateOptions(
         # CertificateOptions is annotated with pyOpenSSL's PKey/X509 but hands
         # them straight to pyOpenSSL, which prefers cryptography objects.
         privateKey=private_key,  # type: ignore[arg-type]
         certificate=certificate,  # type: ignore[arg-type]
         extraCertChain=list(chain) or None,  # type: ignore[arg-type]
-        raiseMinimumTo=TLSVersion.TLSv1_2,
+        raiseMinimumTo=TLSVersion.TLSv1_3 if tls_profile == "modern" else TLSVersion.TLSv1_2,
+        acceptableCiphers=_acceptable_ciphers(),
         acceptableProtocols=list(ALPN_PROTOCOLS),
         enableSessions=True,
         enableSessionTickets=True,
         contextForServerName=context_for_server_name,
     )
     context: SSL.Context = options.getContext()
+    # The server picks the suite, in the order above (Twisted's choice), except
+    # for a client that puts ChaCha20 first: a phone without AES instructions.
+    context.set_options(_SSL_OP_PRIORITIZE_CHACHA)
+    _set_groups(context)
+    set_tls13 = getattr(context, "set_tls13_ciphersuites", None)
+    if set_tls13 is not None:  # pyOpenSSL 25.2+; OpenSSL's default is the same set
+        set_tls13(":".join(TLS13_CIPHERSUITES).encode("ascii"))
     # pyOpenSSL turns partial writes on: SSL_write then stops after each
     # 16 KiB record and a 128 KiB body chunk takes eight Python round trips.
     # Our TLS layer writes to a memory BIO, which always takes everything.
@@ -241,8 +333,10 @@ def parse_certificate(
     *,
     key_source: str | None = None,
     is_default: bool = False,
+    tls_profile: str = DEFAULT_TLS_PROFILE,
 ) -> LoadedCertificate:
-    """Parse PEM data (no I/O) and build the certificate's context.
+    """Parse PEM data (no I/O) and build the certificate's context
+    (see :func:`make_server_context` for ``tls_profile``).
 
     ``cert_data`` holds the certificate(s), and the private key when
     ``key_data`` is ``None``; blocks may come in any order.  The leaf is the
@@ -299,9 +393,11 @@ def parse_certificate(
             "(names are taken from subjectAltName only, not from the subject CN or file name)",
         )
     try:
-        context = make_server_context(key, leaf, chain)
+        context = make_server_context(key, leaf, chain, tls_profile=tls_profile)
     except (SSL.Error, ValueError) as e:
         raise CertificateFileError(source, f"OpenSSL rejected the certificate: {e}") from None
+    # What the connection's channel reads once per connection (certificate_names).
+    context.set_app_data(frozenset(names))
     return LoadedCertificate(
         source=source,
         names=names,
@@ -311,6 +407,14 @@ def parse_certificate(
         is_default=is_default,
         context=context,
     )
+
+
+def certificate_names(connection: SSL.Connection) -> frozenset[str] | None:
+    """The names (exact, ``*.`` wildcards, IP literals) of the certificate a
+    server connection was switched to by its SNI name, or ``None`` when it
+    has none of ours (no SNI callback ran, the bootstrap context)."""
+    names = connection.get_context().get_app_data()
+    return names if isinstance(names, frozenset) else None
 
 
 def load_certificate(
@@ -458,9 +562,26 @@ class SNIConnectionCreator:
 
     log = Logger()
 
-    def __init__(self, index_getter: Callable[[], CertificateIndex]) -> None:
+    def __init__(
+        self,
+        index_getter: Callable[[], CertificateIndex],
+        tls_profile: str = DEFAULT_TLS_PROFILE,
+    ) -> None:
         self._index_getter = index_getter
-        self._context = make_server_context(context_for_server_name=self._context_for_name)
+        self._context = make_server_context(
+            context_for_server_name=self._context_for_name, tls_profile=tls_profile
+        )
+        self.log.info(
+            "TLS profile {profile}: {versions}, groups {groups}",
+            profile=tls_profile,
+            versions="TLS 1.3" if tls_profile == "modern" else "TLS 1.2 (ECDHE, AEAD) and 1.3",
+            groups=":".join(TLS_GROUPS) if groups_settable() else "P-256",
+        )
+        if not groups_settable():  # pragma: no cover - cryptography without the binding
+            self.log.warn(
+                "TLS groups: this cryptography release cannot set a list of groups; "
+                "offering P-256 only"
+            )
         self._warned_index: CertificateIndex | None = None
         #: Handshakes refused because no certificate matched (for metrics).
         self.refused = 0

@@ -33,6 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from edgeproxy.certificates import (
+    DEFAULT_TLS_PROFILE,
     CertificateFileError,
     CertificateIndex,
     LoadedCertificate,
@@ -207,8 +208,9 @@ class _InFluxError(Exception):
 class CertificateDirectory:
     """Incremental, stat-based loader of a certificate directory.  No reactor."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tls_profile: str = DEFAULT_TLS_PROFILE) -> None:
         self.path = path
+        self.tls_profile = tls_profile
         self._states: dict[CertificateSource, _SourceState] = {}
         self._index = CertificateIndex.empty()
         self._discovery_problems: frozenset[ConfigProblem] = frozenset()
@@ -327,6 +329,7 @@ class CertificateDirectory:
             data[1] if source.key_path is not None else None,
             key_source=source.key_path,
             is_default=source.is_default,
+            tls_profile=self.tls_profile,
         )
 
 
@@ -354,8 +357,9 @@ class CertificateWatcher(Service):
         on_index: Callable[[CertificateIndex], None],
         interval: float = 2.0,
         now: Callable[[], datetime.datetime] | None = None,
+        tls_profile: str = DEFAULT_TLS_PROFILE,
     ) -> None:
-        self.directory = CertificateDirectory(path)
+        self.directory = CertificateDirectory(path, tls_profile)
         self._clock = clock
         self._on_index = on_index
         self._interval = interval

@@ -55,12 +55,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edgeproxy.certificates import certificate_names
 from edgeproxy.errors import (
     BadRequest,
     EdgeProxyError,
     HeadTooLarge,
     NotImplementedMethod,
 )
+from edgeproxy.hostnames import covered_by, normalise_host
 from edgeproxy.netutil import set_no_delay
 from edgeproxy.request import ProxyRequest, RejectRequest, StopParsing
 
@@ -133,6 +135,13 @@ class ProxyChannel(Protocol):
     draining = False
     _handshake_done = False
     _client_ip: str | None = None
+    #: The names the certificate served for the client's SNI name covers; a
+    #: request for any other host gets 421.  None: nothing to check (plain
+    #: HTTP, or a TLS client that sent no SNI).
+    certificate_names: frozenset[str] | None = None
+    #: The last host found covered, so a connection's requests for one site
+    #: cost one comparison each.
+    covered_host: str | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -190,13 +199,31 @@ class ProxyChannel(Protocol):
     def handshakeCompleted(self) -> None:
         """Called by the TLS layer under this channel."""
         self._handshake_done = True
+        get_handle = getattr(self.transport, "getHandle", None)
+        connection = get_handle() if get_handle is not None else None
+        if connection is not None:
+            server_name = connection.get_servername()
+            if server_name is not None:
+                # The client named a site and verified a certificate for it:
+                # it must not reach a site that certificate does not cover.
+                names = certificate_names(connection)
+                self.certificate_names = names
+                sni = normalise_host(server_name)  # cached, unlike normalise_name
+                if names is not None and sni is not None and covered_by(sni, names):
+                    self.covered_host = sni
         metrics = self.factory.metrics
         if metrics is not None:
-            version = None
-            get_handle = getattr(self.transport, "getHandle", None)
-            if get_handle is not None:
-                version = get_handle().get_protocol_version_name()
+            version = connection.get_protocol_version_name() if connection is not None else None
             metrics.tls_handshake(version or "unknown")
+
+    def covers(self, host: str) -> bool:
+        """Whether this connection may serve ``host`` (normalised): its
+        certificate covers it, or there is no certificate to check against."""
+        names = self.certificate_names
+        if names is None or covered_by(host, names):
+            self.covered_host = host
+            return True
+        return False
 
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:

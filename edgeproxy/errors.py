@@ -19,6 +19,7 @@ __all__ = [
     "EdgeProxyError",
     "HeadTooLarge",
     "LimitExceeded",
+    "MisdirectedRequest",
     "NoHealthyUpstream",
     "NoRoute",
     "NoVirtualHost",
@@ -189,3 +190,14 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[ConfigProblem]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class MisdirectedRequest(EdgeProxyError):
+    """The request's host is not covered by the certificate its TLS connection
+    was set up with for the client's SNI name (RFC 9110 15.5.20): a client
+    that verified one site's certificate must not reach another site through
+    it.  The client may retry on a new connection; this one stays open."""
+
+    status_hint = 421
+    public_message = "misdirected request"
+    cause = "misdirected"

@@ -13,7 +13,13 @@ import ipaddress
 
 import idna
 
-__all__ = ["normalise_host", "normalise_name", "normalise_pattern", "wildcard_of"]
+__all__ = [
+    "covered_by",
+    "normalise_host",
+    "normalise_name",
+    "normalise_pattern",
+    "wildcard_of",
+]
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -147,3 +153,13 @@ def wildcard_of(name: str) -> str | None:
     if _ip_literal(name) is not None:
         return None
     return "*." + rest
+
+
+def covered_by(name: str, names: frozenset[str]) -> bool:
+    """Whether a normalised name is one of ``names`` (normalised names,
+    ``*.one-label`` wildcards and IP literals, as a certificate's), exactly or
+    through the wildcard of its first label."""
+    if name in names:
+        return True
+    wildcard = wildcard_of(name)
+    return wildcard is not None and wildcard in names

@@ -29,6 +29,7 @@ from edgeproxy.errors import (
     BadRequest,
     BodyTooLarge,
     EdgeProxyError,
+    MisdirectedRequest,
     NoRoute,
     NotImplementedCoding,
     NoVirtualHost,
@@ -245,6 +246,9 @@ class ProxyRequest:
         host = normalise_host(authority)
         if host is None:
             raise BadRequest()
+        channel = self.channel
+        if host != channel.covered_host and not channel.covers(host):
+            raise MisdirectedRequest()
         self.vhost = vhost = snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
@@ -529,6 +533,8 @@ def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
 def _reason(status: int) -> bytes:
     if status == 431:  # not in twisted.web's table
         return b"Request Header Fields Too Large"
+    if status == 421:  # nor this
+        return b"Misdirected Request"
     return RESPONSES.get(status, b"Error")
 
 

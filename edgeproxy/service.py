@@ -154,9 +154,10 @@ class EdgeProxyService(MultiService):
             reactor,
             self._install_index,
             interval=settings.cert_poll_interval,
+            tls_profile=settings.tls_profile,
         )
         self.certificates.setServiceParent(self)
-        creator = SNIConnectionCreator(lambda: self.certificate_index)
+        creator = SNIConnectionCreator(lambda: self.certificate_index, settings.tls_profile)
         self.metrics = Metrics()
         self.metrics.watch(
             lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: self.generation

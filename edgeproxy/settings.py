@@ -57,3 +57,5 @@ class Settings:
     #: ``--reload-timeout``: a reload still loading after this many seconds is
     #: rejected and the running configuration stays.
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
+    #: ``--tls-profile intermediate|modern`` (edgeproxy.certificates.TLS_PROFILES).
+    tls_profile: str = "intermediate"

@@ -67,6 +67,12 @@ def _access_log_format(value: str) -> str:
     return value
 
 
+def _tls_profile(value: str) -> str:
+    if value not in ("intermediate", "modern"):
+        raise ValueError(f"must be intermediate or modern: {value}")
+    return value
+
+
 def _workers(value: str) -> int:
     """``--workers``: a count, or ``auto`` for one per CPU."""
     if value == "auto":
@@ -138,6 +144,9 @@ class Options(usage.Options):
         ["reload-timeout", None, DEFAULT_RELOAD_TIMEOUT, "On a reload (SIGHUP, "
          "--watch-config), seconds the config files may take to load (off the event loop) "
          "before the reload is rejected and the running config stays.", _positive_float],
+        ["tls-profile", None, "intermediate", "TLS versions, suites and groups, after "
+         "Mozilla's profiles: intermediate (TLS 1.2 with ECDHE and AES-GCM or ChaCha20, "
+         "and TLS 1.3) or modern (TLS 1.3 only); docs/certificates.md.", _tls_profile],
     ]
 
     def __init__(self) -> None:
@@ -192,6 +201,7 @@ class Options(usage.Options):
             watch_config=bool(self["watch-config"]),
             drain_timeout=self["drain-timeout"],
             reload_timeout=self["reload-timeout"],
+            tls_profile=self["tls-profile"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.

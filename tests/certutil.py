@@ -198,6 +198,8 @@ class HandshakeResult:
     session: ssl.SSLSession | None = None
     #: sha256 hex of the served leaf (compare with LoadedCertificate.fingerprint).
     fingerprint: str | None = None
+    #: The suite agreed on (OpenSSL's name).
+    cipher: str | None = None
 
 
 class _NoTransport:
@@ -271,6 +273,7 @@ def memory_handshake(
         ok=True,
         version=client.version(),
         alpn=client.selected_alpn_protocol(),
+        cipher=(client.cipher() or (None,))[0],
         session_reused=client.session_reused,
         session=client.session,
         fingerprint=hashlib.sha256(der).hexdigest() if der else None,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.hostnames import normalise_host, normalise_name, normalise_pattern, wildcard_of
+from edgeproxy.hostnames import (
+    covered_by,
+    normalise_host,
+    normalise_name,
+    normalise_pattern,
+    wildcard_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -142,3 +148,25 @@ def test_normalise_pattern_type() -> None:
 )
 def test_wildcard_of(name: str, expected: str | None) -> None:
     assert wildcard_of(name) == expected
+
+
+CERTIFICATE = frozenset({"app.example", "*.shop.example", "192.0.2.1", "2001:db8::1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("app.example", True),
+        ("a.shop.example", True),
+        ("shop.example", False),  # a wildcard covers one label, not the bare domain
+        ("a.b.shop.example", False),  # ... and not two
+        ("www.app.example", False),
+        ("192.0.2.1", True),
+        ("2001:db8::1", True),
+        ("192.0.2.2", False),
+        ("localhost", False),
+    ],
+)
+def test_covered_by(name: str, expected: bool) -> None:
+    assert covered_by(name, CERTIFICATE) is expected
+    assert covered_by(name, frozenset()) is False

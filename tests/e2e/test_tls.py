@@ -261,6 +261,10 @@ SELECTION = [
     (None, "default.pem", False),  # connect by IP: no SNI
 ]
 
+#: Names served the default certificate, which does not cover them: a request
+#: for them on that connection is misdirected (421); without SNI it is served.
+MISDIRECTED = frozenset({"a.b.shop.example", "shop.example", "unknown.example"})
+
 
 @pytest.mark.parametrize(("sni", "source", "covers"), SELECTION)
 def test_sni_selects_certificate_and_request_reaches_backend(
@@ -275,7 +279,13 @@ def test_sni_selects_certificate_and_request_reaches_backend(
         der = tls.getpeercert(binary_form=True)
         assert der == expected, f"{sni!r}: got {describe(der)}, want {describe(expected)}"
         host = sni.encode("idna").decode().lower().rstrip(".") if sni else "127.0.0.1"
-        site.get(tls, host)
+        if host in MISDIRECTED:
+            before = site.backend.requests
+            response, body = request(over(tls, site.port), "GET", "/probe", host)
+            assert (response.status, body) == (421, b"421 misdirected request\n")
+            assert site.backend.requests == before
+        else:
+            site.get(tls, host)
     finally:
         tls.close()
 
@@ -560,7 +570,9 @@ def test_removed_certificate_falls_back_to_default(site: Site) -> None:
     assert took <= RELOAD_PROMISE, f"removed certificate still served after {took:.1f}s"
     tls = tls_connect(site.port, "remove.example", client_context())
     try:
-        site.get(tls, "remove.example")
+        # The default certificate does not cover remove.example: misdirected.
+        response, body = request(over(tls, site.port), "GET", "/probe", "remove.example")
+        assert (response.status, body) == (421, b"421 misdirected request\n")
     finally:
         tls.close()
 
