@@ -9,10 +9,11 @@ by line, and builds a ``Headers`` object and a ``Request`` with a dozen
 Deferred-bearing attributes per request, which cost more than the rest of the
 proxy together.  What it gave for free is done here explicitly:
 
-- framing: llhttp is strict (no obs-fold, no bare CR or LF, no
+  framing: llhttp is strict (no obs-fold, no bare CR or LF, no
   ``Content-Length`` with ``Transfer-Encoding``, no duplicate
   ``Content-Length``, valid chunk sizes); a transfer coding other than
-  ``chunked`` gets 501, a method llhttp does not know 501, and a version
+  ``chunked`` gets 501, a method token llhttp does not know 501 (a method
+  that is not a token, such as one with a control character, 400), and a version
   other than HTTP/1.0 or 1.1 gets 505 (2.0 and up) or 400.  After a
   4xx/5xx about framing the connection closes, since whatever follows cannot
   be trusted to be framed right;
@@ -35,6 +36,7 @@ proxy together.  What it gave for free is done here explicitly:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,7 @@ from httptools import (
     HttpParserCallbackError,
     HttpParserError,
     HttpParserInvalidMethodError,
+    HttpParserInvalidURLError,
     HttpParserUpgrade,
     HttpRequestParser,
 )
@@ -60,6 +63,7 @@ from edgeproxy.errors import (
     EdgeProxyError,
     HeadTooLarge,
     NotImplementedMethod,
+    Reason,
 )
 from edgeproxy.netutil import set_no_delay
 from edgeproxy.request import ProxyRequest, RejectRequest, StopParsing
@@ -84,6 +88,81 @@ def _no_write(data: bytes) -> None:
 
 #: The parser of every closed connection (it never parses again; no callbacks).
 _CLOSED_PARSER = HttpRequestParser(object())
+
+#: A method is a token (RFC 9110 9.1, 5.6.2); llhttp refuses any it does not know.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: How much of a refused method is looked at (and logged): methods are short.
+_METHOD_SCAN = 64
+
+
+class _MessageStarts:
+    """Counts llhttp's message starts (for :func:`_refused_method`)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_begin(self) -> None:
+        self.count += 1
+
+
+def _parse_prefix(data: bytes) -> tuple[int, bool]:
+    """How many messages start in ``data`` and whether llhttp refuses it."""
+    starts = _MessageStarts()
+    try:
+        HttpRequestParser(starts).feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
+        return starts.count, True
+    return starts.count, False
+
+
+def _refused_method(data: bytes, from_boundary: bool) -> bytes:
+    """The method (up to its space, or what arrived of it) of the request
+    whose method llhttp refused while parsing ``data``.
+
+    httptools does not say where in ``data`` llhttp stopped, so when ``data``
+    was fed from a message boundary, fresh parsers over its prefixes find the
+    refused byte and where that message started (a binary search each, only
+    on this error path).  Otherwise the message began in an earlier read and
+    the bytes before ``data`` were a prefix of a known method, so ``data``
+    holds the rest of it."""
+    start = 0
+    if from_boundary:
+        low, high = 1, len(data)
+        while low < high:  # the shortest prefix llhttp refuses
+            middle = (low + high) // 2
+            if _parse_prefix(data[:middle])[1]:
+                high = middle
+            else:
+                low = middle + 1
+        starts = _parse_prefix(data[:low])[0]
+        low, high = 1, low
+        while low < high:  # the shortest prefix in which that message starts
+            middle = (low + high) // 2
+            if _parse_prefix(data[:middle])[0] >= starts:
+                high = middle
+            else:
+                low = middle + 1
+        start = low - 1
+    end = data.find(b" ", start, start + _METHOD_SCAN)
+    return data[start : end if end >= 0 else start + _METHOD_SCAN]
+
+
+def _parse_error_reason(error: HttpParserError, in_head: bool, url: bytes) -> Reason:
+    """Which part of the request llhttp refused.  llhttp says what it found
+    only in words; the words are read here for the log's reason token
+    alone (the answer is 400 whatever they say)."""
+    if not in_head:
+        return Reason.BAD_FRAMING  # chunked framing in the body
+    if not url or isinstance(error, HttpParserInvalidURLError):
+        return Reason.BAD_REQUEST_LINE
+    words = str(error).lower()
+    if "version" in words:
+        return Reason.BAD_REQUEST_LINE
+    if "content-length" in words or "transfer-encoding" in words:
+        return Reason.BAD_FRAMING
+    return Reason.BAD_HEADER
 
 
 class ConnectionTracker:
@@ -202,7 +281,8 @@ class ProxyChannel(Protocol):
         if self._input_closed:
             return
         self._last_data = self.clock_seconds()
-        if self._in_head or self._parsing is None:
+        in_head = self._in_head
+        if in_head or self._parsing is None:
             self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
@@ -222,11 +302,16 @@ class ProxyChannel(Protocol):
                 self._reject(EdgeProxyError())
             return
         except HttpParserInvalidMethodError:
-            # A method llhttp does not know (it knows the IANA registry's).
-            self._reject(NotImplementedMethod())
+            # A method llhttp does not know (it knows the IANA registry's):
+            # 501 if it is a token, else the request line is malformed.
+            method = _refused_method(data, not in_head and self._parsing is None)
+            if _TOKEN.fullmatch(method):
+                self._reject(NotImplementedMethod(), method)
+            else:
+                self._reject(BadRequest(Reason.BAD_REQUEST_LINE))
             return
-        except HttpParserError:
-            self._reject(BadRequest())
+        except HttpParserError as e:
+            self._reject(BadRequest(_parse_error_reason(e, self._in_head, self._url)))
             return
         if self._in_head and self._unparsed > 4 * MAX_HEAD_BYTES:
             # llhttp keeps a header line being received in memory whole:
@@ -244,7 +329,7 @@ class ProxyChannel(Protocol):
         if request is not None and not request.complete:
             if request.body_length is not None:
                 # An upgrade request with a body: too odd to frame safely.
-                self._reject(BadRequest())
+                self._reject(BadRequest(Reason.BAD_FRAMING))
                 return
             self.on_message_complete()
         self._parser = HttpRequestParser(self)
@@ -253,16 +338,25 @@ class ProxyChannel(Protocol):
         else:
             self.run_queue()
 
-    def _reject(self, error: EdgeProxyError) -> None:
+    def _reject(self, error: EdgeProxyError, method: bytes = b"-") -> None:
         """Stop reading; answer ``error`` in turn, then close."""
         self._input_closed = True
-        self._in_head = False
+        in_head, self._in_head = self._in_head, False
         request = self._parsing
         self._parsing = None
         if request is None:
-            # The head did not parse: a request object just to answer and log it.
+            # The head did not parse: a request object just to answer and log
+            # it, with the method, target and version if the request line was
+            # read (llhttp has the method once the target is in).
+            version = b"1.1"
+            url = self._url if in_head else b""
+            if url:
+                method = self._parser.get_method()
+                parsed = self._parser.get_http_version()
+                if parsed == "1.0":
+                    version = b"1.0"
             request = ProxyRequest(
-                self, b"-", self._url or b"-", b"1.1", self._headers, persistent=False
+                self, method, url or b"-", version, self._headers, persistent=False
             )
             self.requests.append(request)
         request.reject(error)
@@ -310,7 +404,7 @@ class ProxyChannel(Protocol):
         if parser.should_upgrade() and request.body_length is not None:
             # llhttp would skip an upgrade request's body and parse it as the
             # next request.  Upgrades are not proxied; one with a body is refused.
-            raise RejectRequest(BadRequest())
+            raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
 
     def on_body(self, data: bytes) -> None:
         request = self._parsing
@@ -445,6 +539,9 @@ class ProxyChannel(Protocol):
                 timeout if busy else timeout - idle_for, self._timed_out
             )
             return
+        if self._parsing is not None:
+            # Stalled mid-body: edgeproxy gives up on it, the client did not close.
+            self._parsing.timed_out()
         self.close()
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
