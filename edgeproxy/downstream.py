@@ -9,7 +9,7 @@ by line, and builds a ``Headers`` object and a ``Request`` with a dozen
 Deferred-bearing attributes per request, which cost more than the rest of the
 proxy together.  What it gave for free is done here explicitly:
 
-  framing: llhttp is strict (no obs-fold, no bare CR or LF, no
+- framing: llhttp is strict (no obs-fold, no bare CR or LF, no
   ``Content-Length`` with ``Transfer-Encoding``, no duplicate
   ``Content-Length``, valid chunk sizes); a transfer coding other than
   ``chunked`` gets 501, a method token llhttp does not know 501 (a method
