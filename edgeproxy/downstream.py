@@ -19,8 +19,10 @@ proxy together.  What it gave for free is done here explicitly:
   be trusted to be framed right;
 - limits: the request line plus headers at most :data:`MAX_HEAD_BYTES`
   in :data:`MAX_HEADERS` lines (else 431);
-- pipelining: requests are answered one at a time, in order; reading stops
-  while a complete request waits behind the one being answered;
+- pipelining: requests are answered one at a time, in order; parsing stops
+  while a complete request waits behind the one being answered, and what
+  arrives meanwhile is held unparsed (reading stops past
+  :data:`MAX_HELD_BYTES`), so a client that goes away is still noticed;
 - ``Expect: 100-continue`` is answered when the body is wanted;
 - keep-alive: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
   ``Connection: keep-alive``; one inactivity timer per connection
@@ -72,12 +74,21 @@ if TYPE_CHECKING:
     from edgeproxy.forward import Forwarder
     from edgeproxy.metrics import Metrics
 
-__all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "ConnectionTracker", "ProxyChannel", "ProxyFactory"]
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_HELD_BYTES",
+    "ConnectionTracker",
+    "ProxyChannel",
+    "ProxyFactory",
+]
 
 #: Largest request line plus header block, in bytes (nginx: 1 KiB + 4 x 8 KiB buffers).
 MAX_HEAD_BYTES = 16 * 1024
 #: Most header lines in one request.
 MAX_HEADERS = 500
+#: Bytes held unparsed while a pipelined request waits (then reading stops).
+MAX_HELD_BYTES = 64 * 1024
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 
@@ -227,6 +238,9 @@ class ProxyChannel(Protocol):
         self._unparsed = 0
         self._input_closed = False
         self._reading_paused = False
+        #: What arrived while a complete request waits its turn, not parsed
+        #: yet (None when not holding).
+        self._held: bytes | None = None
         self._write_paused = False
         self._body_producer: IPushProducer | None = None
         self._closed = False
@@ -281,6 +295,9 @@ class ProxyChannel(Protocol):
         if self._input_closed:
             return
         self._last_data = self.clock_seconds()
+        if self._held is not None:
+            self._hold(data)
+            return
         in_head = self._in_head
         if in_head or self._parsing is None:
             self._unparsed += len(data)
@@ -423,11 +440,34 @@ class ProxyChannel(Protocol):
             raise StopParsing()
         request.body_complete()
         # Processing starts once feed_data returns (run_queue), outside the parser.
-        if request is not self.requests[0] and not self._reading_paused:
-            # A pipelined request waits for the one before it: read no further.
+        if request is not self.requests[0] and self._held is None:
+            # A pipelined request waits for the one before it: parse no
+            # further.  Reading goes on (up to a limit) rather than stopping,
+            # so that a client that closes is noticed, its queued requests
+            # logged and the one upstream cancelled, without waiting for it.
+            self._held = b""
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held = (self._held or b"") + data
+        if len(held) > MAX_HELD_BYTES and not self._reading_paused:
             self._reading_paused = True
             transport: Any = self.transport
             transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        """Parse what was held, and read on if that did not fill up again."""
+        held, self._held = self._held, None
+        if held:
+            self.dataReceived(held)
+        held = self._held
+        if (
+            self._reading_paused
+            and not self._input_closed
+            and (held is None or len(held) <= MAX_HELD_BYTES)
+            and self.transport is not None
+        ):
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # -- answering in order ------------------------------------------------------------
 
@@ -446,10 +486,8 @@ class ProxyChannel(Protocol):
                 self.close()
             return
         self.run_queue()
-        if self._reading_paused and not self._input_closed and len(requests) <= 1:
-            self._reading_paused = False
-            if self.transport is not None:
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self._held is not None and not self._input_closed and len(requests) <= 1:
+            self._resume_reading()
 
     def run_queue(self) -> None:
         """Process the first request if it is complete and waiting (answers
@@ -516,9 +554,7 @@ class ProxyChannel(Protocol):
         """After a 413 sent before the body was read: keep reading and dropping
         it, for at most ``lingering_timeout``, so the client is not reset
         before it reads the answer (nginx's lingering close)."""
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._resume_reading()
         if self._linger is None:
             self._linger = self.factory.clock.callLater(
                 self.factory.settings.lingering_timeout, self.close

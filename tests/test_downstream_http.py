@@ -527,6 +527,24 @@ def test_request_arriving_mid_response_waits_for_it() -> None:
     assert [r.body for r in c.responses()] == [b"aaaa", b"b"]
 
 
+def test_pipelined_input_is_held_unparsed_while_reading_goes_on_up_to_a_limit() -> None:
+    c = Conn()
+    c.send(request(target=b"/1") + request(target=b"/2"))
+    c.send(request(target=b"/3"))
+    # Still reading (a client that closes is noticed), but only /1 is upstream.
+    assert c.transport.producerState == "producing"
+    assert [r.start[1] for r in c.upstream_requests()] == [b"/1"]
+    c.send(request(b"POST", b"/4", headers=b"Content-Length: 65500\r\n", body=b"x" * 65500))
+    assert c.transport.producerState == "paused"  # past MAX_HELD_BYTES
+    for i in range(4):
+        c.respond(ok(b"%d" % i))
+    assert c.transport.producerState == "producing"
+    assert [r.start[1] for r in c.upstream_requests()] == [b"/1", b"/2", b"/3", b"/4"]
+    assert c.upstream_requests()[3].body == b"x" * 65500
+    assert [r.body for r in c.responses()] == [b"0", b"1", b"2", b"3"]
+    assert not c.closing
+
+
 # -- 3. fragmented input -----------------------------------------------------
 
 FRAGMENTED = {

@@ -1131,9 +1131,7 @@ class Outcome:
     def on_error(self, failure: Failure) -> None:
         self.events.append(("error", failure))
 
-    def on_informational(
-        self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]]
-    ) -> None:
+    def on_informational(self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]]) -> None:
         self.events.append(("informational", (code, phrase, fields)))
 
 
@@ -1167,7 +1165,9 @@ def test_send_hands_each_interim_response_over_as_it_arrives_then_the_response()
     assert kinds == ["informational", "informational", "response"]
     # Hop-by-hop headers (and those Connection names) are not handed on.
     assert outcome.events[1][1] == (
-        103, b"Early Hints", [(b"link", b"Link: </s.css>; rel=preload")]
+        103,
+        b"Early Hints",
+        [(b"link", b"Link: </s.css>; rel=preload")],
     )
     response = outcome.events[2][1]
     assert response.code == 200 and not response.headers.hasHeader(b"link")
