@@ -117,8 +117,8 @@ class Metrics:
         pair[1] += body_out
 
     def count_outcome(self, outcome: str, reason: str) -> None:
-        """A request that did not end ``ok``; refusals (``rejected``,
-        ``no_route``) are counted by reason."""
+        """A request edgeproxy answered with an error of its own; refusals
+        (``rejected``, ``no_route``) are counted by reason."""
         if outcome in _REFUSALS:
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
 

@@ -269,8 +269,6 @@ class AccessLog:
     def log_request(self, request: Any, duration: float) -> None:
         metrics = self._metrics
         if metrics is not None:
-            if request.reason is not None:
-                metrics.count_outcome(request.outcome, request.reason)
             metrics.observe(
                 request.vhost.vhost_name if request.vhost is not None else None,
                 request.route.prefix if request.route is not None else None,

@@ -476,8 +476,11 @@ class ProxyRequest:
         self.error = error
         if self._disconnected or self.finished:
             return
-        self.outcome = error.outcome
-        self.reason = error.reason
+        self.outcome = outcome = error.outcome
+        self.reason = reason = error.reason
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.count_outcome(outcome, reason)
         if isinstance(error, BadRequest):
             # Whatever follows a malformed request cannot be trusted to be framed right.
             self.persistent = False
