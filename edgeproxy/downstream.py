@@ -106,6 +106,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHOD_SCAN = 64
 
 
+#: A parser protocol without callbacks.
+_NOTHING = object()
+
+
 class _MessageStarts:
     """Counts llhttp's message starts (for :func:`_refused_method`)."""
 
@@ -118,11 +122,12 @@ class _MessageStarts:
         self.count += 1
 
 
-def _parse_prefix(data: bytes) -> tuple[int, bool]:
-    """How many messages start in ``data`` and whether llhttp refuses it."""
+def _parse_prefix(data: bytes, count: bool) -> tuple[int, bool]:
+    """How many messages start in ``data`` (if ``count``; without, llhttp
+    parses without calling back) and whether llhttp refuses it."""
     starts = _MessageStarts()
     try:
-        HttpRequestParser(starts).feed_data(data)
+        HttpRequestParser(starts if count else _NOTHING).feed_data(data)
     except (HttpParserError, HttpParserUpgrade):
         return starts.count, True
     return starts.count, False
@@ -143,15 +148,17 @@ def _refused_method(data: bytes, from_boundary: bool) -> bytes:
         low, high = 1, len(data)
         while low < high:  # the shortest prefix llhttp refuses
             middle = (low + high) // 2
-            if _parse_prefix(data[:middle])[1]:
+            if _parse_prefix(data[:middle], False)[1]:
                 high = middle
             else:
                 low = middle + 1
-        starts = _parse_prefix(data[:low])[0]
-        low, high = 1, low
+        starts = _parse_prefix(data[:low], True)[0]
+        # Before the refused byte, only a prefix of a known method (the
+        # longest is 13 bytes) belongs to that message.
+        low, high = max(1, low - _METHOD_SCAN), low
         while low < high:  # the shortest prefix in which that message starts
             middle = (low + high) // 2
-            if _parse_prefix(data[:middle])[0] >= starts:
+            if _parse_prefix(data[:middle], True)[0] >= starts:
                 high = middle
             else:
                 low = middle + 1
