@@ -76,6 +76,7 @@ class Reason(StrEnum):
     METHOD_NOT_IMPLEMENTED = "method_not_implemented"
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
+    MISDIRECTED_REQUEST = "misdirected_request"
     # no_route
     NO_VIRTUAL_HOST = "no_virtual_host"
     NO_ROUTE = "no_route"
