@@ -12,14 +12,17 @@ proxy together.  What it gave for free is done here explicitly:
 - framing: llhttp is strict (no obs-fold, no bare CR or LF, no
   ``Content-Length`` with ``Transfer-Encoding``, no duplicate
   ``Content-Length``, valid chunk sizes); a transfer coding other than
-  ``chunked`` gets 501, a method llhttp does not know 501, and a version
+  ``chunked`` gets 501, a method token llhttp does not know 501 (a method
+  that is not a token, such as one with a control character, 400), and a version
   other than HTTP/1.0 or 1.1 gets 505 (2.0 and up) or 400.  After a
   4xx/5xx about framing the connection closes, since whatever follows cannot
   be trusted to be framed right;
 - limits: the request line plus headers at most :data:`MAX_HEAD_BYTES`
   in :data:`MAX_HEADERS` lines (else 431);
-- pipelining: requests are answered one at a time, in order; reading stops
-  while a complete request waits behind the one being answered;
+- pipelining: requests are answered one at a time, in order; parsing stops
+  while a complete request waits behind the one being answered, and what
+  arrives meanwhile is held unparsed (reading stops past
+  :data:`MAX_HELD_BYTES`), so a client that goes away is still noticed;
 - ``Expect: 100-continue`` is answered when the body is wanted;
 - keep-alive: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
   ``Connection: keep-alive``; one inactivity timer per connection
@@ -35,6 +38,7 @@ proxy together.  What it gave for free is done here explicitly:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,7 @@ from httptools import (
     HttpParserCallbackError,
     HttpParserError,
     HttpParserInvalidMethodError,
+    HttpParserInvalidURLError,
     HttpParserUpgrade,
     HttpRequestParser,
 )
@@ -61,6 +66,7 @@ from edgeproxy.errors import (
     EdgeProxyError,
     HeadTooLarge,
     NotImplementedMethod,
+    Reason,
 )
 from edgeproxy.hostnames import covered_by, normalise_host
 from edgeproxy.netutil import set_no_delay
@@ -70,12 +76,21 @@ if TYPE_CHECKING:
     from edgeproxy.forward import Forwarder
     from edgeproxy.metrics import Metrics
 
-__all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "ConnectionTracker", "ProxyChannel", "ProxyFactory"]
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_HELD_BYTES",
+    "ConnectionTracker",
+    "ProxyChannel",
+    "ProxyFactory",
+]
 
 #: Largest request line plus header block, in bytes (nginx: 1 KiB + 4 x 8 KiB buffers).
 MAX_HEAD_BYTES = 16 * 1024
 #: Most header lines in one request.
 MAX_HEADERS = 500
+#: Bytes held unparsed while a pipelined request waits (then reading stops).
+MAX_HELD_BYTES = 64 * 1024
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 
@@ -86,6 +101,88 @@ def _no_write(data: bytes) -> None:
 
 #: The parser of every closed connection (it never parses again; no callbacks).
 _CLOSED_PARSER = HttpRequestParser(object())
+
+#: A method is a token (RFC 9110 9.1, 5.6.2); llhttp refuses any it does not know.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: How much of a refused method is looked at (and logged): methods are short.
+_METHOD_SCAN = 64
+
+
+#: A parser protocol without callbacks.
+_NOTHING = object()
+
+
+class _MessageStarts:
+    """Counts llhttp's message starts (for :func:`_refused_method`)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_begin(self) -> None:
+        self.count += 1
+
+
+def _parse_prefix(data: bytes, count: bool) -> tuple[int, bool]:
+    """How many messages start in ``data`` (if ``count``; without, llhttp
+    parses without calling back) and whether llhttp refuses it."""
+    starts = _MessageStarts()
+    try:
+        HttpRequestParser(starts if count else _NOTHING).feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
+        return starts.count, True
+    return starts.count, False
+
+
+def _refused_method(data: bytes, from_boundary: bool) -> bytes:
+    """The method (up to its space, or what arrived of it) of the request
+    whose method llhttp refused while parsing ``data``.
+
+    httptools does not say where in ``data`` llhttp stopped, so when ``data``
+    was fed from a message boundary, fresh parsers over its prefixes find the
+    refused byte and where that message started (a binary search each, only
+    on this error path).  Otherwise the message began in an earlier read and
+    the bytes before ``data`` were a prefix of a known method, so ``data``
+    holds the rest of it."""
+    start = 0
+    if from_boundary:
+        low, high = 1, len(data)
+        while low < high:  # the shortest prefix llhttp refuses
+            middle = (low + high) // 2
+            if _parse_prefix(data[:middle], False)[1]:
+                high = middle
+            else:
+                low = middle + 1
+        starts = _parse_prefix(data[:low], True)[0]
+        # Before the refused byte, only a prefix of a known method (the
+        # longest is 13 bytes) belongs to that message.
+        low, high = max(1, low - _METHOD_SCAN), low
+        while low < high:  # the shortest prefix in which that message starts
+            middle = (low + high) // 2
+            if _parse_prefix(data[:middle], True)[0] >= starts:
+                high = middle
+            else:
+                low = middle + 1
+        start = low - 1
+    end = data.find(b" ", start, start + _METHOD_SCAN)
+    return data[start : end if end >= 0 else start + _METHOD_SCAN]
+
+
+def _parse_error_reason(error: HttpParserError, in_head: bool, url: bytes) -> Reason:
+    """Which part of the request llhttp refused.  llhttp says what it found
+    only in words; the words are read here for the log's reason token
+    alone (the answer is 400 whatever they say)."""
+    if not in_head:
+        return Reason.BAD_FRAMING  # chunked framing in the body
+    if not url or isinstance(error, HttpParserInvalidURLError):
+        return Reason.BAD_REQUEST_LINE
+    words = str(error).lower()
+    if "version" in words:
+        return Reason.BAD_REQUEST_LINE
+    if "content-length" in words or "transfer-encoding" in words:
+        return Reason.BAD_FRAMING
+    return Reason.BAD_HEADER
 
 
 class ConnectionTracker:
@@ -157,6 +254,9 @@ class ProxyChannel(Protocol):
         self._unparsed = 0
         self._input_closed = False
         self._reading_paused = False
+        #: What arrived while a complete request waits its turn, not parsed
+        #: yet (None when not holding).
+        self._held: bytes | None = None
         self._write_paused = False
         self._body_producer: IPushProducer | None = None
         self._closed = False
@@ -229,7 +329,11 @@ class ProxyChannel(Protocol):
         if self._input_closed:
             return
         self._last_data = self.clock_seconds()
-        if self._in_head or self._parsing is None:
+        if self._held is not None:
+            self._hold(data)
+            return
+        in_head = self._in_head
+        if in_head or self._parsing is None:
             self._unparsed += len(data)
         try:
             self._parser.feed_data(data)
@@ -249,11 +353,16 @@ class ProxyChannel(Protocol):
                 self._reject(EdgeProxyError())
             return
         except HttpParserInvalidMethodError:
-            # A method llhttp does not know (it knows the IANA registry's).
-            self._reject(NotImplementedMethod())
+            # A method llhttp does not know (it knows the IANA registry's):
+            # 501 if it is a token, else the request line is malformed.
+            method = _refused_method(data, not in_head and self._parsing is None)
+            if _TOKEN.fullmatch(method):
+                self._reject(NotImplementedMethod(), method)
+            else:
+                self._reject(BadRequest(Reason.BAD_REQUEST_LINE))
             return
-        except HttpParserError:
-            self._reject(BadRequest())
+        except HttpParserError as e:
+            self._reject(BadRequest(_parse_error_reason(e, self._in_head, self._url)))
             return
         if self._in_head and self._unparsed > 4 * MAX_HEAD_BYTES:
             # llhttp keeps a header line being received in memory whole:
@@ -271,7 +380,7 @@ class ProxyChannel(Protocol):
         if request is not None and not request.complete:
             if request.body_length is not None:
                 # An upgrade request with a body: too odd to frame safely.
-                self._reject(BadRequest())
+                self._reject(BadRequest(Reason.BAD_FRAMING))
                 return
             self.on_message_complete()
         self._parser = HttpRequestParser(self)
@@ -280,16 +389,25 @@ class ProxyChannel(Protocol):
         else:
             self.run_queue()
 
-    def _reject(self, error: EdgeProxyError) -> None:
+    def _reject(self, error: EdgeProxyError, method: bytes = b"-") -> None:
         """Stop reading; answer ``error`` in turn, then close."""
         self._input_closed = True
-        self._in_head = False
+        in_head, self._in_head = self._in_head, False
         request = self._parsing
         self._parsing = None
         if request is None:
-            # The head did not parse: a request object just to answer and log it.
+            # The head did not parse: a request object just to answer and log
+            # it, with the method, target and version if the request line was
+            # read (llhttp has the method once the target is in).
+            version = b"1.1"
+            url = self._url if in_head else b""
+            if url:
+                method = self._parser.get_method()
+                parsed = self._parser.get_http_version()
+                if parsed == "1.0":
+                    version = b"1.0"
             request = ProxyRequest(
-                self, b"-", self._url or b"-", b"1.1", self._headers, persistent=False
+                self, method, url or b"-", version, self._headers, persistent=False
             )
             self.requests.append(request)
         request.reject(error)
@@ -337,7 +455,7 @@ class ProxyChannel(Protocol):
         if parser.should_upgrade() and request.body_length is not None:
             # llhttp would skip an upgrade request's body and parse it as the
             # next request.  Upgrades are not proxied; one with a body is refused.
-            raise RejectRequest(BadRequest())
+            raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
 
     def on_body(self, data: bytes) -> None:
         request = self._parsing
@@ -356,11 +474,34 @@ class ProxyChannel(Protocol):
             raise StopParsing()
         request.body_complete()
         # Processing starts once feed_data returns (run_queue), outside the parser.
-        if request is not self.requests[0] and not self._reading_paused:
-            # A pipelined request waits for the one before it: read no further.
+        if request is not self.requests[0] and self._held is None:
+            # A pipelined request waits for the one before it: parse no
+            # further.  Reading goes on (up to a limit) rather than stopping,
+            # so that a client that closes is noticed, its queued requests
+            # logged and the one upstream cancelled, without waiting for it.
+            self._held = b""
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held = (self._held or b"") + data
+        if len(held) > MAX_HELD_BYTES and not self._reading_paused:
             self._reading_paused = True
             transport: Any = self.transport
             transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        """Parse what was held, and read on if that did not fill up again."""
+        held, self._held = self._held, None
+        if held:
+            self.dataReceived(held)
+        held = self._held
+        if (
+            self._reading_paused
+            and not self._input_closed
+            and (held is None or len(held) <= MAX_HELD_BYTES)
+            and self.transport is not None
+        ):
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # -- answering in order ------------------------------------------------------------
 
@@ -379,10 +520,8 @@ class ProxyChannel(Protocol):
                 self.close()
             return
         self.run_queue()
-        if self._reading_paused and not self._input_closed and len(requests) <= 1:
-            self._reading_paused = False
-            if self.transport is not None:
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self._held is not None and not self._input_closed and len(requests) <= 1:
+            self._resume_reading()
 
     def run_queue(self) -> None:
         """Process the first request if it is complete and waiting (answers
@@ -449,9 +588,7 @@ class ProxyChannel(Protocol):
         """After a 413 sent before the body was read: keep reading and dropping
         it, for at most ``lingering_timeout``, so the client is not reset
         before it reads the answer (nginx's lingering close)."""
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._resume_reading()
         if self._linger is None:
             self._linger = self.factory.clock.callLater(
                 self.factory.settings.lingering_timeout, self.close
@@ -472,6 +609,9 @@ class ProxyChannel(Protocol):
                 timeout if busy else timeout - idle_for, self._timed_out
             )
             return
+        if self._parsing is not None:
+            # Stalled mid-body: edgeproxy gives up on it, the client did not close.
+            self._parsing.timed_out()
         self.close()
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:

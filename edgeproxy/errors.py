@@ -1,13 +1,15 @@
 """
 One error hierarchy.  Each request-path error carries the HTTP status it maps
-to (``status_hint``) and a short public message that never names an internal
-address; whether a retry is safe is a property of the type (``never_sent``),
-never something to guess from message text.
+to (``status_hint``), a short public message that never names an internal
+address, and what it means for the access log and the metrics: an
+:class:`Outcome` and a :class:`Reason`.  Whether a retry is safe is a property
+of the type (``never_sent``), never something to guess from message text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 import attrs
 
@@ -25,6 +27,8 @@ __all__ = [
     "NoVirtualHost",
     "NotImplementedCoding",
     "NotImplementedMethod",
+    "Outcome",
+    "Reason",
     "UpstreamConnectFailed",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -34,11 +38,79 @@ __all__ = [
 ]
 
 
+class Outcome(StrEnum):
+    """What happened to a request, as the access log and the metrics say it
+    (docs/operations.md has the table)."""
+
+    #: Answered: the upstream's response relayed whole (whatever its status).
+    OK = "ok"
+    #: Answered with edgeproxy's http -> https redirect.
+    REDIRECT = "redirect"
+    #: Refused as sent (4xx/5xx from edgeproxy, nothing forwarded).
+    REJECTED = "rejected"
+    #: No virtual host or route for it (404).
+    NO_ROUTE = "no_route"
+    #: Shed by a cluster limit (503).
+    LIMITED = "limited"
+    #: No usable response from the cluster (502, 503, 504, or a body cut off).
+    UPSTREAM_ERROR = "upstream_error"
+    #: The client went away before its response was written whole (499).
+    CLIENT_CLOSED = "client_closed"
+    #: The client stopped sending mid-request for ``--keepalive-timeout`` (408).
+    CLIENT_TIMEOUT = "client_timeout"
+    #: A fault in edgeproxy itself (500).
+    ERROR = "error"
+
+
+class Reason(StrEnum):
+    """Why, for every outcome but ``ok`` and ``redirect``: a fixed set of
+    tokens, so that they can label metrics."""
+
+    # rejected
+    BAD_REQUEST_LINE = "bad_request_line"
+    BAD_HEADER = "bad_header"
+    BAD_FRAMING = "bad_framing"
+    BAD_HOST = "bad_host"
+    BAD_TARGET = "bad_target"
+    HEADER_TOO_LARGE = "header_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    METHOD_NOT_IMPLEMENTED = "method_not_implemented"
+    CODING_NOT_IMPLEMENTED = "coding_not_implemented"
+    VERSION_NOT_SUPPORTED = "version_not_supported"
+    MISDIRECTED_REQUEST = "misdirected_request"
+    # no_route
+    NO_VIRTUAL_HOST = "no_virtual_host"
+    NO_ROUTE = "no_route"
+    # limited (the names of the limits)
+    MAX_REQUESTS = "max_requests"
+    MAX_PENDING = "max_pending"
+    PENDING_TIMEOUT = "pending_timeout"
+    # upstream_error
+    NO_HEALTHY_UPSTREAM = "no_healthy_upstream"
+    CONNECT_FAILED = "connect_failed"
+    CONNECT_TIMEOUT = "connect_timeout"
+    RESPONSE_TIMEOUT = "response_timeout"
+    BAD_RESPONSE = "bad_response"
+    TRUNCATED = "truncated"
+    IDLE_TIMEOUT = "idle_timeout"
+    # client_closed
+    REQUEST_INCOMPLETE = "request_incomplete"
+    QUEUED = "queued"
+    AWAITING_RESPONSE = "awaiting_response"
+    RESPONSE_INCOMPLETE = "response_incomplete"
+    # client_timeout
+    REQUEST_TIMEOUT = "request_timeout"
+    # error
+    INTERNAL_ERROR = "internal_error"
+
+
 class EdgeProxyError(Exception):
     """Base of the errors a request can end in."""
 
     status_hint: int = 500
     public_message: str = "internal error"
+    outcome: Outcome = Outcome.ERROR
+    reason: Reason = Reason.INTERNAL_ERROR
     #: True when the request never left edgeproxy, so any method may be retried.
     never_sent: bool = False
     #: A short cause for logs and breaker transitions ("connect refused", ...).
@@ -52,18 +124,31 @@ class EdgeProxyError(Exception):
 class NoVirtualHost(EdgeProxyError):
     status_hint = 404
     public_message = "no such site"
+    outcome = Outcome.NO_ROUTE
+    reason = Reason.NO_VIRTUAL_HOST
 
 
 class NoRoute(EdgeProxyError):
     status_hint = 404
     public_message = "not found"
+    outcome = Outcome.NO_ROUTE
+    reason = Reason.NO_ROUTE
 
 
 class BadRequest(EdgeProxyError):
-    """The request cannot be parsed or is ambiguous; the connection is closed after the answer."""
+    """The request cannot be parsed or is ambiguous; the connection is closed after the answer.
+
+    ``reason`` says which part was wrong (the request line by default)."""
 
     status_hint = 400
     public_message = "bad request"
+    outcome = Outcome.REJECTED
+    reason = Reason.BAD_REQUEST_LINE
+
+    def __init__(self, reason: Reason | None = None) -> None:
+        super().__init__()
+        if reason is not None:
+            self.reason = reason
 
 
 class HeadTooLarge(BadRequest):
@@ -71,6 +156,7 @@ class HeadTooLarge(BadRequest):
 
     status_hint = 431
     public_message = "request header fields too large"
+    reason = Reason.HEADER_TOO_LARGE
 
 
 class VersionNotSupported(BadRequest):
@@ -78,6 +164,7 @@ class VersionNotSupported(BadRequest):
 
     status_hint = 505
     public_message = "http version not supported"
+    reason = Reason.VERSION_NOT_SUPPORTED
 
 
 class NotImplementedCoding(BadRequest):
@@ -85,18 +172,23 @@ class NotImplementedCoding(BadRequest):
 
     status_hint = 501
     public_message = "transfer coding not implemented"
+    reason = Reason.CODING_NOT_IMPLEMENTED
 
 
 class NotImplementedMethod(BadRequest):
-    """A method the parser does not know (501, as RFC 9110 15.6.2 suggests)."""
+    """A well-formed method token the parser does not know (501, as RFC 9110
+    15.6.2 suggests); a method that is not a token is a :class:`BadRequest`."""
 
     status_hint = 501
     public_message = "method not implemented"
+    reason = Reason.METHOD_NOT_IMPLEMENTED
 
 
 class BodyTooLarge(EdgeProxyError):
     status_hint = 413
     public_message = "request body too large"
+    outcome = Outcome.REJECTED
+    reason = Reason.BODY_TOO_LARGE
 
 
 class UpstreamError(EdgeProxyError):
@@ -104,6 +196,8 @@ class UpstreamError(EdgeProxyError):
 
     status_hint = 502
     public_message = "bad gateway"
+    outcome = Outcome.UPSTREAM_ERROR
+    reason = Reason.BAD_RESPONSE
 
 
 class UpstreamConnectFailed(UpstreamError):
@@ -111,6 +205,7 @@ class UpstreamConnectFailed(UpstreamError):
 
     never_sent = True
     cause = "connect failed"
+    reason = Reason.CONNECT_FAILED
 
 
 class UpstreamConnectTimeout(UpstreamError):
@@ -120,6 +215,7 @@ class UpstreamConnectTimeout(UpstreamError):
     public_message = "gateway timeout"
     never_sent = True
     cause = "connect timeout"
+    reason = Reason.CONNECT_TIMEOUT
 
 
 class UpstreamTimeout(UpstreamError):
@@ -128,6 +224,7 @@ class UpstreamTimeout(UpstreamError):
     status_hint = 504
     public_message = "gateway timeout"
     cause = "response timeout"
+    reason = Reason.RESPONSE_TIMEOUT
 
 
 class UpstreamResponseFailed(UpstreamError):
@@ -142,6 +239,8 @@ class NoHealthyUpstream(EdgeProxyError):
     status_hint = 503
     public_message = "no healthy upstream"
     cause = "no healthy upstream"
+    outcome = Outcome.UPSTREAM_ERROR
+    reason = Reason.NO_HEALTHY_UPSTREAM
 
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__(retry_after)
@@ -162,10 +261,12 @@ class LimitExceeded(EdgeProxyError):
     status_hint = 503
     public_message = "overloaded"
     cause = "limit"
+    outcome = Outcome.LIMITED
 
     def __init__(self, limit: str) -> None:
         super().__init__(limit)
         self.limit = limit
+        self.reason = Reason(limit)
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"X-Edgeproxy-Limit", self.limit.encode("ascii"))]
@@ -201,3 +302,5 @@ class MisdirectedRequest(EdgeProxyError):
     status_hint = 421
     public_message = "misdirected request"
     cause = "misdirected"
+    outcome = Outcome.REJECTED
+    reason = Reason.MISDIRECTED_REQUEST

@@ -27,11 +27,12 @@ from edgeproxy.errors import (
     EdgeProxyError,
     LimitExceeded,
     NoHealthyUpstream,
+    Reason,
     UpstreamResponseFailed,
 )
 from edgeproxy.h1client import IDEMPOTENT_METHODS, H1Response
 from edgeproxy.headers import upstream_request_headers
-from edgeproxy.relay import COMPLETE, ResponseRelay
+from edgeproxy.relay import COMPLETE, TRUNCATED, ResponseRelay
 from edgeproxy.selection import request_hash_key, stable_roll
 from edgeproxy.upstream import UpstreamClient
 
@@ -266,6 +267,7 @@ class _Exchange:
             response_timeout=self._cluster.response_timeout,
             on_response=self._on_response,
             on_error=self._on_error,
+            on_informational=self._on_informational,
         )
         # (It may have answered already, an error found at once.)
         self._pending = exchange if exchange.waiting() else None
@@ -354,10 +356,16 @@ class _Exchange:
         self._fail(error)
 
     def _fail(self, error: EdgeProxyError) -> None:
-        request = self._request
-        request.outcome = type(error).__name__
         self._end_retry()
-        request.respond_error(error)
+        self._request.respond_error(error)
+
+    def _on_informational(
+        self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """A 1xx before the response: passed on at once (RFC 9110 15.2)."""
+        if not self._client_gone:
+            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
+            self._request.send_informational(code, phrase, lines)
 
     def _on_response(self, response: H1Response) -> None:
         self._pending = None
@@ -422,8 +430,7 @@ class _Exchange:
             return
         # The upstream broke off (or went quiet) mid-body: the client must not
         # take a short body for a whole one, so its connection is cut too.
-        request.outcome = "upstream_truncated" if outcome == "truncated" else "upstream_idle"
-        request.loseConnection()
+        request.break_off(Reason.TRUNCATED if outcome == TRUNCATED else Reason.IDLE_TIMEOUT)
 
 
 class _Discard(Protocol):

@@ -112,6 +112,10 @@ _NAMELESS_TOKENS = frozenset({b"close", b"keep-alive"})
 #: The parser of every closed connection (it never parses again; no callbacks).
 _CLOSED_PARSER = HttpResponseParser(object())
 
+#: Called with an interim (1xx) response's status, reason phrase and
+#: end-to-end headers as ``(lower-case name, b"Name: value")``.
+InformationalCallback = Callable[[int, bytes, list[tuple[bytes, bytes]]], object]
+
 
 class _ProtocolViolation(Exception):
     """The upstream's response cannot be trusted (raised inside parser callbacks)."""
@@ -278,6 +282,7 @@ class _Exchange:
         "lost_delivered",
         "method",
         "on_error",
+        "on_informational",
         "on_response",
         "protocol",
         "retried",
@@ -297,6 +302,7 @@ class _Exchange:
         connect_timeout: float,
         on_response: Callable[[H1Response], object],
         on_error: Callable[[Failure], object],
+        on_informational: InformationalCallback | None = None,
     ) -> None:
         self.client = client
         self.endpoint = endpoint
@@ -312,6 +318,7 @@ class _Exchange:
         # counting.
         self.on_response: Callable[[H1Response], object] | None = on_response
         self.on_error: Callable[[Failure], object] | None = on_error
+        self.on_informational = on_informational
         self.waiting_for_head = True
         #: When the response head is due (reactor time); set when sent.
         self.deadline = 0.0
@@ -345,7 +352,7 @@ class _Exchange:
         self.waiting_for_head = False
         self._stop_timer()
         on_error = self.on_error
-        self.on_response = self.on_error = None
+        self.on_response = self.on_error = self.on_informational = None
         assert on_error is not None
         on_error(Failure(error))
 
@@ -354,7 +361,7 @@ class _Exchange:
         self.waiting_for_head = False
         self._stop_timer()
         on_response = self.on_response
-        self.on_response = self.on_error = None
+        self.on_response = self.on_error = self.on_informational = None
         assert on_response is not None
         on_response(response)
 
@@ -364,7 +371,7 @@ class _Exchange:
         if not self.waiting_for_head:
             return
         self.waiting_for_head = False
-        self.on_response = self.on_error = None
+        self.on_response = self.on_error = self.on_informational = None
         self._stop_timer()
         self._abandon()
 
@@ -959,12 +966,18 @@ class _Connection(Protocol):
             # not something to relay.
             raise _ProtocolViolation()
         if code < 200:
-            # An interim 1xx (101 raises HttpParserUpgrade instead): skip it.
+            # An interim 1xx (101 raises HttpParserUpgrade instead): handed
+            # to whoever asked for them, without its hop-by-hop headers.
             self._interim = True
-            self._headers = []
-            self._connection_tokens = None
+            headers, self._headers = self._headers, []
+            tokens, self._connection_tokens = self._connection_tokens, None
             self._content_length = None
             self._transfer_encoding = None
+            on_informational = exchange.on_informational
+            if on_informational is not None:
+                if tokens is not None and not _NAMELESS_TOKENS.issuperset(tokens):
+                    headers = [field for field in headers if field[0] not in tokens]
+                on_informational(code, self._phrase, headers)
             return
         self._final = True
         tokens = self._connection_tokens
@@ -1095,12 +1108,15 @@ class H1Client:
         response_timeout: float,
         on_response: Callable[[H1Response], object],
         on_error: Callable[[Failure], object],
+        on_informational: InformationalCallback | None = None,
     ) -> _Exchange:
         """Send one request, as :meth:`request` (which is built on this) but
         without a Deferred (the proxy's hot path): exactly one of
         ``on_response`` (with the response, once its head arrived) and
         ``on_error`` (with the failure) is called, unless the returned
-        exchange's ``cancel()`` is called first (then neither is)."""
+        exchange's ``cancel()`` is called first (then neither is).
+        ``on_informational``, if given, is called for each interim (1xx)
+        response before that, as it arrives (without it they are skipped)."""
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
             raise ValueError("invalid method or request-target")
         pairs: Sequence[tuple[bytes, bytes]]
@@ -1122,7 +1138,7 @@ class H1Client:
             head = head.replace(b"\r\n", b"\r\nHost: " + _host_value(endpoint) + b"\r\n", 1)
         exchange = _Exchange(
             self, endpoint, method, head, body, body_length, connect_timeout,
-            on_response, on_error,
+            on_response, on_error, on_informational,
         )
         exchange.deadline = self.reactor.seconds() + response_timeout
         conn = self._take(str(endpoint))

@@ -22,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from edgeproxy.errors import Outcome
+
 if TYPE_CHECKING:
     from edgeproxy.certificates import CertificateIndex
     from edgeproxy.snapshot import Snapshot
@@ -33,6 +35,8 @@ DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 )
 BREAKER_STATES = ("closed", "open", "half_open")
+#: Outcomes counted in edgeproxy_requests_rejected_total.
+_REFUSALS = frozenset({Outcome.REJECTED, Outcome.NO_ROUTE})
 
 
 def _status_class(status: int) -> str:
@@ -50,6 +54,8 @@ class Metrics:
         self.request_durations: dict[tuple[str, str], _Histogram] = {}
         self.upstream_durations: dict[str, _Histogram] = {}
         self.body_bytes: dict[str, list[int]] = {}  # vhost -> [in, out]
+        #: Requests edgeproxy refused, by reason (a token of errors.Reason).
+        self.rejections: dict[str, int] = {}
         # (vhost, route, cluster) -> the above's entries for it, looked up once.
         self._sinks: dict[tuple[str | None, str | None, str | None], _Sink] = {}
         r.register(_RequestCollector(self))
@@ -109,6 +115,12 @@ class Metrics:
         pair = sink.body_bytes
         pair[0] += body_in
         pair[1] += body_out
+
+    def count_outcome(self, outcome: str, reason: str) -> None:
+        """A request edgeproxy answered with an error of its own; refusals
+        (``rejected``, ``no_route``) are counted by reason."""
+        if outcome in _REFUSALS:
+            self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
     def _sink(self, vhost: str | None, route: str | None, cluster: str | None) -> _Sink:
         """Where the requests of one (vhost, route, cluster) are added up."""
@@ -236,6 +248,14 @@ class _RequestCollector(Collector):
             bytes_out.add_metric([vhost], sent)
         yield bytes_in
         yield bytes_out
+        rejected = CounterMetricFamily(
+            "edgeproxy_requests_rejected",
+            "Requests edgeproxy refused itself (outcome rejected or no_route), by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.rejections.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 class _StateCollector(Collector):

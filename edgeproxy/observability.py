@@ -97,6 +97,7 @@ class AccessRecord:
     upstream_time: float | None
     attempts: int
     outcome: str
+    reason: str | None
     tls_version: str | None
     sni: str | None
     request_id: str | None
@@ -156,6 +157,7 @@ def access_record(request: Any, now: float, duration: float) -> AccessRecord:
         upstream_time=request.upstream_time,
         attempts=request.attempts,
         outcome=request.outcome,
+        reason=request.reason,
         tls_version=tls_version,
         sni=sni,
         request_id=request.request_id,
@@ -171,6 +173,7 @@ def format_combined(r: AccessRecord) -> str:
         f"vhost={r.vhost or '-'} route={r.route or '-'} cluster={r.cluster or '-'} "
         f"endpoint={r.endpoint or '-'} upstream_status={r.upstream_status or '-'} "
         f"upstream_time={upstream_time} attempts={r.attempts} outcome={r.outcome} "
+        f"reason={r.reason or '-'} "
         f"duration={r.duration:.4f} tls={r.tls_version or '-'} sni={r.sni or '-'} "
         f"request_id={r.request_id or '-'}"
     )

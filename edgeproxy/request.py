@@ -33,6 +33,8 @@ from edgeproxy.errors import (
     NoRoute,
     NotImplementedCoding,
     NoVirtualHost,
+    Outcome,
+    Reason,
     VersionNotSupported,
 )
 from edgeproxy.hostnames import normalise_host
@@ -109,7 +111,9 @@ class ProxyRequest:
     endpoint: str | None = None
     upstream_status: int | None = None
     attempts: int = 0
-    outcome: str = "ok"
+    #: What happened and why (None while nothing went wrong), for the access log.
+    outcome: Outcome = Outcome.OK
+    reason: Reason | None = None
     upstream_time: float | None = None
     request_id: str | None = None
     #: The body, positioned at its start once complete; None when there is none.
@@ -118,8 +122,9 @@ class ProxyRequest:
     body_length: int | None = None
     #: Request body bytes received so far.
     body_bytes: int = 0
-    #: The response: status, body bytes written (not counting framing).
-    code: int = 200
+    #: The response: status (0 until its head is made), body bytes written
+    #: (not counting framing).
+    code: int = 0
     sentLength: int = 0
     finished: bool = False
     #: The whole request (head and body) has been received.
@@ -131,6 +136,8 @@ class ProxyRequest:
     _disconnected: bool = False
     _body_limit: int = 0
     _expect_continue: bool = False
+    #: edgeproxy answered ``Expect: 100-continue`` itself.
+    _continued: bool = False
     _incoming_request_id: bytes | None = None
     _no_body: bool = False
     _chunked: bool = False
@@ -184,7 +191,7 @@ class ProxyRequest:
         if coding is not None:
             if not self.http11:
                 # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing (nginx: 400).
-                raise RejectRequest(BadRequest())
+                raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
             if coding.strip().lower() != b"chunked":
                 # Decoding gzip and the like is the origin's job; a proxy that
                 # strips Transfer-Encoding must not pass on a body still coded.
@@ -192,7 +199,7 @@ class ProxyRequest:
         if len(hosts) > 1 or (not hosts and self.http11):
             # RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400,
             # even in absolute form.
-            raise RejectRequest(BadRequest())
+            raise RejectRequest(BadRequest(Reason.BAD_HOST))
         self.host = hosts[0].strip() if hosts else None
         factory = self.factory
         self.snapshot = snapshot = factory.forwarder.snapshot
@@ -226,12 +233,13 @@ class ProxyRequest:
         else:
             length = 0
         if self._expect_continue and length and front and self.http11:
+            self._continued = True
             self.channel.write_now(_CONTINUE)
 
     def _route(self, snapshot: Snapshot) -> None:
         split = split_target(self.uri)
         if split is None:
-            raise BadRequest()
+            raise BadRequest(Reason.BAD_TARGET)
         authority, self.target = split
         if authority is None:
             if self.host is None:
@@ -245,7 +253,7 @@ class ProxyRequest:
             self.host = authority
         host = normalise_host(authority)
         if host is None:
-            raise BadRequest()
+            raise BadRequest(Reason.BAD_HOST)
         channel = self.channel
         if host != channel.covered_host and not channel.covers(host):
             raise MisdirectedRequest()
@@ -281,8 +289,6 @@ class ProxyRequest:
         self.error = error
         self.persistent = False
         self.complete = True
-        if isinstance(error, BodyTooLarge):
-            self.outcome = "rejected"
         self._discard_body()
 
     def reject_early(self, error: EdgeProxyError) -> None:
@@ -349,6 +355,24 @@ class ProxyRequest:
             self.request_id = _new_request_id()
 
     # -- the response --------------------------------------------------------------
+
+    def send_informational(self, code: int, phrase: bytes, lines: list[bytes]) -> None:
+        """An interim (1xx) response from the upstream, written at once: a
+        proxy must forward them (RFC 9110 15.2), to HTTP/1.1 clients only
+        (HTTP/1.0 ones do not expect them).  ``lines`` are its end-to-end
+        headers as ``b"Name: value"`` (no framing: a 1xx has no content).  A
+        ``100 Continue`` is not repeated when edgeproxy sent its own."""
+        if (
+            not self.http11
+            or self.code
+            or self.finished
+            or self._disconnected
+            or (code == 100 and self._continued)
+        ):
+            return
+        lines.insert(0, b"HTTP/1.1 %d %s" % (code, phrase))
+        lines.append(b"\r\n")
+        self.channel.write_now(b"\r\n".join(lines))
 
     def send_head(
         self,
@@ -456,6 +480,11 @@ class ProxyRequest:
         self.error = error
         if self._disconnected or self.finished:
             return
+        self.outcome = outcome = error.outcome
+        self.reason = reason = error.reason
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.count_outcome(outcome, reason)
         if isinstance(error, BadRequest):
             # Whatever follows a malformed request cannot be trusted to be framed right.
             self.persistent = False
@@ -475,7 +504,7 @@ class ProxyRequest:
         port = self.factory.https_port()
         location = f"https://{host}" + (f":{port}" if port not in (None, 443) else "")
         body = b"redirecting to https\n"
-        self.outcome = "redirect"
+        self.outcome = Outcome.REDIRECT
         self.send_head(
             308,
             b"Permanent Redirect",
@@ -490,13 +519,39 @@ class ProxyRequest:
 
     # -- the end -----------------------------------------------------------
 
+    def break_off(self, reason: Reason) -> None:
+        """The response cannot be completed (the upstream broke off or went
+        quiet mid-body): cut the client connection, so that a short body is
+        not taken for a whole one, and log why."""
+        self.outcome = Outcome.UPSTREAM_ERROR
+        self.reason = reason
+        self.loseConnection()
+
+    def timed_out(self) -> None:
+        """The client stopped sending this request for the keep-alive timeout;
+        the connection is being closed (logged as nginx does, 408)."""
+        if not self.finished and self.outcome is Outcome.OK:
+            self.outcome = Outcome.CLIENT_TIMEOUT
+            self.reason = Reason.REQUEST_TIMEOUT
+            self.code = 408
+
     def connection_lost(self, reason: Failure) -> None:
         if self.finished:
             return
         self._disconnected = True
         if not self._logged:
-            if self.outcome == "ok":
-                self.outcome = "client_closed"
+            if self.outcome is Outcome.OK:
+                # Whatever was written, the response is not whole: 499, as nginx.
+                self.outcome = Outcome.CLIENT_CLOSED
+                if not self.complete:
+                    self.reason = Reason.REQUEST_INCOMPLETE
+                elif not self.processing:
+                    self.reason = Reason.QUEUED
+                elif not self.code:
+                    self.reason = Reason.AWAITING_RESPONSE
+                else:
+                    self.reason = Reason.RESPONSE_INCOMPLETE
+                self.code = 499
             self._access_log()
         self._discard_body()
         self._notify(reason)

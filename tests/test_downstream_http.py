@@ -527,6 +527,24 @@ def test_request_arriving_mid_response_waits_for_it() -> None:
     assert [r.body for r in c.responses()] == [b"aaaa", b"b"]
 
 
+def test_pipelined_input_is_held_unparsed_while_reading_goes_on_up_to_a_limit() -> None:
+    c = Conn()
+    c.send(request(target=b"/1") + request(target=b"/2"))
+    c.send(request(target=b"/3"))
+    # Still reading (a client that closes is noticed), but only /1 is upstream.
+    assert c.transport.producerState == "producing"
+    assert [r.start[1] for r in c.upstream_requests()] == [b"/1"]
+    c.send(request(b"POST", b"/4", headers=b"Content-Length: 65500\r\n", body=b"x" * 65500))
+    assert c.transport.producerState == "paused"  # past MAX_HELD_BYTES
+    for i in range(4):
+        c.respond(ok(b"%d" % i))
+    assert c.transport.producerState == "producing"
+    assert [r.start[1] for r in c.upstream_requests()] == [b"/1", b"/2", b"/3", b"/4"]
+    assert c.upstream_requests()[3].body == b"x" * 65500
+    assert [r.body for r in c.responses()] == [b"0", b"1", b"2", b"3"]
+    assert not c.closing
+
+
 # -- 3. fragmented input -----------------------------------------------------
 
 FRAGMENTED = {
@@ -842,13 +860,20 @@ PARSER_400 = {
     "negative chunk size": POST + b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
     "chunk data overrun": POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
 }
-# llhttp reads these as a method it does not know: 501 (or 400), either closes.
-UNKNOWN_METHOD = {
+# llhttp refuses these methods; one that is not a token is a malformed request line (400).
+MALFORMED_METHOD = {
     "invalid method token": b"G(T / HTTP/1.1\r\n" + HOST + b"\r\n",
     "request line leading space": b" GET / HTTP/1.1\r\n" + HOST + b"\r\n",
     "tab in request line": b"GET\t/ HTTP/1.1\r\n" + HOST + b"\r\n",
+    "control character in method": b"G\x01T / HTTP/1.1\r\n" + HOST + b"\r\n",
+    "NUL after method": b"GET\x00 / HTTP/1.1\r\n" + HOST + b"\r\n",
+    "DEL in unknown method": b"FO\x7fO / HTTP/1.1\r\n" + HOST + b"\r\n",
+}
+# A well-formed method token llhttp does not know: 501 (RFC 9110 15.6.2).
+UNKNOWN_METHOD = {
     "lower-case method": b"get / HTTP/1.1\r\n" + HOST + b"\r\n",
     "unregistered method": b"FOO / HTTP/1.1\r\n" + HOST + b"\r\n",
+    "prefix of a known method": b"GE / HTTP/1.1\r\n" + HOST + b"\r\n",
 }
 # Rejected at routing time (edgeproxy's own "400 bad request").
 ROUTING_400 = {
@@ -878,7 +903,8 @@ MALFORMED = [
     *(pytest.param(raw, (400,), id=name) for name, raw in ROUTING_400.items()),
     *(pytest.param(raw, (501,), id=name) for name, raw in NOT_IMPLEMENTED_501.items()),
     *(pytest.param(raw, (505,), id=name) for name, raw in VERSION_505.items()),
-    *(pytest.param(raw, (400, 501), id=name) for name, raw in UNKNOWN_METHOD.items()),
+    *(pytest.param(raw, (400,), id=name) for name, raw in MALFORMED_METHOD.items()),
+    *(pytest.param(raw, (501,), id=name) for name, raw in UNKNOWN_METHOD.items()),
     # RFC 9112 section 6.3 says 400 when chunked is not the final coding; llhttp
     # refuses it before the 501 check sees it.  Either is a safe answer.
     pytest.param(
@@ -1370,3 +1396,244 @@ def test_client_gone_mid_chunked_response(log_events: list[LogEvent]) -> None:
     upstream.protocol.connectionLost(Failure(ConnectionLost()))
     c.advance(120)
     assert logged_errors(log_events) == []
+
+
+# -- 13. refused methods: 400 unless the method is a token ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pieces", "status"),
+    [
+        pytest.param([b"G\x01T / HTTP/1.1\r\n" + HOST + b"\r\n"], 400, id="control char"),
+        pytest.param([b"G", b"\x01", b"T / HTTP/1.1\r\n" + HOST + b"\r\n"], 400, id="split"),
+        pytest.param([b"F", b"OO / HTTP/1.1\r\n" + HOST + b"\r\n"], 501, id="token split"),
+        pytest.param([b"\r\n\r\nFOO / HTTP/1.1\r\n" + HOST + b"\r\n"], 501, id="after CRLFs"),
+    ],
+)
+def test_refused_method_in_pieces(pieces: list[bytes], status: int) -> None:
+    c = Conn()
+    for piece in pieces:
+        c.send(piece)
+    [response] = c.responses()
+    assert response.status == status
+    assert c.closing and c.attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "status"),
+    [
+        pytest.param(request(target=b"/first"), b"G\x01T / HTTP/1.1\r\n", 400, id="after GET"),
+        pytest.param(request(target=b"/first"), b"FOO / HTTP/1.1\r\n", 501, id="token after GET"),
+        # The body's last bytes are not part of the next method, whatever they are.
+        pytest.param(
+            request(b"POST", b"/first", headers=b"Content-Length: 3\r\n", body=b"x(y"),
+            b"FOO / HTTP/1.1\r\n",
+            501,
+            id="token after a body",
+        ),
+        pytest.param(
+            request(b"POST", b"/first", headers=b"Content-Length: 3\r\n", body=b"ABC"),
+            b"G\x01T / HTTP/1.1\r\n",
+            400,
+            id="control char after a body",
+        ),
+    ],
+)
+def test_refused_method_pipelined_in_one_read(first: bytes, second: bytes, status: int) -> None:
+    c = Conn()
+    c.send(first + second + HOST + b"\r\n")
+    c.respond(ok(b"first"))
+    assert [r.status for r in c.responses()] == [200, status]
+    assert c.closing
+    assert [r.start[1] for r in c.upstream_requests()] == [b"/first"]
+
+
+# -- 14. every refusal logged with its outcome and reason ---------------------------------------
+
+
+def access_records(events: list[LogEvent]) -> list[Any]:
+    return [e["access"] for e in events if "access" in e]
+
+
+HUGE = b"X-Big: " + b"a" * 17_000 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason", "method", "path"),
+    [
+        pytest.param(MALFORMED_METHOD["control character in method"], 400, "bad_request_line",
+                     "-", "-", id="control char"),
+        pytest.param(b"FOO /a HTTP/1.1\r\n" + HOST + b"\r\n", 501, "method_not_implemented",
+                     "FOO", "-", id="unknown method"),
+        pytest.param(b"GET /a?b HTTP/1.1\r\n" + HOST + b"X Foo: bar\r\n\r\n", 400, "bad_header",
+                     "GET", "/a?b", id="bad header"),
+        pytest.param(b"POST /a HTTP/1.1\r\n" + HOST + b"Content-Length: 3\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKS, 400, "bad_framing",
+                     "POST", "/a", id="CL and TE"),
+        pytest.param(POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad_framing",
+                     "POST", "/", id="bad chunk"),
+        pytest.param(b"GET /a HTTP/1.2\r\n" + HOST + b"\r\n", 400, "bad_request_line",
+                     "GET", "/a", id="HTTP/1.2"),
+        pytest.param(b"GET /a HTTP/2.0\r\n" + HOST + b"\r\n", 505, "version_not_supported",
+                     "GET", "/a", id="HTTP/2.0"),
+        pytest.param(NOT_IMPLEMENTED_501["TE gzip"], 501, "coding_not_implemented",
+                     "POST", "/", id="TE gzip"),
+        pytest.param(ROUTING_400["missing Host"], 400, "bad_host", "GET", "/", id="no Host"),
+        pytest.param(ROUTING_400["GET *"], 400, "bad_target", "GET", "*", id="GET *"),
+        pytest.param(b"GET /a HTTP/1.1\r\n" + HOST + HUGE + b"\r\n", 431, "header_too_large",
+                     "GET", "/a", id="431"),
+        pytest.param(b"GET /a HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n", 404,
+                     "no_virtual_host", "GET", "/a", id="404"),
+    ],
+)
+def test_refusal_is_logged_with_outcome_reason_method_and_path(
+    log_events: list[LogEvent], raw: bytes, status: int, reason: str, method: str, path: str
+) -> None:
+    c = Conn()
+    c.send(raw)
+    [response] = c.responses()
+    assert response.status == status
+    [record] = access_records(log_events)
+    assert record.status == status
+    assert record.outcome == ("no_route" if status == 404 else "rejected")
+    assert record.reason == reason
+    assert (record.method, record.path) == (method, path)
+
+
+def test_body_too_large_is_logged_rejected(log_events: list[LogEvent]) -> None:
+    c = Conn(Settings(max_body_size=16))
+    c.send(request(b"POST", b"/up", headers=b"Content-Length: 17\r\n"))
+    [record] = access_records(log_events)
+    assert (record.status, record.outcome, record.reason) == (413, "rejected", "body_too_large")
+    assert (record.method, record.path) == ("POST", "/up")
+
+
+def test_upstream_failures_are_logged_as_upstream_errors(log_events: list[LogEvent]) -> None:
+    c = Conn()
+    c.send(request(target=b"/refused"))
+    c.reactor.tcpClients[0][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    c.send(request(target=b"/slow"))
+    c.connect()
+    c.advance(30)
+    records = access_records(log_events)
+    assert [(r.status, r.outcome, r.reason) for r in records] == [
+        (502, "upstream_error", "connect_failed"),
+        (504, "upstream_error", "response_timeout"),
+    ]
+
+
+def test_upstream_cut_off_mid_body_is_an_upstream_error_not_a_client_close(
+    log_events: list[LogEvent],
+) -> None:
+    c = Conn()
+    c.send(request())
+    upstream = c.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", complete=False)
+    c.upstream_closes(upstream)
+    assert c.closing
+    c.client_gone()  # the connection edgeproxy cut
+    [record] = access_records(log_events)
+    assert (record.status, record.outcome, record.reason) == (200, "upstream_error", "truncated")
+
+
+def test_ok_response_has_no_reason(log_events: list[LogEvent]) -> None:
+    c = Conn()
+    c.send(request())
+    c.respond(ok(b"x"))
+    [record] = access_records(log_events)
+    assert (record.status, record.outcome, record.reason) == (200, "ok", None)
+
+
+# -- 15. a client that goes away is 499 -----------------------------------------------------------
+
+
+def test_pipelined_requests_never_answered_are_499_when_the_client_goes(
+    log_events: list[LogEvent],
+) -> None:
+    c = Conn()
+    c.send(request(target=b"/a") + request(target=b"/b") + request(target=b"/c"))
+    assert len(c.upstream_requests()) == 1
+    c.client_gone()
+    records = access_records(log_events)
+    assert [(r.path, r.status, r.outcome, r.reason, r.attempts) for r in records] == [
+        ("/a", 499, "client_closed", "awaiting_response", 1),
+        ("/b", 499, "client_closed", "queued", 0),
+        ("/c", 499, "client_closed", "queued", 0),
+    ]
+
+
+def test_client_gone_mid_response_or_mid_body_is_499(log_events: list[LogEvent]) -> None:
+    c = Conn()
+    c.send(request())
+    c.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", complete=False)
+    c.client_gone()
+    d = Conn()
+    d.send(request(b"POST", headers=b"Content-Length: 10\r\n", body=b"hello"))
+    d.client_gone()
+    records = access_records(log_events)
+    assert [(r.status, r.outcome, r.reason) for r in records] == [
+        (499, "client_closed", "response_incomplete"),
+        (499, "client_closed", "request_incomplete"),
+    ]
+    assert records[0].upstream_status == 200
+
+
+def test_request_body_stalled_past_the_timeout_is_408(log_events: list[LogEvent]) -> None:
+    c = Conn()
+    c.send(request(b"POST", headers=b"Content-Length: 10\r\n", body=b"hello"))
+    c.advance(c.factory.timeout)
+    assert c.closing
+    c.client_gone()  # the close edgeproxy asked for
+    [record] = access_records(log_events)
+    assert (record.status, record.outcome, record.reason) == (408, "client_timeout", "request_timeout")
+
+
+# -- 16. interim (1xx) responses ------------------------------------------------------------------
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+
+
+def test_early_hints_are_forwarded_at_once_then_the_response() -> None:
+    c = Conn()
+    c.send(request())
+    c.respond(EARLY_HINTS, complete=False)
+    assert c.out() == EARLY_HINTS
+    c.respond(ok(b"x"))
+    responses = c.responses()
+    assert [r.status for r in responses] == [103, 200]
+    assert responses[1].body == b"x"
+    assert not c.closing
+
+
+def test_interim_response_loses_hop_by_hop_and_framing_headers() -> None:
+    c = Conn()
+    c.send(request())
+    c.respond(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>\r\nConnection: X-Hop\r\nX-Hop: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Request-Id: upstream-id\r\n\r\n" + ok(b"x")
+    )
+    hints, final_response = c.responses()
+    assert hints.start == (b"HTTP/1.1", b"103", b"Early Hints")
+    assert hints.headers == [(b"Link", b"</a.js>")]
+    assert final_response.status == 200
+
+
+def test_interim_responses_are_not_sent_to_http10_clients() -> None:
+    c = Conn()
+    c.send(request(version=b"HTTP/1.0"))
+    c.respond(EARLY_HINTS + ok(b"x"))
+    assert [r.status for r in c.responses()] == [200]
+
+
+def test_upstream_100_continue_is_not_sent_twice() -> None:
+    c = Conn()
+    c.send(request(b"POST", headers=b"Content-Length: 5\r\nExpect: 100-continue\r\n"))
+    c.send(b"hello")
+    c.respond(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"done"))
+    assert [r.status for r in c.responses()] == [100, 200]
+
+
+def test_upstream_100_continue_is_forwarded_when_edgeproxy_sent_none() -> None:
+    c = Conn()
+    c.send(request(b"POST", headers=b"Content-Length: 5\r\n", body=b"hello"))
+    c.respond(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"done"))
+    assert [r.status for r in c.responses()] == [100, 200]

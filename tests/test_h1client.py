@@ -1131,6 +1131,9 @@ class Outcome:
     def on_error(self, failure: Failure) -> None:
         self.events.append(("error", failure))
 
+    def on_informational(self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        self.events.append(("informational", (code, phrase, fields)))
+
 
 def send(rig: Rig, outcome: Outcome, method: bytes = b"GET", **kwargs: Any) -> Any:
     return rig.client.send(
@@ -1144,7 +1147,49 @@ def send(rig: Rig, outcome: Outcome, method: bytes = b"GET", **kwargs: Any) -> A
         response_timeout=kwargs.get("response_timeout", 30.0),
         on_response=outcome.on_response,
         on_error=outcome.on_error,
+        on_informational=outcome.on_informational if kwargs.get("interim") else None,
     )
+
+
+def test_send_hands_each_interim_response_over_as_it_arrives_then_the_response() -> None:
+    rig, outcome = Rig(), Outcome()
+    exchange = send(rig, outcome, interim=True)
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert outcome.events == [("informational", (100, b"Continue", []))]
+    up.respond(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+        b"Connection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n" + OK
+    )
+    kinds = [kind for kind, _ in outcome.events]
+    assert kinds == ["informational", "informational", "response"]
+    # Hop-by-hop headers (and those Connection names) are not handed on.
+    assert outcome.events[1][1] == (
+        103,
+        b"Early Hints",
+        [(b"link", b"Link: </s.css>; rel=preload")],
+    )
+    response = outcome.events[2][1]
+    assert response.code == 200 and not response.headers.hasHeader(b"link")
+    assert exchange.on_informational is None  # let go of, as the other callbacks
+    assert rig.idle() == 1
+
+
+def test_send_interim_responses_are_skipped_without_a_callback() -> None:
+    rig, outcome = Rig(), Outcome()
+    send(rig, outcome)
+    rig.accept().respond(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + OK)
+    assert [kind for kind, _ in outcome.events] == ["response"]
+
+
+def test_send_interim_callback_is_let_go_of_on_error_and_cancel() -> None:
+    rig, outcome = Rig(), Outcome()
+    failed = send(rig, outcome, interim=True)
+    rig.refuse(ConnectionRefusedError())
+    assert failed.on_informational is None
+    cancelled = send(rig, Outcome(), interim=True)
+    cancelled.cancel()
+    assert cancelled.on_informational is None
 
 
 def test_send_hands_the_response_to_on_response_once_and_lets_go_of_the_callbacks() -> None:

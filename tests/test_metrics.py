@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
+from edgeproxy.errors import Outcome, Reason
 from edgeproxy.metrics import Metrics
 from edgeproxy.observability import AccessRecord
 
@@ -12,7 +13,7 @@ def record(**overrides: object) -> AccessRecord:
         path="/api/x", protocol="HTTP/1.1", status=200, bytes=5, duration=0.01,
         referer="-", user_agent="-", vhost="shop.example", route="/api/", cluster="api",
         endpoint="10.0.0.1:80", upstream_status=200, upstream_time=0.005, attempts=1,
-        outcome="ok", tls_version="TLSv1.3", sni="shop.example", request_id="abc",
+        outcome="ok", reason=None, tls_version="TLSv1.3", sni="shop.example", request_id="abc",
     )
     fields.update(overrides)
     return AccessRecord(**fields)  # type: ignore[arg-type]
@@ -47,6 +48,33 @@ def test_requests_are_counted_by_bounded_labels() -> None:
     assert "192.0.2.1" not in text and "/api/x" not in text
 
 
+def test_refusals_are_counted_by_reason_only() -> None:
+    metrics = Metrics()
+    metrics.count_outcome(Outcome.REJECTED, Reason.BAD_REQUEST_LINE)
+    metrics.count_outcome(Outcome.REJECTED, Reason.BAD_REQUEST_LINE)
+    metrics.count_outcome(Outcome.REJECTED, Reason.HEADER_TOO_LARGE)
+    metrics.count_outcome(Outcome.NO_ROUTE, Reason.NO_VIRTUAL_HOST)
+    # Not refusals: the client left, the upstream failed, a limit shed it.
+    metrics.count_outcome(Outcome.CLIENT_CLOSED, Reason.QUEUED)
+    metrics.count_outcome(Outcome.UPSTREAM_ERROR, Reason.CONNECT_FAILED)
+    metrics.count_outcome(Outcome.LIMITED, Reason.MAX_PENDING)
+    name = "edgeproxy_requests_rejected_total"
+    assert sample(metrics, name, reason="bad_request_line") == 2
+    assert sample(metrics, name, reason="header_too_large") == 1
+    assert sample(metrics, name, reason="no_virtual_host") == 1
+    text = generate_latest(metrics.registry).decode()
+    rejected = [line for line in text.splitlines() if line.startswith(name + "{")]
+    assert len(rejected) == 3, rejected
+
+
+def test_every_reason_token_is_a_short_snake_case_label() -> None:
+    import re
+
+    for token in [*Outcome, *Reason]:
+        assert re.fullmatch(r"[a-z][a-z0-9_]{1,30}", token.value), token
+    assert len(Reason) < 40  # the metric's label set stays small
+
+
 def test_connections_gauge() -> None:
     metrics = Metrics()
     metrics.connection_opened("https")
@@ -79,6 +107,7 @@ def test_dashboard_uses_only_metrics_that_exist() -> None:
     metrics.tls_handshakes.labels("TLSv1.3").inc()
     metrics.tls_failures.labels("tls_error").inc()
     metrics.config_reloads.labels("ok").inc()
+    metrics.count_outcome(Outcome.REJECTED, Reason.BAD_HEADER)
     snapshot.clusters["api"].counters.count_overflow("max_requests")
     exposed = {
         sample.name for family in metrics.registry.collect() for sample in family.samples

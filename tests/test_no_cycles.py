@@ -79,6 +79,9 @@ def scenario(name: str) -> list[str]:
         return garbage_of(lambda: rig.exchange([RESPONSE]))
     if name == "streamed":
         return garbage_of(lambda: rig.exchange([RESPONSE[:100], RESPONSE[100:600], RESPONSE[600:]]))
+    if name == "interim":
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+        return garbage_of(lambda: rig.exchange([hints, RESPONSE]))
 
     def not_found() -> None:
         rig.client.clear()
@@ -90,7 +93,7 @@ def scenario(name: str) -> list[str]:
 
 # In a fresh interpreter: in the test process, other tests' objects can turn
 # into garbage while these run.
-@pytest.mark.parametrize("name", ["whole", "streamed", "error"])
+@pytest.mark.parametrize("name", ["whole", "streamed", "interim", "error"])
 def test_a_request_leaves_no_cyclic_garbage(name: str) -> None:
     code = f"import json; from tests.test_no_cycles import scenario; print(json.dumps(scenario({name!r})))"
     out = subprocess.run(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+from edgeproxy.errors import Outcome, Reason
 from edgeproxy.observability import combined_time, format_combined, format_json
 from tests.test_metrics import record
 
@@ -11,7 +12,16 @@ def test_json_line_has_every_field_and_rfc3339_time() -> None:
     fields = json.loads(line)
     assert fields["time"] == "2027-01-15T08:00:00.250Z"
     assert fields["request_id"] == "abc" and fields["upstream_time"] == 0.005
+    assert fields["outcome"] == "ok" and fields["reason"] is None
     assert "\n" not in line
+
+
+def test_outcome_and_reason_are_their_tokens_in_both_formats() -> None:
+    r = record(status=400, outcome=Outcome.REJECTED, reason=Reason.BAD_REQUEST_LINE)
+    fields = json.loads(format_json(r))
+    assert (fields["outcome"], fields["reason"]) == ("rejected", "bad_request_line")
+    assert " outcome=rejected reason=bad_request_line " in format_combined(r)
+    assert " outcome=ok reason=- " in format_combined(record())
 
 
 def test_combined_line_is_combined_format_then_fields() -> None:

@@ -115,7 +115,9 @@ def test_host_not_covered_by_the_sni_certificate_is_421(site: Site) -> None:
         assert get(conn, "www.app.test")[0] == 421
     finally:
         conn.close()
-    site.proxy.wait_for_output(r'"GET /x HTTP/1\.1" 421 .* vhost=- ')
+    site.proxy.wait_for_output(
+        r'"GET /x HTTP/1\.1" 421 .* vhost=- .*outcome=rejected reason=misdirected_request'
+    )
 
 
 def test_san_list_certificate_serves_both_sites(site: Site) -> None:
