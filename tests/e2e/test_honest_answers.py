@@ -119,9 +119,16 @@ class Setup:
     held: BackendServer
     ctx: ssl.SSLContext
 
-    def connect(self) -> ssl.SSLSocket:
+    def connect(self, sni: str | None = "shop.example") -> ssl.SSLSocket:
         sock = socket.create_connection(("127.0.0.1", self.proxy.ports["https"]), WAIT)
-        return self.ctx.wrap_socket(sock, server_hostname="shop.example")
+        if sni is not None:
+            return self.ctx.wrap_socket(sock, server_hostname=sni)
+        # Without SNI (an old client, a probe by address): routed by Host alone.
+        self.ctx.check_hostname = False
+        try:
+            return self.ctx.wrap_socket(sock)
+        finally:
+            self.ctx.check_hostname = True
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.proxy.ports['admin']}/metrics"
@@ -264,6 +271,14 @@ REFUSED = [
         "no_virtual_host",
     ),
     (
+        # Over the connection set up for shop.example (SNI): not this certificate's site.
+        b"GET /fronted HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n",
+        421,
+        '"GET /fronted HTTP/1.1"',
+        "rejected",
+        "misdirected_request",
+    ),
+    (
         b"GET /raw-not-routed HTTP/1.1\r\n" + HOST + b"\r\n",
         404,
         '"GET /raw-not-routed HTTP/1.1"',
@@ -282,7 +297,8 @@ REFUSED = [
 
 def test_refusals_are_answered_logged_with_why_and_counted(setup: Setup) -> None:
     for raw, status, logged, outcome, reason in REFUSED:
-        with setup.connect() as sock:
+        sni = None if reason == "no_virtual_host" else "shop.example"
+        with setup.connect(sni) as sock:
             sock.sendall(raw)
             head = read_until(sock, lambda d: b"\r\n\r\n" in d)
         assert head.startswith(b"HTTP/1.1 %d " % status), (raw[:40], head)
@@ -303,6 +319,7 @@ def test_refusals_are_answered_logged_with_why_and_counted(setup: Setup) -> None
         "header_too_large": "1.0",
         "version_not_supported": "1.0",
         "no_virtual_host": "1.0",
+        "misdirected_request": "1.0",
         "no_route": "1.0",
     }
 
