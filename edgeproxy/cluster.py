@@ -133,11 +133,14 @@ class ClusterRuntime:
     def may_eject(self) -> bool:
         """Whether one more endpoint may be ejected within ``max_ejection_percent``.
 
-        At least one endpoint may always be ejected, so a one- or two-endpoint
-        cluster can still take its broken endpoint out.
+        At least one endpoint may always be ejected, so a two-endpoint cluster
+        can still take its broken endpoint out; a one-endpoint cluster only
+        with ``eject_sole_endpoint``.
         """
         detection = self.cluster.outlier_detection
         if detection is None:
+            return False
+        if len(self.endpoints) == 1 and not detection.eject_sole_endpoint:
             return False
         ejected = sum(
             1 for rt in self.endpoints if rt.breaker is not None and rt.breaker.is_ejected()

@@ -319,7 +319,12 @@ class OutlierDetection:
     ejected, at most ``max_ejection_time``; then one probe request is let
     through, and its outcome brings the endpoint back or ejects it again.  At
     most ``max_ejection_percent`` of a cluster's endpoints are ejected at once
-    (at least one may always be).
+    (at least one may always be).  The endpoint of a one-endpoint cluster is
+    ejected only with ``eject_sole_endpoint=True``.
+
+    Every :class:`Cluster` has ``OutlierDetection()`` unless it says
+    ``outlier_detection=None``: the defaults are Envoy's (5 consecutive
+    failures, 30 s, at most 300 s).
     """
 
     consecutive_failures: int = attrs.field(default=5, validator=_positive_int)
@@ -333,6 +338,13 @@ class OutlierDetection:
         repr=_statuses_repr,
         kw_only=True,
     )
+    #: Whether the endpoint of a cluster that has only one may be ejected
+    #: (then its requests fail fast with 503 and Retry-After, or go to it
+    #: anyway with ``panic_mode``).  Off by default, as nginx ignores
+    #: ``max_fails`` for a lone server: with nowhere else to send a request,
+    #: ejecting turns a run of 500s on one URL into a cluster that answers
+    #: nothing at all.
+    eject_sole_endpoint: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
 
 
 @attrs.frozen
@@ -416,8 +428,9 @@ class Cluster:
     health_check: HealthCheck | None = attrs.field(
         default=None, validator=_optional(HealthCheck, "HealthCheck"), kw_only=True
     )
+    #: Passive health, on by default (see :class:`OutlierDetection`); ``None`` turns it off.
     outlier_detection: OutlierDetection | None = attrs.field(
-        default=None,
+        factory=OutlierDetection,
         validator=_optional(OutlierDetection, "OutlierDetection"),
         kw_only=True,
     )

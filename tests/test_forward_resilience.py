@@ -472,7 +472,9 @@ def ejecting(consecutive: int = 2, endpoints: int = 2) -> Cluster:
     return Cluster(
         "api",
         endpoints=[f"10.0.0.{i}:80" for i in range(1, endpoints + 1)],
-        outlier_detection=OutlierDetection(consecutive, base_ejection_time=30.0),
+        outlier_detection=OutlierDetection(
+            consecutive, base_ejection_time=30.0, eject_sole_endpoint=True
+        ),
         retries=RetryPolicy(1),
     )
 
@@ -514,7 +516,7 @@ def test_statuses_outside_failure_statuses_do_not_count() -> None:
     cluster = Cluster(
         "api",
         endpoints=["10.0.0.1:80"],
-        outlier_detection=OutlierDetection(1, failure_statuses=[503]),
+        outlier_detection=OutlierDetection(1, failure_statuses=[503], eject_sole_endpoint=True),
         retries=RetryPolicy(1),
     )
     h = Harness(Route("/", cluster))

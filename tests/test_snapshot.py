@@ -8,7 +8,11 @@ from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
 from edgeproxy.snapshot import Snapshot
 from tests.memproxy import make_config
 
-A = Cluster("a", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection(consecutive_failures=1))
+A = Cluster(
+    "a",
+    endpoints=["10.0.0.1:80"],
+    outlier_detection=OutlierDetection(consecutive_failures=1, eject_sole_endpoint=True),
+)
 B = Cluster("b", endpoints=["10.0.0.2:80"])
 B2 = Cluster("b", endpoints=["10.0.0.3:80"])
 
