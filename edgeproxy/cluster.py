@@ -147,6 +147,17 @@ class ClusterRuntime:
         )
         return ejection_allowed(ejected, len(self.endpoints), detection.max_ejection_percent)
 
+    def available(self) -> bool:
+        """Whether some endpoint is up: healthy and not ejected (full or not).
+
+        A ``Split`` asks this of the side it picked, per request: the loop
+        ends at the first endpoint up, nearly always the first one.
+        """
+        for rt in self.endpoints:
+            if rt.up():
+                return True
+        return False
+
     def choose(
         self, tried: Collection[Endpoint], hash_key: bytes | None
     ) -> EndpointRuntime | NoSlot:

@@ -37,6 +37,7 @@ from edgeproxy.upstream import UpstreamClient
 
 if TYPE_CHECKING:
     from edgeproxy.request import ProxyRequest
+    from edgeproxy.routing import SplitChooser
     from edgeproxy.snapshot import Snapshot
 
 __all__ = ["Forwarder"]
@@ -93,10 +94,13 @@ class Forwarder:
             chooser = snapshot.splits[id(target_spec)]
             roll, set_cookie = self._split_roll(request, target_spec)
             cluster = chooser.choose(roll)
+            runtime = snapshot.clusters[cluster.name]
+            # Only the chosen side is looked at, and usually its first endpoint answers.
+            if not runtime.available():
+                runtime = _split_fallback(snapshot, chooser, roll, runtime)
         else:
-            cluster = target_spec
-        runtime = snapshot.clusters[cluster.name]
-        request.cluster_name = cluster.name
+            runtime = snapshot.clusters[target_spec.name]
+        request.cluster_name = runtime.cluster.name
         _Exchange(self, request, runtime, set_cookie).start()
 
     def _split_roll(self, request: ProxyRequest, split: Split) -> tuple[float, bytes | None]:
@@ -115,6 +119,16 @@ class Forwarder:
         if request.factory.tls:
             cookie += b"; Secure"
         return stable_roll(token), cookie
+
+
+def _split_fallback(
+    snapshot: Snapshot, chooser: SplitChooser, roll: float, chosen: ClusterRuntime
+) -> ClusterRuntime:
+    """The side that takes over the share of a chosen side with nothing available,
+    or the chosen side itself when no side has anything (it answers 503)."""
+    clusters = snapshot.clusters
+    fallback = chooser.fallback(roll, lambda cluster: clusters[cluster.name].available())
+    return chosen if fallback is None else clusters[fallback.name]
 
 
 def _hash_key(request: ProxyRequest, spec: str) -> bytes | None:

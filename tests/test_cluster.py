@@ -291,6 +291,23 @@ class WaitForSlotTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(live))
 
 
+class AvailableTests(SynchronousTestCase):
+    """What a Split asks of the side it picked: is any endpoint up?"""
+
+    def test_up_endpoints_make_it_available_even_when_full(self) -> None:
+        runtime, _ = make((E1,), per_endpoint=1)
+        take(runtime)
+        self.assertIs(runtime.choose((), None), FULL)
+        self.assertTrue(runtime.available())
+
+    def test_unhealthy_and_ejected_endpoints_do_not(self) -> None:
+        runtime, _ = make(health=HealthCheck(), outlier=OutlierDetection(1))
+        health_down(runtime, E1)
+        self.assertTrue(runtime.available())
+        eject(runtime, E2)
+        self.assertFalse(runtime.available())
+
+
 class MayEjectTests(SynchronousTestCase):
     def test_without_outlier_detection(self) -> None:
         runtime, _ = make()

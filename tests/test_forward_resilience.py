@@ -663,3 +663,77 @@ def test_consistent_hash_on_a_header_keeps_the_endpoint() -> None:
             assert client.status() == 200
             assert seen.setdefault(user, up.address) == up.address
     assert len(set(seen.values())) > 1
+
+
+# -- a Split steers around a side with nothing available --------------------------
+
+CHECKED_GREEN = Cluster(
+    "green", endpoints=["10.0.2.1:80"], health_check=HealthCheck(rise=1, fall=1)
+)
+
+
+def token_for(h: Harness, side: str) -> bytes:
+    """A sticky cookie value that the route's Split sends to ``side``."""
+    target = h.snapshot.config.virtual_hosts[0].routes[0].target
+    assert isinstance(target, Split)
+    chooser = SplitChooser(target)
+    return next(
+        value
+        for value in (b"u%d" % i for i in range(100))
+        if chooser.choose(stable_roll(value)).name == side
+    )
+
+
+def test_split_sends_a_down_sides_share_to_the_other_side() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, CHECKED_GREEN: 1})))
+    green = h.runtime("green").endpoints[0]
+    green.health.record_fail("connect refused")
+    assert not h.runtime("green").available()
+    assert [where(h, h.get(b"/")) for _ in range(20)] == ["blue"] * 20
+    green.health.record_pass()
+    assert set(where(h, h.get(b"/")) for _ in range(20)) == {"blue", "green"}
+
+
+def test_sticky_split_client_of_a_down_side_is_served_elsewhere_until_it_is_back() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, CHECKED_GREEN: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    assert where(h, h.get(b"/", cookie)) == "green"
+    green = h.runtime("green").endpoints[0]
+    green.health.record_fail("connect refused")
+    for _ in range(3):
+        client = h.get(b"/", cookie)
+        assert where(h, client) == "blue"
+        assert client.header(b"set-cookie") == []  # it keeps its own side's cookie
+    green.health.record_pass()
+    assert where(h, h.get(b"/", cookie)) == "green"
+
+
+def test_split_with_every_side_down_answers_503_from_the_chosen_side() -> None:
+    slow_blue = Cluster("blue", endpoints=["10.0.1.1:80"], health_check=HealthCheck(rise=3, fall=1))
+    h = Harness(Route("/", Split({slow_blue: 1, CHECKED_GREEN: 1}, sticky="cookie:variant")))
+    h.runtime("blue").endpoints[0].health.record_fail("timeout")
+    h.runtime("green").endpoints[0].health.record_fail("timeout")
+    # Retry-After is the chosen side's: interval * rise, 6 s for blue, 2 s for green.
+    for side, wait in (("blue", b"6"), ("green", b"2")):
+        client = h.get(b"/", b"Cookie: variant=" + token_for(h, side) + b"\r\n")
+        assert client.status() == 503
+        assert client.header(b"retry-after") == [wait]
+    assert h.connections == 0
+
+
+def test_a_full_side_is_not_steered_around() -> None:
+    """Full (every slot taken) is a limit, answered by the side's own queue and 503."""
+    small_green = Cluster(
+        "green",
+        endpoints=["10.0.2.1:80"],
+        limits=Limits(max_connections_per_endpoint=1, max_pending=0),
+    )
+    h = Harness(Route("/", Split({BLUE: 1, small_green: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    first = h.get(b"/", cookie)
+    assert h.connections == 1
+    second = h.get(b"/", cookie)
+    assert second.status() == 503
+    assert second.header(b"x-edgeproxy-limit") == [b"max_pending"]
+    assert h.connections == 1
+    assert where(h, first) == "green"
