@@ -91,6 +91,7 @@ class ClusterRuntime:
         self._on_transition = on_transition
         self._waiters: deque[Deferred[None]] = deque()
         self.endpoints: list[EndpointRuntime] = []
+        detection = cluster.outlier_detection
         for endpoint in cluster.endpoints:
             label = f"{cluster.name}/{endpoint}"
             breaker = (
@@ -118,6 +119,11 @@ class ClusterRuntime:
             )
             self.endpoints.append(EndpointRuntime(endpoint, label, health, breaker))
         self._by_endpoint = {rt.endpoint: rt for rt in self.endpoints}
+        #: Whether an endpoint's answers (failure statuses, timeouts, broken
+        #: responses) count against it, or only failures to connect.
+        self.judges_answers = detection is not None and (
+            len(self.endpoints) > 1 or detection.sole_endpoint_answers
+        )
         self.selector = make_selector(
             cluster.policy,
             cluster.endpoints,
@@ -133,14 +139,11 @@ class ClusterRuntime:
     def may_eject(self) -> bool:
         """Whether one more endpoint may be ejected within ``max_ejection_percent``.
 
-        At least one endpoint may always be ejected, so a two-endpoint cluster
-        can still take its broken endpoint out; a one-endpoint cluster only
-        with ``eject_sole_endpoint``.
+        At least one endpoint may always be ejected, so a one- or two-endpoint
+        cluster can still take its broken endpoint out.
         """
         detection = self.cluster.outlier_detection
         if detection is None:
-            return False
-        if len(self.endpoints) == 1 and not detection.eject_sole_endpoint:
             return False
         ejected = sum(
             1 for rt in self.endpoints if rt.breaker is not None and rt.breaker.is_ejected()

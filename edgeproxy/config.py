@@ -320,7 +320,7 @@ class OutlierDetection:
     through, and its outcome brings the endpoint back or ejects it again.  At
     most ``max_ejection_percent`` of a cluster's endpoints are ejected at once
     (at least one may always be).  The endpoint of a one-endpoint cluster is
-    ejected only with ``eject_sole_endpoint=True``.
+    ejected only when connections to it fail, unless ``sole_endpoint_answers``.
 
     Every :class:`Cluster` has ``OutlierDetection()`` unless it says
     ``outlier_detection=None``: the defaults are Envoy's (5 consecutive
@@ -338,13 +338,16 @@ class OutlierDetection:
         repr=_statuses_repr,
         kw_only=True,
     )
-    #: Whether the endpoint of a cluster that has only one may be ejected
-    #: (then its requests fail fast with 503 and Retry-After, or go to it
-    #: anyway with ``panic_mode``).  Off by default, as nginx ignores
-    #: ``max_fails`` for a lone server: with nowhere else to send a request,
-    #: ejecting turns a run of 500s on one URL into a cluster that answers
-    #: nothing at all.
-    eject_sole_endpoint: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+    #: Whether the answers of a one-endpoint cluster's endpoint (statuses in
+    #: ``failure_statuses``, response timeouts, broken responses) count as
+    #: failures.  By default only failures to connect to it do, as nginx
+    #: counts only errors and timeouts: with nowhere else to send a request,
+    #: ejecting the endpoint for a run of 500s on one URL would turn that
+    #: URL's failures into a cluster that answers nothing, while a refused
+    #: connection loses nothing by failing fast.
+    sole_endpoint_answers: bool = attrs.field(
+        default=False, validator=_validate_bool, kw_only=True
+    )
 
 
 @attrs.frozen

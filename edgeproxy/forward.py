@@ -226,13 +226,22 @@ class _Exchange:
             self._retrying = False
             self._runtime.counters.retries_in_flight -= 1
 
-    def _record_failure(self, cause: str) -> None:
+    def _record_failure(self, cause: str, reached: bool = True) -> None:
+        """The attempt failed; ``reached``: the endpoint was connected to (it
+        answered badly, or too late), rather than being unreachable."""
         slot = self._slot
         if slot is None:
             return
         slot.failures += 1
-        if slot.breaker is not None:
-            slot.breaker.record_failure(cause)
+        breaker = slot.breaker
+        if breaker is None:
+            return
+        if reached and not self._runtime.judges_answers:
+            # A one-endpoint cluster's breaker watches only whether the
+            # endpoint can be reached, and this time it could.
+            breaker.record_success()
+        else:
+            breaker.record_failure(cause)
 
     # -- attempts --------------------------------------------------------------
 
@@ -360,7 +369,7 @@ class _Exchange:
             self._forwarder.log.failure("unexpected upstream failure", failure)
             error = UpstreamResponseFailed()
         self._last_error = error
-        self._record_failure(error.cause)
+        self._record_failure(error.cause, reached=not error.never_sent)
         if self._may_retry(error, None):
             self._retry(type(error).__name__)
             return

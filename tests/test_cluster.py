@@ -167,7 +167,7 @@ class ChooseTests(SynchronousTestCase):
         self.assertIs(runtime.choose((E1, E2), None), UNAVAILABLE)
 
     def test_panic_mode_ignores_open_breakers(self) -> None:
-        runtime, _ = make((E1,), outlier=OutlierDetection(1, eject_sole_endpoint=True), panic=True)
+        runtime, _ = make((E1,), outlier=OutlierDetection(1), panic=True)
         eject(runtime, E1)
         self.assertEqual(take(runtime).endpoint, E1)
 
@@ -178,9 +178,7 @@ class ChooseTests(SynchronousTestCase):
             self.assertEqual(take(runtime).endpoint, E2)
 
     def test_half_open_breaker_admits_one_probe(self) -> None:
-        runtime, clock = make(
-            (E1,), outlier=OutlierDetection(1, base_ejection_time=10.0, eject_sole_endpoint=True)
-        )
+        runtime, clock = make((E1,), outlier=OutlierDetection(1, base_ejection_time=10.0))
         eject(runtime, E1)
         self.assertIs(runtime.choose((), None), UNAVAILABLE)
         clock.advance(10)
@@ -209,9 +207,7 @@ class ChooseTests(SynchronousTestCase):
         self.assertEqual(picked.count(E2), 3)
 
     def test_cancelled_probe_frees_the_half_open_breaker(self) -> None:
-        runtime, clock = make(
-            (E1,), outlier=OutlierDetection(1, base_ejection_time=10.0, eject_sole_endpoint=True)
-        )
+        runtime, clock = make((E1,), outlier=OutlierDetection(1, base_ejection_time=10.0))
         eject(runtime, E1)
         clock.advance(10)
         probe = take(runtime)
@@ -332,20 +328,6 @@ class MayEjectTests(SynchronousTestCase):
         self.assertTrue(runtime.may_eject())
         eject(runtime, E1)
         self.assertFalse(runtime.may_eject())
-
-    def test_a_sole_endpoint_is_ejected_only_when_configured(self) -> None:
-        runtime, _ = make((E1,), outlier=OutlierDetection(1))
-        self.assertFalse(runtime.may_eject())
-        breaker = rt_of(runtime, E1).breaker
-        assert breaker is not None
-        for _ in range(20):
-            breaker.record_failure("status 500")
-        self.assertTrue(rt_of(runtime, E1).up())
-        self.assertEqual(breaker.status().consecutive_failures, 20)
-        runtime, _ = make((E1,), outlier=OutlierDetection(1, eject_sole_endpoint=True))
-        self.assertTrue(runtime.may_eject())
-        eject(runtime, E1)
-        self.assertIs(runtime.choose((), None), UNAVAILABLE)
 
     def test_ended_ejection_frees_its_place(self) -> None:
         runtime, clock = make(outlier=OutlierDetection(1, base_ejection_time=10.0))
@@ -536,14 +518,3 @@ class DefaultOutlierDetectionTests(SynchronousTestCase):
         self.assertEqual(attempts, 5)
         self.assertFalse(dead.up())
         self.assertEqual(dead.breaker.retry_after(), 30.0)
-
-    def test_the_endpoint_of_a_one_endpoint_cluster_stays(self) -> None:
-        runtime = self.runtime((E1,))
-        only = rt_of(runtime, E1)
-        assert only.breaker is not None
-        for _ in range(50):
-            rt = take(runtime)
-            only.breaker.record_failure("status 500")
-            runtime.release(rt)
-        self.assertTrue(only.up())
-        self.assertEqual(only.breaker.status().state, "closed")

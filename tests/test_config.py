@@ -164,14 +164,14 @@ def test_every_cluster_has_outlier_detection_unless_it_opts_out() -> None:
         max_ejection_time=300.0,
         max_ejection_percent=50.0,
         failure_statuses=range(500, 600),
-        eject_sole_endpoint=False,
+        sole_endpoint_answers=False,
     )
     assert Cluster("api", endpoints=["h:1"], outlier_detection=None).outlier_detection is None
 
 
 def test_outlier_detection_validation() -> None:
-    with pytest.raises(TypeError, match="eject_sole_endpoint must be True or False"):
-        OutlierDetection(eject_sole_endpoint=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sole_endpoint_answers must be True or False"):
+        OutlierDetection(sole_endpoint_answers=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="outlier_detection must be a OutlierDetection or None"):
         Cluster("api", endpoints=["h:1"], outlier_detection=5)
 

@@ -473,7 +473,7 @@ def ejecting(consecutive: int = 2, endpoints: int = 2) -> Cluster:
         "api",
         endpoints=[f"10.0.0.{i}:80" for i in range(1, endpoints + 1)],
         outlier_detection=OutlierDetection(
-            consecutive, base_ejection_time=30.0, eject_sole_endpoint=True
+            consecutive, base_ejection_time=30.0, sole_endpoint_answers=True
         ),
         retries=RetryPolicy(1),
     )
@@ -516,7 +516,7 @@ def test_statuses_outside_failure_statuses_do_not_count() -> None:
     cluster = Cluster(
         "api",
         endpoints=["10.0.0.1:80"],
-        outlier_detection=OutlierDetection(1, failure_statuses=[503], eject_sole_endpoint=True),
+        outlier_detection=OutlierDetection(1, failure_statuses=[503], sole_endpoint_answers=True),
         retries=RetryPolicy(1),
     )
     h = Harness(Route("/", cluster))
@@ -737,3 +737,56 @@ def test_a_full_side_is_not_steered_around() -> None:
     assert second.header(b"x-edgeproxy-limit") == [b"max_pending"]
     assert h.connections == 1
     assert where(h, first) == "green"
+
+
+# -- outlier detection by default ----------------------------------------------------
+
+
+def test_by_default_a_refusing_endpoint_leaves_the_rotation_after_five_attempts() -> None:
+    pair = Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"])
+    h = Harness(Route("/", pair))
+    refused = 0
+    for _ in range(40):
+        client = h.get(b"/")
+        while client.status() is None:
+            host, port = h.reactor.tcpClients[h._accepted][:2]
+            if host == "10.0.0.1":
+                h.refuse()
+                refused += 1
+            else:
+                h.accept().respond(answer(200))
+        assert client.status() == 200
+    assert refused == 5
+    dead = h.runtime("api").endpoints[0]
+    assert not dead.up()
+    assert dead.breaker.retry_after() == 30.0
+
+
+def test_by_default_a_sole_endpoint_is_not_ejected_for_its_answers() -> None:
+    h = Harness(Route("/", Cluster("api", endpoints=["10.0.0.1:80"])))
+    for _ in range(12):
+        client = h.get(b"/")
+        h.accept().respond(answer(500))
+        assert client.status() == 500
+    breaker = h.runtime("api").endpoints[0].breaker
+    assert breaker.status().state == "closed"
+    assert breaker.status().consecutive_failures == 0
+    assert h.runtime("api").endpoints[0].failures == 12
+
+
+def test_by_default_a_sole_endpoint_that_cannot_be_reached_is_ejected() -> None:
+    h = Harness(Route("/", Cluster("api", endpoints=["10.0.0.1:80"])))
+    for _ in range(5):
+        client = h.get(b"/")
+        h.refuse()
+        assert client.status() == 502
+    shed = h.get(b"/")
+    assert shed.status() == 503
+    assert shed.header(b"retry-after") == [b"30"]
+    assert h.connections == 5
+    # The probe after the ejection reaches it: any answer brings it back.
+    h.reactor.advance(30)
+    probe = h.get(b"/")
+    h.accept().respond(answer(500))
+    assert probe.status() == 500
+    assert h.runtime("api").endpoints[0].breaker.status().state == "closed"

@@ -10,11 +10,7 @@ from edgeproxy.configload import ClusterDefinition, LoadedConfig
 from edgeproxy.snapshot import Snapshot
 from tests.memproxy import make_config
 
-A = Cluster(
-    "a",
-    endpoints=["10.0.0.1:80"],
-    outlier_detection=OutlierDetection(consecutive_failures=1, eject_sole_endpoint=True),
-)
+A = Cluster("a", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection(consecutive_failures=1))
 B = Cluster("b", endpoints=["10.0.0.2:80"])
 B2 = Cluster("b", endpoints=["10.0.0.3:80"])
 
