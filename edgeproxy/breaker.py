@@ -148,13 +148,14 @@ class _BreakerCore:
     #: ``is_ejected`` no, and a success changes nothing.  The usual state by
     #: far, and every cluster has a breaker by default, so :class:`Breaker`
     #: answers those three from this flag without a trip through the machine
-    #: (about 3 us each).  Kept by :meth:`transition` and the closed state's
-    #: success and failure, the only places that change the state or the count.
-    idle: bool = True
+    #: (about 3 us each).  Kept by :meth:`transition` (every change of state)
+    #: and by the closed state's success and failure; the count changes
+    #: nowhere else while closed.
+    clean: bool = True
     log: Logger = field(default_factory=Logger)
 
     def transition(self, old: str, new: str, cause: str) -> None:
-        self.idle = new in ("closed", "stopped") and self.consecutive_failures == 0
+        self.clean = new in ("closed", "stopped") and self.consecutive_failures == 0
         self.log.info(
             "{endpoint} {machine} {old} -> {new}: {cause}",
             endpoint=self.label,
@@ -233,12 +234,12 @@ def _build_breaker_machine() -> TypeMachine[_BreakerInputs, _BreakerCore]:
     @pep614(closed.upon(I.success).loop())
     def reset(machine: _BreakerInputs, core: _BreakerCore) -> None:
         core.consecutive_failures = 0
-        core.idle = True
+        core.clean = True
 
     @pep614(closed.upon(I.failure).loop())
     def count(machine: _BreakerInputs, core: _BreakerCore, cause: str, may_eject: bool) -> None:
         core.consecutive_failures += 1
-        core.idle = False
+        core.clean = False
         core.last_cause = cause
         if core.consecutive_failures >= core.config.consecutive_failures:
             if may_eject:
@@ -433,13 +434,13 @@ class Breaker:
     def admit(self) -> bool:
         """May a request go to this endpoint now?  In half-open, ``True`` at most once
         until that probe's outcome is recorded."""
-        if self._core.idle:
+        if self._core.clean:
             return True
         return self._machine.admit()
 
     def record_success(self) -> None:
         """An admitted request got a usable response."""
-        if self._core.idle:
+        if self._core.clean:
             return
         self._machine.success()
         self._flush()
@@ -466,7 +467,7 @@ class Breaker:
 
     def is_ejected(self) -> bool:
         """True while the endpoint is ejected (open); half-open is not ejected."""
-        if self._core.idle:
+        if self._core.clean:
             return False
         return self._machine.is_ejected()
 

@@ -456,7 +456,7 @@ def test_diagram_is_stable() -> None:
 
 
 class _MachineOnly(Breaker):
-    """A breaker that asks the machine every time, without the idle shortcut."""
+    """A breaker that asks the machine every time, without the clean-state shortcut."""
 
     def admit(self) -> bool:
         return self._machine.admit()
@@ -470,7 +470,7 @@ class _MachineOnly(Breaker):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_idle_shortcut_answers_as_the_machine_does(seed: int) -> None:
+def test_clean_state_shortcut_answers_as_the_machine_does(seed: int) -> None:
     """admit, record_success and is_ejected skip the machine while it is closed
     with no failure counted; random sequences of inputs get the same answers,
     states and transitions either way."""
