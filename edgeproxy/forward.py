@@ -98,10 +98,11 @@ class Forwarder:
             # Only the chosen side is looked at, and usually its first endpoint answers.
             if not runtime.available():
                 runtime = _split_fallback(snapshot, chooser, roll, runtime)
-        else:
-            runtime = snapshot.clusters[target_spec.name]
-        request.cluster_name = runtime.cluster.name
-        _Exchange(self, request, runtime, set_cookie).start()
+            request.cluster_name = runtime.cluster.name
+            _Exchange(self, request, runtime, set_cookie, chooser, roll).start()
+            return
+        request.cluster_name = target_spec.name
+        _Exchange(self, request, snapshot.clusters[target_spec.name], None, None, 0.0).start()
 
     def _split_roll(self, request: ProxyRequest, split: Split) -> tuple[float, bytes | None]:
         """A roll for the split: random, or stable for a sticky client (and the
@@ -149,12 +150,18 @@ class _Exchange:
         request: ProxyRequest,
         runtime: ClusterRuntime,
         set_cookie: bytes | None,
+        chooser: SplitChooser | None,
+        roll: float,
     ) -> None:
         self._forwarder = forwarder
         self._request = request
         self._runtime = runtime
         self._cluster = runtime.cluster
         self._set_cookie = set_cookie
+        #: The Split the cluster was picked from (None for a plain route), and
+        #: the roll, to find another side for a request its side could not send.
+        self._chooser = chooser
+        self._roll = roll
         self._tried: list[Endpoint] = []
         self._slot: EndpointRuntime | None = None
         #: The upstream exchange waiting for its head, or the wait for a free slot.
@@ -373,8 +380,58 @@ class _Exchange:
         if self._may_retry(error, None):
             self._retry(type(error).__name__)
             return
+        if error.never_sent and self._chooser is not None and self._other_side(error):
+            return
         self._release_slot()
         self._fail(error)
+
+    def _other_side(self, error: EdgeProxyError) -> bool:
+        """Move a request that its Split side could not send anywhere (every
+        endpoint of that side refused or was tried) to another side, as a
+        retry; whether it did.
+
+        The same rules as a retry within a cluster: never sent, so safe for
+        any method and outside the retry budget, and within ``attempts``.  The
+        side is the one the Split's fallback gives for this request's roll,
+        so a sticky client lands where it will be sent once its side is out.
+        """
+        assert self._chooser is not None
+        if self._client_gone or len(self._tried) >= self._cluster.retries.attempts:
+            return False
+        snapshot = self._request.snapshot
+        assert snapshot is not None
+        current = self._cluster.name
+        clusters = snapshot.clusters
+        side = self._chooser.fallback(
+            self._roll, lambda c: c.name != current and clusters[c.name].available()
+        )
+        if side is None:
+            return False
+        runtime = clusters[side.name]
+        counters = runtime.counters
+        if counters.request_overflow() is not None:
+            return False  # that side is full: the error stands
+        self._forwarder.log.info(
+            "retrying {cluster} on split side {other} after {why} from {endpoint}",
+            cluster=current,
+            other=side.name,
+            why=type(error).__name__,
+            endpoint=self._request.endpoint,
+        )
+        self._release_slot()
+        self._end_retry()
+        if self._counted:
+            self._runtime.counters.in_flight -= 1
+        counters.in_flight += 1
+        counters.retries_total += 1
+        self._counted = True
+        self._runtime = runtime
+        self._cluster = runtime.cluster
+        self._request.cluster_name = side.name
+        # The endpoints tried stay tried (one may be in both sides); a retry
+        # picks any free endpoint, so the hash key no longer matters.
+        self._attempt()
+        return True
 
     def _fail(self, error: EdgeProxyError) -> None:
         request = self._request

@@ -790,3 +790,34 @@ def test_by_default_a_sole_endpoint_that_cannot_be_reached_is_ejected() -> None:
     h.accept().respond(answer(500))
     assert probe.status() == 500
     assert h.runtime("api").endpoints[0].breaker.status().state == "closed"
+
+
+def test_a_request_its_split_side_could_not_send_is_retried_on_another_side() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, GREEN: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    for n in range(1, 6):
+        client = h.request(
+            b"POST / HTTP/1.1\r\nHost: shop.example\r\n" + cookie + b"Content-Length: 2\r\n\r\nhi"
+        )
+        assert h.reactor.tcpClients[h._accepted][0] == "10.0.2.1"
+        h.refuse()  # green refuses: never sent, so even a POST moves to blue
+        assert where(h, client) == "blue"
+        assert client.header(b"set-cookie") == []
+        assert h.runtime("green").endpoints[0].failures == n
+        assert h.runtime("blue").counters.retries_total == n
+    # Five refusals ejected green: its clients now go straight to blue.
+    assert not h.runtime("green").available()
+    before = h.connections
+    assert where(h, h.get(b"/", cookie)) == "blue"
+    assert h.connections == before + 1
+    assert h.runtime("green").counters.in_flight == h.runtime("blue").counters.in_flight == 0
+
+
+def test_no_other_side_when_the_attempts_are_spent() -> None:
+    green = Cluster("green", endpoints=["10.0.2.1:80"], retries=RetryPolicy(1))
+    h = Harness(Route("/", Split({BLUE: 1, green: 1}, sticky="cookie:variant")))
+    client = h.get(b"/", b"Cookie: variant=" + token_for(h, "green") + b"\r\n")
+    h.refuse()
+    assert client.status() == 502
+    assert h.connections == 1
+    assert h.runtime("green").counters.in_flight == 0
