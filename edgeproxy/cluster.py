@@ -88,6 +88,8 @@ class ClusterRuntime:
         self._clock = clock
         self.counters = ClusterCounters(cluster.limits, cluster.retries)
         self.transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
+        #: Endpoints start healthy and closed.
+        self._some_up = True
         self._on_transition = on_transition
         self._waiters: deque[Deferred[None]] = deque()
         self.endpoints: list[EndpointRuntime] = []
@@ -133,6 +135,9 @@ class ClusterRuntime:
 
     def _transition(self, transition: Transition) -> None:
         self.transitions.append(transition)
+        # An endpoint goes up or down only with a transition of its health or
+        # its breaker (both report here once they are at rest).
+        self._some_up = any(rt.up() for rt in self.endpoints)
         if self._on_transition is not None:
             self._on_transition(transition)
 
@@ -153,13 +158,10 @@ class ClusterRuntime:
     def available(self) -> bool:
         """Whether some endpoint is up: healthy and not ejected (full or not).
 
-        A ``Split`` asks this of the side it picked, per request: the loop
-        ends at the first endpoint up, nearly always the first one.
+        A ``Split`` asks this of the side it picked, per request, so the
+        answer is kept up to date on every transition rather than worked out.
         """
-        for rt in self.endpoints:
-            if rt.up():
-                return True
-        return False
+        return self._some_up
 
     def choose(
         self, tried: Collection[Endpoint], hash_key: bytes | None

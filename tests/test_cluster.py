@@ -303,6 +303,38 @@ class AvailableTests(SynchronousTestCase):
         eject(runtime, E2)
         self.assertFalse(runtime.available())
 
+    def test_the_kept_answer_follows_every_transition(self) -> None:
+        """available() is kept up to date on transitions, not worked out: random
+        health results, request outcomes and time give the worked-out answer."""
+        for seed in range(5):
+            rng = random.Random(seed)
+            runtime, clock = make(
+                (E1, E2, E3),
+                health=HealthCheck(rise=2, fall=2),
+                outlier=OutlierDetection(2, base_ejection_time=10.0, max_ejection_percent=100.0),
+            )
+            down = 0
+            for _ in range(2000):
+                rt = rng.choice(runtime.endpoints)
+                assert rt.health is not None and rt.breaker is not None
+                step = rng.randrange(6)
+                if step == 0:
+                    rt.health.record_fail("timeout")
+                elif step == 1:
+                    rt.health.record_pass()
+                elif step == 2:
+                    rt.breaker.record_failure("connect refused")
+                elif step == 3 and rt.breaker.admit():
+                    rt.breaker.record_success()
+                elif step == 4:
+                    clock.advance(rng.choice((1.0, 5.0, 10.0)))
+                worked_out = any(e.up() for e in runtime.endpoints)
+                self.assertEqual(runtime.available(), worked_out)
+                down += not worked_out
+            self.assertGreater(down, 10)  # the sequences took the whole cluster down often
+            runtime.stop()
+            self.assertTrue(runtime.available())
+
 
 class MayEjectTests(SynchronousTestCase):
     def test_without_outlier_detection(self) -> None:
