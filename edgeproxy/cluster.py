@@ -54,6 +54,10 @@ class EndpointRuntime:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
+    #: :meth:`up` as of the last transition of this cluster's health checks
+    #: or breakers, kept by :class:`ClusterRuntime`: picking an endpoint reads
+    #: this instead of asking both machines per request.
+    is_up: bool = True
 
     def up(self) -> bool:
         """Healthy by active checks (if any) and not ejected by outlier detection (if on)."""
@@ -137,7 +141,11 @@ class ClusterRuntime:
         self.transitions.append(transition)
         # An endpoint goes up or down only with a transition of its health or
         # its breaker (both report here once they are at rest).
-        self._some_up = any(rt.up() for rt in self.endpoints)
+        some_up = False
+        for rt in self.endpoints:
+            rt.is_up = up = rt.up()
+            some_up = some_up or up
+        self._some_up = some_up
         if self._on_transition is not None:
             self._on_transition(transition)
 
@@ -171,7 +179,7 @@ class ClusterRuntime:
         panic = False
         # A first attempt, nearly always, and some endpoint up with room: one pass.
         free = (
-            [rt for rt in self.endpoints if rt.in_flight < limit and rt.up()] if not tried else []
+            [rt for rt in self.endpoints if rt.is_up and rt.in_flight < limit] if not tried else []
         )
         if not free:
             untried = (
@@ -179,7 +187,7 @@ class ClusterRuntime:
                 if tried
                 else self.endpoints
             )
-            up = [rt for rt in untried if rt.up()]
+            up = [rt for rt in untried if rt.is_up]
             if not up:
                 if not self.cluster.panic_mode or not untried:
                     return UNAVAILABLE
@@ -211,7 +219,7 @@ class ClusterRuntime:
         untried = [rt for rt in self.endpoints if rt.endpoint not in tried]
         if self.cluster.panic_mode:
             return bool(untried)
-        return any(rt.up() for rt in untried)
+        return any(rt.is_up for rt in untried)
 
     def release(self, rt: EndpointRuntime) -> None:
         """The attempt on ``rt`` is over: free its slot for a waiting request.

@@ -304,8 +304,9 @@ class AvailableTests(SynchronousTestCase):
         self.assertFalse(runtime.available())
 
     def test_the_kept_answer_follows_every_transition(self) -> None:
-        """available() is kept up to date on transitions, not worked out: random
-        health results, request outcomes and time give the worked-out answer."""
+        """available() and each endpoint's is_up are kept up to date on
+        transitions, not worked out: random health results, request outcomes
+        and time give the worked-out answers."""
         for seed in range(5):
             rng = random.Random(seed)
             runtime, clock = make(
@@ -328,6 +329,9 @@ class AvailableTests(SynchronousTestCase):
                     rt.breaker.record_success()
                 elif step == 4:
                     clock.advance(rng.choice((1.0, 5.0, 10.0)))
+                self.assertEqual(
+                    [e.is_up for e in runtime.endpoints], [e.up() for e in runtime.endpoints]
+                )
                 worked_out = any(e.up() for e in runtime.endpoints)
                 self.assertEqual(runtime.available(), worked_out)
                 down += not worked_out
