@@ -95,7 +95,8 @@ class Forwarder:
             roll, set_cookie = self._split_roll(request, target_spec)
             cluster = chooser.choose(roll)
             runtime = snapshot.clusters[cluster.name]
-            # Only the chosen side is looked at, and usually its first endpoint answers.
+            # One flag of the chosen side, kept on its transitions; the other
+            # sides are looked at only when it has nothing.
             if not runtime.available():
                 runtime = _split_fallback(snapshot, chooser, roll, runtime)
             request.cluster_name = runtime.cluster.name
