@@ -144,7 +144,7 @@ def test_a_dead_endpoint_leaves_the_rotation_without_any_configuration(
     assert entry["requests"] == 5 and entry["failures"] == 5, entry
     assert entry["available"] is False
     assert entry["breaker"]["state"] == "open" and entry["breaker"]["ejections"] == 1
-    assert 25 < entry["breaker"]["ejected_for"] <= 30
+    assert 15 < entry["breaker"]["ejected_for"] <= 30
     # outlier_detection=None keeps the endpoint in: every second request pays a refusal.
     entry = proxy.endpoint("opted-out", dead)
     assert entry["failures"] == 20 and entry["available"] is True and entry["breaker"] is None
