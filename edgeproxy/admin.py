@@ -167,7 +167,11 @@ def status(proxy: EdgeProxyService, started: float | None = None) -> dict[str, A
             }
             for vhost in config.virtual_hosts
         ],
-        "clusters": {name: runtime.status() for name, runtime in snapshot.clusters.items()},
+        "clusters": {
+            # idle: defined at module level but used by no route (a blue/green pair's other side).
+            name: {**runtime.status(), "idle": name not in config.clusters}
+            for name, runtime in snapshot.clusters.items()
+        },
         "certificates": [
             {
                 "source": cert.source,

@@ -224,6 +224,9 @@ def _endpoint_state(endpoint: Mapping[str, Any]) -> str:
     return badge + detail
 
 
+_IDLE = ' <span class="muted small">idle: no route uses it ·</span>'
+
+
 def _clusters(status: Mapping[str, Any]) -> str:
     clusters = status.get("clusters") or {}
     parts = ["<h2>Clusters</h2>"]
@@ -239,6 +242,7 @@ def _clusters(status: Mapping[str, Any]) -> str:
         overflows = sum(int(v) for v in (cluster.get("overflows") or {}).values())
         parts.append(
             f"<h3>{_code(name)} {_badge(f'{available}/{len(endpoints)} available', kind)}"
+            f"{_IDLE if cluster.get('idle') else ''}"
             f' <span class="muted small">policy {_e(cluster.get("policy", "?"))}'
             f" · in flight {_e(cluster.get('in_flight', 0))}"
             f" · pending {_e(cluster.get('pending', 0))}"

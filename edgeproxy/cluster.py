@@ -54,6 +54,10 @@ class EndpointRuntime:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
+    #: :meth:`up` as of the last transition of this cluster's health checks
+    #: or breakers, kept by :class:`ClusterRuntime`: picking an endpoint reads
+    #: this instead of asking both machines per request.
+    is_up: bool = True
 
     def up(self) -> bool:
         """Healthy by active checks (if any) and not ejected by outlier detection (if on)."""
@@ -88,9 +92,12 @@ class ClusterRuntime:
         self._clock = clock
         self.counters = ClusterCounters(cluster.limits, cluster.retries)
         self.transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
+        #: Endpoints start healthy and closed.
+        self._some_up = True
         self._on_transition = on_transition
         self._waiters: deque[Deferred[None]] = deque()
         self.endpoints: list[EndpointRuntime] = []
+        detection = cluster.outlier_detection
         for endpoint in cluster.endpoints:
             label = f"{cluster.name}/{endpoint}"
             breaker = (
@@ -118,6 +125,11 @@ class ClusterRuntime:
             )
             self.endpoints.append(EndpointRuntime(endpoint, label, health, breaker))
         self._by_endpoint = {rt.endpoint: rt for rt in self.endpoints}
+        #: Whether an endpoint's answers (failure statuses, timeouts, broken
+        #: responses) count against it, or only failures to connect.
+        self.judges_answers = detection is not None and (
+            len(self.endpoints) > 1 or detection.sole_endpoint_answers
+        )
         self.selector = make_selector(
             cluster.policy,
             cluster.endpoints,
@@ -127,6 +139,13 @@ class ClusterRuntime:
 
     def _transition(self, transition: Transition) -> None:
         self.transitions.append(transition)
+        # An endpoint goes up or down only with a transition of its health or
+        # its breaker (both report here once they are at rest).
+        some_up = False
+        for rt in self.endpoints:
+            rt.is_up = up = rt.up()
+            some_up = some_up or up
+        self._some_up = some_up
         if self._on_transition is not None:
             self._on_transition(transition)
 
@@ -144,6 +163,14 @@ class ClusterRuntime:
         )
         return ejection_allowed(ejected, len(self.endpoints), detection.max_ejection_percent)
 
+    def available(self) -> bool:
+        """Whether some endpoint is up: healthy and not ejected (full or not).
+
+        A ``Split`` asks this of the side it picked, per request, so the
+        answer is kept up to date on every transition rather than worked out.
+        """
+        return self._some_up
+
     def choose(
         self, tried: Collection[Endpoint], hash_key: bytes | None
     ) -> EndpointRuntime | NoSlot:
@@ -152,7 +179,7 @@ class ClusterRuntime:
         panic = False
         # A first attempt, nearly always, and some endpoint up with room: one pass.
         free = (
-            [rt for rt in self.endpoints if rt.in_flight < limit and rt.up()] if not tried else []
+            [rt for rt in self.endpoints if rt.is_up and rt.in_flight < limit] if not tried else []
         )
         if not free:
             untried = (
@@ -160,7 +187,7 @@ class ClusterRuntime:
                 if tried
                 else self.endpoints
             )
-            up = [rt for rt in untried if rt.up()]
+            up = [rt for rt in untried if rt.is_up]
             if not up:
                 if not self.cluster.panic_mode or not untried:
                     return UNAVAILABLE
@@ -192,7 +219,7 @@ class ClusterRuntime:
         untried = [rt for rt in self.endpoints if rt.endpoint not in tried]
         if self.cluster.panic_mode:
             return bool(untried)
-        return any(rt.up() for rt in untried)
+        return any(rt.is_up for rt in untried)
 
     def release(self, rt: EndpointRuntime) -> None:
         """The attempt on ``rt`` is over: free its slot for a waiting request.

@@ -319,7 +319,12 @@ class OutlierDetection:
     ejected, at most ``max_ejection_time``; then one probe request is let
     through, and its outcome brings the endpoint back or ejects it again.  At
     most ``max_ejection_percent`` of a cluster's endpoints are ejected at once
-    (at least one may always be).
+    (at least one may always be).  The endpoint of a one-endpoint cluster is
+    ejected only when connections to it fail, unless ``sole_endpoint_answers``.
+
+    Every :class:`Cluster` has ``OutlierDetection()`` unless it says
+    ``outlier_detection=None``: the defaults are Envoy's (5 consecutive
+    failures, 30 s, at most 300 s).
     """
 
     consecutive_failures: int = attrs.field(default=5, validator=_positive_int)
@@ -332,6 +337,16 @@ class OutlierDetection:
         validator=_validate_statuses,
         repr=_statuses_repr,
         kw_only=True,
+    )
+    #: Whether the answers of a one-endpoint cluster's endpoint (statuses in
+    #: ``failure_statuses``, response timeouts, broken responses) count as
+    #: failures.  By default only failures to connect to it do, as nginx
+    #: counts only errors and timeouts: with nowhere else to send a request,
+    #: ejecting the endpoint for a run of 500s on one URL would turn that
+    #: URL's failures into a cluster that answers nothing, while a refused
+    #: connection loses nothing by failing fast.
+    sole_endpoint_answers: bool = attrs.field(
+        default=False, validator=_validate_bool, kw_only=True
     )
 
 
@@ -416,8 +431,9 @@ class Cluster:
     health_check: HealthCheck | None = attrs.field(
         default=None, validator=_optional(HealthCheck, "HealthCheck"), kw_only=True
     )
+    #: Passive health, on by default (see :class:`OutlierDetection`); ``None`` turns it off.
     outlier_detection: OutlierDetection | None = attrs.field(
-        default=None,
+        factory=OutlierDetection,
         validator=_optional(OutlierDetection, "OutlierDetection"),
         kw_only=True,
     )

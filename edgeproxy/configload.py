@@ -94,6 +94,20 @@ class LoadedConfig:
         factory=lambda: types.MappingProxyType({})
     )
 
+    @property
+    def idle_clusters(self) -> dict[str, Cluster]:
+        """Clusters defined at module level that no route uses, by name (the
+        idle side of a blue/green pair).  They run like the others (health
+        checks, /status, metrics) so they can be watched before a route points
+        at them.  A name a route uses is not idle, whatever its other
+        definitions; of two idle definitions of one name, the first loaded wins.
+        """
+        idle: dict[str, Cluster] = {}
+        for name, definitions in self.defined_clusters.items():
+            if name not in self.clusters and definitions:
+                idle[name] = definitions[0].cluster
+        return idle
+
     def line_of(self, path: str, text: str) -> int | None:
         """The first line of ``path`` with a string literal spelling ``text``, if any."""
         return self.literal_lines.get(path, {}).get(text)

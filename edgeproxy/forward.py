@@ -38,6 +38,7 @@ from edgeproxy.upstream import UpstreamClient
 
 if TYPE_CHECKING:
     from edgeproxy.request import ProxyRequest
+    from edgeproxy.routing import SplitChooser
     from edgeproxy.snapshot import Snapshot
 
 __all__ = ["Forwarder"]
@@ -94,11 +95,16 @@ class Forwarder:
             chooser = snapshot.splits[id(target_spec)]
             roll, set_cookie = self._split_roll(request, target_spec)
             cluster = chooser.choose(roll)
-        else:
-            cluster = target_spec
-        runtime = snapshot.clusters[cluster.name]
-        request.cluster_name = cluster.name
-        _Exchange(self, request, runtime, set_cookie).start()
+            runtime = snapshot.clusters[cluster.name]
+            # One flag of the chosen side, kept on its transitions; the other
+            # sides are looked at only when it has nothing.
+            if not runtime.available():
+                runtime = _split_fallback(snapshot, chooser, roll, runtime)
+            request.cluster_name = runtime.cluster.name
+            _Exchange(self, request, runtime, set_cookie, chooser, roll).start()
+            return
+        request.cluster_name = target_spec.name
+        _Exchange(self, request, snapshot.clusters[target_spec.name], None, None, 0.0).start()
 
     def _split_roll(self, request: ProxyRequest, split: Split) -> tuple[float, bytes | None]:
         """A roll for the split: random, or stable for a sticky client (and the
@@ -116,6 +122,16 @@ class Forwarder:
         if request.factory.tls:
             cookie += b"; Secure"
         return stable_roll(token), cookie
+
+
+def _split_fallback(
+    snapshot: Snapshot, chooser: SplitChooser, roll: float, chosen: ClusterRuntime
+) -> ClusterRuntime:
+    """The side that takes over the share of a chosen side with nothing available,
+    or the chosen side itself when no side has anything (it answers 503)."""
+    clusters = snapshot.clusters
+    fallback = chooser.fallback(roll, lambda cluster: clusters[cluster.name].available())
+    return chosen if fallback is None else clusters[fallback.name]
 
 
 def _hash_key(request: ProxyRequest, spec: str) -> bytes | None:
@@ -136,12 +152,18 @@ class _Exchange:
         request: ProxyRequest,
         runtime: ClusterRuntime,
         set_cookie: bytes | None,
+        chooser: SplitChooser | None,
+        roll: float,
     ) -> None:
         self._forwarder = forwarder
         self._request = request
         self._runtime = runtime
         self._cluster = runtime.cluster
         self._set_cookie = set_cookie
+        #: The Split the cluster was picked from (None for a plain route), and
+        #: the roll, to find another side for a request its side could not send.
+        self._chooser = chooser
+        self._roll = roll
         self._tried: list[Endpoint] = []
         self._slot: EndpointRuntime | None = None
         #: The upstream exchange waiting for its head, or the wait for a free slot.
@@ -213,13 +235,22 @@ class _Exchange:
             self._retrying = False
             self._runtime.counters.retries_in_flight -= 1
 
-    def _record_failure(self, cause: str) -> None:
+    def _record_failure(self, cause: str, reached: bool = True) -> None:
+        """The attempt failed; ``reached``: the endpoint was connected to (it
+        answered badly, or too late), rather than being unreachable."""
         slot = self._slot
         if slot is None:
             return
         slot.failures += 1
-        if slot.breaker is not None:
-            slot.breaker.record_failure(cause)
+        breaker = slot.breaker
+        if breaker is None:
+            return
+        if reached and not self._runtime.judges_answers:
+            # A one-endpoint cluster's breaker watches only whether the
+            # endpoint can be reached, and this time it could.
+            breaker.record_success()
+        else:
+            breaker.record_failure(cause)
 
     # -- attempts --------------------------------------------------------------
 
@@ -348,12 +379,62 @@ class _Exchange:
             self._forwarder.log.failure("unexpected upstream failure", failure)
             error = UpstreamResponseFailed()
         self._last_error = error
-        self._record_failure(error.cause)
+        self._record_failure(error.cause, reached=not error.never_sent)
         if self._may_retry(error, None):
             self._retry(type(error).__name__)
             return
+        if error.never_sent and self._chooser is not None and self._other_side(error):
+            return
         self._release_slot()
         self._fail(error)
+
+    def _other_side(self, error: EdgeProxyError) -> bool:
+        """Move a request that its Split side could not send anywhere (every
+        endpoint of that side refused or was tried) to another side, as a
+        retry; whether it did.
+
+        The same rules as a retry within a cluster: never sent, so safe for
+        any method and outside the retry budget, and within ``attempts``.  The
+        side is the one the Split's fallback gives for this request's roll,
+        so a sticky client lands where it will be sent once its side is out.
+        """
+        assert self._chooser is not None
+        if self._client_gone or len(self._tried) >= self._cluster.retries.attempts:
+            return False
+        snapshot = self._request.snapshot
+        assert snapshot is not None
+        current = self._cluster.name
+        clusters = snapshot.clusters
+        side = self._chooser.fallback(
+            self._roll, lambda c: c.name != current and clusters[c.name].available()
+        )
+        if side is None:
+            return False
+        runtime = clusters[side.name]
+        counters = runtime.counters
+        if counters.request_overflow() is not None:
+            return False  # that side is full: the error stands
+        self._forwarder.log.info(
+            "retrying {cluster} on split side {other} after {why} from {endpoint}",
+            cluster=current,
+            other=side.name,
+            why=type(error).__name__,
+            endpoint=self._request.endpoint,
+        )
+        self._release_slot()
+        self._end_retry()
+        if self._counted:
+            self._runtime.counters.in_flight -= 1
+        counters.in_flight += 1
+        counters.retries_total += 1
+        self._counted = True
+        self._runtime = runtime
+        self._cluster = runtime.cluster
+        self._request.cluster_name = side.name
+        # The endpoints tried stay tried (one may be in both sides); a retry
+        # picks any free endpoint, so the hash key no longer matters.
+        self._attempt()
+        return True
 
     def _fail(self, error: EdgeProxyError) -> None:
         self._end_retry()

@@ -115,6 +115,15 @@ class _HealthCore:
         self.consecutive_failures = 0
 
     def failed(self, cause: str) -> None:
+        # A failure is news when it ends a run of passes or changes cause; a
+        # dead endpoint then logs once, not once per interval for as long as
+        # it stays dead (its transition to unhealthy is logged as well).
+        if self.consecutive_failures == 0 or cause != self.last_cause:
+            self.log.info(
+                "{endpoint} health check failed: {cause}",
+                endpoint=self.label,
+                cause=cause,
+            )
         self.consecutive_failures += 1
         self.consecutive_passes = 0
         self.last_cause = cause

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -33,9 +35,28 @@ def set_no_delay(transport: Any) -> None:
             return
 
 
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """Connects with the factory's ``noisy`` turned off.
+
+    ``HTTPConnectionPool`` makes a factory per connection, and a factory logs
+    "Starting factory" and "Stopping factory" (with the repr of the pool's
+    callback) around each: for health checks, two lines per check per
+    endpoint, all day.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        return self._endpoint.connect(protocolFactory)
+
+
 @implementer(IAgentEndpointFactory)
 class DirectEndpointFactory:
-    """Plain TCP endpoints for ``Agent.usingEndpointFactory``.
+    """Plain TCP endpoints for ``Agent.usingEndpointFactory``, quiet in the log.
 
     An IP literal is connected to directly: ``HostnameEndpoint`` would resolve
     it in a thread and report a refused connection only after its 0.3 s
@@ -47,6 +68,9 @@ class DirectEndpointFactory:
         self._timeout = connect_timeout
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return _QuietEndpoint(self._endpoint(uri))
+
+    def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
         try:
             address = ipaddress.ip_address(host.strip("[]"))

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import string
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
@@ -157,6 +158,22 @@ class RoutingTable:
         return f"<RoutingTable ({len(self.virtual_hosts)} virtual hosts)>"
 
 
+def _pick(bounds: Sequence[float], roll: float) -> tuple[int, float]:
+    """The index ``roll`` falls in, and ``roll`` rescaled to [0, 1) within it."""
+    index = bisect.bisect_right(bounds, roll)
+    if index >= len(bounds):  # roll >= 1, or rounding in a float total
+        index = len(bounds) - 1
+    low = bounds[index - 1] if index else 0.0
+    width = bounds[index] - low
+    inner = (roll - low) / width if width > 0 else 0.0
+    return index, min(max(inner, 0.0), math.nextafter(1.0, 0.0))
+
+
+def _cumulative(weights: Sequence[float]) -> list[float]:
+    total = sum(weights)
+    return [cumulative / total for cumulative in itertools.accumulate(weights)]
+
+
 class SplitChooser:
     """Pick a cluster of a :class:`~edgeproxy.config.Split` from a uniform roll in [0, 1).
 
@@ -164,20 +181,21 @@ class SplitChooser:
     ``i / n`` for ``i`` in ``range(n)`` gives exactly the configured
     proportions whenever ``n`` is a multiple of the total weight.  A
     zero-weight cluster is never chosen.
+
+    When the chosen cluster has nothing available, :meth:`fallback` gives its
+    share to the others in proportion to their weights, from the same roll.
     """
 
-    __slots__ = ("_bounds", "_clusters", "split")
+    __slots__ = ("_bounds", "_clusters", "_weights", "split")
 
     def __init__(self, split: Split) -> None:
         self.split = split
         weighted = [(cluster, weight) for cluster, weight in split.weights if weight > 0]
         if not weighted:  # Split's validator forbids this; be explicit anyway
             raise ValueError("a Split needs at least one positive weight")
-        total = sum(weight for _, weight in weighted)
         self._clusters = tuple(cluster for cluster, _ in weighted)
-        self._bounds = tuple(
-            cumulative / total for cumulative in itertools.accumulate(w for _, w in weighted)
-        )
+        self._weights = tuple(weight for _, weight in weighted)
+        self._bounds = tuple(_cumulative(self._weights))
 
     def choose(self, roll: float) -> Cluster:
         """The cluster for ``roll``, uniform in [0, 1)."""
@@ -185,6 +203,30 @@ class SplitChooser:
         if index >= len(self._clusters):  # roll >= 1, or rounding in a float total
             index = len(self._clusters) - 1
         return self._clusters[index]
+
+    def fallback(self, roll: float, available: Callable[[Cluster], bool]) -> Cluster | None:
+        """Where ``roll`` goes when ``choose(roll)`` has nothing ``available``.
+
+        The part of [0, 1) the unavailable cluster owned is spread over the
+        remaining clusters by weight: ``roll``'s position within that part is
+        a new uniform roll among them.  So its share is divided in proportion
+        to their weights, and a sticky roll always lands on the same fallback
+        (and back on its own cluster when that recovers).  Should the fallback
+        have nothing available either, the same step repeats without it.
+        ``None`` when no cluster of positive weight has anything available.
+        """
+        clusters = list(self._clusters)
+        weights = list(self._weights)
+        bounds: Sequence[float] = self._bounds
+        while True:
+            index, roll = _pick(bounds, roll)
+            del clusters[index], weights[index]
+            if not clusters:
+                return None
+            bounds = _cumulative(weights)
+            candidate = clusters[_pick(bounds, roll)[0]]
+            if available(candidate):
+                return candidate
 
     def __repr__(self) -> str:
         return f"<SplitChooser {[c.name for c in self._clusters]}>"

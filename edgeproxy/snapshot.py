@@ -9,6 +9,7 @@ configuration, not per request.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Mapping
 
@@ -39,12 +40,15 @@ class Snapshot:
         rng: random.Random,
         previous: Snapshot | None = None,
     ) -> Snapshot:
-        """The state for ``config``.  With ``previous``, a cluster defined exactly
-        as before keeps its runtime: its health, breakers, counters and
-        requests in flight carry over a reload."""
+        """The state for ``config``: a runtime for every cluster, the routes'
+        and the idle ones defined at module level (see
+        :attr:`LoadedConfig.idle_clusters`).  With ``previous``, a cluster
+        defined exactly as before keeps its runtime: its health, breakers,
+        counters and requests in flight carry over a reload, also when an
+        idle cluster becomes a routed one (a blue/green switch)."""
         carried = previous.clusters if previous is not None else {}
         clusters: dict[str, ClusterRuntime] = {}
-        for name, cluster in config.clusters.items():
+        for name, cluster in itertools.chain(config.clusters.items(), config.idle_clusters.items()):
             old = carried.get(name)
             if old is not None and old.cluster == cluster:
                 clusters[name] = old

@@ -361,9 +361,11 @@ def test_render_does_not_mutate_the_document() -> None:
 # -- the admin resources on a real service -------------------------------------------------
 
 CONFIG = """
-from edgeproxy.config import Cluster, Route, VirtualHost
+from edgeproxy.config import Cluster, HealthCheck, Route, VirtualHost
 
 api = Cluster("api", endpoints=["127.0.0.1:9"])
+# Idle: defined, used by no route (the other side of a blue/green pair).
+spare = Cluster("spare", endpoints=["127.0.0.1:19"], health_check=HealthCheck(interval=1.0))
 virtual_hosts = [VirtualHost(["app.example"], routes=[Route("/", api)])]
 """
 
@@ -475,3 +477,21 @@ def test_status_document_and_page(proxy: EdgeProxyService) -> None:
     assert page.responseHeaders.getRawHeaders(b"content-security-policy") == [PAGE_CSP]
     text = _Page(b"".join(page.written).decode("utf-8")).all_text
     assert "127.0.0.1:9" in text and "app.example" in text
+
+
+def test_an_idle_cluster_is_shown_and_health_checked(proxy: EdgeProxyService) -> None:
+    proxy.privilegedStartService()
+    proxy.startService()
+    try:
+        proxy.reactor.advance(1.0)  # the first check comes within one interval
+        checked = [(host, port) for host, port, *_ in proxy.reactor.tcpClients]
+        document = status(proxy, started=proxy.reactor.seconds())
+        page = _get(_admin_site(proxy), b"/")
+    finally:
+        proxy.stopService()
+    assert ("127.0.0.1", 19) in checked
+    assert document["clusters"]["spare"]["idle"] is True
+    assert document["clusters"]["api"]["idle"] is False
+    assert document["clusters"]["spare"]["endpoints"][0]["endpoint"] == "127.0.0.1:19"
+    text = _Page(b"".join(page.written).decode("utf-8")).all_text
+    assert text.count("idle: no route uses it") == 1

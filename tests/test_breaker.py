@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -452,3 +453,61 @@ def test_diagram_is_stable() -> None:
     assert source.startswith("digraph {")
     for state in ("closed", "open", "half_open", "stopped"):
         assert f"\t{state} [" in source
+
+
+class _MachineOnly(Breaker):
+    """A breaker that asks the machine every time, without the clean-state shortcut."""
+
+    def admit(self) -> bool:
+        return self._machine.admit()
+
+    def record_success(self) -> None:
+        self._machine.success()
+        self._flush()
+
+    def is_ejected(self) -> bool:
+        return self._machine.is_ejected()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clean_state_shortcut_answers_as_the_machine_does(seed: int) -> None:
+    """admit, record_success and is_ejected skip the machine while it is closed
+    with no failure counted; random sequences of inputs get the same answers,
+    states and transitions either way."""
+    rng = random.Random(seed)
+    clocks = (Clock(), Clock())
+    seen: tuple[list[Transition], list[Transition]] = ([], [])
+    allow = [True]
+    fast, slow = (
+        kind("e", CONFIG, clock, lambda: allow[0], log.append)
+        for kind, clock, log in zip((Breaker, _MachineOnly), clocks, seen, strict=True)
+    )
+    steps: list[Callable[[Breaker], object]] = [
+        lambda b: b.admit(),
+        lambda b: b.admit(),
+        lambda b: b.record_success(),
+        lambda b: b.record_success(),
+        lambda b: b.record_failure("status 500"),
+        lambda b: b.record_failure("connect refused"),
+        lambda b: b.record_cancelled(),
+        lambda b: b.record_health_pass(),
+        lambda b: b.is_ejected(),
+        lambda b: b.retry_after(),
+    ]
+    for _ in range(3000):
+        roll = rng.random()
+        if roll < 0.05:
+            delay = rng.choice((1.0, 10.0, 50.0))
+            for clock in clocks:
+                clock.advance(delay)
+        elif roll < 0.07:
+            allow[0] = not allow[0]
+        else:
+            step = rng.choice(steps)
+            assert step(fast) == step(slow)
+        assert fast.status() == slow.status()
+    assert seen[0] == seen[1]
+    assert len(seen[0]) > 20  # the sequences went through every state many times
+    fast.stop()
+    slow.stop()
+    assert fast.admit() is slow.admit() is True

@@ -287,6 +287,59 @@ class WaitForSlotTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(live))
 
 
+class AvailableTests(SynchronousTestCase):
+    """What a Split asks of the side it picked: is any endpoint up?"""
+
+    def test_up_endpoints_make_it_available_even_when_full(self) -> None:
+        runtime, _ = make((E1,), per_endpoint=1)
+        take(runtime)
+        self.assertIs(runtime.choose((), None), FULL)
+        self.assertTrue(runtime.available())
+
+    def test_unhealthy_and_ejected_endpoints_do_not(self) -> None:
+        runtime, _ = make(health=HealthCheck(), outlier=OutlierDetection(1))
+        health_down(runtime, E1)
+        self.assertTrue(runtime.available())
+        eject(runtime, E2)
+        self.assertFalse(runtime.available())
+
+    def test_the_kept_answer_follows_every_transition(self) -> None:
+        """available() and each endpoint's is_up are kept up to date on
+        transitions, not worked out: random health results, request outcomes
+        and time give the worked-out answers."""
+        for seed in range(5):
+            rng = random.Random(seed)
+            runtime, clock = make(
+                (E1, E2, E3),
+                health=HealthCheck(rise=2, fall=2),
+                outlier=OutlierDetection(2, base_ejection_time=10.0, max_ejection_percent=100.0),
+            )
+            down = 0
+            for _ in range(2000):
+                rt = rng.choice(runtime.endpoints)
+                assert rt.health is not None and rt.breaker is not None
+                step = rng.randrange(6)
+                if step == 0:
+                    rt.health.record_fail("timeout")
+                elif step == 1:
+                    rt.health.record_pass()
+                elif step == 2:
+                    rt.breaker.record_failure("connect refused")
+                elif step == 3 and rt.breaker.admit():
+                    rt.breaker.record_success()
+                elif step == 4:
+                    clock.advance(rng.choice((1.0, 5.0, 10.0)))
+                self.assertEqual(
+                    [e.is_up for e in runtime.endpoints], [e.up() for e in runtime.endpoints]
+                )
+                worked_out = any(e.up() for e in runtime.endpoints)
+                self.assertEqual(runtime.available(), worked_out)
+                down += not worked_out
+            self.assertGreater(down, 10)  # the sequences took the whole cluster down often
+            runtime.stop()
+            self.assertTrue(runtime.available())
+
+
 class MayEjectTests(SynchronousTestCase):
     def test_without_outlier_detection(self) -> None:
         runtime, _ = make()
@@ -476,3 +529,28 @@ def test_passing_health_check_brings_an_ejected_endpoint_back() -> None:
     assert first.breaker.status().state == "closed"
     assert transitions[-1].cause == "active health check passed"
     assert clock.getDelayedCalls() == []  # the ejection timer went with it
+
+
+class DefaultOutlierDetectionTests(SynchronousTestCase):
+    """A cluster that says nothing about outlier detection has it (docs/resilience.md)."""
+
+    def runtime(self, endpoints: tuple[Endpoint, ...]) -> ClusterRuntime:
+        return ClusterRuntime(Cluster("api", endpoints=list(endpoints)), Clock(), random.Random(0))
+
+    def test_a_refusing_endpoint_leaves_the_rotation_after_five_failures(self) -> None:
+        runtime = self.runtime((E1, E2))
+        dead = rt_of(runtime, E1)
+        assert dead.breaker is not None
+        attempts = 0
+        for _ in range(40):
+            rt = take(runtime)
+            if rt is dead:
+                attempts += 1
+                dead.breaker.record_failure("connect refused")
+            else:
+                assert rt.breaker is not None
+                rt.breaker.record_success()
+            runtime.release(rt)
+        self.assertEqual(attempts, 5)
+        self.assertFalse(dead.up())
+        self.assertEqual(dead.breaker.retry_after(), 30.0)

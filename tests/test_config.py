@@ -12,6 +12,7 @@ from edgeproxy.config import (
     DEFAULT_RESPONSE_TIMEOUT,
     Cluster,
     Endpoint,
+    OutlierDetection,
     Route,
     Split,
     VirtualHost,
@@ -151,6 +152,28 @@ def test_cluster_validation(kwargs: dict[str, Any], error: type[Exception], mess
     with pytest.raises(error) as caught:
         Cluster(name, **arguments)
     assert message in str(caught.value)
+
+
+def test_every_cluster_has_outlier_detection_unless_it_opts_out() -> None:
+    cluster = Cluster("api", endpoints=["127.0.0.1:9001"])
+    assert cluster.outlier_detection == OutlierDetection()
+    # The documented numbers (docs/resilience.md): Envoy's consecutive-5xx defaults.
+    assert OutlierDetection() == OutlierDetection(
+        5,
+        base_ejection_time=30.0,
+        max_ejection_time=300.0,
+        max_ejection_percent=50.0,
+        failure_statuses=range(500, 600),
+        sole_endpoint_answers=False,
+    )
+    assert Cluster("api", endpoints=["h:1"], outlier_detection=None).outlier_detection is None
+
+
+def test_outlier_detection_validation() -> None:
+    with pytest.raises(TypeError, match="sole_endpoint_answers must be True or False"):
+        OutlierDetection(sole_endpoint_answers=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="outlier_detection must be a OutlierDetection or None"):
+        Cluster("api", endpoints=["h:1"], outlier_detection=5)
 
 
 def test_cluster_endpoints_keyword_only() -> None:

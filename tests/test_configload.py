@@ -377,3 +377,45 @@ def test_inspect_config_of_a_good_configuration_matches_load_config(tmp_path: Pa
     assert problems == ()
     assert config is not None
     assert config.summary() == load_config(path).summary()
+# -- idle clusters ---------------------------------------------------------------------
+
+BLUE_GREEN = """\
+from edgeproxy.config import Cluster, Route, VirtualHost
+
+blue = Cluster("blue", endpoints=["127.0.0.1:9001"])
+green = Cluster("green", endpoints=["127.0.0.1:9002"])
+spare = [Cluster("spare", endpoints=["127.0.0.1:9003"])]
+virtual_hosts = [VirtualHost(["app.example"], routes=[Route("/", blue)])]
+"""
+
+
+def test_idle_clusters_are_the_module_level_ones_no_route_uses(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "app.py", BLUE_GREEN))
+    assert list(config.clusters) == ["blue"]
+    assert config.idle_clusters == {
+        "green": Cluster("green", endpoints=["127.0.0.1:9002"]),
+        "spare": Cluster("spare", endpoints=["127.0.0.1:9003"]),
+    }
+
+
+def test_a_name_a_route_uses_is_never_idle(tmp_path: Path) -> None:
+    source = BLUE_GREEN.replace(
+        'spare = [Cluster("spare", endpoints=["127.0.0.1:9003"])]',
+        'other_blue = Cluster("blue", endpoints=["127.0.0.1:9009"])',
+    )
+    config = load_config(write(tmp_path, "app.py", source))
+    assert list(config.idle_clusters) == ["green"]
+    assert config.clusters["blue"].endpoints[0].port == 9001
+
+
+def test_of_two_idle_definitions_of_a_name_the_first_loaded_wins(tmp_path: Path) -> None:
+    write(tmp_path, "a.py", BLUE_GREEN)
+    write(
+        tmp_path,
+        "b.py",
+        HEADER + 'green = Cluster("green", endpoints=["127.0.0.1:9999"])\n'
+        'virtual_hosts = [VirtualHost(["b.example"], routes=[Route("/", '
+        'Cluster("b", endpoints=["127.0.0.1:9004"]))])]\n',
+    )
+    config = load_config(str(tmp_path))
+    assert config.idle_clusters["green"].endpoints[0].port == 9002

@@ -472,7 +472,9 @@ def ejecting(consecutive: int = 2, endpoints: int = 2) -> Cluster:
     return Cluster(
         "api",
         endpoints=[f"10.0.0.{i}:80" for i in range(1, endpoints + 1)],
-        outlier_detection=OutlierDetection(consecutive, base_ejection_time=30.0),
+        outlier_detection=OutlierDetection(
+            consecutive, base_ejection_time=30.0, sole_endpoint_answers=True
+        ),
         retries=RetryPolicy(1),
     )
 
@@ -514,7 +516,7 @@ def test_statuses_outside_failure_statuses_do_not_count() -> None:
     cluster = Cluster(
         "api",
         endpoints=["10.0.0.1:80"],
-        outlier_detection=OutlierDetection(1, failure_statuses=[503]),
+        outlier_detection=OutlierDetection(1, failure_statuses=[503], sole_endpoint_answers=True),
         retries=RetryPolicy(1),
     )
     h = Harness(Route("/", cluster))
@@ -661,3 +663,161 @@ def test_consistent_hash_on_a_header_keeps_the_endpoint() -> None:
             assert client.status() == 200
             assert seen.setdefault(user, up.address) == up.address
     assert len(set(seen.values())) > 1
+
+
+# -- a Split steers around a side with nothing available --------------------------
+
+CHECKED_GREEN = Cluster(
+    "green", endpoints=["10.0.2.1:80"], health_check=HealthCheck(rise=1, fall=1)
+)
+
+
+def token_for(h: Harness, side: str) -> bytes:
+    """A sticky cookie value that the route's Split sends to ``side``."""
+    target = h.snapshot.config.virtual_hosts[0].routes[0].target
+    assert isinstance(target, Split)
+    chooser = SplitChooser(target)
+    return next(
+        value
+        for value in (b"u%d" % i for i in range(100))
+        if chooser.choose(stable_roll(value)).name == side
+    )
+
+
+def test_split_sends_a_down_sides_share_to_the_other_side() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, CHECKED_GREEN: 1})))
+    green = h.runtime("green").endpoints[0]
+    green.health.record_fail("connect refused")
+    assert not h.runtime("green").available()
+    assert [where(h, h.get(b"/")) for _ in range(20)] == ["blue"] * 20
+    green.health.record_pass()
+    assert set(where(h, h.get(b"/")) for _ in range(20)) == {"blue", "green"}
+
+
+def test_sticky_split_client_of_a_down_side_is_served_elsewhere_until_it_is_back() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, CHECKED_GREEN: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    assert where(h, h.get(b"/", cookie)) == "green"
+    green = h.runtime("green").endpoints[0]
+    green.health.record_fail("connect refused")
+    for _ in range(3):
+        client = h.get(b"/", cookie)
+        assert where(h, client) == "blue"
+        assert client.header(b"set-cookie") == []  # it keeps its own side's cookie
+    green.health.record_pass()
+    assert where(h, h.get(b"/", cookie)) == "green"
+
+
+def test_split_with_every_side_down_answers_503_from_the_chosen_side() -> None:
+    slow_blue = Cluster("blue", endpoints=["10.0.1.1:80"], health_check=HealthCheck(rise=3, fall=1))
+    h = Harness(Route("/", Split({slow_blue: 1, CHECKED_GREEN: 1}, sticky="cookie:variant")))
+    h.runtime("blue").endpoints[0].health.record_fail("timeout")
+    h.runtime("green").endpoints[0].health.record_fail("timeout")
+    # Retry-After is the chosen side's: interval * rise, 6 s for blue, 2 s for green.
+    for side, wait in (("blue", b"6"), ("green", b"2")):
+        client = h.get(b"/", b"Cookie: variant=" + token_for(h, side) + b"\r\n")
+        assert client.status() == 503
+        assert client.header(b"retry-after") == [wait]
+    assert h.connections == 0
+
+
+def test_a_full_side_is_not_steered_around() -> None:
+    """Full (every slot taken) is a limit, answered by the side's own queue and 503."""
+    small_green = Cluster(
+        "green",
+        endpoints=["10.0.2.1:80"],
+        limits=Limits(max_connections_per_endpoint=1, max_pending=0),
+    )
+    h = Harness(Route("/", Split({BLUE: 1, small_green: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    first = h.get(b"/", cookie)
+    assert h.connections == 1
+    second = h.get(b"/", cookie)
+    assert second.status() == 503
+    assert second.header(b"x-edgeproxy-limit") == [b"max_pending"]
+    assert h.connections == 1
+    assert where(h, first) == "green"
+
+
+# -- outlier detection by default ----------------------------------------------------
+
+
+def test_by_default_a_refusing_endpoint_leaves_the_rotation_after_five_attempts() -> None:
+    pair = Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"])
+    h = Harness(Route("/", pair))
+    refused = 0
+    for _ in range(40):
+        client = h.get(b"/")
+        while client.status() is None:
+            host, port = h.reactor.tcpClients[h._accepted][:2]
+            if host == "10.0.0.1":
+                h.refuse()
+                refused += 1
+            else:
+                h.accept().respond(answer(200))
+        assert client.status() == 200
+    assert refused == 5
+    dead = h.runtime("api").endpoints[0]
+    assert not dead.up()
+    assert dead.breaker.retry_after() == 30.0
+
+
+def test_by_default_a_sole_endpoint_is_not_ejected_for_its_answers() -> None:
+    h = Harness(Route("/", Cluster("api", endpoints=["10.0.0.1:80"])))
+    for _ in range(12):
+        client = h.get(b"/")
+        h.accept().respond(answer(500))
+        assert client.status() == 500
+    breaker = h.runtime("api").endpoints[0].breaker
+    assert breaker.status().state == "closed"
+    assert breaker.status().consecutive_failures == 0
+    assert h.runtime("api").endpoints[0].failures == 12
+
+
+def test_by_default_a_sole_endpoint_that_cannot_be_reached_is_ejected() -> None:
+    h = Harness(Route("/", Cluster("api", endpoints=["10.0.0.1:80"])))
+    for _ in range(5):
+        client = h.get(b"/")
+        h.refuse()
+        assert client.status() == 502
+    shed = h.get(b"/")
+    assert shed.status() == 503
+    assert shed.header(b"retry-after") == [b"30"]
+    assert h.connections == 5
+    # The probe after the ejection reaches it: any answer brings it back.
+    h.reactor.advance(30)
+    probe = h.get(b"/")
+    h.accept().respond(answer(500))
+    assert probe.status() == 500
+    assert h.runtime("api").endpoints[0].breaker.status().state == "closed"
+
+
+def test_a_request_its_split_side_could_not_send_is_retried_on_another_side() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, GREEN: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    for n in range(1, 6):
+        client = h.request(
+            b"POST / HTTP/1.1\r\nHost: shop.example\r\n" + cookie + b"Content-Length: 2\r\n\r\nhi"
+        )
+        assert h.reactor.tcpClients[h._accepted][0] == "10.0.2.1"
+        h.refuse()  # green refuses: never sent, so even a POST moves to blue
+        assert where(h, client) == "blue"
+        assert client.header(b"set-cookie") == []
+        assert h.runtime("green").endpoints[0].failures == n
+        assert h.runtime("blue").counters.retries_total == n
+    # Five refusals ejected green: its clients now go straight to blue.
+    assert not h.runtime("green").available()
+    before = h.connections
+    assert where(h, h.get(b"/", cookie)) == "blue"
+    assert h.connections == before + 1
+    assert h.runtime("green").counters.in_flight == h.runtime("blue").counters.in_flight == 0
+
+
+def test_no_other_side_when_the_attempts_are_spent() -> None:
+    green = Cluster("green", endpoints=["10.0.2.1:80"], retries=RetryPolicy(1))
+    h = Harness(Route("/", Split({BLUE: 1, green: 1}, sticky="cookie:variant")))
+    client = h.get(b"/", b"Cookie: variant=" + token_for(h, "green") + b"\r\n")
+    h.refuse()
+    assert client.status() == 502
+    assert h.connections == 1
+    assert h.runtime("green").counters.in_flight == 0

@@ -11,10 +11,13 @@ import pytest
 from treq.testing import RequestTraversalAgent
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.resource import Resource
@@ -25,6 +28,7 @@ from zope.interface.verify import verifyObject
 from edgeproxy.breaker import Transition
 from edgeproxy.config import Endpoint, HealthCheck
 from edgeproxy.health import BODY_LIMIT, HealthChecker, HealthState, HealthStatus
+from edgeproxy.netutil import DirectEndpointFactory
 
 CONFIG = HealthCheck("/healthz", interval=2.0, timeout=1.0, rise=2, fall=3, jitter=0.1)
 E1 = Endpoint("10.0.0.1", 8080)
@@ -186,6 +190,24 @@ def test_transitions_reported_and_logged() -> None:
         (label, "healthy", "unhealthy"),
         (label, "unhealthy", "healthy"),
     ]
+
+
+def test_failed_checks_are_logged_when_they_are_news() -> None:
+    """The first failure after a pass and a change of cause are logged; the same
+    failure again is not (a dead endpoint logs once, not every interval)."""
+    h = StateHarness()
+    with capturedLogs() as events:
+        h.fails(5, "connect refused")
+        h.fails(2, "timeout")
+        h.passes(2)
+        h.fails(1, "timeout")
+    failed = [
+        e["cause"] for e in events if e["log_format"] == "{endpoint} health check failed: {cause}"
+    ]
+    assert failed == ["connect refused", "timeout", "timeout"]
+    assert all(
+        e["endpoint"] == "api/10.0.0.1:8080" for e in events if e["log_format"].endswith("{cause}")
+    )
 
 
 def test_clock_gives_the_time_when_at_is_not_given() -> None:
@@ -673,3 +695,30 @@ def test_a_raising_on_transition_does_not_stop_the_loop() -> None:
     assert state.healthy() is False
     assert [e["log_failure"].type for e in events if e.get("log_failure")] == [ValueError]
     checker.stopService()
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port"),
+    [
+        (b"http://10.0.0.1:8080/healthz", "10.0.0.1", 8080),
+        (b"http://[::1]:8081/healthz", "::1", 8081),
+    ],
+)
+def test_health_check_connections_are_quiet(url: bytes, host: str, port: int) -> None:
+    """Every check's connection factory is made not noisy: no "Starting
+    factory"/"Stopping factory" lines per check (docs/operations.md)."""
+    reactor = MemoryReactorClock()
+    factory = Factory.forProtocol(Protocol)
+    assert factory.noisy is True
+    endpoint = DirectEndpointFactory(reactor, connect_timeout=3.0).endpointForURI(
+        URI.fromBytes(url)
+    )
+    with capturedLogs() as events:
+        endpoint.connect(factory)
+        (connection,) = reactor.tcpClients
+        assert (connection[0], connection[1], connection[3]) == (host, port, 3.0)
+        wrapper = connection[2]
+        wrapper.doStart()
+        wrapper.doStop()
+    assert factory.noisy is False
+    assert [e for e in events if "factory" in e.get("log_format", "")] == []

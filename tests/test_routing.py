@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
@@ -281,3 +281,70 @@ def test_split_chooser_keeps_split() -> None:
     split = Split({API: 1})
     assert SplitChooser(split).split is split
     assert SplitChooser(split).choose(0.5) is API
+
+
+# SplitChooser.fallback: a side with nothing available ------------------------------
+
+
+def sides(*weights: float) -> tuple[list[Cluster], SplitChooser]:
+    clusters = [Cluster(f"c{i}", endpoints=["127.0.0.1:1"]) for i in range(len(weights))]
+    return clusters, SplitChooser(Split(dict(zip(clusters, weights, strict=True))))
+
+
+def served(chooser: SplitChooser, down: set[str], roll: float) -> str | None:
+    """What the forwarder does: the chosen side, or its fallback when it is down."""
+    chosen = chooser.choose(roll)
+    if chosen.name not in down:
+        return chosen.name
+    fallback = chooser.fallback(roll, lambda cluster: cluster.name not in down)
+    return None if fallback is None else fallback.name
+
+
+def test_fallback_gives_a_down_sides_share_to_the_others_by_weight() -> None:
+    _, chooser = sides(50, 30, 20)
+    counts = Counter(served(chooser, {"c1"}, roll) for roll in rolls(10_000))
+    # c1's 3000 rolls go 50:20 to c0 and c2; nobody else moves.
+    assert counts["c1"] == 0
+    assert abs(counts["c0"] - (5000 + 3000 * 50 / 70)) <= 1
+    assert abs(counts["c2"] - (2000 + 3000 * 20 / 70)) <= 1
+    for roll in rolls(1000):
+        if chooser.choose(roll).name != "c1":
+            assert served(chooser, {"c1"}, roll) == chooser.choose(roll).name
+
+
+def test_fallback_is_the_same_for_the_same_roll_and_ends_when_the_side_is_back() -> None:
+    _, chooser = sides(1, 1, 1)
+    on_c1 = [roll for roll in rolls(300) if chooser.choose(roll).name == "c1"]
+    first = [served(chooser, {"c1"}, roll) for roll in on_c1]
+    assert [served(chooser, {"c1"}, roll) for roll in on_c1] == first
+    assert set(first) == {"c0", "c2"}
+    assert {served(chooser, set(), roll) for roll in on_c1} == {"c1"}
+
+
+def test_fallback_skips_sides_that_are_down_too() -> None:
+    _, chooser = sides(1, 1, 1)
+    assert {served(chooser, {"c1", "c2"}, roll) for roll in rolls(300)} == {"c0"}
+    assert {served(chooser, {"c0", "c1", "c2"}, roll) for roll in rolls(30)} == {None}
+
+
+def test_a_zero_weight_side_takes_no_share() -> None:
+    _, chooser = sides(1, 0, 1)
+    assert {served(chooser, {"c2"}, roll) for roll in rolls(100)} == {"c0"}
+    assert {served(chooser, {"c0", "c2"}, roll) for roll in rolls(100)} == {None}
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=6).filter(any),
+    st.sets(st.integers(min_value=0, max_value=5)),
+    st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+)
+def test_fallback_is_an_available_side_of_positive_weight(
+    weights: list[int], down_indices: set[int], roll: float
+) -> None:
+    clusters, chooser = sides(*weights)
+    down = {f"c{i}" for i in down_indices}
+    assume(chooser.choose(roll).name in down)  # the only time the forwarder asks
+    fallback = chooser.fallback(roll, lambda cluster: cluster.name not in down)
+    live = [c for c, w in zip(clusters, weights, strict=True) if w > 0 and c.name not in down]
+    assert (fallback is None) == (live == [])
+    assert fallback is None or fallback in live

@@ -339,7 +339,7 @@ def test_sticky_split_by_cookie(make_env) -> None:  # type: ignore[no-untyped-de
 ALL_OUT_CONFIG = """
 from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
 
-detection = OutlierDetection(consecutive_failures=2, base_ejection_time=20.0)
+detection = OutlierDetection(consecutive_failures=2, base_ejection_time=20.0, sole_endpoint_answers=True)
 strict = Cluster("strict", endpoints=["{a}"], outlier_detection=detection)
 panicky = Cluster("panicky", endpoints=["{b}"], outlier_detection=detection, panic_mode=True)
 virtual_hosts = [
