@@ -304,7 +304,8 @@ def check_shadowed_routes(config: LoadedConfig) -> CheckReport:
 
 
 def check_endpoints(config: LoadedConfig) -> CheckReport:
-    """Endpoint hosts of the clusters routes use, by syntax only (nothing is resolved).
+    """Endpoint hosts of every cluster (idle ones too: their health checks
+    connect), by syntax only (nothing is resolved).
 
     ``Endpoint`` already requires a port in 1..65535 and a host that is an IP
     literal or a DNS name (labels of letters, digits, ``-`` and ``_``).  Here:
@@ -318,7 +319,7 @@ def check_endpoints(config: LoadedConfig) -> CheckReport:
     """
     errors: list[ConfigProblem] = []
     warnings: list[ConfigProblem] = []
-    for cluster in config.clusters.values():
+    for cluster in (*config.clusters.values(), *config.idle_clusters.values()):
         path = _cluster_file(config, cluster)
         for endpoint in cluster.endpoints:
             error, warning = _host_problem(endpoint.host)

@@ -118,21 +118,24 @@ class LoadedConfig:
 
     @property
     def endpoint_count(self) -> int:
-        return sum(len(cluster.endpoints) for cluster in self.clusters.values())
+        idle = self.idle_clusters.values()
+        return sum(len(cluster.endpoints) for cluster in (*self.clusters.values(), *idle))
 
     def summary(self) -> str:
         """One line for ``--check``.
 
-        ``"2 files, 3 virtual hosts, 5 routes, 4 clusters, 7 endpoints"``
+        ``"2 files, 3 virtual hosts, 5 routes, 4 clusters (1 idle), 7 endpoints"``
+        (idle: defined, used by no route, and run like the others).
         """
+        idle = len(self.idle_clusters)
         counts = [
-            (len(self.files), "file"),
-            (len(self.virtual_hosts), "virtual host"),
-            (self.route_count, "route"),
-            (len(self.clusters), "cluster"),
-            (self.endpoint_count, "endpoint"),
+            (len(self.files), "file", ""),
+            (len(self.virtual_hosts), "virtual host", ""),
+            (self.route_count, "route", ""),
+            (len(self.clusters) + idle, "cluster", f" ({idle} idle)" if idle else ""),
+            (self.endpoint_count, "endpoint", ""),
         ]
-        return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}" for n, noun in counts)
+        return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}{extra}" for n, noun, extra in counts)
 
 
 def config_files(path: str) -> list[str]:

@@ -410,6 +410,19 @@ def test_endpoint_objects_point_at_the_cluster(tmp_path: Path) -> None:
     assert (warning.path, warning.line) == (path, 4)  # the host's literal
 
 
+def test_endpoints_of_an_idle_cluster_are_checked(tmp_path: Path) -> None:
+    # No route uses green, but its health checks connect: a bad host is an error all the same.
+    source = HEADER + (
+        "blue = Cluster('blue', endpoints=['127.0.0.1:8'])\n"
+        "green = Cluster('green', endpoints=['-green.internal:80'])\n"
+        "virtual_hosts = [VirtualHost('a.example', routes=[Route('/', blue)])]\n"
+    )
+    config, path = load(tmp_path, source)
+    (error,) = check_endpoints(config).errors
+    assert (error.path, error.line) == (path, 3)
+    assert error.message.startswith("cluster 'green'': endpoint '-green.internal:80'")
+
+
 # --- unused clusters -------------------------------------------------------------
 
 

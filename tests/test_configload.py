@@ -396,6 +396,7 @@ def test_idle_clusters_are_the_module_level_ones_no_route_uses(tmp_path: Path) -
         "green": Cluster("green", endpoints=["127.0.0.1:9002"]),
         "spare": Cluster("spare", endpoints=["127.0.0.1:9003"]),
     }
+    assert config.summary() == "1 file, 1 virtual host, 1 route, 3 clusters (2 idle), 3 endpoints"
 
 
 def test_a_name_a_route_uses_is_never_idle(tmp_path: Path) -> None:
