@@ -420,7 +420,7 @@ def test_endpoints_of_an_idle_cluster_are_checked(tmp_path: Path) -> None:
     config, path = load(tmp_path, source)
     (error,) = check_endpoints(config).errors
     assert (error.path, error.line) == (path, 3)
-    assert error.message.startswith("cluster 'green'': endpoint '-green.internal:80'")
+    assert error.message.startswith("cluster 'green': endpoint '-green.internal:80'")
 
 
 # --- unused clusters -------------------------------------------------------------
