@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from edgeproxy import fastpoll, heap, writethrough
+from edgeproxy import heap
 from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
@@ -28,6 +28,7 @@ from edgeproxy.configload import load_config
 from edgeproxy.configwatch import ConfigWatcher
 from edgeproxy.downstream import ConnectionTracker, ProxyFactory
 from edgeproxy.errors import ConfigError
+from edgeproxy.fastpaths import FastPaths
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
 from edgeproxy.metrics import Metrics
@@ -35,7 +36,6 @@ from edgeproxy.netutil import DirectEndpointFactory
 from edgeproxy.observability import AccessLog, FileSink
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
-from edgeproxy.tlsserver import TLSServerEndpoint
 from edgeproxy.upstream import UpstreamClient
 
 __all__ = ["EdgeProxyService", "ListenEndpoints", "ListenerService", "make_service"]
@@ -121,6 +121,8 @@ class EdgeProxyService(MultiService):
         endpoints = endpoints or _string_endpoints(reactor)
         self.settings = settings
         self.reactor = reactor
+        # Chosen before the https listeners are built: they take its TLS layer.
+        self.fast_paths = FastPaths(settings.fast_paths)
         config = load_config(settings.config)
         self._rng = rng = random.Random()
         self.upstream = UpstreamClient(reactor)
@@ -176,7 +178,7 @@ class EdgeProxyService(MultiService):
 
         self.https_listeners: list[ListenerService] = []
         for description in settings.https:
-            endpoint = TLSServerEndpoint(creator, endpoints("https", description))
+            endpoint = self.fast_paths.tls_endpoint(creator, endpoints("https", description))
             listener = ListenerService("https", description, endpoint, proxy_factory(True))
             listener.setServiceParent(self)
             self.https_listeners.append(listener)
@@ -261,8 +263,7 @@ class EdgeProxyService(MultiService):
         return None
 
     def privilegedStartService(self) -> None:
-        writethrough.install()
-        fastpoll.install(self.reactor)
+        self.fast_paths.install(self.reactor)
         if self._handle_sighup:
             # Before the listeners open: a SIGHUP that arrives once anyone can
             # know we are up must reload, not kill the process.

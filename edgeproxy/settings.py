@@ -52,3 +52,6 @@ class Settings:
     watch_config: bool = False
     #: ``--drain-timeout``: on SIGTERM, how long requests in flight may take to finish.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: False with ``--no-fast-paths``: Twisted's own TLS layer, write and event
+    #: dispatch instead of edgeproxy's (:mod:`edgeproxy.fastpaths`).
+    fast_paths: bool = True
