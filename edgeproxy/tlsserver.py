@@ -136,7 +136,10 @@ def _resolve() -> tuple[dict[str, Any], dict[str, Any]]:
     for name in CONNECTION_METHODS:
         if not callable(getattr(SSL.Connection, name, None)):
             raise LookupError(f"SSL.Connection.{name}")
-    probe = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+    try:
+        probe = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+    except Exception as e:
+        raise LookupError(f"SSL.Connection() ({e})") from None
     for name in CONNECTION_ATTRIBUTES:
         if getattr(probe, name, _MISSING) is _MISSING:
             raise LookupError(f"SSL.Connection().{name}")

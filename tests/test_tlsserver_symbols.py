@@ -228,3 +228,15 @@ def test_bindings_that_do_not_load(
     monkeypatch.setattr(tlsserver, "_bindings", broken)
     assert tlsserver.use_direct_openssl() == "cryptography's OpenSSL bindings (no _openssl)"
     assert not tlsserver.direct_openssl()
+
+
+def test_a_pyopenssl_that_cannot_build_the_probe_connection(
+    monkeypatch: pytest.MonkeyPatch, logged: Sequence[dict[str, Any]]
+) -> None:
+    def refuse(method: int) -> SSL.Context:
+        raise SSL.Error("no such method")
+
+    monkeypatch.setattr(SSL, "Context", refuse)
+    missing = tlsserver.use_direct_openssl()
+    assert missing == "SSL.Connection() (no such method)"
+    assert not tlsserver.direct_openssl()
