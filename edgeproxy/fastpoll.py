@@ -21,9 +21,9 @@ goes on, as with ``callWithLogger``.
 from __future__ import annotations
 
 import errno
+import select
 import sys
 import types
-from select import EPOLLIN
 from typing import Any
 
 from twisted.internet import main, tcp
@@ -33,6 +33,9 @@ from twisted.python import log as legacy_log
 __all__ = ["install", "installed"]
 
 log = Logger(namespace="edgeproxy.fastpoll")
+
+# Where there is no epoll, install() leaves every reactor alone and this is unused.
+EPOLLIN: int = getattr(select, "EPOLLIN", 1)
 
 # The reactor attributes the lean doPoll reads.
 _REQUIRED = (
@@ -99,14 +102,16 @@ def _read(reactor: Any, connection: Any) -> None:
 
 
 def installed(reactor: Any) -> bool:
-    return getattr(reactor, "doPoll", None).__func__ is _do_poll  # type: ignore[union-attr]
+    return getattr(getattr(reactor, "doPoll", None), "__func__", None) is _do_poll
 
 
 def install(reactor: Any) -> bool:
     """Give ``reactor`` the lean ``doPoll``; True if it has it.  Only Twisted's
     epoll reactor (the default on Linux) is changed; any other stays as it is."""
-    from twisted.internet.epollreactor import EPollReactor
-
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # no epoll on this platform
+        return False
     if not isinstance(reactor, EPollReactor):
         return False
     if not all(hasattr(reactor, name) for name in _REQUIRED) or not isinstance(

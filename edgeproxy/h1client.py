@@ -218,12 +218,12 @@ class _BodyTransport:
     def pauseProducing(self) -> None:
         conn = self._exchange.body_connection()
         if conn is not None:
-            conn.pause()
+            conn.consumer_pause()
 
     def resumeProducing(self) -> None:
         conn = self._exchange.body_connection()
         if conn is not None:
-            conn.resume()
+            conn.consumer_resume()
 
     def stopProducing(self) -> None:
         conn = self._exchange.body_connection()
@@ -541,6 +541,7 @@ class _Connection(Protocol):
         self._reset_message_state()
 
     def _reset_message_state(self) -> None:
+        self._consumer_paused = False
         self._got_bytes = False
         self._prefix = b""
         self._prefix_ok = False
@@ -764,9 +765,22 @@ class _Connection(Protocol):
         if exchange is not None:
             exchange.body_done(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
 
-    def body_consumer_ready(self) -> None:
-        # deliverBody came after the head: reading was paused meanwhile.
+    def consumer_pause(self) -> None:
+        """The body's consumer cannot take more (its client reads slowly)."""
+        self._consumer_paused = True
+        self.pause()
+
+    def consumer_resume(self) -> None:
+        self._consumer_paused = False
         self.resume()
+
+    def body_consumer_ready(self) -> None:
+        # deliverBody came after the head: reading was paused meanwhile.  The
+        # consumer may have paused it itself while taking the bytes that came
+        # with the head (its client's buffer was already full): then it stays
+        # paused until the consumer resumes it.
+        if not self._consumer_paused:
+            self.resume()
 
     # -- parsing ---------------------------------------------------------------------
 

@@ -20,13 +20,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from edgeproxy import fastpoll, heap, writethrough
+from edgeproxy import heap
 from edgeproxy.admin import admin_site
 from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.certwatch import CertificateWatcher
 from edgeproxy.configload import LoadedConfig, load_config
 from edgeproxy.configwatch import BackgroundLoader, ConfigWatcher, in_daemon_thread
 from edgeproxy.downstream import ConnectionTracker, ProxyFactory
+from edgeproxy.fastpaths import FastPaths
 from edgeproxy.forward import Forwarder
 from edgeproxy.health import HealthChecker
 from edgeproxy.metrics import Metrics
@@ -34,7 +35,6 @@ from edgeproxy.netutil import DirectEndpointFactory
 from edgeproxy.observability import AccessLog, FileSink
 from edgeproxy.settings import Settings
 from edgeproxy.snapshot import Snapshot
-from edgeproxy.tlsserver import TLSServerEndpoint
 from edgeproxy.upstream import UpstreamClient
 
 __all__ = ["EdgeProxyService", "ListenEndpoints", "ListenerService", "make_service"]
@@ -120,6 +120,8 @@ class EdgeProxyService(MultiService):
         endpoints = endpoints or _string_endpoints(reactor)
         self.settings = settings
         self.reactor = reactor
+        # Chosen before the https listeners are built: they take its TLS layer.
+        self.fast_paths = FastPaths(settings.fast_paths)
         config = load_config(settings.config)
         self._rng = rng = random.Random()
         self.upstream = UpstreamClient(reactor)
@@ -185,7 +187,7 @@ class EdgeProxyService(MultiService):
 
         self.https_listeners: list[ListenerService] = []
         for description in settings.https:
-            endpoint = TLSServerEndpoint(creator, endpoints("https", description))
+            endpoint = self.fast_paths.tls_endpoint(creator, endpoints("https", description))
             listener = ListenerService("https", description, endpoint, proxy_factory(True))
             listener.setServiceParent(self)
             self.https_listeners.append(listener)
@@ -271,8 +273,7 @@ class EdgeProxyService(MultiService):
         return None
 
     def privilegedStartService(self) -> None:
-        writethrough.install()
-        fastpoll.install(self.reactor)
+        self.fast_paths.install(self.reactor)
         if self._handle_sighup:
             # Before the listeners open: a SIGHUP that arrives once anyone can
             # know we are up must reload, not kill the process.

@@ -59,3 +59,6 @@ class Settings:
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
     #: ``--tls-profile intermediate|modern`` (edgeproxy.certificates.TLS_PROFILES).
     tls_profile: str = "intermediate"
+    #: False with ``--no-fast-paths``: Twisted's own TLS layer, write and event
+    #: dispatch instead of edgeproxy's (:mod:`edgeproxy.fastpaths`).
+    fast_paths: bool = True

@@ -117,6 +117,9 @@ class Options(usage.Options):
          "print every problem and exit (1 on an error, else 0); starts nothing."],
         ["strict", None, "With --check: warnings fail the check too (exit 1)."],
         ["watch-config", None, "Reload when a config file changes (as on SIGHUP)."],
+        ["no-fast-paths", None, "Run on Twisted's own TLS layer, write and event dispatch "
+         "instead of edgeproxy's faster ones (to rule them out when something looks wrong; "
+         "docs/operations.md)."],
     ]
     optParameters = [
         ["config", None, "sites", "A Python config file, or a directory whose *.py files are "
@@ -202,6 +205,7 @@ class Options(usage.Options):
             drain_timeout=self["drain-timeout"],
             reload_timeout=self["reload-timeout"],
             tls_profile=self["tls-profile"],
+            fast_paths=not self["no-fast-paths"],
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.

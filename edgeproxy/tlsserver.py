@@ -35,6 +35,7 @@ objects (on its hot path it calls OpenSSL on them directly, see below):
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from OpenSSL import SSL
@@ -48,51 +49,147 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 #: Decrypted bytes taken from OpenSSL per call (a TLS record is at most 16 KiB).
 RECV_SIZE = 65536
 
-# How many bytes wait in a memory BIO (BIO_get_mem_data with no pointer).
-# pyOpenSSL has no public call for it, and without it the only way to find
-# a BIO empty is a read that raises WantReadError: twice per request (after
-# the last record is decrypted, and when draining output), ~4 us each.  The
-# BIOs are pyOpenSSL's (``Connection._into_ssl``/``_from_ssl``, unchanged for
-# a decade); if a release renames them, the exception path is used instead.
-#
-# With the BIOs and the SSL object in hand, the calls of the hot path
-# (SSL_read, SSL_write, BIO_write, BIO_read) also go to OpenSSL directly, the
-# way pyOpenSSL makes them but without its per-call checks and copies into
-# fresh buffers; errors are still raised by pyOpenSSL (``_raise_ssl_error``).
-try:
-    from cryptography.hazmat.bindings.openssl.binding import Binding as _Binding
+log = Logger(namespace="edgeproxy.tlsserver")
 
-    _binding = _Binding()
-    _lib: Any = _binding.lib
-    _ffi: Any = _binding.ffi
-    _mem_pending: Any = _lib.BIO_get_mem_data
-    _NULL: Any = _ffi.NULL
-    _WANT_READ: int = _lib.SSL_ERROR_WANT_READ
-    _ZERO_RETURN: int = _lib.SSL_ERROR_ZERO_RETURN
-    _no_zero_alloc: Any = _ffi.new_allocator(should_clear_after_alloc=False)
-    #: Decrypted records are copied out at once, so one buffer serves every connection.
-    _RECV_BUFFER: Any = _no_zero_alloc("char[]", RECV_SIZE)
-except (ImportError, AttributeError):  # pragma: no cover - other bindings
-    _mem_pending = None
-    _NULL = None
+# The direct path.  pyOpenSSL has no public call for how many bytes wait in
+# a memory BIO (BIO_get_mem_data with no pointer), and without it the only way
+# to find a BIO empty is a read that raises WantReadError: twice per request
+# (after the last record is decrypted, and when draining output), ~4 us each.
+# With the connection's BIOs and SSL object in hand (pyOpenSSL's
+# ``Connection._into_ssl``/``_from_ssl``/``_ssl``, unchanged for a decade), the
+# calls of the hot path (SSL_read, SSL_write, BIO_write, BIO_read) also go to
+# OpenSSL directly, the way pyOpenSSL makes them but without its per-call
+# checks and copies into fresh buffers; errors are still raised by pyOpenSSL
+# (``_raise_ssl_error``).
+#
+# Every name the direct path uses is in the tables below and is looked up once,
+# by use_direct_openssl() at start-up.  One missing (a cryptography release
+# that drops a binding, a pyOpenSSL that renames an attribute) turns the whole
+# direct path off: every connection then uses pyOpenSSL's public calls, never a
+# mix, and no request can fail on a lookup.
+
+#: cryptography's OpenSSL bindings: the functions and constants called.
+OPENSSL_SYMBOLS = (
+    "BIO_get_mem_data",
+    "BIO_read",
+    "BIO_write",
+    "SSL_read",
+    "SSL_write",
+    "SSL_get_error",
+    "SSL_pending",
+    "SSL_ERROR_WANT_READ",
+)
+#: The bindings' cffi FFI.
+FFI_SYMBOLS = ("NULL", "buffer", "from_buffer", "new_allocator")
+#: pyOpenSSL's ``SSL.Connection``: a method, then what every connection has.
+CONNECTION_METHODS = ("_raise_ssl_error",)
+CONNECTION_ATTRIBUTES = ("_into_ssl", "_from_ssl", "_ssl")
+
+# Set by use_direct_openssl(): the resolved symbols in namespaces holding
+# exactly the tables' names (``_lib.SSL_read``; modules, as cryptography's
+# ``lib`` is, so attribute reads cost the same), and shorthands for the hottest.
+_direct = False
+_lib: Any = None
+_ffi: Any = None
+_mem_pending: Any = None
+_NULL: Any = None
+_WANT_READ: int = 0
+_no_zero_alloc: Any = None
+#: Decrypted records are copied out at once, so one buffer serves every connection.
+_RECV_BUFFER: Any = None
+
+
+_MISSING = object()
+
+
+def _bindings() -> tuple[Any, Any]:
+    """cryptography's OpenSSL ``lib`` and ``ffi``."""
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+
+    binding = Binding()
+    return binding.lib, binding.ffi
+
+
+def _resolve() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every symbol of the tables: (lib's, ffi's).  Raises ``LookupError(name)``
+    with the first one missing."""
+    try:
+        lib, ffi = _bindings()
+    except Exception as e:  # ImportError, or a Binding that fails to load
+        raise LookupError(f"cryptography's OpenSSL bindings ({e})") from None
+    resolved: list[dict[str, Any]] = []
+    for source, names, prefix in ((lib, OPENSSL_SYMBOLS, ""), (ffi, FFI_SYMBOLS, "ffi.")):
+        table = {}
+        for name in names:
+            value = getattr(source, name, _MISSING)
+            if value is _MISSING:
+                raise LookupError(prefix + name)
+            table[name] = value
+        resolved.append(table)
+    for name in CONNECTION_METHODS:
+        if not callable(getattr(SSL.Connection, name, None)):
+            raise LookupError(f"SSL.Connection.{name}")
+    try:
+        probe = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None)
+    except Exception as e:
+        raise LookupError(f"SSL.Connection() ({e})") from None
+    for name in CONNECTION_ATTRIBUTES:
+        if getattr(probe, name, _MISSING) is _MISSING:
+            raise LookupError(f"SSL.Connection().{name}")
+    return resolved[0], resolved[1]
+
+
+def use_direct_openssl(enabled: bool = True) -> str | None:
+    """Turn the direct OpenSSL calls on (every symbol resolved first) or off,
+    for the connections made from now on.  Returns None if they are on,
+    otherwise the name that is missing (``"SSL_pending"``), after logging a
+    warning; with ``enabled=False``, returns None and they are off."""
+    global _direct, _lib, _ffi, _mem_pending, _NULL, _WANT_READ, _no_zero_alloc, _RECV_BUFFER
+    _direct = False
+    if not enabled:
+        return None
+    try:
+        lib, ffi = _resolve()
+    except LookupError as e:
+        missing = str(e.args[0])
+        log.warn(
+            "direct OpenSSL calls off: {missing} is missing; TLS uses pyOpenSSL's public calls",
+            missing=missing,
+        )
+        return missing
+    # Only ever replaced by a complete set: a failed lookup above leaves what
+    # an earlier one set for the connections made since.
+    _lib = ModuleType("edgeproxy.tlsserver.openssl")
+    _lib.__dict__.update(lib)
+    _ffi = ModuleType("edgeproxy.tlsserver.ffi")
+    _ffi.__dict__.update(ffi)
+    _mem_pending = lib["BIO_get_mem_data"]
+    _NULL = ffi["NULL"]
+    _WANT_READ = lib["SSL_ERROR_WANT_READ"]
+    _no_zero_alloc = ffi["new_allocator"](should_clear_after_alloc=False)
+    _RECV_BUFFER = _no_zero_alloc("char[]", RECV_SIZE)
+    _direct = True
+    return None
+
+
+def direct_openssl() -> bool:
+    """Whether connections made now use the direct OpenSSL calls."""
+    return _direct
 
 
 def _handles(connection: SSL.Connection) -> tuple[Any, Any, Any]:
     """The connection's (incoming BIO, outgoing BIO, SSL), or three Nones."""
-    if _mem_pending is None or not hasattr(connection, "_raise_ssl_error"):
+    if not _direct:
         return None, None, None
-    into = getattr(connection, "_into_ssl", None)
-    out = getattr(connection, "_from_ssl", None)
-    ssl = getattr(connection, "_ssl", None)
-    if into is None or out is None or ssl is None:
-        return None, None, None
-    return into, out, ssl
+    c: Any = connection
+    return c._into_ssl, c._from_ssl, c._ssl
 
 
 def _encrypted_size(plaintext: int) -> int:
@@ -118,7 +215,7 @@ class TLSServerProtocol(Protocol):
         self._early_writes: list[bytes] = []
         self._tells_handshake = IHandshakeListener.providedBy(app)
         # The connection's memory BIOs and SSL object while it is alive (see
-        # _mem_pending); None: pyOpenSSL's own calls are used.
+        # use_direct_openssl); None: pyOpenSSL's own calls are used.
         self._in_bio: Any = None
         self._out_bio: Any = None
         self._ssl: Any = None
@@ -449,4 +546,10 @@ class TLSServerEndpoint:
         return deferred
 
 
-__all__ = ["TLSServerEndpoint", "TLSServerFactory", "TLSServerProtocol"]
+__all__ = [
+    "TLSServerEndpoint",
+    "TLSServerFactory",
+    "TLSServerProtocol",
+    "direct_openssl",
+    "use_direct_openssl",
+]

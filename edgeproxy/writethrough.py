@@ -98,8 +98,19 @@ def install() -> bool:
     global _buffered_write
     if _buffered_write is not None:
         return True
-    init_source = inspect.getsource(abstract.FileDescriptor.__init__)
-    connection_init_source = inspect.getsource(tcp.Connection.__init__)
+    try:
+        init_source = inspect.getsource(abstract.FileDescriptor.__init__)
+        connection_init_source = inspect.getsource(tcp.Connection.__init__)
+    except (OSError, TypeError) as e:
+        # Twisted installed without its .py files (a zipapp, a frozen or
+        # .pyc-only build): the check below cannot be made, so Twisted's own
+        # write stays.
+        log.warn(
+            "write-through not installed: cannot read Twisted's source to check its "
+            "transport internals ({error})",
+            error=str(e) or type(e).__name__,
+        )
+        return False
     if (
         not all(hasattr(tcp.Connection, name) for name in _CLASS_ATTRIBUTES)
         or not all(f"self.{name}" in init_source for name in _INSTANCE_ATTRIBUTES)

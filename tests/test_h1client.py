@@ -592,6 +592,52 @@ def test_body_consumer_pauses_and_resumes_the_upstream_socket() -> None:
     assert up.transport.producerState == "producing"
 
 
+class PausingCollector(Collector):
+    """A consumer whose sink fills at the first bytes (a client already behind)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+
+def test_a_consumer_that_pauses_on_the_bytes_read_with_the_head_stays_paused() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+    response = result(d)
+    body = PausingCollector()
+    response.deliverBody(body)
+    assert body.body == b"ab"
+    # deliverBody's own resume (reading waited for a consumer) must not undo
+    # the consumer's pause: the upstream would be read without bound.
+    assert up.transport.producerState == "paused"
+    body.transport.resumeProducing()  # type: ignore[union-attr]
+    assert up.transport.producerState == "producing"
+
+
+def test_a_pause_does_not_outlive_its_response() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    response = result(d)
+    response.deliverBody(PausingCollector())
+    up.respond(b"cd")
+    assert up.transport.producerState == "producing"
+    # The next response on the pooled connection, delivered later, is read.
+    assert rig.idle() == 1
+    d = rig.request()
+    assert rig.connections == 1
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nef")
+    response = result(d)
+    body = Collector()
+    response.deliverBody(body)
+    assert up.transport.producerState == "producing"
+    up.respond(b"gh")
+    assert body.body == b"efgh"
+
+
 def test_paused_connection_is_resumed_when_it_goes_back_to_the_pool() -> None:
     rig = Rig()
     d = rig.request()

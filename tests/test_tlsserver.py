@@ -11,7 +11,7 @@ import datetime
 import gc
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,15 +47,17 @@ VERSIONS = [(TLS12, "TLSv1.2"), (TLS13, "TLSv1.3")]
 
 
 @pytest.fixture(autouse=True, params=["bio-sizes", "exceptions"])
-def bio_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test both ways: with the BIO sizes read directly (the normal
-    path), and as if pyOpenSSL's BIOs were out of reach (empty BIOs found by
-    reads that raise WantReadError)."""
+def bio_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test both ways: with OpenSSL called directly and the BIO sizes
+    read (the normal path), and with pyOpenSSL's public calls only (empty BIOs
+    found by reads that raise WantReadError), the fallback when a symbol of the
+    direct path is missing."""
     if request.param == "exceptions":
-        monkeypatch.setattr(tlsserver, "_mem_pending", None)
+        tlsserver.use_direct_openssl(False)
     else:
-        assert tlsserver._mem_pending is not None, "the BIO-size path is not available"
-    return str(request.param)
+        assert tlsserver.use_direct_openssl() is None, "the direct path is not available"
+    yield str(request.param)
+    tlsserver.use_direct_openssl(False)
 
 
 @pytest.fixture(scope="module")

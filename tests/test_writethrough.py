@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel, capturedLogs
 
 from edgeproxy import writethrough
 
@@ -111,6 +113,41 @@ def test_uninstall_restores_twisted_write() -> None:
         pair.close()
     finally:
         writethrough.install()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError("could not get source code"), TypeError("module, class, method ... expected")],
+    ids=["no-py-files", "not-python"],
+)
+def test_twisted_without_source_keeps_its_own_write(
+    error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``inspect.getsource`` fails when Twisted ships without its .py files:
+    install() says why, returns False and leaves Twisted's write in place."""
+    writethrough.uninstall()
+    twisted_write = tcp.Connection.write
+
+    def no_source(obj: object) -> str:
+        raise error
+
+    monkeypatch.setattr(writethrough, "inspect", SimpleNamespace(getsource=no_source))
+    try:
+        with capturedLogs() as events:
+            assert writethrough.install() is False
+        assert not writethrough.installed()
+        assert tcp.Connection.write is twisted_write
+        [event] = events
+        assert event["log_level"] is LogLevel.warn
+        assert "cannot read Twisted's source" in event["log_format"]
+        assert event["error"] == str(error)
+        pair = Pair()
+        pair.conn.write(b"x")
+        assert pair.buffered()  # Twisted's own write: buffered until the reactor's turn
+        pair.close()
+    finally:
+        monkeypatch.undo()
+        assert writethrough.install()
 
 
 def test_a_pull_producer_keeps_being_asked_for_more() -> None:

@@ -8,6 +8,28 @@ import trustme
 
 from tests.e2e.harness import BackendServer, ProxyProcess
 
+#: The TLS layers the end-to-end TLS tests run on, as twistd arguments: edgeproxy's
+#: fast paths, and the stock Twisted path everywhere.
+TLS_LAYERS = {"fast-paths": (), "no-fast-paths": ("--no-fast-paths",)}
+#: What the start-up line says for each.
+TLS_LAYER_LINES = {
+    "fast-paths": "tls=openssl-direct writethrough=on fastpoll=on",
+    "no-fast-paths": "tls=twisted writethrough=off fastpoll=off (--no-fast-paths)",
+}
+
+
+@pytest.fixture(scope="module", params=list(TLS_LAYERS))
+def tls_layer(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The extra twistd arguments of one TLS layer: a test (or module fixture)
+    that asks for it runs once on each."""
+    return TLS_LAYERS[request.param]
+
+
+def check_tls_layer(proxy: ProxyProcess, args: tuple[str, ...]) -> None:
+    """``proxy`` runs on the TLS layer ``args`` asked for (its start-up line says so)."""
+    name = next(name for name, given in TLS_LAYERS.items() if given == args)
+    assert proxy.fast_paths() == TLS_LAYER_LINES[name]
+
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -257,8 +257,11 @@ class ProxyProcess:
         extra_args: Sequence[str] = (),
         https: bool = True,
         http: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        #: Added to (or replacing) this process's environment for twistd.
+        self.env = dict(env or {})
         args = [
             TWISTD,
             "--pidfile=",
@@ -283,7 +286,7 @@ class ProxyProcess:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> ProxyProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
             self.args,
             cwd=self.workdir,
@@ -325,6 +328,11 @@ class ProxyProcess:
                         f"no output matching {pattern!r} within {timeout}s:\n" + "".join(self.output)
                     )
                 self._lines.wait(0.1)
+
+    def fast_paths(self, timeout: float = 10.0) -> str:
+        """What the (first) start-up line says after ``fast paths: ``."""
+        line = self.wait_for_output(r"fast paths: ", timeout)
+        return line.split("fast paths: ", 1)[1].strip()
 
     @property
     def pid(self) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.e2e.conftest import check_tls_layer
 from tests.e2e.harness import (
     BackendServer,
     ProxyProcess,
@@ -39,7 +40,10 @@ virtual_hosts = [
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, BackendServer, ssl.SSLContext]]:
+def env(
+    tmp_path_factory: pytest.TempPathFactory, tls_layer: tuple[str, ...]
+) -> Iterator[tuple[ProxyProcess, BackendServer, ssl.SSLContext]]:
+    """One proxy per TLS layer: every test below runs on edgeproxy's and on Twisted's."""
     tmp = tmp_path_factory.mktemp("large")
     ca = trustme.CA()
     certs = tmp / "certs"
@@ -50,8 +54,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess
     backend = BackendServer("files").start()
     config: Path = tmp / "sites.py"
     config.write_text(CONFIG.format(backend=backend.address, limit=2 * BIG))
-    proxy = ProxyProcess(tmp, config, certs).start()
+    proxy = ProxyProcess(tmp, config, certs, tls_layer).start()
     try:
+        check_tls_layer(proxy, tls_layer)
         yield proxy, backend, client_context(ca.cert_pem.bytes())
     finally:
         proxy.stop()

@@ -27,7 +27,7 @@ import pytest
 import trustme
 
 from tests.certutil import client_context
-from tests.e2e.conftest import write_config
+from tests.e2e.conftest import check_tls_layer, write_config
 from tests.e2e.harness import BackendServer, ProxyProcess, request
 
 CONFIG = """
@@ -95,8 +95,11 @@ def start_proxy(tmp_path: Path, certs: Path, app: BackendServer, *args: str) -> 
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[ProxyProcess]:
-    """One edgeproxy with PROXY protocol on both listeners, shared by the tests below."""
+def proxy(
+    tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA, tls_layer: tuple[str, ...]
+) -> Iterator[ProxyProcess]:
+    """One edgeproxy with PROXY protocol on both listeners, shared by the tests below;
+    one per TLS layer (edgeproxy's and Twisted's)."""
     workdir = tmp_path_factory.mktemp("proxy-protocol")
     certs = workdir / "certs"
     certs.mkdir()
@@ -104,7 +107,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[
         str(certs / "shop.pem")
     )
     app = BackendServer("app").start()
-    proxy = start_proxy(workdir / "proxy", certs, app)
+    proxy = start_proxy(workdir / "proxy", certs, app, *tls_layer)
+    check_tls_layer(proxy, tls_layer)
     yield proxy
     proxy.stop()
     app.stop()

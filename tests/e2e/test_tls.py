@@ -31,6 +31,7 @@ import trustme
 from cryptography import x509
 
 from tests.certutil import client_context, write_cert, write_key_mismatch, write_raw
+from tests.e2e.conftest import check_tls_layer
 from tests.e2e.harness import BackendServer, ProxyProcess, request
 
 #: The docs promise a changed certificate directory takes effect "within
@@ -195,11 +196,15 @@ def backend() -> Iterator[BackendServer]:
 
 @pytest.fixture(scope="module")
 def site(
-    tmp_path_factory: pytest.TempPathFactory, backend: BackendServer, ca: trustme.CA
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: BackendServer,
+    ca: trustme.CA,
+    tls_layer: tuple[str, ...],
 ) -> Iterator[Site]:
     """One proxy whose --certs is a letsencrypt-like root that mixes every layout:
     default.pem, exact and wildcard NAME.pem, NAME.crt+NAME.key, live/NAME/ (certbot),
-    plus the files the hot-reload tests change."""
+    plus the files the hot-reload tests change.  One per TLS layer: every test of
+    this module runs on edgeproxy's and on Twisted's."""
     tmp = tmp_path_factory.mktemp("tls")
     certs = tmp / "certs"
     certs.mkdir()
@@ -221,8 +226,9 @@ def site(
     )
     write_cert(d, "remove", ca, "remove.example")
     write_cert(d, "broken", ca, "broken.example")
-    proxy = ProxyProcess(tmp, write_config(tmp, backend), certs).start()
+    proxy = ProxyProcess(tmp, write_config(tmp, backend), certs, tls_layer).start()
     try:
+        check_tls_layer(proxy, tls_layer)
         yield Site(proxy, backend, ca, certs)
     finally:
         proxy.stop()
@@ -230,14 +236,18 @@ def site(
 
 @pytest.fixture(scope="module")
 def nodefault(
-    tmp_path_factory: pytest.TempPathFactory, backend: BackendServer, ca: trustme.CA
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: BackendServer,
+    ca: trustme.CA,
+    tls_layer: tuple[str, ...],
 ) -> Iterator[Site]:
     """A proxy with no default certificate, and --certs pointing at certbot's live/."""
     tmp = tmp_path_factory.mktemp("tls-nodefault")
     letsencrypt = tmp / "letsencrypt"
     write_cert(str(letsencrypt), "le", ca, "le.example", layout="certbot")
-    proxy = ProxyProcess(tmp, write_config(tmp, backend), letsencrypt / "live").start()
+    proxy = ProxyProcess(tmp, write_config(tmp, backend), letsencrypt / "live", tls_layer).start()
     try:
+        check_tls_layer(proxy, tls_layer)
         yield Site(proxy, backend, ca, letsencrypt)
     finally:
         proxy.stop()
@@ -636,10 +646,10 @@ def test_certbot_renewal_is_picked_up(site: Site) -> None:
 
 
 def test_missing_certificate_directory_is_picked_up_when_it_appears(
-    tmp_path: Path, backend: BackendServer, ca: trustme.CA
+    tmp_path: Path, backend: BackendServer, ca: trustme.CA, tls_layer: tuple[str, ...]
 ) -> None:
     certs = tmp_path / "certs"
-    proxy = ProxyProcess(tmp_path, write_config(tmp_path, backend), certs).start()
+    proxy = ProxyProcess(tmp_path, write_config(tmp_path, backend), certs, tls_layer).start()
     try:
         line = proxy.wait_for_output(r"certificate problem: " + re.escape(str(certs)) + ": ")
         assert "does not exist" in line, line
