@@ -445,6 +445,10 @@ class _Exchange:
             protocol.connectionLost(reason)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Connecting(ClientFactory):
     """One TCP connection attempt for an exchange."""
 
@@ -456,6 +460,8 @@ class _Connecting(ClientFactory):
         self._exchange: _Exchange | None = exchange
         self._connector: IConnector | None = None
         self._attempt: Deferred[Any] | None = None
+        #: Twisted's socket being connected (IP literals; see clientConnectionFailed).
+        self._socket: Any = None
 
     def start(self) -> None:
         exchange = self._exchange
@@ -463,9 +469,11 @@ class _Connecting(ClientFactory):
         endpoint = exchange.endpoint
         reactor: Any = self._client.reactor
         if _is_ip(endpoint.host):
-            self._connector = reactor.connectTCP(
+            connector = reactor.connectTCP(
                 endpoint.host, endpoint.port, self, timeout=exchange.connect_timeout
             )
+            self._connector = connector
+            self._socket = getattr(connector, "transport", None)
         else:
             ep = HostnameEndpoint(
                 reactor, endpoint.host, endpoint.port, timeout=exchange.connect_timeout
@@ -482,6 +490,7 @@ class _Connecting(ClientFactory):
         exchange, self._exchange = self._exchange, None
         self._connector = None
         self._attempt = None
+        self._socket = None
         if exchange is None or not exchange.waiting():
             conn.abort()
             return
@@ -489,6 +498,16 @@ class _Connecting(ClientFactory):
         conn.start(exchange, reused=False)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        # The connector refers to this factory: no cycle through it.
+        self._connector = None
+        sock, self._socket = self._socket, None
+        if sock is not None and "doRead" in vars(sock):
+            # While connecting, Twisted's client socket points its doRead and
+            # doWrite at its own doConnect (bound methods: a cycle), and only
+            # a successful connect takes them away.  After a failure doConnect
+            # does nothing; neither does this (the reactor may still call one
+            # in the event being handled).
+            sock.doRead = sock.doWrite = _nothing
         self._failed(reason)
 
     def _endpoint_failed(self, reason: Failure) -> None:
@@ -527,7 +546,8 @@ class _Connection(Protocol):
         self._closed = False  # connectionLost happened
         self._reusable = True  # false once anything rules out another request
         self._reused = False  # the current exchange came to an idle pooled connection
-        self._paused = False
+        self._paused = False  # by the body's consumer (backpressure)
+        self._held = False  # until the body has a consumer (deliverBody)
         self._writer: _BodyWriter | None = None
         self._request_written = False
         self._head_timer: IDelayedCall | None = None
@@ -698,6 +718,13 @@ class _Connection(Protocol):
         self._writer = None
         # The parser refers back to this connection: no cycle left for the GC.
         self._parser = _CLOSED_PARSER
+        self._response = None
+        # Twisted's TCP client socket and its connector refer to each other
+        # for good once connected (only a failed attempt unlinks them), and
+        # everything of this connection hangs off that cycle: unlink them.
+        connector = getattr(self.transport, "connector", None)
+        if connector is not None:
+            connector.transport = None
         self._client._forget(self)
         lost, self.lost = self.lost, None
         exchange, self._exchange = self._exchange, None
@@ -735,12 +762,14 @@ class _Connection(Protocol):
     def pause(self) -> None:
         if not self._paused and not self._closed:
             self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            if not self._held:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resume(self) -> None:
         if self._paused and not self._closed:
             self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            if not self._held:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stop(self) -> None:
         """The body's consumer wants no more: the connection cannot be reused."""
@@ -750,16 +779,27 @@ class _Connection(Protocol):
         if exchange is not None:
             exchange.conn = None
         if not self._closed:
-            self._paused = False
+            self._paused = self._held = False
             self.transport.stopProducing()  # type: ignore[union-attr]
             # A TCP transport closes when stopped; make sure of it.
             self.transport.loseConnection()  # type: ignore[union-attr]
         if exchange is not None:
             exchange.body_done(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
 
+    def _hold(self) -> None:
+        if not self._held and not self._closed:
+            self._held = True
+            if not self._paused:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+
     def body_consumer_ready(self) -> None:
-        # deliverBody came after the head: reading was paused meanwhile.
-        self.resume()
+        # deliverBody came after the head: reading was held meanwhile.  (Not
+        # a resume: a consumer that is slow already, its client paused, has
+        # paused this connection in deliverBody, and that must stand.)
+        if self._held and not self._closed:
+            self._held = False
+            if not self._paused:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
 
     # -- parsing ---------------------------------------------------------------------
 
@@ -867,7 +907,7 @@ class _Connection(Protocol):
                 and self._exchange is exchange
             ):
                 # Nobody reads the body yet: stop reading until deliverBody.
-                self.pause()
+                self._hold()
 
     def _check_prefix(self, data: bytes) -> bool:
         """The response must start with ``HTTP/1.`` (checked across reads)."""
@@ -898,8 +938,8 @@ class _Connection(Protocol):
             self._parser = HttpResponseParser(self)
         exchange.conn = None
         if reusable:
-            if self._paused:
-                self._paused = False
+            if self._paused or self._held:
+                self._paused = self._held = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
             self._client._release(self)
         else:
