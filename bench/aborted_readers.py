@@ -11,7 +11,7 @@ attack against one edgeproxy and reads its ``VmRSS`` after each round (once
 every connection is closed) and after ``--idle`` seconds without traffic.
 
 Everything runs on 127.0.0.1 in a temporary directory: ``bench/backend.py``
-(answering ``/large`` with ``--body-mib`` MiB), ``twistd -n edgeproxy``
+(answering ``/`` with ``--body-mib`` MiB), ``twistd -n edgeproxy``
 (``--twistd``, default: the one next to this interpreter; point it at another
 checkout's venv to measure that code), and ``slowhttptest`` (Debian package
 ``slowhttptest``), each round bounded by ``--duration`` seconds.  Prints a
@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,9 +69,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=200, help="connections per second (-r)")
     parser.add_argument("--duration", type=int, default=20, help="seconds per round (-l)")
     parser.add_argument("--scheme", choices=("https", "http"), default="https")
-    parser.add_argument("--body-mib", type=int, default=8, help="the backend's body size")
+    parser.add_argument("--body-mib", type=int, default=1, help="the response body's size")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds idle at the end")
     parser.add_argument("--twistd", default=_common.TWISTD, help="the twistd to run")
+    parser.add_argument(
+        "--trim", action="store_true",
+        help="at the end, have edgeproxy run a full collection and malloc_trim(0) "
+        "(bench/memprobe) and report its RSS after each",
+    )
     parser.add_argument("--keep-temp", action="store_true")
     return parser.parse_args(argv)
 
@@ -131,7 +137,7 @@ def slowhttptest(args: argparse.Namespace, url: str, out: Path) -> dict[str, Any
 def scenario(args: argparse.Namespace, edge: Any, workdir: Path) -> dict[str, Any]:
     port = edge.ports[args.scheme]
     # 127.0.0.1, not localhost: slowhttptest would try ::1, where nothing listens.
-    url = f"{args.scheme}://127.0.0.1:{port}/large"
+    url = f"{args.scheme}://127.0.0.1:{port}/"
     admin = edge.ports["admin"]
     rows: list[dict[str, Any]] = [
         {"after": "start", "rss_kib": rss_kib([edge.pid]), "cpu_s": cpu_seconds([edge.pid])}
@@ -153,7 +159,28 @@ def scenario(args: argparse.Namespace, edge: Any, workdir: Path) -> dict[str, An
     time.sleep(args.idle)
     rows.append({"after": f"{args.idle:g} s idle", "rss_kib": rss_kib([edge.pid]),
                  "cpu_s": cpu_seconds([edge.pid])})
-    return {"url": url, "rows": rows}
+    result: dict[str, Any] = {"url": url, "rows": rows}
+    if args.trim:
+        probe = trim_probe(edge.pid, Path(os.environ["EDGEPROXY_MEM_PROBE"]))
+        result["probe"] = probe
+        rows.append({"after": "gc.collect()", "rss_kib": probe["rss_after_collect_kib"],
+                     "cpu_s": cpu_seconds([edge.pid]), "collected": probe["collected"]})
+        if "rss_after_trim_kib" in probe:
+            rows.append({"after": "malloc_trim(0)", "rss_kib": probe["rss_after_trim_kib"],
+                         "cpu_s": cpu_seconds([edge.pid])})
+    return result
+
+
+def trim_probe(pid: int, path: Path) -> dict[str, Any]:
+    """Ask bench/memprobe in edgeproxy for a collection and a trim (SIGUSR2)."""
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("bench/memprobe did not answer (was it loaded?)")
+        time.sleep(0.1)
+    probe: dict[str, Any] = json.loads(path.read_text())
+    return probe
 
 
 def print_report(report: dict[str, Any], out: TextIO) -> None:
@@ -161,7 +188,10 @@ def print_report(report: dict[str, Any], out: TextIO) -> None:
     print(f"edgeproxy ({report['settings']['twistd']}), {report['result']['url']}", file=out)
     print(f"{'after':<14} {'RSS MiB':>8} {'CPU s':>7}", file=out)
     for row in rows:
-        print(f"{row['after']:<14} {row['rss_kib'] / 1024:>8.0f} {row['cpu_s']:>7.1f}", file=out)
+        line = f"{row['after']:<14} {row['rss_kib'] / 1024:>8.0f} {row['cpu_s']:>7.1f}"
+        if "collected" in row:
+            line += f"  ({row['collected']} objects in cycles freed)"
+        print(line, file=out)
     print(f"results: {report['path']}", file=out)
 
 
@@ -172,6 +202,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         return 2
     _common.TWISTD = args.twistd
     tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-aborted-"))
+    if args.trim:
+        # Inherited by edgeproxy (start_edgeproxy passes this environment on).
+        paths = [str(_common.BENCH_DIR / "memprobe"), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+        os.environ["EDGEPROXY_MEM_PROBE"] = str(tmp / "edgeproxy" / "memprobe.json")
     procs = Processes(pin=False)
     report: dict[str, Any] = {}
     try:
