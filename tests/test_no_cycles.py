@@ -494,5 +494,5 @@ def test_an_aborted_or_failed_exchange_over_sockets_leaves_no_cyclic_garbage(nam
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))
-def test_over_a_named_endpoint_only_twisteds_connection_objects_are_left(name: str) -> None:
+def test_over_a_named_endpoint_no_object_of_the_exchange_is_left_in_cycles(name: str) -> None:
     assert not set(_socket_results()[name]) & _EXCHANGE_TYPES
