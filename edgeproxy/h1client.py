@@ -214,12 +214,12 @@ class _BodyTransport:
     def pauseProducing(self) -> None:
         conn = self._exchange.body_connection()
         if conn is not None:
-            conn.pause()
+            conn.consumer_pause()
 
     def resumeProducing(self) -> None:
         conn = self._exchange.body_connection()
         if conn is not None:
-            conn.resume()
+            conn.consumer_resume()
 
     def stopProducing(self) -> None:
         conn = self._exchange.body_connection()
@@ -546,14 +546,14 @@ class _Connection(Protocol):
         self._closed = False  # connectionLost happened
         self._reusable = True  # false once anything rules out another request
         self._reused = False  # the current exchange came to an idle pooled connection
-        self._paused = False  # by the body's consumer (backpressure)
-        self._held = False  # until the body has a consumer (deliverBody)
+        self._paused = False
         self._writer: _BodyWriter | None = None
         self._request_written = False
         self._head_timer: IDelayedCall | None = None
         self._reset_message_state()
 
     def _reset_message_state(self) -> None:
+        self._consumer_paused = False
         self._got_bytes = False
         self._prefix = b""
         self._prefix_ok = False
@@ -762,14 +762,12 @@ class _Connection(Protocol):
     def pause(self) -> None:
         if not self._paused and not self._closed:
             self._paused = True
-            if not self._held:
-                self.transport.pauseProducing()  # type: ignore[union-attr]
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resume(self) -> None:
         if self._paused and not self._closed:
             self._paused = False
-            if not self._held:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stop(self) -> None:
         """The body's consumer wants no more: the connection cannot be reused."""
@@ -779,27 +777,29 @@ class _Connection(Protocol):
         if exchange is not None:
             exchange.conn = None
         if not self._closed:
-            self._paused = self._held = False
+            self._paused = False
             self.transport.stopProducing()  # type: ignore[union-attr]
             # A TCP transport closes when stopped; make sure of it.
             self.transport.loseConnection()  # type: ignore[union-attr]
         if exchange is not None:
             exchange.body_done(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
 
-    def _hold(self) -> None:
-        if not self._held and not self._closed:
-            self._held = True
-            if not self._paused:
-                self.transport.pauseProducing()  # type: ignore[union-attr]
+    def consumer_pause(self) -> None:
+        """The body's consumer cannot take more (its client reads slowly)."""
+        self._consumer_paused = True
+        self.pause()
+
+    def consumer_resume(self) -> None:
+        self._consumer_paused = False
+        self.resume()
 
     def body_consumer_ready(self) -> None:
-        # deliverBody came after the head: reading was held meanwhile.  (Not
-        # a resume: a consumer that is slow already, its client paused, has
-        # paused this connection in deliverBody, and that must stand.)
-        if self._held and not self._closed:
-            self._held = False
-            if not self._paused:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+        # deliverBody came after the head: reading was paused meanwhile.  The
+        # consumer may have paused it itself while taking the bytes that came
+        # with the head (its client's buffer was already full): then it stays
+        # paused until the consumer resumes it.
+        if not self._consumer_paused:
+            self.resume()
 
     # -- parsing ---------------------------------------------------------------------
 
@@ -907,7 +907,7 @@ class _Connection(Protocol):
                 and self._exchange is exchange
             ):
                 # Nobody reads the body yet: stop reading until deliverBody.
-                self._hold()
+                self.pause()
 
     def _check_prefix(self, data: bytes) -> bool:
         """The response must start with ``HTTP/1.`` (checked across reads)."""
@@ -938,8 +938,8 @@ class _Connection(Protocol):
             self._parser = HttpResponseParser(self)
         exchange.conn = None
         if reusable:
-            if self._paused or self._held:
-                self._paused = self._held = False
+            if self._paused:
+                self._paused = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
             self._client._release(self)
         else:

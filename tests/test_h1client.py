@@ -614,21 +614,6 @@ class SlowCollector(Collector):
         self.transport.pauseProducing()  # type: ignore[union-attr]
 
 
-def test_a_consumer_paused_from_the_start_keeps_the_socket_paused() -> None:
-    # deliverBody after the head (reading held meanwhile): handing the body
-    # over must not resume a socket its consumer has just paused.
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
-    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
-    slow = SlowCollector()
-    result(d).deliverBody(slow)
-    assert slow.body == b"ab"
-    assert up.transport.producerState == "paused"
-    slow.transport.resumeProducing()  # type: ignore[union-attr]
-    assert up.transport.producerState == "producing"
-
-
 def test_a_consumer_paused_from_the_start_keeps_the_socket_paused_with_send() -> None:
     # deliverBody from on_response, inside the read that parsed the head (the
     # forwarder's way).
