@@ -352,7 +352,8 @@ def main(only: list[str]) -> dict[str, list[str]]:
         http=("tcp:0:interface=127.0.0.1",),
         admin=None,
         keepalive_timeout=KEEPALIVE,
-        access_log="off",
+        # Logged as in production (the access log runs on the abort paths too).
+        access_log=str(tmp / "access.log"),
     )
     service = EdgeProxyService(settings, reactor)
     service.privilegedStartService()
