@@ -622,6 +622,11 @@ class ProxyChannel(Protocol):
         # garbage collector, frees the connection.
         self._parser = _CLOSED_PARSER
         self._write = _no_write
+        # Each leads back here (through the request's channel): a request
+        # still being parsed (its body discarded after an early 413), and the
+        # body's producer (relay -> request) when the client went first.
+        self._parsing = None
+        self._body_producer = None
         for call in (self._timer, self._linger):
             if call is not None and call.active():
                 call.cancel()

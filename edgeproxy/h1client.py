@@ -452,6 +452,10 @@ class _Exchange:
             protocol.connectionLost(reason)
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Connecting(ClientFactory):
     """One TCP connection attempt for an exchange."""
 
@@ -463,6 +467,8 @@ class _Connecting(ClientFactory):
         self._exchange: _Exchange | None = exchange
         self._connector: IConnector | None = None
         self._attempt: Deferred[Any] | None = None
+        #: Twisted's socket being connected (IP literals; see clientConnectionFailed).
+        self._socket: Any = None
 
     def start(self) -> None:
         exchange = self._exchange
@@ -470,9 +476,11 @@ class _Connecting(ClientFactory):
         endpoint = exchange.endpoint
         reactor: Any = self._client.reactor
         if _is_ip(endpoint.host):
-            self._connector = reactor.connectTCP(
+            connector = reactor.connectTCP(
                 endpoint.host, endpoint.port, self, timeout=exchange.connect_timeout
             )
+            self._connector = connector
+            self._socket = getattr(connector, "transport", None)
         else:
             ep = HostnameEndpoint(
                 reactor, endpoint.host, endpoint.port, timeout=exchange.connect_timeout
@@ -489,6 +497,7 @@ class _Connecting(ClientFactory):
         exchange, self._exchange = self._exchange, None
         self._connector = None
         self._attempt = None
+        self._socket = None
         if exchange is None or not exchange.waiting():
             conn.abort()
             return
@@ -496,6 +505,16 @@ class _Connecting(ClientFactory):
         conn.start(exchange, reused=False)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        # The connector refers to this factory: no cycle through it.
+        self._connector = None
+        sock, self._socket = self._socket, None
+        if sock is not None and "doRead" in vars(sock):
+            # While connecting, Twisted's client socket points its doRead and
+            # doWrite at its own doConnect (bound methods: a cycle), and only
+            # a successful connect takes them away.  After a failure doConnect
+            # does nothing; neither does this (the reactor may still call one
+            # in the event being handled).
+            sock.doRead = sock.doWrite = _nothing
         self._failed(reason)
 
     def _endpoint_failed(self, reason: Failure) -> None:
@@ -706,6 +725,13 @@ class _Connection(Protocol):
         self._writer = None
         # The parser refers back to this connection: no cycle left for the GC.
         self._parser = _CLOSED_PARSER
+        self._response = None
+        # Twisted's TCP client socket and its connector refer to each other
+        # for good once connected (only a failed attempt unlinks them), and
+        # everything of this connection hangs off that cycle: unlink them.
+        connector = getattr(self.transport, "connector", None)
+        if connector is not None:
+            connector.transport = None
         self._client._forget(self)
         lost, self.lost = self.lost, None
         exchange, self._exchange = self._exchange, None

@@ -650,6 +650,44 @@ def test_paused_connection_is_resumed_when_it_goes_back_to_the_pool() -> None:
     assert rig.idle() == 1
 
 
+class SlowCollector(Collector):
+    """A body protocol whose client is slow already: it pauses its producer
+    as soon as it gets one (as the downstream channel does when its socket
+    buffer is full when the response starts)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+
+def test_a_consumer_paused_from_the_start_keeps_the_socket_paused_with_send() -> None:
+    # deliverBody from on_response, inside the read that parsed the head (the
+    # forwarder's way).
+    rig = Rig()
+    slow = SlowCollector()
+    rig.client.send(
+        EP,
+        b"GET",
+        b"/x",
+        [(b"Host", b"shop.example")],
+        None,
+        None,
+        connect_timeout=5.0,
+        response_timeout=30.0,
+        on_response=lambda response: response.deliverBody(slow),
+        on_error=lambda failure: None,
+    )
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+    assert slow.body == b"ab"
+    assert up.transport.producerState == "paused"
+    slow.transport.resumeProducing()  # type: ignore[union-attr]
+    assert up.transport.producerState == "producing"
+    up.respond(b"c" * 98)
+    assert slow.reason is not None and slow.reason.check(ResponseDone)
+    assert rig.idle() == 1
+
+
 def test_stopping_the_body_closes_the_connection() -> None:
     rig = Rig()
     d = rig.request()
