@@ -136,12 +136,14 @@ class Backend:
 def _config(backend: int, refused: int) -> str:
     return f"""
 from edgeproxy.config import Cluster, Route, VirtualHost
-web = Cluster("web", endpoints=["127.0.0.1:{backend}"])
-slowhead = Cluster("slowhead", endpoints=["127.0.0.1:{backend}"], response_timeout={SHORT})
-quiet = Cluster("quiet", endpoints=["127.0.0.1:{backend}"], idle_timeout={SHORT})
-gone = Cluster("gone", endpoints=["127.0.0.1:{refused}"])
-named = Cluster("named", endpoints=["localhost:{backend}"])
-named_gone = Cluster("named_gone", endpoints=["localhost:{refused}"])
+# No outlier detection: every scenario must take its failing path to the endpoint
+# (ejection, on by default, would answer 503 without trying).
+web = Cluster("web", endpoints=["127.0.0.1:{backend}"], outlier_detection=None)
+slowhead = Cluster("slowhead", endpoints=["127.0.0.1:{backend}"], response_timeout={SHORT}, outlier_detection=None)
+quiet = Cluster("quiet", endpoints=["127.0.0.1:{backend}"], idle_timeout={SHORT}, outlier_detection=None)
+gone = Cluster("gone", endpoints=["127.0.0.1:{refused}"], outlier_detection=None)
+named = Cluster("named", endpoints=["localhost:{backend}"], outlier_detection=None)
+named_gone = Cluster("named_gone", endpoints=["localhost:{refused}"], outlier_detection=None)
 virtual_hosts = [
     VirtualHost(["localhost"], routes=[
         Route("/", web, plain_http=True),

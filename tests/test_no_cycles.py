@@ -193,7 +193,9 @@ class AbortRig:
     def __init__(self, limits: Limits | None = None) -> None:
         self.reactor = MemoryReactorClock()
         extra: dict[str, Any] = {"limits": limits} if limits is not None else {}
-        web = Cluster("web", endpoints=["10.0.0.1:80"], **extra)
+        # No outlier detection: every run must take its failing path to the
+        # endpoint (ejection, on by default, would answer 503 without trying).
+        web = Cluster("web", endpoints=["10.0.0.1:80"], outlier_detection=None, **extra)
         config = make_config(VirtualHost(["shop.example"], routes=[Route("/", web)]))
         self.factory, _ = proxy_factory(self.reactor, config, tls=True)
         self.cluster = web

@@ -43,8 +43,10 @@ WAIT = 20.0
 CONFIG = """
 from edgeproxy.config import Cluster, Route, VirtualHost
 
-files = Cluster("files", endpoints=["{backend}"])
-gone = Cluster("gone", endpoints=["127.0.0.1:{refused}"])
+# No outlier detection: every request must take its failing path to the
+# endpoint (ejection, on by default, would answer 503 without trying).
+files = Cluster("files", endpoints=["{backend}"], outlier_detection=None)
+gone = Cluster("gone", endpoints=["127.0.0.1:{refused}"], outlier_detection=None)
 virtual_hosts = [
     VirtualHost(["files.example", "127.0.0.1"], routes=[
         Route("/", files, plain_http=True),
