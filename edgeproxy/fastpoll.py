@@ -76,6 +76,27 @@ def _do_poll(self: Any, timeout: float | None) -> None:
 
 
 _TCP_DO_READ = tcp.Connection.doRead
+_TCP_DATA_RECEIVED = tcp.Connection._dataReceived
+
+# What _read does in place of Twisted's doRead and _dataReceived, by the names
+# their code uses: a Twisted whose read path differs (another buffer size
+# attribute, a hook between recv and the protocol) gets its own dispatch back.
+_READ_NAMES = frozenset({"socket", "recv", "bufferSize", "_dataReceived", "CONNECTION_LOST"})
+_DATA_RECEIVED_NAMES = frozenset({"protocol", "dataReceived", "CONNECTION_DONE"})
+
+
+def _read_path_matches(do_read: Any, data_received: Any, buffer_size: object) -> bool:
+    """Twisted's TCP read path is the one :func:`_read` repeats (checked from
+    the compiled code: no source needed)."""
+    read_code = getattr(do_read, "__code__", None)
+    data_code = getattr(data_received, "__code__", None)
+    return (
+        read_code is not None
+        and data_code is not None
+        and _READ_NAMES <= set(read_code.co_names)
+        and _DATA_RECEIVED_NAMES <= set(data_code.co_names)
+        and isinstance(buffer_size, int)
+    )
 
 
 def _read(reactor: Any, connection: Any) -> None:
@@ -118,6 +139,10 @@ def install(reactor: Any) -> bool:
         reactor._selectables, dict
     ):
         log.warn("lean event dispatch not installed: this Twisted's epoll reactor differs")
+        return False
+    buffer_size = getattr(tcp.Connection, "bufferSize", None)
+    if not _read_path_matches(_TCP_DO_READ, _TCP_DATA_RECEIVED, buffer_size):
+        log.warn("lean event dispatch not installed: this Twisted's TCP read path differs")
         return False
     method = types.MethodType(_do_poll, reactor)
     target: Any = reactor

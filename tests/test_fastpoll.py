@@ -95,6 +95,48 @@ def test_reactor_with_other_internals_is_left_alone(reactor: EPollReactor) -> No
     assert not fastpoll.installed(reactor)
 
 
+def test_twisted_tcp_read_path_is_the_one_the_short_path_repeats() -> None:
+    assert fastpoll._read_path_matches(
+        tcp.Connection.doRead, tcp.Connection._dataReceived, tcp.Connection.bufferSize
+    )
+
+
+def _read_with_a_hook(self: Any) -> Any:
+    data = self.socket.recv(self.bufferSize)
+    self.hook(data)  # a step the short path would skip
+    return self._dataReceived(data)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "doRead without CONNECTION_LOST",
+        "bufferSize not a number",
+        "_dataReceived elsewhere",
+        "builtin",
+    ],
+)
+def test_a_twisted_whose_read_path_differs_keeps_its_own_dispatch(
+    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    if change == "doRead without CONNECTION_LOST":
+        monkeypatch.setattr(fastpoll, "_TCP_DO_READ", _read_with_a_hook)
+    elif change == "bufferSize not a number":
+        monkeypatch.setattr(tcp.Connection, "bufferSize", None)
+    elif change == "_dataReceived elsewhere":
+        monkeypatch.setattr(fastpoll, "_TCP_DATA_RECEIVED", lambda self, data: None)
+    else:
+        monkeypatch.setattr(fastpoll, "_TCP_DO_READ", len)
+    warnings: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(warnings.append)
+    try:
+        assert not fastpoll.install(reactor)
+    finally:
+        globalLogPublisher.removeObserver(warnings.append)
+    assert not fastpoll.installed(reactor)
+    assert any("TCP read path differs" in e.get("log_format", "") for e in warnings)
+
+
 def test_events_reach_their_handlers(reactor: EPollReactor) -> None:
     assert fastpoll.install(reactor)
     (a, b), (c, d) = pair(), pair()
