@@ -164,6 +164,8 @@ class _Exchange:
         #: the roll, to find another side for a request its side could not send.
         self._chooser = chooser
         self._roll = roll
+        #: The Split's sides this request may still move to (made on its first move).
+        self._sides_left: set[str] | None = None
         self._tried: list[Endpoint] = []
         self._slot: EndpointRuntime | None = None
         #: The upstream exchange waiting for its head, or the wait for a free slot.
@@ -274,11 +276,22 @@ class _Exchange:
             self._wait_for_slot()
             return
         if not isinstance(choice, EndpointRuntime):
+            last = self._last_error
+            error = last or NoHealthyUpstream(runtime.retry_after())
+            # A side can be "available" and still have no endpoint to give (each
+            # one half-open with its single probe out): like a side with
+            # nothing up, its request goes to another side when nothing was sent.
+            if (
+                self._chooser is not None
+                and (last is None or last.never_sent)
+                and self._other_side(error)
+            ):
+                return
             if self._tried:
                 # A retry found nowhere else to go: report the last failure's kind.
-                self._fail(self._last_error or UpstreamResponseFailed())
+                self._fail(last or UpstreamResponseFailed())
             else:
-                self._fail(NoHealthyUpstream(runtime.retry_after()))
+                self._fail(error)
             return
         self._slot = choice
         self._attempt_started = self._forwarder.clock.seconds()
@@ -390,13 +403,14 @@ class _Exchange:
 
     def _other_side(self, error: EdgeProxyError) -> bool:
         """Move a request that its Split side could not send anywhere (every
-        endpoint of that side refused or was tried) to another side, as a
-        retry; whether it did.
+        endpoint of that side refused or was tried, or none would take it) to
+        another side; whether it did.
 
         The same rules as a retry within a cluster: never sent, so safe for
         any method and outside the retry budget, and within ``attempts``.  The
         side is the one the Split's fallback gives for this request's roll,
         so a sticky client lands where it will be sent once its side is out.
+        A request that had tried nothing is not counted as a retry.
         """
         assert self._chooser is not None
         if self._client_gone or len(self._tried) >= self._cluster.retries.attempts:
@@ -404,29 +418,38 @@ class _Exchange:
         snapshot = self._request.snapshot
         assert snapshot is not None
         current = self._cluster.name
+        # Each side at most once per request: two sides that both look
+        # available but give nothing must not pass a request back and forth.
+        left = self._sides_left
+        if left is None:
+            left = self._sides_left = set(snapshot.clusters)
+        left.discard(current)
         clusters = snapshot.clusters
         side = self._chooser.fallback(
-            self._roll, lambda c: c.name != current and clusters[c.name].available()
+            self._roll, lambda c: c.name in left and clusters[c.name].available()
         )
         if side is None:
             return False
         runtime = clusters[side.name]
         counters = runtime.counters
-        if counters.request_overflow() is not None:
+        overflow = counters.request_overflow()
+        if overflow is not None:
+            counters.count_overflow(overflow)
             return False  # that side is full: the error stands
-        self._forwarder.log.info(
-            "retrying {cluster} on split side {other} after {why} from {endpoint}",
-            cluster=current,
-            other=side.name,
-            why=type(error).__name__,
-            endpoint=self._request.endpoint,
-        )
+        if self._tried:
+            self._forwarder.log.info(
+                "retrying {cluster} on split side {other} after {why} from {endpoint}",
+                cluster=current,
+                other=side.name,
+                why=type(error).__name__,
+                endpoint=self._request.endpoint,
+            )
+            counters.retries_total += 1
         self._release_slot()
         self._end_retry()
         if self._counted:
             self._runtime.counters.in_flight -= 1
         counters.in_flight += 1
-        counters.retries_total += 1
         self._counted = True
         self._runtime = runtime
         self._cluster = runtime.cluster

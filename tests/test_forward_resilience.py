@@ -813,6 +813,28 @@ def test_a_request_its_split_side_could_not_send_is_retried_on_another_side() ->
     assert h.runtime("green").counters.in_flight == h.runtime("blue").counters.in_flight == 0
 
 
+def test_a_half_open_side_with_its_probe_out_sends_the_rest_elsewhere() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, GREEN: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    for _ in range(5):  # five refusals eject green (each request served by blue)
+        client = h.get(b"/", cookie)
+        h.refuse()
+        assert where(h, client) == "blue"
+    h.reactor.advance(30)  # the ejection is over: green is half-open
+    assert h.runtime("green").available()
+    retries = h.runtime("blue").counters.retries_total
+    probe = h.get(b"/", cookie)
+    assert h.reactor.tcpClients[h._accepted][0] == "10.0.2.1"  # the probe goes to green
+    h._accepted += 1  # and stays out, unanswered
+    # Green looks available but has nothing to give while its probe is out:
+    # its clients are served by blue, not answered 503.
+    for _ in range(3):
+        assert where(h, h.get(b"/", cookie)) == "blue"
+    # Nothing was sent to green for those: no retries counted.
+    assert h.runtime("blue").counters.retries_total == retries
+    assert probe.status() is None
+
+
 def test_no_other_side_when_the_attempts_are_spent() -> None:
     green = Cluster("green", endpoints=["10.0.2.1:80"], retries=RetryPolicy(1))
     h = Harness(Route("/", Split({BLUE: 1, green: 1}, sticky="cookie:variant")))
