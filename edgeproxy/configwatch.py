@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -210,7 +210,9 @@ class BackgroundLoader:
         self._running = load
         load.timer = self._clock.callLater(self.timeout, self._timed_out, load)
         self.log.info("loading the configuration from {path}", path=self._path)
-        self._run(lambda: self._load(self._path)).addBoth(self._ended, load)
+        # A thread that cannot start ("can't start new thread") is a failed
+        # load like any other, not a loader stuck busy for good.
+        maybeDeferred(self._run, lambda: self._load(self._path)).addBoth(self._ended, load)
 
     def _timed_out(self, load: _Load) -> None:
         load.decided = True

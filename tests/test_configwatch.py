@@ -183,6 +183,26 @@ def test_an_unexpected_exception_is_a_rejection_not_a_stuck_loader(h: Harness) -
     assert not h.loader.busy
 
 
+def test_a_thread_that_cannot_start_is_a_rejection_not_a_stuck_loader(h: Harness) -> None:
+    manual = h.run
+
+    def no_thread(load: Callable[[], LoadedConfig]) -> Deferred[LoadedConfig]:
+        raise RuntimeError("can't start new thread")
+
+    h.loader._run = no_thread
+    with capturedLogs():
+        outcome = results(h.loader.request())
+    assert outcome == [False]
+    assert h.rejected[0][0] == [f"{h.path}: loading failed: can't start new thread"]
+    assert not h.loader.busy
+    assert h.clock.getDelayedCalls() == []
+    # The next reload runs as usual.
+    h.loader._run = manual
+    again = results(h.loader.request())
+    manual.finish()
+    assert again == [True]
+
+
 def test_close_answers_waiting_requests_and_ignores_the_running_load(h: Harness) -> None:
     running = results(h.loader.request())
     waiting = results(h.loader.request())
