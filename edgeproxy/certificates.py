@@ -166,9 +166,21 @@ except (ImportError, AttributeError):  # pragma: no cover - other bindings
     _set_groups_list = None
 
 
+@functools.cache
 def groups_settable() -> bool:
-    """Whether contexts get every group of :data:`TLS_GROUPS` (else P-256 alone)."""
-    return _set_groups_list is not None
+    """Whether contexts get every group of :data:`TLS_GROUPS` (else P-256
+    alone): the binding is there, pyOpenSSL's context still has its OpenSSL
+    handle, and this OpenSSL takes the list (tried once on a throwaway context)."""
+    return _set_groups_on(SSL.Context(SSL.TLS_SERVER_METHOD))
+
+
+def _set_groups_on(context: SSL.Context) -> bool:
+    # ``_context`` is pyOpenSSL's handle on the SSL_CTX (no public accessor);
+    # a release without it gets P-256 alone instead of failing start-up.
+    handle = getattr(context, "_context", None)
+    if _set_groups_list is None or handle is None:
+        return False
+    return bool(_set_groups_list(handle, ":".join(TLS_GROUPS).encode("ascii")) == 1)
 
 
 @functools.cache
@@ -181,10 +193,8 @@ def _acceptable_ciphers() -> AcceptableCiphers:
 
 
 def _set_groups(context: SSL.Context) -> None:
-    groups = ":".join(TLS_GROUPS).encode("ascii")
-    if _set_groups_list is not None and _set_groups_list(context._context, groups) == 1:
-        return
-    context.set_tmp_ecdh(ec.SECP256R1())
+    if not _set_groups_on(context):
+        context.set_tmp_ecdh(ec.SECP256R1())
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
@@ -577,9 +587,9 @@ class SNIConnectionCreator:
             versions="TLS 1.3" if tls_profile == "modern" else "TLS 1.2 (ECDHE, AEAD) and 1.3",
             groups=":".join(TLS_GROUPS) if groups_settable() else "P-256",
         )
-        if not groups_settable():  # pragma: no cover - cryptography without the binding
+        if not groups_settable():
             self.log.warn(
-                "TLS groups: this cryptography release cannot set a list of groups; "
+                "TLS groups: this cryptography or OpenSSL cannot set a list of groups; "
                 "offering P-256 only"
             )
         self._warned_index: CertificateIndex | None = None

@@ -13,8 +13,10 @@ import ssl
 import pytest
 import trustme
 from OpenSSL import SSL
+from twisted.logger import capturedLogs
 from twisted.python import usage
 
+from edgeproxy import certificates
 from edgeproxy.certificates import (
     TLS12_CIPHERS,
     CertificateIndex,
@@ -155,6 +157,31 @@ def test_modern_is_tls13_only(ca: trustme.CA, modern: SNIConnectionCreator) -> N
     assert "PROTOCOL_VERSION" in (refused.error or "")
     accepted = memory_handshake(modern, "ecdsa.test", _client(ca, TLS13))
     assert (accepted.ok, accepted.version) == (True, "TLSv1.3")
+
+
+def test_groups_fall_back_to_p256_when_the_list_cannot_be_set(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(certificates, "_set_groups_list", lambda handle, groups: 0)
+    certificates.groups_settable.cache_clear()
+    try:
+        with capturedLogs() as events:
+            creator = _creator(ca, "intermediate")
+        assert not certificates.groups_settable()
+        assert any("offering P-256 only" in e.get("log_format", "") for e in events)
+        # Still serving, on P-256 alone (a group of the profile), not failing.
+        p256 = memory_handshake(creator, "ecdsa.test", _client(ca, TLS12, group="prime256v1"))
+        assert p256.ok, p256.error
+        x25519 = memory_handshake(creator, "ecdsa.test", _client(ca, TLS12, group="X25519"))
+        assert not x25519.ok
+    finally:
+        certificates.groups_settable.cache_clear()
+
+
+def test_groups_settable_here() -> None:
+    assert certificates.groups_settable()
+    # A pyOpenSSL whose context has no OpenSSL handle: not settable, no AttributeError.
+    assert certificates._set_groups_on(object()) is False  # type: ignore[arg-type]
 
 
 def test_unknown_profile_is_refused() -> None:
