@@ -239,6 +239,8 @@ class ProxyChannel(Protocol):
     #: The last host found covered, so a connection's requests for one site
     #: cost one comparison each.
     covered_host: str | None = None
+    #: The client's SNI name (normalised): never misdirected on its connection.
+    _sni_host: str | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -306,21 +308,25 @@ class ProxyChannel(Protocol):
             if server_name is not None:
                 # The client named a site and verified a certificate for it:
                 # it must not reach a site that certificate does not cover.
+                # The site it named is never misdirected, even when it was
+                # given the default certificate: no other site is reached,
+                # and a new connection would get the same certificate.
                 names = certificate_names(connection)
                 self.certificate_names = names
                 sni = normalise_host(server_name)  # cached, unlike normalise_name
-                if names is not None and sni is not None and covered_by(sni, names):
-                    self.covered_host = sni
+                if names is not None and sni is not None:
+                    self.covered_host = self._sni_host = sni
         metrics = self.factory.metrics
         if metrics is not None:
             version = connection.get_protocol_version_name() if connection is not None else None
             metrics.tls_handshake(version or "unknown")
 
     def covers(self, host: str) -> bool:
-        """Whether this connection may serve ``host`` (normalised): its
-        certificate covers it, or there is no certificate to check against."""
+        """Whether this connection may serve ``host`` (normalised): it is the
+        name the client sent in SNI, its certificate covers it, or there is no
+        certificate to check against."""
         names = self.certificate_names
-        if names is None or covered_by(host, names):
+        if names is None or host == self._sni_host or covered_by(host, names):
             self.covered_host = host
             return True
         return False

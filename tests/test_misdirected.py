@@ -129,6 +129,17 @@ def test_handshake_remembers_the_certificate_once() -> None:
     assert h.channel.covered_host == "app.example"
 
 
+def test_the_sni_name_given_the_default_certificate_is_served_but_no_other() -> None:
+    # No certificate for app.example: the client got the default one and went on
+    # (curl -k).  The site it named is not misdirected; a new connection would
+    # fare no better.  Any other host is checked against the default's names.
+    h = Harness(b"app.example", _names("default.example"))
+    assert h.status(b"blog.example") == b"HTTP/1.1 421 Misdirected Request"
+    assert h.status(b"default.example") == b"HTTP/1.1 404 Not Found"
+    assert h.status(b"app.example") == b""  # forwarded
+    assert h.upstreams() == ["10.0.0.1:80"]
+
+
 def test_no_sni_is_not_checked() -> None:
     # A client without SNI got the default certificate without naming a site:
     # it is routed by Host, as nginx and Apache do.

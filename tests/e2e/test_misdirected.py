@@ -145,7 +145,7 @@ def test_wildcard_certificate_serves_every_name_it_covers(site: Site) -> None:
         conn.close()
 
 
-def test_unknown_sni_served_the_default_certificate_gets_421(site: Site) -> None:
+def test_unknown_sni_served_the_default_certificate_gets_421_for_other_hosts(site: Site) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -154,6 +154,10 @@ def test_unknown_sni_served_the_default_certificate_gets_421(site: Site) -> None
     conn.sock = ctx.wrap_socket(sock, server_hostname="unknown.test")
     try:
         assert get(conn, "app.test")[0] == 421
+        # The name it sent in SNI is not misdirected (no other site is reached):
+        # it is routed, and no virtual host serves it.
+        assert get(conn, "unknown.test")[0] == 404
+        assert get(conn, "blog.test")[0] == 421
     finally:
         conn.close()
 
