@@ -339,8 +339,13 @@ class ProxyChannel(Protocol):
             self._hold(data)
             return
         in_head = self._in_head
+        at_boundary = False
         if in_head or self._parsing is None:
+            at_boundary = not in_head
             self._unparsed += len(data)
+        # A new list per message (on_message_begin): tells, on a refused
+        # method, whether a message began in this read.
+        headers = self._headers
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -361,7 +366,13 @@ class ProxyChannel(Protocol):
         except HttpParserInvalidMethodError:
             # A method llhttp does not know (it knows the IANA registry's):
             # 501 if it is a token, else the request line is malformed.
-            method = _refused_method(data, not in_head and self._parsing is None)
+            if at_boundary or self._headers is headers:
+                method = _refused_method(data, at_boundary)
+            else:
+                # A message ended inside this read, which began mid-message,
+                # and the refused one began after it: where is not known, so
+                # no guess (it could be the end of a body) is logged or judged.
+                method = b""
             if _TOKEN.fullmatch(method):
                 self._reject(NotImplementedMethod(), method)
             else:

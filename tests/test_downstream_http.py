@@ -1448,6 +1448,38 @@ def test_refused_method_pipelined_in_one_read(first: bytes, second: bytes, statu
     assert [r.start[1] for r in c.upstream_requests()] == [b"/first"]
 
 
+@pytest.mark.parametrize(
+    "reads",
+    [
+        pytest.param(
+            [b"GET /first HTTP/1.1\r\nHo", b"st: shop.example\r\n\r\nBREW / HTTP/1.1\r\n"],
+            id="after a head split across reads",
+        ),
+        pytest.param(
+            [
+                request(b"POST", b"/first", headers=b"Content-Length: 12\r\n"),
+                b"hunter2tokenBREW / HTTP/1.1\r\n",
+            ],
+            id="after a body that began in an earlier read",
+        ),
+    ],
+)
+def test_a_refused_method_that_cannot_be_located_is_400_and_logs_no_guess(
+    log_events: list[LogEvent], reads: list[bytes]
+) -> None:
+    # The read began inside one message and the refused one began after it
+    # ended: where exactly is not known, so neither the end of the body (a
+    # secret, maybe) nor a header's tail is logged as the method.
+    c = Conn()
+    for piece in reads:
+        c.send(piece)
+    c.respond(ok(b"first"))
+    assert [r.status for r in c.responses()] == [200, 400]
+    refused = access_records(log_events)[-1]
+    assert (refused.status, refused.reason, refused.method) == (400, "bad_request_line", "-")
+    assert "hunter2" not in repr(access_records(log_events))
+
+
 # -- 14. every refusal logged with its outcome and reason ---------------------------------------
 
 
