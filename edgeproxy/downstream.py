@@ -258,7 +258,9 @@ class ProxyChannel(Protocol):
         self._reading_paused = False
         #: What arrived while a complete request waits its turn, not parsed
         #: yet (None when not holding).
-        self._held: bytes | None = None
+        #: Input read behind a waiting pipelined request, not parsed yet
+        #: (a bytearray: a trickle of small reads appends, never re-copies).
+        self._held: bytearray | None = None
         self._write_paused = False
         self._body_producer: IPushProducer | None = None
         self._closed = False
@@ -496,10 +498,13 @@ class ProxyChannel(Protocol):
             # further.  Reading goes on (up to a limit) rather than stopping,
             # so that a client that closes is noticed, its queued requests
             # logged and the one upstream cancelled, without waiting for it.
-            self._held = b""
+            self._held = bytearray()
 
     def _hold(self, data: bytes) -> None:
-        held = self._held = (self._held or b"") + data
+        held = self._held
+        if held is None:
+            held = self._held = bytearray()
+        held += data
         if len(held) > MAX_HELD_BYTES and not self._reading_paused:
             self._reading_paused = True
             transport: Any = self.transport
@@ -509,7 +514,7 @@ class ProxyChannel(Protocol):
         """Parse what was held, and read on if that did not fill up again."""
         held, self._held = self._held, None
         if held:
-            self.dataReceived(held)
+            self.dataReceived(bytes(held))
         held = self._held
         if (
             self._reading_paused

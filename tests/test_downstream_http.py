@@ -545,6 +545,23 @@ def test_pipelined_input_is_held_unparsed_while_reading_goes_on_up_to_a_limit() 
     assert not c.closing
 
 
+def test_held_input_trickled_a_byte_at_a_time_is_parsed_whole_once_its_turn_comes() -> None:
+    c = Conn()
+    c.send(request(target=b"/1") + request(target=b"/2"))  # /2 waits: input is held from here
+    third = request(b"POST", b"/3", headers=b"Content-Length: 5\r\n", body=b"hello")
+    for i in range(len(third)):  # one byte a read: appended to the held input, not re-copied
+        c.send(third[i : i + 1])
+    assert isinstance(c.protocol._held, bytearray) and bytes(c.protocol._held) == third
+    for i in range(3):
+        c.respond(ok(b"%d" % i))
+    assert [(r.start[1], r.body) for r in c.upstream_requests()] == [
+        (b"/1", b""),
+        (b"/2", b""),
+        (b"/3", b"hello"),
+    ]
+    assert [r.body for r in c.responses()] == [b"0", b"1", b"2"]
+
+
 # -- 3. fragmented input -----------------------------------------------------
 
 FRAGMENTED = {
