@@ -341,9 +341,8 @@ class ProxyChannel(Protocol):
             self._hold(data)
             return
         in_head = self._in_head
-        at_boundary = False
-        if in_head or self._parsing is None:
-            at_boundary = not in_head
+        parsing = self._parsing
+        if in_head or parsing is None:
             self._unparsed += len(data)
         # A new list per message (on_message_begin): tells, on a refused
         # method, whether a message began in this read.
@@ -368,6 +367,7 @@ class ProxyChannel(Protocol):
         except HttpParserInvalidMethodError:
             # A method llhttp does not know (it knows the IANA registry's):
             # 501 if it is a token, else the request line is malformed.
+            at_boundary = not in_head and parsing is None
             if at_boundary or self._headers is headers:
                 method = _refused_method(data, at_boundary)
             else:
