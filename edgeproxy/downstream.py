@@ -256,10 +256,9 @@ class ProxyChannel(Protocol):
         self._unparsed = 0
         self._input_closed = False
         self._reading_paused = False
-        #: What arrived while a complete request waits its turn, not parsed
-        #: yet (None when not holding).
-        #: Input read behind a waiting pipelined request, not parsed yet
-        #: (a bytearray: a trickle of small reads appends, never re-copies).
+        #: Input read behind a waiting pipelined request, not parsed yet (None
+        #: when not holding; a bytearray: a trickle of small reads appends,
+        #: never re-copies).
         self._held: bytearray | None = None
         self._write_paused = False
         self._body_producer: IPushProducer | None = None
@@ -337,8 +336,9 @@ class ProxyChannel(Protocol):
         if self._input_closed:
             return
         self._last_data = self.clock_seconds()
-        if self._held is not None:
-            self._hold(data)
+        held = self._held
+        if held is not None:
+            self._hold(held, data)
             return
         in_head = self._in_head
         parsing = self._parsing
@@ -500,10 +500,7 @@ class ProxyChannel(Protocol):
             # logged and the one upstream cancelled, without waiting for it.
             self._held = bytearray()
 
-    def _hold(self, data: bytes) -> None:
-        held = self._held
-        if held is None:
-            held = self._held = bytearray()
+    def _hold(self, held: bytearray, data: bytes) -> None:
         held += data
         if len(held) > MAX_HELD_BYTES and not self._reading_paused:
             self._reading_paused = True
