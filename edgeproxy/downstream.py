@@ -336,9 +336,8 @@ class ProxyChannel(Protocol):
         if self._input_closed:
             return
         self._last_data = self.clock_seconds()
-        held = self._held
-        if held is not None:
-            self._hold(held, data)
+        if self._held is not None:
+            self._hold(data)
             return
         in_head = self._in_head
         parsing = self._parsing
@@ -500,7 +499,9 @@ class ProxyChannel(Protocol):
             # logged and the one upstream cancelled, without waiting for it.
             self._held = bytearray()
 
-    def _hold(self, held: bytearray, data: bytes) -> None:
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        assert held is not None  # called only while holding
         held += data
         if len(held) > MAX_HELD_BYTES and not self._reading_paused:
             self._reading_paused = True
