@@ -27,7 +27,7 @@ from edgeproxy.certwatch import NO_DEFAULT_CERTIFICATE
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
 from edgeproxy.configload import Expectation, LoadedConfig
 from edgeproxy.errors import ConfigProblem
-from edgeproxy.hostnames import normalise_host, normalise_name, wildcard_of
+from edgeproxy.hostnames import covered_by, normalise_host, normalise_name, wildcard_of
 from edgeproxy.routing import prefix_bytes
 
 __all__ = [
@@ -445,12 +445,6 @@ def check_default_certificate(index: CertificateIndex, directory: str) -> CheckR
     return CheckReport(warnings=(ConfigProblem(directory, NO_DEFAULT_CERTIFICATE),))
 
 
-def _covers(certificate: LoadedCertificate, name: str) -> bool:
-    return name in certificate.names or (
-        not name.startswith("*.") and wildcard_of(name) in certificate.names
-    )
-
-
 def _coverage_problem(name: str, index: CertificateIndex) -> str | None:
     default = index.default
     if _is_ip(name):
@@ -469,7 +463,7 @@ def _coverage_problem(name: str, index: CertificateIndex) -> str | None:
                 return None
         else:
             selected = index.select(name)
-            if selected is not None and _covers(selected, name):
+            if selected is not None and covered_by(name, selected.names):
                 return None
         note = ""
     if default is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Collection
 
 import idna
 
@@ -155,7 +156,7 @@ def wildcard_of(name: str) -> str | None:
     return "*." + rest
 
 
-def covered_by(name: str, names: frozenset[str]) -> bool:
+def covered_by(name: str, names: Collection[str]) -> bool:
     """Whether a normalised name is one of ``names`` (normalised names,
     ``*.one-label`` wildcards and IP literals, as a certificate's), exactly or
     through the wildcard of its first label."""
