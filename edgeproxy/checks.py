@@ -319,7 +319,7 @@ def check_endpoints(config: LoadedConfig) -> CheckReport:
     """
     errors: list[ConfigProblem] = []
     warnings: list[ConfigProblem] = []
-    for cluster in (*config.clusters.values(), *config.idle_clusters.values()):
+    for cluster in config.all_clusters.values():
         path = _cluster_file(config, cluster)
         for endpoint in cluster.endpoints:
             error, warning = _host_problem(endpoint.host)

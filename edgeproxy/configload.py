@@ -108,6 +108,11 @@ class LoadedConfig:
                 idle[name] = definitions[0].cluster
         return idle
 
+    @property
+    def all_clusters(self) -> dict[str, Cluster]:
+        """Every cluster that runs, by name: the routes' first, then the idle ones."""
+        return {**self.clusters, **self.idle_clusters}
+
     def line_of(self, path: str, text: str) -> int | None:
         """The first line of ``path`` with a string literal spelling ``text``, if any."""
         return self.literal_lines.get(path, {}).get(text)
@@ -118,8 +123,7 @@ class LoadedConfig:
 
     @property
     def endpoint_count(self) -> int:
-        idle = self.idle_clusters.values()
-        return sum(len(cluster.endpoints) for cluster in (*self.clusters.values(), *idle))
+        return sum(len(cluster.endpoints) for cluster in self.all_clusters.values())
 
     def summary(self) -> str:
         """One line for ``--check``.
@@ -127,12 +131,13 @@ class LoadedConfig:
         ``"2 files, 3 virtual hosts, 5 routes, 4 clusters (1 idle), 7 endpoints"``
         (idle: defined, used by no route, and run like the others).
         """
-        idle = len(self.idle_clusters)
+        clusters = len(self.all_clusters)
+        idle = clusters - len(self.clusters)
         counts = [
             (len(self.files), "file", ""),
             (len(self.virtual_hosts), "virtual host", ""),
             (self.route_count, "route", ""),
-            (len(self.clusters) + idle, "cluster", f" ({idle} idle)" if idle else ""),
+            (clusters, "cluster", f" ({idle} idle)" if idle else ""),
             (self.endpoint_count, "endpoint", ""),
         ]
         return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}{extra}" for n, noun, extra in counts)

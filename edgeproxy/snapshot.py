@@ -9,7 +9,6 @@ configuration, not per request.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Mapping
 
@@ -48,7 +47,7 @@ class Snapshot:
         idle cluster becomes a routed one (a blue/green switch)."""
         carried = previous.clusters if previous is not None else {}
         clusters: dict[str, ClusterRuntime] = {}
-        for name, cluster in itertools.chain(config.clusters.items(), config.idle_clusters.items()):
+        for name, cluster in config.all_clusters.items():
             old = carried.get(name)
             if old is not None and old.cluster == cluster:
                 clusters[name] = old
