@@ -585,12 +585,12 @@ def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
+#: Reason phrases of statuses edgeproxy answers that twisted.web's table lacks.
+_MORE_REASONS = {421: b"Misdirected Request", 431: b"Request Header Fields Too Large"}
+
+
 def _reason(status: int) -> bytes:
-    if status == 431:  # not in twisted.web's table
-        return b"Request Header Fields Too Large"
-    if status == 421:  # nor this
-        return b"Misdirected Request"
-    return RESPONSES.get(status, b"Error")
+    return RESPONSES.get(status) or _MORE_REASONS.get(status, b"Error")
 
 
 def _error_body(error: EdgeProxyError) -> bytes:

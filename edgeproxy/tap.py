@@ -68,8 +68,10 @@ def _access_log_format(value: str) -> str:
 
 
 def _tls_profile(value: str) -> str:
-    if value not in ("intermediate", "modern"):
-        raise ValueError(f"must be intermediate or modern: {value}")
+    from edgeproxy.certificates import TLS_PROFILES
+
+    if value not in TLS_PROFILES:
+        raise ValueError(f"must be {' or '.join(TLS_PROFILES)}: {value}")
     return value
 
 
