@@ -27,11 +27,14 @@ import attrs
 import trustme
 from OpenSSL import SSL
 
+from edgeproxy.certificates import CertificateIndex, parse_certificate
+
 __all__ = [
     "HandshakeResult",
     "Layout",
     "client_context",
     "days",
+    "default_index",
     "make_ca",
     "memory_handshake",
     "utc",
@@ -58,6 +61,17 @@ def days(n: float) -> datetime.timedelta:
 def make_ca() -> trustme.CA:
     """A fresh test CA.  Trust it with ``ca.configure_trust(ssl_context)``."""
     return trustme.CA()
+
+
+def default_index(ca: trustme.CA, name: str) -> CertificateIndex:
+    """An index of one certificate for ``name``, issued by ``ca``, as the
+    default certificate (served to clients without SNI too); no files."""
+    leaf = ca.issue_cert(name)
+    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+    loaded = parse_certificate(
+        "/certs/default.pem", chain + leaf.private_key_pem.bytes(), is_default=True
+    )
+    return CertificateIndex.build([loaded], datetime.datetime.now(datetime.UTC))
 
 
 def write_ca_pem(ca: trustme.CA, directory: str, name: str = "ca.pem") -> str:

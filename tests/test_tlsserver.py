@@ -7,7 +7,6 @@ recording application protocol above it.  No sockets, no reactor, no sleeps.
 
 from __future__ import annotations
 
-import datetime
 import gc
 import ssl
 import weakref
@@ -33,9 +32,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from edgeproxy import tlsserver
-from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator, parse_certificate
+from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.tlsserver import TLSServerEndpoint, TLSServerFactory, TLSServerProtocol
-from tests.certutil import client_context, make_ca
+from tests.certutil import client_context, default_index, make_ca
 
 NAME = "shop.example"
 TLS12 = ssl.TLSVersion.TLSv1_2
@@ -67,13 +66,8 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def index(ca: trustme.CA) -> CertificateIndex:
-    leaf = ca.issue_cert(NAME)
-    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
     # The default certificate: also served to clients without SNI.
-    loaded = parse_certificate(
-        "/certs/default.pem", chain + leaf.private_key_pem.bytes(), is_default=True
-    )
-    return CertificateIndex.build([loaded], datetime.datetime.now(datetime.UTC))
+    return default_index(ca, NAME)
 
 
 @pytest.fixture

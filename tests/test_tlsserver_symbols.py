@@ -9,7 +9,6 @@ the TLS layer, a StringTransport.
 from __future__ import annotations
 
 import ast
-import datetime
 import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,8 +20,8 @@ from OpenSSL import SSL
 from twisted.logger import LogLevel, capturedLogs
 
 from edgeproxy import tlsserver
-from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator, parse_certificate
-from tests.certutil import client_context, make_ca
+from edgeproxy.certificates import SNIConnectionCreator
+from tests.certutil import client_context, default_index, make_ca
 from tests.test_tlsserver import NAME, Pair
 
 ALL_SYMBOLS = list(tlsserver.OPENSSL_SYMBOLS) + [f"ffi.{n}" for n in tlsserver.FFI_SYMBOLS]
@@ -64,12 +63,7 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def creator(ca: trustme.CA) -> SNIConnectionCreator:
-    leaf = ca.issue_cert(NAME)
-    chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
-    loaded = parse_certificate(
-        "/certs/default.pem", chain + leaf.private_key_pem.bytes(), is_default=True
-    )
-    index = CertificateIndex.build([loaded], datetime.datetime.now(datetime.UTC))
+    index = default_index(ca, NAME)
     return SNIConnectionCreator(lambda: index)
 
 
