@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from edgeproxy.config import VirtualHost
 from edgeproxy.configload import LoadedConfig
@@ -54,3 +54,26 @@ def proxy_factory(
     )
     factory.startFactory()
     return factory, forwarder
+
+
+class TCPLikeTransport(StringTransport):
+    """A StringTransport whose producer methods behave like a TCP connection's
+    (``twisted.internet.abstract.FileDescriptor``): stopping closes it, and
+    pausing or resuming a closing connection does nothing instead of raising.
+
+    twisted's client resumes the body transport right after the body protocol's
+    ``makeConnection``, even when that protocol (``forward._Discard``) has
+    stopped it already; a real socket ignores that.
+    """
+
+    def stopProducing(self) -> None:
+        super().stopProducing()
+        self.loseConnection()
+
+    def pauseProducing(self) -> None:
+        if self.producerState != "stopped":
+            super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.producerState != "stopped" and not self.disconnecting:
+            super().resumeProducing()

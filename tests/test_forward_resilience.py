@@ -33,7 +33,7 @@ from edgeproxy.config import (
 from edgeproxy.downstream import ProxyFactory
 from edgeproxy.routing import SplitChooser
 from edgeproxy.selection import stable_roll
-from tests.memproxy import make_config, proxy_factory
+from tests.memproxy import TCPLikeTransport, make_config, proxy_factory
 
 HOST = b"shop.example"
 
@@ -83,29 +83,6 @@ class Client:
 
     def body(self) -> bytes:
         return self.value().split(b"\r\n\r\n", 1)[1]
-
-
-class TCPLikeTransport(StringTransport):
-    """A StringTransport whose producer methods behave like a TCP connection's
-    (``twisted.internet.abstract.FileDescriptor``): stopping closes it, and
-    pausing or resuming a closing connection does nothing instead of raising.
-
-    twisted's client resumes the body transport right after the body protocol's
-    ``makeConnection``, even when that protocol (``forward._Discard``) has
-    stopped it already; a real socket ignores that.
-    """
-
-    def stopProducing(self) -> None:
-        super().stopProducing()
-        self.loseConnection()
-
-    def pauseProducing(self) -> None:
-        if self.producerState != "stopped":
-            super().pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self.producerState != "stopped" and not self.disconnecting:
-            super().resumeProducing()
 
 
 class Upstream:

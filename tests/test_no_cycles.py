@@ -42,7 +42,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgeproxy.config import Cluster, Limits, Route, VirtualHost
-from tests.memproxy import make_config, proxy_factory
+from tests.memproxy import TCPLikeTransport, make_config, proxy_factory
 from tests.socketcycles import NAMED, SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,11 +141,11 @@ SMALL_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\
 ONE_SLOT = Limits(10, max_connections_per_endpoint=1)
 
 
-class SocketLike(StringTransport):
-    """A StringTransport closed the way the reactor closes a TCP socket
-    (``tcp.Connection``, ``abstract.FileDescriptor``): ``connectionLost``
-    comes on a later turn, after the registered producer was stopped and let
-    go of; stopping it closes it.  :meth:`lost` is the peer closing first."""
+class SocketLike(TCPLikeTransport):
+    """A :class:`TCPLikeTransport` also closed the way the reactor closes a
+    TCP socket (``tcp.Connection``, ``abstract.FileDescriptor``):
+    ``connectionLost`` comes on a later turn, after the registered producer
+    was stopped and let go of.  :meth:`lost` is the peer closing first."""
 
     def __init__(self, clock: MemoryReactorClock, protocol: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -158,18 +158,6 @@ class SocketLike(StringTransport):
 
     def abortConnection(self) -> None:
         self._close(ConnectionAborted())
-
-    def stopProducing(self) -> None:
-        super().stopProducing()
-        self.loseConnection()
-
-    def pauseProducing(self) -> None:
-        if self.producerState != "stopped":
-            super().pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self.producerState != "stopped" and not self.disconnecting:
-            super().resumeProducing()
 
     def _close(self, why: Exception) -> None:
         if not self.disconnecting:
