@@ -36,6 +36,16 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+@pytest.fixture(scope="module")
+def backend() -> Iterator[BackendServer]:
+    """One backend, "app", for a module's tests."""
+    server = BackendServer("app").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def backends() -> Iterator[Callable[[str], BackendServer]]:
     started: list[BackendServer] = []

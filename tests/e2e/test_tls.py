@@ -186,15 +186,6 @@ def write_config(tmp: Path, backend: BackendServer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backend() -> Iterator[BackendServer]:
-    server = BackendServer("app").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def site(
     tmp_path_factory: pytest.TempPathFactory,
     backend: BackendServer,

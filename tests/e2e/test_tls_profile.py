@@ -65,15 +65,6 @@ def start_proxy(
 
 
 @pytest.fixture(scope="module")
-def backend() -> Iterator[BackendServer]:
-    server = BackendServer("app").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def intermediate(
     tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA, backend: BackendServer
 ) -> Iterator[Proxy]:
