@@ -411,7 +411,7 @@ def run_main(main: Callable[[], int]) -> None:
 
 def dev_certificate() -> bytes:
     """A self-signed ECDSA P-256 key + certificate (PEM) for CERT_NAMES."""
-    from edgeproxy.devcert import make_dev_certificate
+    from edgeproxy.tls.devcert import make_dev_certificate
 
     return make_dev_certificate(CERT_NAMES)
 

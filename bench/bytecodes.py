@@ -95,14 +95,14 @@ class _TLSClient:
 
 
 def _tls_creator() -> Any:
-    from edgeproxy import tlsserver
+    from edgeproxy.tls import server as tlsserver
 
     # Start-up's job (the direct OpenSSL calls), where this version has it.
     use_direct = getattr(tlsserver, "use_direct_openssl", None)
     if use_direct is not None:
         use_direct()
-    from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator, parse_certificate
-    from edgeproxy.devcert import make_dev_certificate
+    from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator, parse_certificate
+    from edgeproxy.tls.devcert import make_dev_certificate
 
     pem = make_dev_certificate(["shop.example"])
     loaded = parse_certificate("/certs/default.pem", pem, is_default=True)
@@ -123,7 +123,7 @@ class _Rig:
         self.client = _TCPTransport(peerAddress=peer)
         self.tls: _TLSClient | None = None
         if tls:
-            from edgeproxy.tlsserver import TLSServerProtocol
+            from edgeproxy.tls.server import TLSServerProtocol
 
             server = TLSServerProtocol(_tls_creator(), self.channel)
             server.makeConnection(self.client)

@@ -59,7 +59,7 @@ BACKEND_STOP_TIMEOUT = 5.0
 _LISTENER = re.compile(r"edgeproxy (https|http|admin) listener on (\S+):(\d+)")
 # The certificate watcher is started after every listener is bound: its first
 # log line means the proxy is about to serve.
-_STARTED = re.compile(r"\[edgeproxy\.certwatch\.")
+_STARTED = re.compile(r"\[edgeproxy\.tls\.certwatch\.")
 _BACKEND = re.compile(r"demo backend (\S+) listening on (\S+):(\d+)")
 _ADDRESS = re.compile(r"""(["'])127\.0\.0\.1:(\d+)\1""")
 
@@ -270,7 +270,7 @@ class Runner:
     # -- the whole run ----------------------------------------------------
 
     def run(self) -> int:
-        from edgeproxy.devcert import ensure_dev_certificate
+        from edgeproxy.tls.devcert import ensure_dev_certificate
 
         certs = self.args.certs
         written = ensure_dev_certificate(certs)

@@ -27,7 +27,7 @@ import attrs
 import trustme
 from OpenSSL import SSL
 
-from edgeproxy.certificates import CertificateIndex, parse_certificate
+from edgeproxy.tls.certificates import CertificateIndex, parse_certificate
 
 __all__ = [
     "HandshakeResult",

@@ -10,15 +10,15 @@ import random
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import VirtualHost
-from edgeproxy.configload import LoadedConfig
-from edgeproxy.downstream import ProxyFactory
-from edgeproxy.forward import Forwarder
-from edgeproxy.observability import AccessLog
-from edgeproxy.routing import RoutingTable
-from edgeproxy.settings import Settings
-from edgeproxy.snapshot import Snapshot
-from edgeproxy.upstream import UpstreamClient
+from edgeproxy.config.load import LoadedConfig
+from edgeproxy.config.routing import RoutingTable
+from edgeproxy.config.settings import Settings
+from edgeproxy.ops.accesslog import AccessLog
+from edgeproxy.proxy.forward import Forwarder
+from edgeproxy.proxy.h1channel import ProxyFactory
+from edgeproxy.upstream.h1client import UpstreamClient
 
 
 def make_config(*vhosts: VirtualHost) -> LoadedConfig:

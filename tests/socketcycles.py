@@ -37,9 +37,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread
 
-from edgeproxy.devcert import make_dev_certificate
-from edgeproxy.service import EdgeProxyService
-from edgeproxy.settings import Settings
+from edgeproxy.app.service import EdgeProxyService
+from edgeproxy.config.settings import Settings
+from edgeproxy.tls.devcert import make_dev_certificate
 
 reactor: Any = _reactor
 

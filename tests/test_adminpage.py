@@ -19,10 +19,10 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from edgeproxy import __version__
-from edgeproxy.admin import PAGE_CSP, readiness, status
-from edgeproxy.adminpage import render_page
-from edgeproxy.service import EdgeProxyService
-from edgeproxy.settings import Settings
+from edgeproxy.app.service import EdgeProxyService
+from edgeproxy.config.settings import Settings
+from edgeproxy.ops.admin import PAGE_CSP, readiness, status
+from edgeproxy.ops.adminpage import render_page
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -403,7 +403,7 @@ def _get(site: Site, path: bytes) -> DummyRequest:
 
 
 def _admin_site(proxy: EdgeProxyService) -> Site:
-    from edgeproxy.service import ListenerService
+    from edgeproxy.app.service import ListenerService
 
     for child in proxy:
         if isinstance(child, ListenerService) and child.kind == "admin":

@@ -12,9 +12,9 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from edgeproxy import breaker as breaker_module
-from edgeproxy import health as health_module
-from edgeproxy.breaker import (
+from edgeproxy.cluster import breaker as breaker_module
+from edgeproxy.cluster import health as health_module
+from edgeproxy.cluster.breaker import (
     Breaker,
     BreakerStatus,
     Transition,

@@ -1,4 +1,4 @@
-"""Tests for edgeproxy.certificates: parsing, the index, and real in-memory TLS handshakes."""
+"""Tests for edgeproxy.tls.certificates: parsing, the index, and real in-memory TLS handshakes."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 
-from edgeproxy.certificates import (
+from edgeproxy.tls.certificates import (
     CertificateFileError,
     CertificateIndex,
     LoadedCertificate,

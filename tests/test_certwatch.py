@@ -1,4 +1,4 @@
-"""Tests for edgeproxy.certwatch: directory layouts, incremental reloads, the watcher service."""
+"""Tests for edgeproxy.tls.certwatch: directory layouts, incremental reloads, the watcher service."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import trustme
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
-from edgeproxy import certwatch
-from edgeproxy.certificates import CertificateIndex
-from edgeproxy.certwatch import (
+from edgeproxy.core.errors import ConfigProblem
+from edgeproxy.tls import certwatch
+from edgeproxy.tls.certificates import CertificateIndex
+from edgeproxy.tls.certwatch import (
     NO_DEFAULT_CERTIFICATE,
     CertificateDirectory,
     CertificateWatcher,
     check_directory,
 )
-from edgeproxy.errors import ConfigProblem
 from tests.certutil import make_ca, utc, write_cert, write_key_mismatch, write_raw
 
 NOW = utc(2030, 6, 1)

@@ -1,4 +1,4 @@
-"""Semantic checks for ``--check`` (edgeproxy.checks) and what configload collects for them."""
+"""Semantic checks for ``--check`` (edgeproxy.app.checks) and what configload collects for them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from edgeproxy.certificates import CertificateIndex
-from edgeproxy.certwatch import check_directory
-from edgeproxy.checks import (
+from edgeproxy.app.checks import (
     CheckReport,
     check_certificate_coverage,
     check_certificate_validity,
@@ -24,9 +22,11 @@ from edgeproxy.checks import (
     run_semantic_check,
 )
 from edgeproxy.config import Cluster, Endpoint, Route, VirtualHost
-from edgeproxy.configload import ClusterDefinition, Expectation, LoadedConfig, load_config
-from edgeproxy.errors import ConfigError, ConfigProblem
-from edgeproxy.routing import RoutingTable
+from edgeproxy.config.load import ClusterDefinition, Expectation, LoadedConfig, load_config
+from edgeproxy.config.routing import RoutingTable
+from edgeproxy.core.errors import ConfigError, ConfigProblem
+from edgeproxy.tls.certificates import CertificateIndex
+from edgeproxy.tls.certwatch import check_directory
 from tests.certutil import days, make_ca, utc, write_cert
 
 NOW = utc(2030, 6, 1)
@@ -738,7 +738,7 @@ def test_no_default_certificate_is_a_warning(tmp_path: Path, ca: trustme.CA) -> 
 
 
 def test_a_prefix_written_twice_is_the_loaders_problem_only(tmp_path: Path) -> None:
-    from edgeproxy.configload import inspect_config
+    from edgeproxy.config.load import inspect_config
 
     path = write(
         tmp_path,

@@ -12,8 +12,8 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edgeproxy.breaker import Transition
-from edgeproxy.cluster import FULL, UNAVAILABLE, ClusterRuntime, EndpointRuntime, NoSlot
+from edgeproxy.cluster.breaker import Transition
+from edgeproxy.cluster.runtime import FULL, UNAVAILABLE, ClusterRuntime, EndpointRuntime, NoSlot
 from edgeproxy.config import (
     Cluster,
     Endpoint,

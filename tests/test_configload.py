@@ -1,4 +1,4 @@
-"""Loading configuration files (edgeproxy.configload)."""
+"""Loading configuration files (edgeproxy.config.load)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
-from edgeproxy.configload import LoadedConfig, config_files, inspect_config, load_config
-from edgeproxy.errors import ConfigError, ConfigProblem
+from edgeproxy.config.load import LoadedConfig, config_files, inspect_config, load_config
+from edgeproxy.core.errors import ConfigError, ConfigProblem
 
 EXAMPLE = """\
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
@@ -78,7 +78,7 @@ def test_sites_are_not_importable(tmp_path: Path) -> None:
     before = set(sys.modules)
     load_config(path)
     assert not {name for name in sys.modules if name.startswith("edgeproxy_site_")}
-    assert set(sys.modules) - before <= {"edgeproxy.configload"}
+    assert set(sys.modules) - before <= {"edgeproxy.config.load"}
 
 
 def test_module_name_and_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for edgeproxy.configwatch: loading off the event loop with a time
+"""Tests for edgeproxy.config.watch: loading off the event loop with a time
 limit, one load at a time, and the --watch-config poller."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
-from edgeproxy.configload import LoadedConfig, load_config
-from edgeproxy.configwatch import BackgroundLoader, ConfigWatcher, in_daemon_thread
-from edgeproxy.errors import ConfigError, ConfigProblem
+from edgeproxy.config.load import LoadedConfig, load_config
+from edgeproxy.config.watch import BackgroundLoader, ConfigWatcher, in_daemon_thread
+from edgeproxy.core.errors import ConfigError, ConfigProblem
 
 SITE = """
 from edgeproxy.config import Cluster, Route, VirtualHost

@@ -1,4 +1,4 @@
-"""Tests for edgeproxy.devcert."""
+"""Tests for edgeproxy.tls.devcert."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import datetime
 import os
 import stat
 
-from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator, load_certificate
-from edgeproxy.certwatch import check_directory
-from edgeproxy.devcert import DEFAULT_NAMES, ensure_dev_certificate, main
+from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator, load_certificate
+from edgeproxy.tls.certwatch import check_directory
+from edgeproxy.tls.devcert import DEFAULT_NAMES, ensure_dev_certificate, main
 from tests.certutil import client_context, make_ca, memory_handshake, write_cert
 
 

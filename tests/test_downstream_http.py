@@ -5,7 +5,7 @@ Every test drives one client connection with ``dataReceived`` and reads what
 went back with ``StringTransport.value()``; the upstream side is the memory
 reactor's ``tcpClients``, answered by hand.  Nothing here looks at request or
 channel objects, so the tests hold for any implementation of the downstream
-protocol (``edgeproxy.downstream.ProxyChannel`` on httptools/llhttp today).
+protocol (``edgeproxy.proxy.h1channel.ProxyChannel`` on httptools/llhttp today).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
+from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import Cluster, Route, VirtualHost
-from edgeproxy.downstream import ProxyFactory
-from edgeproxy.forward import Forwarder
-from edgeproxy.observability import AccessLog
-from edgeproxy.settings import Settings
-from edgeproxy.snapshot import Snapshot
-from edgeproxy.upstream import UpstreamClient
+from edgeproxy.config.settings import Settings
+from edgeproxy.ops.accesslog import AccessLog
+from edgeproxy.proxy.forward import Forwarder
+from edgeproxy.proxy.h1channel import ProxyFactory
+from edgeproxy.upstream.h1client import UpstreamClient
 from tests.memproxy import make_config
 
 WEB = Cluster("web", endpoints=["10.0.0.1:80"], response_timeout=30.0)

@@ -1,4 +1,4 @@
-"""edgeproxy.fastpaths: which fast paths a process runs, the TLS layer the https
+"""edgeproxy.app.fastpaths: which fast paths a process runs, the TLS layer the https
 listeners get, and the start-up line."""
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edgeproxy import fastpaths, tlsserver, writethrough
-from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
-from edgeproxy.fastpaths import FastPaths
-from edgeproxy.settings import Settings
-from edgeproxy.tap import Options
+from edgeproxy.app import fastpaths
+from edgeproxy.app.fastpaths import FastPaths
+from edgeproxy.app.tap import Options
+from edgeproxy.config.settings import Settings
+from edgeproxy.net import writethrough
+from edgeproxy.tls import server as tlsserver
+from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
 from tests.test_tlsserver_symbols import Without
 
 

@@ -1,5 +1,5 @@
 """
-The lean epoll dispatch (``edgeproxy.fastpoll``) on a real, private epoll
+The lean epoll dispatch (``edgeproxy.net.fastpoll``) on a real, private epoll
 reactor and real socketpairs: events reach their handlers, an error escaping a
 handler is logged and the rest of the events still run, EINTR is a no-op.
 """
@@ -22,7 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, globalLogPublisher
 
-from edgeproxy import fastpoll
+from edgeproxy.net import fastpoll
 
 
 @pytest.fixture

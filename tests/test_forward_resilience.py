@@ -30,9 +30,9 @@ from edgeproxy.config import (
     Split,
     VirtualHost,
 )
-from edgeproxy.downstream import ProxyFactory
-from edgeproxy.routing import SplitChooser
-from edgeproxy.selection import stable_roll
+from edgeproxy.config.routing import SplitChooser
+from edgeproxy.core.selection import stable_roll
+from edgeproxy.proxy.h1channel import ProxyFactory
 from tests.memproxy import TCPLikeTransport, make_config, proxy_factory
 
 HOST = b"shop.example"

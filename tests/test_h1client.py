@@ -1,5 +1,5 @@
 """
-The lean HTTP/1.1 upstream client (``edgeproxy.h1client`` behind
+The lean HTTP/1.1 upstream client (``edgeproxy.upstream.h1client`` behind
 ``UpstreamClient``), driven in memory: ``MemoryReactorClock`` for the network
 and the clock, ``StringTransport`` for each upstream socket.
 """
@@ -29,14 +29,13 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from edgeproxy.config import Endpoint
-from edgeproxy.errors import (
+from edgeproxy.core.errors import (
     UpstreamConnectFailed,
     UpstreamConnectTimeout,
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
-from edgeproxy.h1client import BODY_CHUNK, MAX_HEAD_BYTES
-from edgeproxy.upstream import UpstreamClient
+from edgeproxy.upstream.h1client import BODY_CHUNK, MAX_HEAD_BYTES, UpstreamClient
 
 EP = Endpoint("10.0.0.1", 8080)
 OTHER = Endpoint("10.0.0.2", 80)

@@ -1,4 +1,4 @@
-"""Reverse-proxy header rewriting (edgeproxy.headers)."""
+"""Reverse-proxy header rewriting (edgeproxy.core.headers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeproxy.headers import (
+from edgeproxy.core.headers import (
     HOP_BY_HOP,
     downstream_response_headers,
     forwarded_element,
@@ -454,7 +454,7 @@ def test_property_upstream_rewritten_in_first_place(
 def test_direct_client_tail_is_cached_per_client_and_host_and_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edgeproxy import headers as headers_module
+    from edgeproxy.core import headers as headers_module
 
     monkeypatch.setattr(headers_module, "_DIRECT_TAILS", {})
     monkeypatch.setattr(headers_module, "_DIRECT_TAILS_MAX", 3)

@@ -25,10 +25,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from edgeproxy.breaker import Transition
+from edgeproxy.cluster.breaker import Transition
+from edgeproxy.cluster.health import BODY_LIMIT, HealthChecker, HealthState, HealthStatus
 from edgeproxy.config import Endpoint, HealthCheck
-from edgeproxy.health import BODY_LIMIT, HealthChecker, HealthState, HealthStatus
-from edgeproxy.netutil import DirectEndpointFactory
+from edgeproxy.net.endpoints import DirectEndpointFactory
 
 CONFIG = HealthCheck("/healthz", interval=2.0, timeout=1.0, rise=2, fall=3, jitter=0.1)
 E1 = Endpoint("10.0.0.1", 8080)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from edgeproxy import heap
+from edgeproxy.net import heap
 
 
 class FakeLibc:
@@ -46,7 +46,7 @@ def test_tune_malloc_without_mallopt_changes_nothing() -> None:
 )
 def test_tune_malloc_on_this_glibc() -> None:
     # In a child: the setting is process-wide.
-    code = "from edgeproxy import heap; print(heap.tune_malloc())"
+    code = "from edgeproxy.net import heap; print(heap.tune_malloc())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
 

@@ -1,10 +1,10 @@
-"""Hostname normalisation and wildcard matching (edgeproxy.hostnames)."""
+"""Hostname normalisation and wildcard matching (edgeproxy.core.hostnames)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgeproxy.hostnames import (
+from edgeproxy.core.hostnames import (
     covered_by,
     normalise_host,
     normalise_name,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgeproxy.cluster.limits import ClusterCounters
 from edgeproxy.config import Limits, RetryPolicy
-from edgeproxy.limits import ClusterCounters
 
 
 def counters(

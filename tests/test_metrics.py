@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from edgeproxy.errors import Outcome, Reason
-from edgeproxy.metrics import Metrics
-from edgeproxy.observability import AccessRecord
+from edgeproxy.core.errors import Outcome, Reason
+from edgeproxy.ops.accesslog import AccessRecord
+from edgeproxy.ops.metrics import Metrics
 
 
 def record(**overrides: object) -> AccessRecord:
@@ -90,9 +90,9 @@ def test_dashboard_uses_only_metrics_that_exist() -> None:
 
     from twisted.internet.task import Clock
 
-    from edgeproxy.certificates import CertificateIndex
+    from edgeproxy.cluster.snapshot import Snapshot
     from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
-    from edgeproxy.snapshot import Snapshot
+    from edgeproxy.tls.certificates import CertificateIndex
     from tests.memproxy import make_config
 
     cluster = Cluster("api", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection())

@@ -12,7 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from edgeproxy.config import Cluster, Route, VirtualHost
-from edgeproxy.downstream import ProxyChannel
+from edgeproxy.proxy.h1channel import ProxyChannel
 from tests.memproxy import make_config, proxy_factory
 
 APP = Cluster("app", endpoints=["10.0.0.1:80"])

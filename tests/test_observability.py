@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from edgeproxy.errors import Outcome, Reason
-from edgeproxy.observability import combined_time, format_combined, format_json
+from edgeproxy.core.errors import Outcome, Reason
+from edgeproxy.ops.accesslog import combined_time, format_combined, format_json
 from tests.test_metrics import record
 
 
@@ -36,7 +36,7 @@ def test_combined_time_is_cached_per_second() -> None:
 
 
 def test_referer_and_user_agent_are_the_first_of_each_in_any_case() -> None:
-    from edgeproxy.observability import _referer_and_agent
+    from edgeproxy.ops.accesslog import _referer_and_agent
 
     headers = [
         (b"Host", b"shop.example"),
@@ -52,7 +52,7 @@ def test_referer_and_user_agent_are_the_first_of_each_in_any_case() -> None:
 
 
 def test_method_and_protocol_text_is_made_once_and_quotes_are_escaped() -> None:
-    from edgeproxy.observability import _short_text
+    from edgeproxy.ops.accesslog import _short_text
 
     assert _short_text(b"GET") == "GET"
     assert _short_text(b"GET") is _short_text(b"GET")

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
-from edgeproxy.request import split_target
+from edgeproxy.proxy.exchange import split_target
 from tests.memproxy import make_config, proxy_factory
 
 API = Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"], response_timeout=7.0)

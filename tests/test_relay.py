@@ -18,7 +18,7 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from edgeproxy.relay import COMPLETE, IDLE, TRUNCATED, ResponseRelay
+from edgeproxy.proxy.relay import COMPLETE, IDLE, TRUNCATED, ResponseRelay
 
 IDLE_TIMEOUT = 10.0
 

@@ -1,4 +1,4 @@
-"""Host and path routing (edgeproxy.routing)."""
+"""Host and path routing (edgeproxy.config.routing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
-from edgeproxy.hostnames import normalise_host
-from edgeproxy.routing import RouteMatch, RoutingTable, SplitChooser, VirtualHostTable
+from edgeproxy.config.routing import RouteMatch, RoutingTable, SplitChooser, VirtualHostTable
+from edgeproxy.core.hostnames import normalise_host
 
 API = Cluster("api", endpoints=["127.0.0.1:9001"])
 WEB = Cluster("web", endpoints=["127.0.0.1:9002"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections import Counter
 
 from edgeproxy.config import Endpoint
-from edgeproxy.selection import RoundRobinSelector
+from edgeproxy.core.selection import RoundRobinSelector
 
 A = Endpoint("10.0.0.1", 80, weight=5)
 B = Endpoint("10.0.0.2", 80)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeproxy.cluster.runtime import make_selector
 from edgeproxy.config import (
     Cluster,
     ConsistentHash,
@@ -22,8 +23,8 @@ from edgeproxy.config import (
     RoundRobin,
     Split,
 )
-from edgeproxy.routing import SplitChooser
-from edgeproxy.selection import (
+from edgeproxy.config.routing import SplitChooser
+from edgeproxy.core.selection import (
     MAGLEV_CACHE_SIZE,
     LeastRequestSelector,
     MaglevSelector,
@@ -33,7 +34,6 @@ from edgeproxy.selection import (
     Selector,
     _endpoint_key,
     _permutation,
-    make_selector,
     request_hash_key,
     stable_roll,
 )

@@ -5,9 +5,9 @@ import random
 import attrs
 from twisted.internet.task import Clock
 
+from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
-from edgeproxy.configload import ClusterDefinition, LoadedConfig
-from edgeproxy.snapshot import Snapshot
+from edgeproxy.config.load import ClusterDefinition, LoadedConfig
 from tests.memproxy import make_config
 
 A = Cluster("a", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection(consecutive_failures=1))

@@ -1,4 +1,4 @@
-"""Tests for edgeproxy.tap: the version and the admin paths ``--help`` and the
+"""Tests for edgeproxy.app.tap: the version and the admin paths ``--help`` and the
 docs list, which must match what the admin listener serves."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 import edgeproxy
-from edgeproxy.admin import admin_site
-from edgeproxy.metrics import Metrics
-from edgeproxy.tap import Options, version_text
+from edgeproxy.app.options import Options, version_text
+from edgeproxy.ops.admin import admin_site
+from edgeproxy.ops.metrics import Metrics
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

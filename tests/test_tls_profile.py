@@ -2,7 +2,7 @@
 The TLS profiles (``--tls-profile``) and the names a certificate context
 carries for the 421 check: real handshakes in memory between Python ``ssl``
 clients pinned to one version, suite or group and
-:class:`~edgeproxy.certificates.SNIConnectionCreator`.
+:class:`~edgeproxy.tls.certificates.SNIConnectionCreator`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from OpenSSL import SSL
 from twisted.logger import capturedLogs
 from twisted.python import usage
 
-from edgeproxy import certificates
-from edgeproxy.certificates import (
+from edgeproxy.app.tap import Options
+from edgeproxy.tls import certificates
+from edgeproxy.tls.certificates import (
     TLS12_CIPHERS,
     CertificateIndex,
     LoadedCertificate,
@@ -26,7 +27,6 @@ from edgeproxy.certificates import (
     make_server_context,
     parse_certificate,
 )
-from edgeproxy.tap import Options
 from tests.certutil import client_context, memory_handshake
 
 

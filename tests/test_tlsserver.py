@@ -1,4 +1,4 @@
-"""Unit tests for edgeproxy.tlsserver: the server-side TLS layer.
+"""Unit tests for edgeproxy.tls.server: the server-side TLS layer.
 
 Everything runs in memory: a Python ``ssl`` client on memory BIOs, the
 :class:`TLSServerProtocol` under test, a ``StringTransport`` below it and a
@@ -31,9 +31,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from edgeproxy import tlsserver
-from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
-from edgeproxy.tlsserver import TLSServerEndpoint, TLSServerFactory, TLSServerProtocol
+from edgeproxy.tls import server as tlsserver
+from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
+from edgeproxy.tls.server import TLSServerEndpoint, TLSServerFactory, TLSServerProtocol
 from tests.certutil import client_context, default_index, make_ca
 
 NAME = "shop.example"

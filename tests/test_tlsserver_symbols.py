@@ -1,4 +1,4 @@
-"""The direct OpenSSL path of edgeproxy.tlsserver resolves every symbol it uses
+"""The direct OpenSSL path of edgeproxy.tls.server resolves every symbol it uses
 at start-up, and one missing turns the whole path off: TLS then runs on
 pyOpenSSL's public calls, with a warning naming what is missing.
 
@@ -19,8 +19,8 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 from twisted.logger import LogLevel, capturedLogs
 
-from edgeproxy import tlsserver
-from edgeproxy.certificates import SNIConnectionCreator
+from edgeproxy.tls import server as tlsserver
+from edgeproxy.tls.certificates import SNIConnectionCreator
 from tests.certutil import client_context, default_index, make_ca
 from tests.test_tlsserver import NAME, Pair
 

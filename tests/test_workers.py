@@ -26,13 +26,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edgeproxy import workers
-from edgeproxy.certificates import CertificateIndex, SNIConnectionCreator
-from edgeproxy.devcert import ensure_dev_certificate
-from edgeproxy.settings import Settings
-from edgeproxy.tap import Options, makeService
-from edgeproxy.tlsserver import TLSServerEndpoint, TLSServerFactory
-from edgeproxy.workers import (
+from edgeproxy.app import workers
+from edgeproxy.app.tap import Options, makeService
+from edgeproxy.app.workers import (
     RestartPolicy,
     SharedListener,
     WorkerCommand,
@@ -43,6 +39,10 @@ from edgeproxy.workers import (
     worker_command,
     worker_endpoints,
 )
+from edgeproxy.config.settings import Settings
+from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
+from edgeproxy.tls.devcert import ensure_dev_certificate
+from edgeproxy.tls.server import TLSServerEndpoint, TLSServerFactory
 
 POLICY = RestartPolicy(initial_delay=0.5, max_delay=4.0, stable_after=10.0, stop_timeout=5.0)
 
@@ -228,7 +228,7 @@ def test_worker_zero_gets_every_socket_including_admin() -> None:
     command = worker_command(0, ARGV, LISTENERS, {"A": "1"}, "/srv", "python3")
     assert command.executable == "python3"
     assert command.args == (
-        "python3", "-m", "edgeproxy.workers", "--index", "0",
+        "python3", "-m", "edgeproxy.app.workers", "--index", "0",
         "--fd", "https=3", "--fd", "https=4", "--fd", "http=5", "--fd", "admin=6",
         "--", *ARGV,
     )

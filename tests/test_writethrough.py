@@ -13,7 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel, capturedLogs
 
-from edgeproxy import writethrough
+from edgeproxy.net import writethrough
 
 
 @pytest.fixture(autouse=True)

@@ -373,8 +373,8 @@ def test_plugin_is_discoverable(tmp_path: Path) -> None:
         "from twisted.plugin import getPlugins\n"
         "found = [p for p in getPlugins(IServiceMaker) if p.tapname == 'edgeproxy']\n"
         "assert len(found) == 1, found\n"
-        "import edgeproxy.tap\n"
-        "assert found[0].options is edgeproxy.tap.Options\n"
+        "import edgeproxy.app.tap\n"
+        "assert found[0].options is edgeproxy.app.tap.Options\n"
         "print('ok', found[0].description)\n"
     )
     result = subprocess.run(

@@ -1,10 +1,10 @@
 """
-``twistd edgeproxy --check`` reporting what loads but is wrong (edgeproxy.checks):
+``twistd edgeproxy --check`` reporting what loads but is wrong (edgeproxy.app.checks):
 unused clusters, uncovered names, certificates near expiry, expectations; and
 ``--strict``.  Real subprocesses with timeouts.
 
 Tests marked ``xfail(strict=True, reason="wired by the lead")`` need
-``edgeproxy.checks.run_semantic_check`` called from ``tap.run_check`` (and the
+``edgeproxy.app.checks.run_semantic_check`` called from ``checks.run_check`` (and the
 ``--strict`` option); unmark them once it is.
 """
 

@@ -21,8 +21,8 @@ import pytest
 import trustme
 
 from edgeproxy.config import Cluster, Split
-from edgeproxy.routing import SplitChooser
-from edgeproxy.selection import stable_roll
+from edgeproxy.config.routing import SplitChooser
+from edgeproxy.core.selection import stable_roll
 from tests.e2e.harness import (
     BackendServer,
     ProxyProcess,

@@ -5,7 +5,7 @@ from twisted.application.service import ServiceMaker
 
 edgeproxy = ServiceMaker(
     "edgeproxy",
-    "edgeproxy.tap",
+    "edgeproxy.app.tap",
     "TLS-terminating reverse proxy: SNI certificates from a directory, "
     "host/path routing to pooled upstream clusters.",
     "edgeproxy",

@@ -1,0 +1,214 @@
+"""
+The command line: ``twistd edgeproxy``'s options, checked and turned into
+frozen :class:`~edgeproxy.config.settings.Settings` (``--check`` runs
+:func:`edgeproxy.app.checks.run_check` and exits).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+
+from twisted.python import usage
+
+from edgeproxy.config.settings import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RELOAD_TIMEOUT,
+    Settings,
+)
+
+__all__ = ["Options", "version_text"]
+
+_DEFAULT_HTTPS = "tcp:8443"
+_DEFAULT_HTTP = "tcp:8080"
+_DEFAULT_ADMIN = "tcp:9901:interface=127.0.0.1"
+
+
+def _port_number(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f"not a port number: {value}")
+    return port
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative: {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be positive: {value}")
+    return number
+
+
+#: More worker processes than this is a typo, not a plan.
+MAX_WORKERS = 256
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"must not be negative: {value}")
+    return number
+
+
+def _access_log_format(value: str) -> str:
+    if value not in ("combined", "json"):
+        raise ValueError(f"must be combined or json: {value}")
+    return value
+
+
+def _tls_profile(value: str) -> str:
+    from edgeproxy.tls.certificates import TLS_PROFILES
+
+    if value not in TLS_PROFILES:
+        raise ValueError(f"must be {' or '.join(TLS_PROFILES)}: {value}")
+    return value
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a count, or ``auto`` for one per CPU."""
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    number = int(value)
+    if not 1 <= number <= MAX_WORKERS:
+        raise ValueError(f"must be 'auto' or 1..{MAX_WORKERS}: {value}")
+    return number
+
+
+def version_text() -> str:
+    """``edgeproxy 0.1.0 (Twisted 24.3.0, Python 3.11.2)``: the installed
+    distribution's version, else the package's own."""
+    import platform
+    from importlib import metadata
+
+    from edgeproxy import __version__
+    from twisted import copyright
+
+    try:
+        version = metadata.version("edgeproxy")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        version = __version__
+    return (
+        f"edgeproxy {version} (Twisted {copyright.version}, "
+        f"Python {platform.python_version()})"
+    )
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Terminate TLS (certificate chosen by SNI from --certs), route each request by host "
+        "and path as the Python files in --config say, and forward it to a pooled upstream "
+        "cluster. Listener options take Twisted endpoint descriptions (tcp:PORT, "
+        "tcp:PORT:interface=ADDR, unix:PATH, ...); --https and --http may be given several times."
+    )
+
+    optFlags = [
+        ["check", None, "Load and validate the config and certificates, check what they "
+         "mean (expectations, unused clusters, uncovered names, expiring certificates), "
+         "print every problem and exit (1 on an error, else 0); starts nothing."],
+        ["strict", None, "With --check: warnings fail the check too (exit 1)."],
+        ["watch-config", None, "Reload when a config file changes (as on SIGHUP)."],
+        ["no-fast-paths", None, "Run on Twisted's own TLS layer, write and event dispatch "
+         "instead of edgeproxy's faster ones (to rule them out when something looks wrong; "
+         "docs/operations.md)."],
+    ]
+    optParameters = [
+        ["config", None, "sites", "A Python config file, or a directory whose *.py files are "
+         "all loaded in name order."],
+        ["certs", None, "certs", "The certificate directory (NAME.pem, NAME.crt+NAME.key, "
+         "certbot's live/NAME/); re-scanned every 2 s."],
+        # The paths must match edgeproxy.ops.admin.admin_site (a test compares them).
+        ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/ page, /healthz, /readyz, "
+         "/status, /metrics); 'none' to disable."],
+        ["max-body-size", None, DEFAULT_MAX_BODY_SIZE, "Default request body limit in bytes "
+         "(413 above it); Route(max_body_size=...) overrides it per route.", _non_negative_int],
+        ["redirect-port", None, None, "Port to put in http->https redirects (default: the "
+         "first --https listener's port; 443 is left out of the URL).", _port_number],
+        ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT, "Seconds an idle client "
+         "connection is kept open.", _positive_float],
+        ["workers", None, 1, "Worker processes sharing the listeners, or 'auto' (one per "
+         "CPU); with more than 1 this process binds the listeners and supervises the "
+         "workers (docs/scaling.md).", _workers],
+        ["access-log", None, None, "Write access lines to this file ('-': stdout) instead "
+         "of through the twistd log; 'off': no access log."],
+        ["access-log-format", None, "combined", "Access line format: combined or json.",
+         _access_log_format],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT, "On SIGTERM, seconds to let requests "
+         "in flight finish after the listeners close.", _non_negative_float],
+        ["reload-timeout", None, DEFAULT_RELOAD_TIMEOUT, "On a reload (SIGHUP, "
+         "--watch-config), seconds the config files may take to load (off the event loop) "
+         "before the reload is rejected and the running config stays.", _positive_float],
+        ["tls-profile", None, "intermediate", "TLS versions, suites and groups, after "
+         "Mozilla's profiles: intermediate (TLS 1.2 with ECDHE and AES-GCM or ChaCha20, "
+         "and TLS 1.3) or modern (TLS 1.3 only); docs/certificates.md.", _tls_profile],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["https"] = []
+        self["http"] = []
+        self["trusted-source"] = []
+        #: The arguments as given, for the worker processes (edgeproxy.app.workers).
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        """Display edgeproxy's version (and Twisted's and Python's) and exit."""
+        print(version_text())
+        sys.exit(0)
+
+    def opt_https(self, description: str) -> None:
+        """TLS listener endpoint, wrapped in TLS with SNI; repeatable [default: tcp:8443]."""
+        self["https"].append(description)
+
+    def opt_trusted_source(self, network: str) -> None:
+        """Network (CIDR) whose X-Request-Id is kept; repeatable [default: none]."""
+        try:
+            self["trusted-source"].append(ipaddress.ip_network(network, strict=False))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-source: {e}") from None
+
+    def opt_http(self, description: str) -> None:
+        """Plain HTTP listener (redirects to https; repeatable; 'none': off) [default: tcp:8080]."""
+        self["http"].append(description)
+
+    def postOptions(self) -> None:
+        https = tuple(self["https"]) or (_DEFAULT_HTTPS,)
+        http = tuple(d for d in self["http"] if d != "none") if self["http"] else (_DEFAULT_HTTP,)
+        admin = None if self["admin"] in ("none", "") else self["admin"]
+        self["settings"] = Settings(
+            config=self["config"],
+            certs=self["certs"],
+            https=https,
+            http=http,
+            admin=admin,
+            max_body_size=self["max-body-size"],
+            redirect_port=self["redirect-port"],
+            keepalive_timeout=self["keepalive-timeout"],
+            workers=self["workers"],
+            access_log=self["access-log"],
+            access_log_format=self["access-log-format"],
+            trusted_sources=tuple(self["trusted-source"]),
+            watch_config=bool(self["watch-config"]),
+            drain_timeout=self["drain-timeout"],
+            reload_timeout=self["reload-timeout"],
+            tls_profile=self["tls-profile"],
+            fast_paths=not self["no-fast-paths"],
+        )
+        if self["check"]:
+            # --check must start nothing: not even twistd's pid file or logging.
+            from edgeproxy.app.checks import run_check
+
+            raise SystemExit(run_check(self["settings"], strict=bool(self["strict"])))

@@ -1,0 +1,340 @@
+"""
+Builds the running proxy: listeners, the certificate watcher, the upstream
+pool and the admin listener, as one ``MultiService``.  Only this module and
+:mod:`edgeproxy.app.tap` touch the global reactor.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from edgeproxy.app.fastpaths import FastPaths
+from edgeproxy.cluster.health import HealthChecker
+from edgeproxy.cluster.snapshot import Snapshot
+from edgeproxy.config.load import LoadedConfig, load_config
+from edgeproxy.config.settings import Settings
+from edgeproxy.config.watch import BackgroundLoader, ConfigWatcher, in_daemon_thread
+from edgeproxy.net import heap
+from edgeproxy.net.endpoints import DirectEndpointFactory
+from edgeproxy.ops.accesslog import AccessLog, FileSink
+from edgeproxy.ops.admin import admin_site
+from edgeproxy.ops.metrics import Metrics
+from edgeproxy.proxy.forward import Forwarder
+from edgeproxy.proxy.h1channel import ConnectionTracker, ProxyFactory
+from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
+from edgeproxy.tls.certwatch import CertificateWatcher
+from edgeproxy.upstream.h1client import UpstreamClient
+
+__all__ = ["EdgeProxyService", "ListenEndpoints", "ListenerService", "make_service"]
+
+#: ``(kind, description) -> endpoint`` for each listener ("https", "http",
+#: "admin"); by default ``serverFromString``.  Worker processes
+#: (:mod:`edgeproxy.app.workers`) pass one that adopts the supervisor's sockets.
+ListenEndpoints = Callable[[str, str], IStreamServerEndpoint]
+
+
+def _string_endpoints(reactor: Any) -> ListenEndpoints:
+    def endpoint(kind: str, description: str) -> IStreamServerEndpoint:
+        parsed: IStreamServerEndpoint = serverFromString(reactor, description)
+        return parsed
+
+    return endpoint
+
+
+class ListenerService(Service):
+    """Listens on one endpoint; a failure to listen stops startup with a clear message."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        kind: str,
+        description: str,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+    ) -> None:
+        self.kind = kind
+        self.description = description
+        self._endpoint = endpoint
+        self._factory = factory
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # Listening here (before privileges are dropped, before the reactor
+        # runs) lets a bad endpoint fail twistd at once instead of leaving a
+        # process that serves nothing.
+        outcome: list[Any] = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        if not outcome:
+            raise SystemExit(f"edgeproxy: {self.kind} listener {self.description} did not start")
+        if isinstance(outcome[0], Failure):
+            raise SystemExit(
+                f"edgeproxy: cannot listen for {self.kind} on {self.description}: "
+                f"{outcome[0].getErrorMessage()}"
+            )
+        self.port = outcome[0]
+        address = self.port.getHost()
+        self.log.info(
+            "edgeproxy {kind} listener on {host}:{port}",
+            kind=self.kind,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class EdgeProxyService(MultiService):
+    """The whole proxy; children are started in the order they were added."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        endpoints: ListenEndpoints | None = None,
+        *,
+        handle_sighup: bool = False,
+    ) -> None:
+        super().__init__()
+        self._handle_sighup = handle_sighup
+        endpoints = endpoints or _string_endpoints(reactor)
+        self.settings = settings
+        self.reactor = reactor
+        # Chosen before the https listeners are built: they take its TLS layer.
+        self.fast_paths = FastPaths(settings.fast_paths)
+        config = load_config(settings.config)
+        self._rng = rng = random.Random()
+        self.upstream = UpstreamClient(reactor)
+        snapshot = Snapshot.build(config, reactor, rng)
+        self.forwarder = Forwarder(
+            snapshot, self.upstream, via=settings.via, clock=reactor, rng=rng
+        )
+        self.generation = 1
+        self.last_reload: dict[str, Any] | None = None
+        self.config_loader = BackgroundLoader(
+            settings.config,
+            load_config,
+            reactor,
+            in_daemon_thread(reactor),
+            settings.reload_timeout,
+            self._install_config,
+            self._reject_config,
+        )
+        self.connections = ConnectionTracker()
+        # Checks use their own short-lived connections, as HAProxy's do: a
+        # check must see whether a *new* connection works.
+        self._health_agent = Agent.usingEndpointFactory(
+            reactor,
+            DirectEndpointFactory(reactor, connect_timeout=30.0),  # the check's timeout governs
+            HTTPConnectionPool(reactor, persistent=False),
+        )
+        self._health_checkers: dict[int, HealthChecker] = {}
+        self._start_health_checkers(snapshot)
+        self.certificate_index = CertificateIndex.empty()
+        self.certificates = CertificateWatcher(
+            settings.certs,
+            reactor,
+            self._install_index,
+            interval=settings.cert_poll_interval,
+            tls_profile=settings.tls_profile,
+        )
+        self.certificates.setServiceParent(self)
+        creator = SNIConnectionCreator(lambda: self.certificate_index, settings.tls_profile)
+        self.metrics = Metrics()
+        self.metrics.watch(
+            lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: self.generation
+        )
+        path = settings.access_log
+        self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
+        access_log = AccessLog(
+            reactor,
+            sink=self.access_sink,
+            fmt=settings.access_log_format,
+            metrics=self.metrics,
+            enabled=settings.access_log != "off",
+        )
+        def proxy_factory(tls: bool) -> ProxyFactory:
+            return ProxyFactory(
+                self.forwarder,
+                tls=tls,
+                settings=settings,
+                access_log=access_log,
+                clock=reactor,
+                https_port=self.https_port,
+                metrics=self.metrics,
+                connections=self.connections,
+            )
+
+        self.https_listeners: list[ListenerService] = []
+        for description in settings.https:
+            endpoint = self.fast_paths.tls_endpoint(creator, endpoints("https", description))
+            listener = ListenerService("https", description, endpoint, proxy_factory(True))
+            listener.setServiceParent(self)
+            self.https_listeners.append(listener)
+        for description in settings.http:
+            ListenerService(
+                "http", description, endpoints("http", description), proxy_factory(False)
+            ).setServiceParent(self)
+        if settings.admin is not None:
+            ListenerService(
+                "admin", settings.admin, endpoints("admin", settings.admin), admin_site(self)
+            ).setServiceParent(self)
+        if settings.watch_config:
+            ConfigWatcher(settings.config, reactor, self.reload).setServiceParent(self)
+
+    def _start_health_checkers(self, snapshot: Snapshot) -> None:
+        """A checker for every cluster runtime with a health check that has none yet."""
+        for name, runtime in snapshot.clusters.items():
+            check = runtime.cluster.health_check
+            if check is None or id(runtime) in self._health_checkers:
+                continue
+            targets = [
+                (rt.endpoint, rt.health) for rt in runtime.endpoints if rt.health is not None
+            ]
+            checker = HealthChecker(
+                name, targets, check, self.reactor, self._health_agent, self._rng
+            )
+            self._health_checkers[id(runtime)] = checker
+            checker.setServiceParent(self)
+
+    def reload(self) -> Deferred[bool]:
+        """Load the configuration again and swap it in whole; keep the old one if
+        the new one is broken or takes longer than ``--reload-timeout`` to load.
+        The user's Python runs off the event loop (:class:`BackgroundLoader`);
+        the swap happens here, on the reactor.  Requests in flight finish on the
+        snapshot they started with; clusters defined exactly as before keep
+        their health, breakers and counters.  Fires with whether the new
+        configuration is in."""
+        if self.access_sink is not None:
+            # Log rotation: the file may have been moved away.
+            self.access_sink.reopen()
+        return self.config_loader.request()
+
+    def _reject_config(self, problems: Sequence[str], at: float) -> None:
+        for problem in problems:
+            self.log.error("reload rejected: {problem}", problem=problem)
+        self.last_reload = {"at": at, "outcome": "error", "problems": list(problems)}
+        self.metrics.config_reloads.labels("error").inc()
+
+    def _install_config(self, config: LoadedConfig, at: float) -> bool:
+        old = self.forwarder.snapshot
+        new = Snapshot.build(config, self.reactor, self._rng, previous=old)
+        self.forwarder.swap(new)
+        for runtime in old.retired_by(new):
+            checker = self._health_checkers.pop(id(runtime), None)
+            if checker is not None:
+                checker.disownServiceParent()
+            runtime.stop()
+        self._start_health_checkers(new)
+        self.generation += 1
+        self.last_reload = {"at": at, "outcome": "ok", "problems": []}
+        self.metrics.config_reloads.labels("ok").inc()
+        self.log.info(
+            "configuration reloaded (generation {generation}, loaded in {seconds:.2f} s): "
+            "{summary}",
+            generation=self.generation,
+            seconds=self.reactor.seconds() - at,
+            summary=config.summary(),
+        )
+        return True
+
+    def _install_index(self, index: CertificateIndex) -> None:
+        self.certificate_index = index
+
+    def listeners(self) -> list[ListenerService]:
+        """Every listener (https, http, admin), for the admin pages."""
+        return [child for child in self if isinstance(child, ListenerService)]
+
+    def https_port(self) -> int | None:
+        """The port http->https redirects point at."""
+        if self.settings.redirect_port is not None:
+            return self.settings.redirect_port
+        for listener in self.https_listeners:
+            if listener.port is not None:
+                port = getattr(listener.port.getHost(), "port", None)
+                if isinstance(port, int):
+                    return port
+        return None
+
+    def privilegedStartService(self) -> None:
+        self.fast_paths.install(self.reactor)
+        if self._handle_sighup:
+            # Before the listeners open: a SIGHUP that arrives once anyone can
+            # know we are up must reload, not kill the process.
+            signal.signal(
+                signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload)
+            )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.access_sink is not None:
+            self.access_sink.start()
+        heap.tune_malloc()
+        heap.settle()
+
+    def drain(self) -> Deferred[None]:
+        """Stop accepting, let requests in flight finish for up to
+        ``drain_timeout`` seconds, then cut what is left."""
+        listeners = [
+            child for child in self if isinstance(child, ListenerService) and child.kind != "admin"
+        ]
+        stopped = [d for d in (listener.stopService() for listener in listeners) if d is not None]
+        self.log.info(
+            "draining: listeners closed, {connections} client connection(s) open",
+            connections=len(self.connections.channels),
+        )
+        d = gatherResults(stopped).addBoth(lambda _: self.connections.drain())
+        d.addTimeout(self.settings.drain_timeout, self.reactor)
+
+        def cut(failure: Failure) -> None:
+            failure.trap(DeferredTimeoutError)
+            self.log.warn(
+                "drain timeout: cutting {connections} connection(s)",
+                connections=len(self.connections.channels),
+            )
+            self.connections.abort_all()
+
+        d.addErrback(cut)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        self.config_loader.close()
+        d = self.drain()
+        d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
+        d.addBoth(lambda _: self.upstream.close())
+        d.addBoth(lambda _: self.forwarder.snapshot.stop())
+        if self.access_sink is not None:
+            d.addBoth(lambda _: self.access_sink.stop() if self.access_sink else None)
+        return d
+
+
+def make_service(
+    settings: Settings,
+    reactor: Any,
+    endpoints: ListenEndpoints | None = None,
+    *,
+    handle_sighup: bool = False,
+) -> EdgeProxyService:
+    """The proxy; with ``handle_sighup`` it reloads its configuration on SIGHUP."""
+    return EdgeProxyService(settings, reactor, endpoints, handle_sighup=handle_sighup)

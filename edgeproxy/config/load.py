@@ -1,0 +1,597 @@
+"""
+Load the user's configuration: Python files that define ``virtual_hosts``.
+
+Each file runs as a fresh module (never importable by name).  Everything
+that is wrong, in every file, is collected and raised as one
+:class:`~edgeproxy.core.errors.ConfigError`, each problem with its file and,
+where known, its line.  This runs off the hot path (startup, reload); the
+result is an immutable :class:`LoadedConfig` snapshot.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import traceback
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from edgeproxy.config import Cluster, VirtualHost
+from edgeproxy.config.routing import RoutingTable
+from edgeproxy.core.errors import ConfigError, ConfigProblem
+from edgeproxy.core.hostnames import normalise_pattern
+
+__all__ = [
+    "ClusterDefinition",
+    "Expectation",
+    "LoadedConfig",
+    "config_files",
+    "inspect_config",
+    "load_config",
+]
+
+_MODULE_PREFIX = "edgeproxy_site_"
+
+
+@attrs.frozen
+class Expectation:
+    """One entry of a file's ``expectations``: ``url`` should go to ``cluster``.
+
+    Only the shape is checked when loading; ``--check`` (:mod:`edgeproxy.app.checks`)
+    parses the URL and routes it.
+    """
+
+    url: str
+    #: A cluster name, or ``"redirect"`` for an ``http://`` URL redirected to https.
+    cluster: str
+    #: The file that declares it, and the line of its tuple (when known).
+    path: str
+    line: int | None
+
+
+@attrs.frozen
+class ClusterDefinition:
+    """A :class:`Cluster` found at module level of a configuration file."""
+
+    cluster: Cluster
+    path: str
+    #: The line of the cluster's name in the statement that binds ``variable``
+    #: (else of that statement), when known.
+    line: int | None
+    #: The module-level name it was found under (``"api"``, ``"clusters"``).
+    variable: str
+
+
+@attrs.frozen(eq=False)
+class LoadedConfig:
+    """A validated configuration snapshot."""
+
+    virtual_hosts: tuple[VirtualHost, ...]
+    #: The files loaded, in load order.
+    files: tuple[str, ...]
+    #: Every cluster referenced by a route (directly or in a Split), by name,
+    #: in order of first appearance.
+    clusters: Mapping[str, Cluster]
+    routing: RoutingTable
+    #: The file each virtual host came from, parallel to ``virtual_hosts``
+    #: (empty when the config was not built by :func:`load_config`).
+    virtual_host_files: tuple[str, ...] = ()
+    #: Every file's ``expectations``, in load order (see ``--check``).
+    expectations: tuple[Expectation, ...] = ()
+    #: Every Cluster found at module level of a file (a top-level name bound to
+    #: a Cluster, or to a list, tuple, set or dict holding Clusters), whether
+    #: or not a route uses it, by cluster name, each definition in load order.
+    defined_clusters: Mapping[str, tuple[ClusterDefinition, ...]] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+    #: For each file, every string literal in it (and the hostname it spells)
+    #: mapped to its first line; used to point a reported problem at a line.
+    literal_lines: Mapping[str, Mapping[str, int]] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+
+    @property
+    def idle_clusters(self) -> dict[str, Cluster]:
+        """Clusters defined at module level that no route uses, by name (the
+        idle side of a blue/green pair).  They run like the others (health
+        checks, /status, metrics) so they can be watched before a route points
+        at them.  A name a route uses is not idle, whatever its other
+        definitions; of two idle definitions of one name, the first loaded wins.
+        """
+        idle: dict[str, Cluster] = {}
+        for name, definitions in self.defined_clusters.items():
+            if name not in self.clusters and definitions:
+                idle[name] = definitions[0].cluster
+        return idle
+
+    @property
+    def all_clusters(self) -> dict[str, Cluster]:
+        """Every cluster that runs, by name: the routes' first, then the idle ones."""
+        return {**self.clusters, **self.idle_clusters}
+
+    def line_of(self, path: str, text: str) -> int | None:
+        """The first line of ``path`` with a string literal spelling ``text``, if any."""
+        return self.literal_lines.get(path, {}).get(text)
+
+    @property
+    def route_count(self) -> int:
+        return sum(len(vhost.routes) for vhost in self.virtual_hosts)
+
+    @property
+    def endpoint_count(self) -> int:
+        return sum(len(cluster.endpoints) for cluster in self.all_clusters.values())
+
+    def summary(self) -> str:
+        """One line for ``--check``.
+
+        ``"2 files, 3 virtual hosts, 5 routes, 4 clusters (1 idle), 7 endpoints"``
+        (idle: defined, used by no route, and run like the others).
+        """
+        clusters = len(self.all_clusters)
+        idle = clusters - len(self.clusters)
+        counts = [
+            (len(self.files), "file", ""),
+            (len(self.virtual_hosts), "virtual host", ""),
+            (self.route_count, "route", ""),
+            (clusters, "cluster", f" ({idle} idle)" if idle else ""),
+            (self.endpoint_count, "endpoint", ""),
+        ]
+        return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}{extra}" for n, noun, extra in counts)
+
+
+def config_files(path: str) -> list[str]:
+    """The files ``path`` stands for: itself, or a directory's ``*.py`` in name order.
+
+    Files whose names start with ``_`` or ``.`` are skipped.  Raises
+    :class:`ConfigError` for a missing path or a directory with no files.
+    """
+    if os.path.isdir(path):
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as e:
+            raise ConfigError([ConfigProblem(path, f"cannot list directory: {e.strerror}")]) from e
+        files = [
+            os.path.join(path, name)
+            for name in names
+            if name.endswith(".py")
+            and not name.startswith(("_", "."))
+            and os.path.isfile(os.path.join(path, name))
+        ]
+        if not files:
+            raise ConfigError(
+                [ConfigProblem(path, "no configuration files (*.py) in this directory")]
+            )
+        return files
+    if os.path.exists(path):
+        return [path]
+    raise ConfigError([ConfigProblem(path, "no such file or directory")])
+
+
+def load_config(path: str) -> LoadedConfig:
+    """Load a configuration file or directory; raise one ConfigError listing every problem."""
+    config, problems = inspect_config(path)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem, ...]]:
+    """Load what loads and report every problem, for ``--check``.
+
+    The configuration is built from the files that ran, whatever their
+    problems (a name claimed twice goes to its first claim and a cluster name
+    defined twice to its first definition, as in the routing table), so that
+    what they mean can be checked in the same pass.  ``None`` when there are
+    no files to run (a missing path, an empty directory).  Problems are sorted
+    by file, in load order, and line.
+    """
+    try:
+        files = config_files(path)
+    except ConfigError as e:
+        return None, e.problems
+    problems: list[ConfigProblem] = []
+    loaded: list[_LoadedFile] = []
+    for filename in files:
+        result = _load_file(filename)
+        if isinstance(result, ConfigProblem):
+            problems.append(result)
+        else:
+            problems.extend(result.problems)
+            loaded.append(result)
+
+    problems.extend(_cross_check(loaded))
+    virtual_hosts = tuple(vhost for f in loaded for vhost in f.virtual_hosts)
+    if not problems and not virtual_hosts:
+        problems.append(ConfigProblem(path, "the configuration defines no virtual hosts"))
+    order = {filename: index for index, filename in enumerate(files)}
+    problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
+
+    clusters: dict[str, Cluster] = {}
+    for vhost in virtual_hosts:
+        for route in vhost.routes:
+            for cluster in route.clusters:
+                clusters.setdefault(cluster.name, cluster)
+    defined: dict[str, list[ClusterDefinition]] = {}
+    for f in loaded:
+        for definition in f.defined_clusters:
+            defined.setdefault(definition.cluster.name, []).append(definition)
+    config = LoadedConfig(
+        virtual_hosts=virtual_hosts,
+        files=tuple(files),
+        clusters=types.MappingProxyType(clusters),
+        routing=RoutingTable.from_virtual_hosts(virtual_hosts),
+        virtual_host_files=tuple(f.path for f in loaded for _ in f.virtual_hosts),
+        expectations=tuple(e for f in loaded for e in f.expectations),
+        defined_clusters=types.MappingProxyType(
+            {name: tuple(definitions) for name, definitions in defined.items()}
+        ),
+        literal_lines=types.MappingProxyType(
+            {f.path: types.MappingProxyType(f.literal_lines) for f in loaded}
+        ),
+    )
+    return config, tuple(problems)
+
+
+@attrs.frozen
+class _LoadedFile:
+    path: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    problems: tuple[ConfigProblem, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
+    defined_clusters: tuple[ClusterDefinition, ...] = ()
+    literal_lines: Mapping[str, int] = attrs.field(factory=dict)
+
+
+def _load_file(filename: str) -> ConfigProblem | _LoadedFile:
+    try:
+        with open(filename, "rb") as f:
+            source_bytes = f.read()
+    except OSError as e:
+        return ConfigProblem(filename, f"cannot read: {e.strerror}")
+    try:
+        code = compile(source_bytes, filename, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return ConfigProblem(filename, f"SyntaxError: {e.msg}", e.lineno)
+    except ValueError as e:  # e.g. null bytes in the source
+        return ConfigProblem(filename, f"{type(e).__name__}: {e}")
+
+    stem = os.path.splitext(os.path.basename(filename))[0]
+    module = types.ModuleType(_MODULE_PREFIX + stem)
+    module.__file__ = filename
+    namespace = module.__dict__
+    # Registered only while the file runs (dataclasses and typing look their
+    # module up in sys.modules), then removed: sites are never importable.
+    previous = sys.modules.get(module.__name__)
+    sys.modules[module.__name__] = module
+    try:
+        exec(code, namespace)
+    except (Exception, SystemExit) as e:
+        return ConfigProblem(filename, _describe(e), _line_in(e, filename))
+    finally:
+        if previous is None:
+            sys.modules.pop(module.__name__, None)
+        else:
+            sys.modules[module.__name__] = previous
+
+    vhosts, problems = _read_virtual_hosts(filename, namespace)
+    tree = _parse(source_bytes)
+    expectations, expectation_problems = _read_expectations(filename, namespace, tree)
+    return _LoadedFile(
+        filename,
+        vhosts,
+        tuple(problems + expectation_problems),
+        expectations,
+        _module_clusters(filename, namespace, tree),
+        _literals_in(tree),
+    )
+
+
+def _describe(e: BaseException) -> str:
+    message = str(e)
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def _line_in(e: BaseException, filename: str) -> int | None:
+    """The line of ``filename`` where ``e`` was raised: its innermost frame in that file."""
+    if isinstance(e, SyntaxError) and e.filename == filename:
+        return e.lineno
+    line = None
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+def _read_virtual_hosts(
+    filename: str, namespace: dict[str, Any]
+) -> tuple[tuple[VirtualHost, ...], list[ConfigProblem]]:
+    if "virtual_hosts" not in namespace:
+        return (), [ConfigProblem(filename, "defines no virtual_hosts")]
+    value = namespace["virtual_hosts"]
+    if not isinstance(value, list | tuple):
+        return (), [
+            ConfigProblem(
+                filename,
+                f"virtual_hosts must be a list of VirtualHost, not {type(value).__name__}",
+            )
+        ]
+    problems = []
+    vhosts = []
+    for index, item in enumerate(value):
+        if isinstance(item, VirtualHost):
+            vhosts.append(item)
+        else:
+            problems.append(
+                ConfigProblem(
+                    filename, f"virtual_hosts[{index}] is not a VirtualHost: {_short_repr(item)}"
+                )
+            )
+    return tuple(vhosts), problems
+
+
+def _module_statements(tree: ast.Module | None) -> list[ast.stmt]:
+    """The statements that run at module level: the top level and the bodies of
+    top-level ``if``/``for``/``while``/``with``/``try`` (not of functions or classes)."""
+    result: list[ast.stmt] = []
+    pending: list[ast.stmt] = list(tree.body) if tree is not None else []
+    while pending:
+        statement = pending.pop(0)
+        result.append(statement)
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            pending.extend(getattr(statement, field, []))
+        for handler in getattr(statement, "handlers", []):
+            pending.extend(handler.body)
+    return sorted(result, key=lambda node: (node.lineno, node.col_offset))
+
+
+def _bound_names(statement: ast.stmt) -> set[str]:
+    targets: list[ast.expr] = []
+    if isinstance(statement, ast.Assign):
+        targets = list(statement.targets)
+    elif isinstance(statement, ast.AnnAssign | ast.AugAssign):
+        targets = [statement.target]
+    elif isinstance(statement, ast.Import | ast.ImportFrom):
+        return {(alias.asname or alias.name).split(".")[0] for alias in statement.names}
+    names = set()
+    for target in targets:
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+    return names
+
+
+def _last_binding(statements: Sequence[ast.stmt], name: str) -> ast.stmt | None:
+    """The last module-level statement binding ``name`` (its value is the one left)."""
+    found = None
+    for statement in statements:
+        if name in _bound_names(statement):
+            found = statement
+    return found
+
+
+def _string_line(node: ast.AST, text: str) -> int | None:
+    """The first line inside ``node`` with a string literal equal to ``text``."""
+    lines = [
+        child.lineno
+        for child in ast.walk(node)
+        if isinstance(child, ast.Constant) and child.value == text
+    ]
+    return min(lines) if lines else None
+
+
+def _read_expectations(
+    filename: str, namespace: dict[str, Any], tree: ast.Module | None
+) -> tuple[tuple[Expectation, ...], list[ConfigProblem]]:
+    """``expectations = [(url, cluster_name), ...]``; optional.  Only the shape is checked."""
+    if "expectations" not in namespace:
+        return (), []
+    value = namespace["expectations"]
+    statement = _last_binding(_module_statements(tree), "expectations")
+    statement_line = statement.lineno if statement is not None else None
+    if not isinstance(value, list | tuple):
+        return (), [
+            ConfigProblem(
+                filename,
+                "expectations must be a list of (url, cluster name) tuples, "
+                f"not {type(value).__name__}",
+                statement_line,
+            )
+        ]
+    # With a literal list, each tuple's own line; otherwise the line of its URL.
+    element_lines: list[int] | None = None
+    if (
+        isinstance(statement, ast.Assign | ast.AnnAssign)
+        and isinstance(statement.value, ast.List | ast.Tuple)
+        and len(statement.value.elts) == len(value)
+        and not any(isinstance(e, ast.Starred) for e in statement.value.elts)
+    ):
+        element_lines = [e.lineno for e in statement.value.elts]
+    expectations: list[Expectation] = []
+    problems: list[ConfigProblem] = []
+    for index, item in enumerate(value):
+        if element_lines is not None:
+            line: int | None = element_lines[index]
+        else:
+            line = None
+            if isinstance(item, tuple | list) and item and isinstance(item[0], str):
+                line = _string_line(tree, item[0]) if tree is not None else None
+            if line is None:
+                line = statement_line
+        if (
+            not isinstance(item, tuple | list)
+            or len(item) != 2
+            or not all(isinstance(part, str) and part for part in item)
+        ):
+            problems.append(
+                ConfigProblem(
+                    filename,
+                    f"expectations[{index}] must be a (url, cluster name) tuple of two "
+                    f"non-empty strings, not {_short_repr(item)}",
+                    line,
+                )
+            )
+            continue
+        expectations.append(Expectation(item[0], item[1], filename, line))
+    return tuple(expectations), problems
+
+
+def _clusters_in(value: object) -> list[Cluster]:
+    if isinstance(value, Cluster):
+        return [value]
+    items: list[object] = []
+    try:
+        if isinstance(value, Mapping):
+            items = [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple | set | frozenset):
+            items = list(value)
+    except Exception:  # a user's odd container: not where clusters are
+        return []
+    return [item for item in items if isinstance(item, Cluster)]
+
+
+def _module_clusters(
+    filename: str, namespace: dict[str, Any], tree: ast.Module | None
+) -> tuple[ClusterDefinition, ...]:
+    """Every Cluster bound at module level of a file: ``api = Cluster(...)``, or one
+    level inside a list, tuple, set or dict bound at module level."""
+    statements = _module_statements(tree)
+    definitions: list[ClusterDefinition] = []
+    seen: set[tuple[str, Cluster]] = set()
+    for variable, value in namespace.items():
+        if variable.startswith("__"):
+            continue
+        clusters = _clusters_in(value)
+        if not clusters:
+            continue
+        statement = _last_binding(statements, variable)
+        for cluster in clusters:
+            if (cluster.name, cluster) in seen:
+                continue  # the same cluster under two names: once is enough
+            seen.add((cluster.name, cluster))
+            line = None
+            if statement is not None:
+                line = _string_line(statement, cluster.name) or statement.lineno
+            elif tree is not None:
+                line = _string_line(tree, cluster.name)
+            definitions.append(ClusterDefinition(cluster, filename, line, variable))
+    return tuple(definitions)
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse(source: str | bytes) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _literal_lines(source: str) -> dict[str, int]:
+    """Map each string literal in ``source``, and the hostname it spells, to its first line.
+
+    Only used to point at a line when reporting a problem.
+    """
+    return _literals_in(_parse(source))
+
+
+def _literals_in(tree: ast.AST | None) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if tree is None:
+        return lines
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            keys = [node.value]
+            try:
+                keys.append(normalise_pattern(node.value))
+            except ValueError:
+                pass
+            for key in keys:
+                if node.lineno < lines.get(key, node.lineno + 1):
+                    lines[key] = node.lineno
+    return lines
+
+
+def _read_source(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _cross_check(loaded: Sequence[_LoadedFile]) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    literal_lines: dict[str, dict[str, int]] = {}
+
+    def line_of(path: str, name: str) -> int | None:
+        if path not in literal_lines:
+            literal_lines[path] = _literal_lines(_read_source(path))
+        return literal_lines[path].get(name)
+
+    def where(path: str, name: str) -> str:
+        line = line_of(path, name)
+        return path if line is None else f"{path}:{line}"
+
+    claimed: dict[str, tuple[str, VirtualHost]] = {}
+    clusters: dict[str, tuple[str, Cluster]] = {}
+    conflicts: set[tuple[str, Cluster, Cluster]] = set()
+    for f in loaded:
+        for vhost in f.virtual_hosts:
+            for name in vhost.names:
+                first = claimed.get(name)
+                if first is None:
+                    claimed[name] = (f.path, vhost)
+                    continue
+                first_path, first_vhost = first
+                same = " (the same virtual host listed twice)" if first_vhost is vhost else ""
+                problems.append(
+                    ConfigProblem(
+                        f.path,
+                        f"hostname {name!r} is claimed by two virtual hosts: here and in "
+                        f"{where(first_path, name)}{same}",
+                        line_of(f.path, name),
+                    )
+                )
+
+            prefixes: set[str] = set()
+            for route in vhost.routes:
+                if route.prefix in prefixes:
+                    problems.append(
+                        ConfigProblem(
+                            f.path,
+                            f"virtual host {vhost.names[0]!r} has two routes for prefix "
+                            f"{route.prefix!r}",
+                            line_of(f.path, vhost.names[0]),
+                        )
+                    )
+                prefixes.add(route.prefix)
+
+                for cluster in route.clusters:
+                    seen = clusters.get(cluster.name)
+                    if seen is None:
+                        clusters[cluster.name] = (f.path, cluster)
+                        continue
+                    seen_path, seen_cluster = seen
+                    conflict = (cluster.name, seen_cluster, cluster)
+                    if seen_cluster == cluster or conflict in conflicts:
+                        continue
+                    conflicts.add(conflict)
+                    problems.append(
+                        ConfigProblem(
+                            f.path,
+                            f"cluster {cluster.name!r} is defined twice with different settings "
+                            f"(also in {seen_path}); give each cluster its own name or share "
+                            "one Cluster object",
+                            line_of(f.path, cluster.name),
+                        )
+                    )
+    return problems

@@ -1,0 +1,64 @@
+"""Process-wide settings, from the command line (see :mod:`edgeproxy.app.tap`)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Request bodies larger than this get 413 unless a Route says otherwise.
+DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
+#: Seconds an idle client keep-alive connection is kept open (nginx: 75).
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+#: Seconds between scans of the certificate directory (changes apply within 5 s).
+DEFAULT_CERT_POLL_INTERVAL = 2.0
+#: After a 413 sent before the body arrived, keep reading (and discarding) for
+#: this long so the client sees the response instead of a reset (nginx's lingering close).
+DEFAULT_LINGERING_TIMEOUT = 5.0
+#: On SIGTERM, seconds requests in flight get to finish after the listeners close.
+DEFAULT_DRAIN_TIMEOUT = 30.0
+#: A configuration reload whose files take longer than this to load is rejected.
+DEFAULT_RELOAD_TIMEOUT = 30.0
+
+
+@attrs.frozen
+class Settings:
+    config: str = "sites"
+    certs: str = "certs"
+    https: tuple[str, ...] = ("tcp:8443",)
+    http: tuple[str, ...] = ("tcp:8080",)
+    admin: str | None = "tcp:9901:interface=127.0.0.1"
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: Port written into http->https redirects; None = the first https listener's port.
+    redirect_port: int | None = None
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    cert_poll_interval: float = DEFAULT_CERT_POLL_INTERVAL
+    lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT
+    via: bytes = b"1.1 edgeproxy"
+    #: Worker processes sharing the listeners (``--workers``); 1 = one process,
+    #: no supervisor.  See :mod:`edgeproxy.app.workers` and docs/scaling.md.
+    workers: int = 1
+    #: Clients whose ``X-Request-Id`` is kept (``--trusted-source CIDR``); from
+    #: anyone else the header is replaced by a new id.
+    trusted_sources: tuple[IPNetwork, ...] = ()
+    #: ``--access-log PATH|-|off``: write access lines there directly; None = through
+    #: twisted.logger; ``off``: none at all.
+    access_log: str | None = None
+    #: ``--access-log-format combined|json``.
+    access_log_format: str = "combined"
+    #: ``--watch-config``: reload when a config file changes.
+    watch_config: bool = False
+    #: ``--drain-timeout``: on SIGTERM, how long requests in flight may take to finish.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: ``--reload-timeout``: a reload still loading after this many seconds is
+    #: rejected and the running configuration stays.
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
+    #: ``--tls-profile intermediate|modern`` (edgeproxy.tls.certificates.TLS_PROFILES).
+    tls_profile: str = "intermediate"
+    #: False with ``--no-fast-paths``: Twisted's own TLS layer, write and event
+    #: dispatch instead of edgeproxy's (:mod:`edgeproxy.app.fastpaths`).
+    fast_paths: bool = True

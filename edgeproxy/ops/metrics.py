@@ -1,0 +1,359 @@
+"""
+Prometheus metrics, served on the admin listener at ``/metrics``.
+
+Per-request figures (counts, durations, bytes) are added up in plain dicts
+keyed by label tuple (a dict lookup and an integer add per request; the
+reactor is one thread, so prometheus-client's per-sample locks would buy
+nothing) and turned into metric families at scrape time.  Everything that is
+state rather than an event (endpoint health, breaker states, certificate
+expiry, in-flight counts, config generation) is read at scrape time too.
+Label sets are bounded by the configuration: no per-client or per-path
+labels.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from edgeproxy.core.errors import Outcome, Reason
+
+if TYPE_CHECKING:
+    from edgeproxy.cluster.snapshot import Snapshot
+    from edgeproxy.tls.certificates import CertificateIndex
+
+__all__ = ["BREAKER_STATES", "Metrics"]
+
+#: Request and upstream durations, in seconds.
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)
+BREAKER_STATES = ("closed", "open", "half_open")
+#: Outcomes counted in edgeproxy_requests_rejected_total.
+_REFUSALS = frozenset({Outcome.REJECTED, Outcome.NO_ROUTE})
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class Metrics:
+    """The process's metrics; one registry per process (not the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        #: Per-request sums, turned into families by _RequestCollector.
+        self.request_counts: dict[tuple[str, str, str, str], int] = {}
+        self.request_durations: dict[tuple[str, str], _Histogram] = {}
+        self.upstream_durations: dict[str, _Histogram] = {}
+        self.body_bytes: dict[str, list[int]] = {}  # vhost -> [in, out]
+        #: Requests edgeproxy refused, by reason (a token of errors.Reason).
+        self.rejections: dict[str, int] = {}
+        # (vhost, route, cluster) -> the above's entries for it, looked up once.
+        self._sinks: dict[tuple[str | None, str | None, str | None], _Sink] = {}
+        r.register(_RequestCollector(self))
+        self.tls_handshakes = Counter(
+            "edgeproxy_tls_handshakes",
+            "Completed TLS handshakes, by protocol version.",
+            ["version"],
+            registry=r,
+        )
+        self._handshake_children: dict[str, Any] = {}
+        self.tls_failures = Counter(
+            "edgeproxy_tls_handshake_failures",
+            "TLS connections that ended before their handshake completed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "edgeproxy_config_reloads",
+            "Configuration reloads, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.active_connections: dict[str, int] = {}
+        self._state = _StateCollector(self)
+        r.register(self._state)
+
+    def watch(
+        self,
+        snapshot: Callable[[], Snapshot],
+        certificates: Callable[[], CertificateIndex],
+        generation: Callable[[], int],
+    ) -> None:
+        """Where the scrape-time collector reads the live state from."""
+        self._state.sources = (snapshot, certificates, generation)
+
+    def observe(
+        self,
+        vhost: str | None,
+        route: str | None,
+        cluster: str | None,
+        status: int,
+        duration: float,
+        upstream_time: float | None,
+        body_in: int,
+        body_out: int,
+    ) -> None:
+        """One finished request (called for every request: no record is built for it)."""
+        sink = self._sinks.get((vhost, route, cluster))
+        if sink is None:
+            sink = self._sink(vhost, route, cluster)
+        key = sink.count_keys[status // 100 if 100 <= status < 600 else 0]
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
+        sink.durations.observe(duration)
+        if upstream_time is not None and sink.upstream is not None:
+            sink.upstream.observe(upstream_time)
+        pair = sink.body_bytes
+        pair[0] += body_in
+        pair[1] += body_out
+
+    def count_outcome(self, outcome: Outcome, reason: Reason | None) -> None:
+        """A request edgeproxy answered with an error of its own; refusals
+        (``rejected``, ``no_route``) are counted by reason."""
+        if outcome in _REFUSALS and reason is not None:
+            self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    def _sink(self, vhost: str | None, route: str | None, cluster: str | None) -> _Sink:
+        """Where the requests of one (vhost, route, cluster) are added up."""
+        v, r, c = vhost or "-", route or "-", cluster or "-"
+        durations = self.request_durations.get((v, r))
+        if durations is None:
+            durations = self.request_durations[(v, r)] = _Histogram()
+        upstream = None
+        if cluster is not None:
+            upstream = self.upstream_durations.get(cluster)
+            if upstream is None:
+                upstream = self.upstream_durations[cluster] = _Histogram()
+        pair = self.body_bytes.get(v)
+        if pair is None:
+            pair = self.body_bytes[v] = [0, 0]
+        # Index status // 100 (1-5); 0 for a status outside 100-599.
+        keys = tuple((v, r, c, _status_class(n * 100) if n else "other") for n in range(6))
+        sink = self._sinks[(vhost, route, cluster)] = _Sink(keys, durations, upstream, pair)
+        return sink
+
+    def connection_opened(self, listener: str) -> None:
+        self.active_connections[listener] = self.active_connections.get(listener, 0) + 1
+
+    def connection_closed(self, listener: str) -> None:
+        self.active_connections[listener] = self.active_connections.get(listener, 1) - 1
+
+    def tls_failed(self, cause: str) -> None:
+        """A TLS connection that ended before its handshake completed."""
+        self.tls_failures.labels(cause).inc()
+
+    def tls_handshake(self, version: str) -> None:
+        # labels() takes a lock and builds a key per call: keep the children.
+        child = self._handshake_children.get(version)
+        if child is None:
+            child = self._handshake_children[version] = self.tls_handshakes.labels(version)
+        child.inc()
+
+
+class _Sink:
+    """One (vhost, route, cluster)'s entries in the per-request sums."""
+
+    __slots__ = ("body_bytes", "count_keys", "durations", "upstream")
+
+    def __init__(
+        self,
+        count_keys: tuple[tuple[str, str, str, str], ...],
+        durations: _Histogram,
+        upstream: _Histogram | None,
+        body_bytes: list[int],
+    ) -> None:
+        self.count_keys = count_keys
+        self.durations = durations
+        self.upstream = upstream
+        self.body_bytes = body_bytes
+
+
+class _Histogram:
+    """Bucket counts (not cumulative; the last is +Inf), count and sum."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: Prometheus buckets are "le".
+        self.buckets[bisect_left(DURATION_BUCKETS, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        out: list[tuple[str, float]] = []
+        for bound, count in zip((*DURATION_BUCKETS, float("inf")), self.buckets, strict=True):
+            running += count
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+class _RequestCollector(Collector):
+    """The per-request sums as metric families, built at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "edgeproxy_requests",
+            "Requests answered, by virtual host, route, cluster and status class.",
+            labels=["vhost", "route", "cluster", "status_class"],
+        )
+        for key, count in sorted(m.request_counts.items()):
+            requests.add_metric(list(key), count)
+        yield requests
+        durations = HistogramMetricFamily(
+            "edgeproxy_request_duration_seconds",
+            "Time from the request line to the end of the response, as the client saw it.",
+            labels=["vhost", "route"],
+        )
+        for (vhost, route), histogram in sorted(m.request_durations.items()):
+            durations.add_metric([vhost, route], histogram.cumulative(), histogram.total)
+        yield durations
+        upstream = HistogramMetricFamily(
+            "edgeproxy_upstream_response_duration_seconds",
+            "Time from sending a request upstream to its response head.",
+            labels=["cluster"],
+        )
+        for cluster, histogram in sorted(m.upstream_durations.items()):
+            upstream.add_metric([cluster], histogram.cumulative(), histogram.total)
+        yield upstream
+        bytes_in = CounterMetricFamily(
+            "edgeproxy_request_bytes",
+            "Request body bytes received from clients, by virtual host.",
+            labels=["vhost"],
+        )
+        bytes_out = CounterMetricFamily(
+            "edgeproxy_response_bytes",
+            "Response body bytes sent to clients, by virtual host.",
+            labels=["vhost"],
+        )
+        for vhost, (received, sent) in sorted(m.body_bytes.items()):
+            bytes_in.add_metric([vhost], received)
+            bytes_out.add_metric([vhost], sent)
+        yield bytes_in
+        yield bytes_out
+        rejected = CounterMetricFamily(
+            "edgeproxy_requests_rejected",
+            "Requests edgeproxy refused itself (outcome rejected or no_route), by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.rejections.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+
+
+class _StateCollector(Collector):
+    """Reads gauges (and counters kept elsewhere) from the live state at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.sources: tuple[Callable[[], Any], Callable[[], Any], Callable[[], int]] | None = None
+
+    def describe(self) -> list[Any]:
+        # Dynamic families: let the registry ask collect() (auto_describe)
+        # rather than describing them twice.
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        connections = GaugeMetricFamily(
+            "edgeproxy_active_connections",
+            "Open client connections, by listener kind.",
+            labels=["listener"],
+        )
+        for listener, count in sorted(self._metrics.active_connections.items()):
+            connections.add_metric([listener], count)
+        yield connections
+        if self.sources is None:
+            return
+        snapshot_of, certificates_of, generation_of = self.sources
+        yield from _cluster_families(snapshot_of())
+        yield from _certificate_families(certificates_of())
+        generation = GaugeMetricFamily(
+            "edgeproxy_config_generation",
+            "How many configurations this process has loaded (1 = the one it started with).",
+        )
+        generation.add_metric([], generation_of())
+        yield generation
+
+
+def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
+    healthy = GaugeMetricFamily(
+        "edgeproxy_endpoint_available",
+        "1 if the endpoint takes traffic (healthy and not ejected), else 0.",
+        labels=["cluster", "endpoint"],
+    )
+    breaker = GaugeMetricFamily(
+        "edgeproxy_endpoint_breaker_state",
+        "1 for the endpoint's current outlier-detection breaker state.",
+        labels=["cluster", "endpoint", "state"],
+    )
+    in_flight = GaugeMetricFamily(
+        "edgeproxy_endpoint_requests_in_flight",
+        "Requests in flight to the endpoint.",
+        labels=["cluster", "endpoint"],
+    )
+    ejections = CounterMetricFamily(
+        "edgeproxy_endpoint_ejections",
+        "Times the endpoint was ejected by outlier detection.",
+        labels=["cluster", "endpoint"],
+    )
+    retries = CounterMetricFamily(
+        "edgeproxy_retries", "Retries sent, by cluster.", labels=["cluster"]
+    )
+    overflows = CounterMetricFamily(
+        "edgeproxy_limit_overflows",
+        "Requests shed by a cluster limit, by limit.",
+        labels=["cluster", "limit"],
+    )
+    pending = GaugeMetricFamily(
+        "edgeproxy_cluster_pending_requests",
+        "Requests waiting for a free connection slot.",
+        labels=["cluster"],
+    )
+    for name, runtime in sorted(snapshot.clusters.items()):
+        counters = runtime.counters
+        retries.add_metric([name], counters.retries_total)
+        pending.add_metric([name], counters.pending)
+        for limit, count in sorted(counters.overflows.items()):
+            overflows.add_metric([name, limit], count)
+        for rt in runtime.endpoints:
+            endpoint = str(rt.endpoint)
+            healthy.add_metric([name, endpoint], 1 if rt.up() else 0)
+            in_flight.add_metric([name, endpoint], rt.in_flight)
+            if rt.breaker is not None:
+                status = rt.breaker.status()
+                for state in BREAKER_STATES:
+                    breaker.add_metric([name, endpoint, state], 1 if status.state == state else 0)
+                ejections.add_metric([name, endpoint], status.ejections)
+    yield from (healthy, breaker, in_flight, ejections, retries, overflows, pending)
+
+
+def _certificate_families(index: CertificateIndex) -> Iterator[Any]:
+    expiry = GaugeMetricFamily(
+        "edgeproxy_certificate_expiry_timestamp_seconds",
+        "When each loaded certificate expires (Unix time).",
+        labels=["source"],
+    )
+    for certificate in index.certificates:
+        expiry.add_metric([certificate.source], certificate.not_after.timestamp())
+    yield expiry

@@ -1,0 +1,549 @@
+"""
+Forwarding one routed request: pick the cluster (or a Split's share), take a
+slot on an available endpoint (within the cluster's limits), send the request
+through the pool, feed the outcome to the endpoint's breaker, retry where it is
+safe and the budget allows, and relay the response back.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+import re
+import secrets
+from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edgeproxy.cluster.runtime import FULL, ClusterRuntime, EndpointRuntime
+from edgeproxy.config import Endpoint, Split
+from edgeproxy.core.errors import (
+    EdgeProxyError,
+    LimitExceeded,
+    NoHealthyUpstream,
+    Reason,
+    UpstreamResponseFailed,
+)
+from edgeproxy.core.headers import upstream_request_headers
+from edgeproxy.core.selection import request_hash_key, stable_roll
+from edgeproxy.proxy.relay import COMPLETE, TRUNCATED, ResponseRelay
+from edgeproxy.upstream.h1client import IDEMPOTENT_METHODS, H1Response, UpstreamClient
+
+if TYPE_CHECKING:
+    from edgeproxy.cluster.snapshot import Snapshot
+    from edgeproxy.config.routing import SplitChooser
+    from edgeproxy.proxy.exchange import ProxyRequest
+
+__all__ = ["Forwarder"]
+
+# Framing is edgeproxy's to decide on each hop; Expect was already answered
+# (100 Continue) and the body is spooled; the request id is edgeproxy's.
+_NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
+_NOT_RETURNED = frozenset({b"x-request-id"})
+_CONTROL = re.compile(rb"[\r\n\x00]")
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+_LOST = Failure(ConnectionDone())
+
+
+def _cookie_name(spec: str) -> bytes | None:
+    return spec[len("cookie:") :].encode("ascii") if spec.startswith("cookie:") else None
+
+
+class _Cancellable(TypingProtocol):
+    def cancel(self) -> object: ...
+
+
+class Forwarder:
+    """Sends routed requests upstream; holds the current :class:`Snapshot`."""
+
+    log = Logger(namespace="edgeproxy.forward")
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        upstream: UpstreamClient,
+        *,
+        via: bytes,
+        clock: Any,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.upstream = upstream
+        self.clock = clock
+        self._via = via
+        self._random = rng or random.Random()
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Install a new configuration; requests in flight keep theirs."""
+        self.snapshot = snapshot
+
+    def forward(self, request: ProxyRequest) -> None:
+        route = request.route
+        snapshot = request.snapshot
+        assert route is not None and snapshot is not None
+        target_spec = route.target
+        set_cookie: bytes | None = None
+        if isinstance(target_spec, Split):
+            chooser = snapshot.splits[id(target_spec)]
+            roll, set_cookie = self._split_roll(request, target_spec)
+            cluster = chooser.choose(roll)
+            runtime = snapshot.clusters[cluster.name]
+            # One flag of the chosen side, kept on its transitions; the other
+            # sides are looked at only when it has nothing.
+            if not runtime.available():
+                runtime = _split_fallback(snapshot, chooser, roll, runtime)
+            request.cluster_name = runtime.cluster.name
+            _Exchange(self, request, runtime, set_cookie, chooser, roll).start()
+            return
+        request.cluster_name = target_spec.name
+        _Exchange(self, request, snapshot.clusters[target_spec.name], None, None, 0.0).start()
+
+    def _split_roll(self, request: ProxyRequest, split: Split) -> tuple[float, bytes | None]:
+        """A roll for the split: random, or stable for a sticky client (and the
+        cookie to give a client that has none yet)."""
+        if split.sticky is None:
+            return self._random.random(), None
+        key = _hash_key(request, split.sticky)
+        if key is not None:
+            return stable_roll(key), None
+        name = _cookie_name(split.sticky)
+        if name is None:
+            return self._random.random(), None
+        token = secrets.token_urlsafe(16).encode("ascii")
+        cookie = name + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
+        if request.factory.tls:
+            cookie += b"; Secure"
+        return stable_roll(token), cookie
+
+
+def _split_fallback(
+    snapshot: Snapshot, chooser: SplitChooser, roll: float, chosen: ClusterRuntime
+) -> ClusterRuntime:
+    """The side that takes over the share of a chosen side with nothing available,
+    or the chosen side itself when no side has anything (it answers 503)."""
+    clusters = snapshot.clusters
+    fallback = chooser.fallback(roll, lambda cluster: clusters[cluster.name].available())
+    return chosen if fallback is None else clusters[fallback.name]
+
+
+def _hash_key(request: ProxyRequest, spec: str) -> bytes | None:
+    return request_hash_key(
+        spec,
+        client_ip=request.client_ip,
+        header=request.getHeader,
+        cookie=request.getCookie,
+    )
+
+
+class _Exchange:
+    """One downstream request's trip upstream, with its retries."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: ProxyRequest,
+        runtime: ClusterRuntime,
+        set_cookie: bytes | None,
+        chooser: SplitChooser | None,
+        roll: float,
+    ) -> None:
+        self._forwarder = forwarder
+        self._request = request
+        self._runtime = runtime
+        self._cluster = runtime.cluster
+        self._set_cookie = set_cookie
+        #: The Split the cluster was picked from (None for a plain route), and
+        #: the roll, to find another side for a request its side could not send.
+        self._chooser = chooser
+        self._roll = roll
+        #: The Split's sides this request may still move to (made on its first move).
+        self._sides_left: set[str] | None = None
+        self._tried: list[Endpoint] = []
+        self._slot: EndpointRuntime | None = None
+        #: The upstream exchange waiting for its head, or the wait for a free slot.
+        self._pending: _Cancellable | None = None
+        self._client_gone = False
+        self._counted = False
+        self._retrying = False
+        self._last_error: EdgeProxyError | None = None
+        self._attempt_started = 0.0
+        self._method = request.method
+        assert request.match is not None
+        self._target = request.match.forward_path
+        self._headers = self._upstream_headers()
+        policy = self._cluster.policy
+        key_spec = getattr(policy, "key", None)
+        self._hash_key = _hash_key(request, key_spec) if isinstance(key_spec, str) else None
+        self._body = request.content
+        self._body_length = request.body_length if request.content is not None else None
+        self._relay: ResponseRelay | None = None
+        request.when_over(self._on_request_over)
+
+    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        request = self._request
+        kept = upstream_request_headers(
+            request.headers,
+            client_ip=request.client_ip,
+            proto="https" if request.factory.tls else "http",
+            host=request.host,
+            via=self._forwarder._via,
+            drop=_NOT_FORWARDED,
+        )
+        if request.request_id is not None:
+            kept.append((b"X-Request-Id", request.request_id.encode("ascii")))
+        # llhttp already refused CR, LF and NUL in what the client sent; the
+        # check stays so that no upstream parser is ever shown one, whatever
+        # the parser lets through.  One search over every value (a C loop),
+        # the per-header filter only if it hits.
+        if _CONTROL.search(b"|".join(map(_second, kept))) is None:
+            return kept
+        return [(name, value) for name, value in kept if not _CONTROL.search(value)]
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _on_request_over(self, failure: Failure | None) -> None:
+        """The downstream request finished, or its client went away."""
+        if failure is not None:
+            self._client_gone = True
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                pending.cancel()
+            if self._relay is not None:
+                self._relay.client_gone()
+        self._release_slot(cancelled=failure is not None)
+        if self._counted:
+            self._counted = False
+            self._runtime.counters.in_flight -= 1
+        self._end_retry()
+
+    def _release_slot(self, cancelled: bool = False) -> None:
+        slot, self._slot = self._slot, None
+        if slot is None:
+            return
+        if cancelled and slot.breaker is not None:
+            slot.breaker.record_cancelled()
+        self._runtime.release(slot)
+
+    def _end_retry(self) -> None:
+        if self._retrying:
+            self._retrying = False
+            self._runtime.counters.retries_in_flight -= 1
+
+    def _record_failure(self, cause: str, reached: bool = True) -> None:
+        """The attempt failed; ``reached``: the endpoint was connected to (it
+        answered badly, or too late), rather than being unreachable."""
+        slot = self._slot
+        if slot is None:
+            return
+        slot.failures += 1
+        breaker = slot.breaker
+        if breaker is None:
+            return
+        if reached and not self._runtime.judges_answers:
+            # A one-endpoint cluster's breaker watches only whether the
+            # endpoint can be reached, and this time it could.
+            breaker.record_success()
+        else:
+            breaker.record_failure(cause)
+
+    # -- attempts --------------------------------------------------------------
+
+    def start(self) -> None:
+        counters = self._runtime.counters
+        overflow = counters.request_overflow()
+        if overflow is not None:
+            counters.count_overflow(overflow)
+            self._fail(LimitExceeded(overflow))
+            return
+        counters.in_flight += 1
+        self._counted = True
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self._client_gone:
+            return
+        runtime = self._runtime
+        choice = runtime.choose(self._tried, self._hash_key)
+        if choice is FULL:
+            self._wait_for_slot()
+            return
+        if not isinstance(choice, EndpointRuntime):
+            last = self._last_error
+            error = last or NoHealthyUpstream(runtime.retry_after())
+            # A side can be "available" and still have no endpoint to give (each
+            # one half-open with its single probe out): like a side with
+            # nothing up, its request goes to another side when nothing was sent.
+            if (
+                self._chooser is not None
+                and (last is None or last.never_sent)
+                and self._other_side(error)
+            ):
+                return
+            if self._tried:
+                # A retry found nowhere else to go: report the last failure's kind.
+                self._fail(last or UpstreamResponseFailed())
+            else:
+                self._fail(error)
+            return
+        self._slot = choice
+        self._attempt_started = self._forwarder.clock.seconds()
+        endpoint = choice.endpoint
+        self._tried.append(endpoint)
+        request = self._request
+        request.endpoint = str(endpoint)
+        request.attempts = len(self._tried)
+        exchange = self._forwarder.upstream.send(
+            endpoint,
+            self._method,
+            self._target,
+            self._headers,
+            self._body,
+            self._body_length,
+            connect_timeout=self._cluster.connect_timeout,
+            response_timeout=self._cluster.response_timeout,
+            on_response=self._on_response,
+            on_error=self._on_error,
+            on_informational=self._on_informational,
+        )
+        # (It may have answered already, an error found at once.)
+        self._pending = exchange if exchange.waiting() else None
+
+    def _wait_for_slot(self) -> None:
+        counters = self._runtime.counters
+        overflow = counters.pending_overflow()
+        if overflow is not None:
+            counters.count_overflow(overflow)
+            self._fail(LimitExceeded(overflow))
+            return
+        counters.pending += 1
+        d = self._runtime.wait_for_slot(self._cluster.connect_timeout)
+        self._pending = d
+
+        def slot_free(_: None) -> None:
+            counters.pending -= 1
+            self._pending = None
+            self._attempt()
+
+        def gave_up(failure: Failure) -> None:
+            counters.pending -= 1
+            self._pending = None
+            if failure.check(DeferredTimeout):
+                counters.count_overflow("pending_timeout")
+                self._fail(LimitExceeded("pending_timeout"))
+            # else: cancelled because the client went away.
+
+        d.addCallbacks(slot_free, gave_up)
+
+    def _may_retry(self, error: EdgeProxyError | None, status: int | None) -> bool:
+        policy = self._cluster.retries
+        if len(self._tried) >= policy.attempts or self._client_gone:
+            return False
+        # The cheap checks first: this runs for every response.
+        if status is not None and (
+            status not in policy.retry_statuses or self._method not in IDEMPOTENT_METHODS
+        ):
+            return False
+        if error is not None and not error.never_sent and self._method not in IDEMPOTENT_METHODS:
+            return False
+        if not self._runtime.has_candidate(self._tried):
+            # Nowhere else to go: better the answer (or error) we have.
+            return False
+        counters = self._runtime.counters
+        if error is not None and error.never_sent:
+            # Outside the budget: a request that never reached an endpoint
+            # adds no load anywhere, and refusing it would fail a request a
+            # healthy endpoint could serve (the budget is there to stop storms
+            # against endpoints that are slow or failing *with* the request).
+            counters.retries_total += 1
+            return True
+        # The first retry of this request takes a place in the budget; later ones reuse it.
+        if not self._retrying:
+            if not counters.retry_allowed():
+                return False
+            self._retrying = True
+            counters.retries_in_flight += 1
+        counters.retries_total += 1
+        return True
+
+    def _retry(self, why: str) -> None:
+        self._forwarder.log.info(
+            "retrying {cluster} elsewhere after {why} from {endpoint}",
+            cluster=self._cluster.name,
+            why=why,
+            endpoint=self._request.endpoint,
+        )
+        self._release_slot()
+        self._attempt()
+
+    def _on_error(self, failure: Failure) -> None:
+        self._pending = None
+        if self._client_gone or failure.check(CancelledError):
+            return
+        error = failure.value
+        if not isinstance(error, EdgeProxyError):
+            self._forwarder.log.failure("unexpected upstream failure", failure)
+            error = UpstreamResponseFailed()
+        self._last_error = error
+        self._record_failure(error.cause, reached=not error.never_sent)
+        if self._may_retry(error, None):
+            self._retry(type(error).__name__)
+            return
+        if error.never_sent and self._chooser is not None and self._other_side(error):
+            return
+        self._release_slot()
+        self._fail(error)
+
+    def _other_side(self, error: EdgeProxyError) -> bool:
+        """Move a request that its Split side could not send anywhere (every
+        endpoint of that side refused or was tried, or none would take it) to
+        another side; whether it did.
+
+        The same rules as a retry within a cluster: never sent, so safe for
+        any method and outside the retry budget, and within ``attempts``.  The
+        side is the one the Split's fallback gives for this request's roll,
+        so a sticky client lands where it will be sent once its side is out.
+        A request that had tried nothing is not counted as a retry.
+        """
+        assert self._chooser is not None
+        if self._client_gone or len(self._tried) >= self._cluster.retries.attempts:
+            return False
+        snapshot = self._request.snapshot
+        assert snapshot is not None
+        current = self._cluster.name
+        # Each side at most once per request: two sides that both look
+        # available but give nothing must not pass a request back and forth.
+        left = self._sides_left
+        if left is None:
+            left = self._sides_left = set(snapshot.clusters)
+        left.discard(current)
+        clusters = snapshot.clusters
+        side = self._chooser.fallback(
+            self._roll, lambda c: c.name in left and clusters[c.name].available()
+        )
+        if side is None:
+            return False
+        runtime = clusters[side.name]
+        counters = runtime.counters
+        overflow = counters.request_overflow()
+        if overflow is not None:
+            counters.count_overflow(overflow)
+            return False  # that side is full: the error stands
+        if self._tried:
+            self._forwarder.log.info(
+                "retrying {cluster} on split side {other} after {why} from {endpoint}",
+                cluster=current,
+                other=side.name,
+                why=type(error).__name__,
+                endpoint=self._request.endpoint,
+            )
+            counters.retries_total += 1
+        self._release_slot()
+        self._end_retry()
+        if self._counted:
+            self._runtime.counters.in_flight -= 1
+        counters.in_flight += 1
+        self._counted = True
+        self._runtime = runtime
+        self._cluster = runtime.cluster
+        self._request.cluster_name = side.name
+        # The endpoints tried stay tried (one may be in both sides); a retry
+        # picks any free endpoint, so the hash key no longer matters.
+        self._attempt()
+        return True
+
+    def _fail(self, error: EdgeProxyError) -> None:
+        self._end_retry()
+        self._request.respond_error(error)
+
+    def _on_informational(
+        self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """A 1xx before the response: passed on at once (RFC 9110 15.2)."""
+        if not self._client_gone:
+            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
+            self._request.send_informational(code, phrase, lines)
+
+    def _on_response(self, response: H1Response) -> None:
+        self._pending = None
+        request = self._request
+        request.upstream_status = response.code
+        request.upstream_time = self._forwarder.clock.seconds() - self._attempt_started
+        slot = self._slot
+        detection = self._cluster.outlier_detection
+        if detection is not None and response.code in detection.failure_statuses:
+            self._record_failure(f"status {response.code}")
+        elif slot is not None and slot.breaker is not None:
+            slot.breaker.record_success()
+        if self._client_gone:
+            response.deliverBody(_Discard())
+            return
+        if self._may_retry(None, response.code):
+            # The body is not wanted: dropping it closes that connection.
+            response.deliverBody(_Discard())
+            self._retry(f"status {response.code}")
+            return
+        # Ours wins over an X-Request-Id the upstream may echo, so client and log agree.
+        # h1client already left out the hop-by-hop headers.
+        fields = response.header_fields
+        if _NOT_RETURNED.isdisjoint(map(_first, fields)):
+            lines = list(map(_second, fields))
+        else:
+            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
+        if self._set_cookie is not None:
+            lines.append(b"Set-Cookie: " + self._set_cookie)
+        length = response.length
+        body = response.whole_body()
+        if body is not None:
+            # The whole body came with the head (most small responses): no
+            # relay, no timer, and a length even if the upstream chunked it.
+            request.send_head_lines(response.code, response.phrase, lines, len(body))
+            request.write(body)
+            self._on_body_done(COMPLETE)
+            return
+        request.send_head_lines(
+            response.code, response.phrase, lines, length if isinstance(length, int) else None
+        )
+        self._relay = relay = ResponseRelay(
+            request,
+            clock=self._forwarder.clock,
+            idle_timeout=self._cluster.idle_timeout,
+            on_done=self._on_body_done,
+        )
+        response.deliverBody(relay)
+        relay.arm()
+        request.flush_head()
+
+    def _on_body_done(self, outcome: str) -> None:
+        self._relay = None
+        request = self._request
+        if outcome != COMPLETE:
+            self._record_failure(outcome)
+        self._release_slot()
+        if self._client_gone or request.finished:
+            return
+        if outcome == COMPLETE:
+            request.finish()
+            return
+        # The upstream broke off (or went quiet) mid-body: the client must not
+        # take a short body for a whole one, so its connection is cut too.
+        request.break_off(Reason.TRUNCATED if outcome == TRUNCATED else Reason.IDLE_TIMEOUT)
+
+
+class _Discard(Protocol):
+    """A body sink that drops everything (and stops the producer at once)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = _LOST) -> None:
+        pass

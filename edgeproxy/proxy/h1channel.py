@@ -1,0 +1,699 @@
+"""
+The downstream connection: an HTTP/1.1 server protocol on llhttp (Node.js's
+parser, through ``httptools``).  It turns bytes into
+:class:`~edgeproxy.proxy.exchange.ProxyRequest` objects and answers them one at a
+time, in order.
+
+twisted.web's ``HTTPChannel`` did this job first; it parses in Python, line
+by line, and builds a ``Headers`` object and a ``Request`` with a dozen
+Deferred-bearing attributes per request, which cost more than the rest of the
+proxy together.  What it gave for free is done here explicitly:
+
+- framing: llhttp is strict (no obs-fold, no bare CR or LF, no
+  ``Content-Length`` with ``Transfer-Encoding``, no duplicate
+  ``Content-Length``, valid chunk sizes); a transfer coding other than
+  ``chunked`` gets 501, a method token llhttp does not know 501 (a method
+  that is not a token, such as one with a control character, 400), and a version
+  other than HTTP/1.0 or 1.1 gets 505 (2.0 and up) or 400.  After a
+  4xx/5xx about framing the connection closes, since whatever follows cannot
+  be trusted to be framed right;
+- limits: the request line plus headers at most :data:`MAX_HEAD_BYTES`
+  in :data:`MAX_HEADERS` lines (else 431);
+- pipelining: requests are answered one at a time, in order; parsing stops
+  while a complete request waits behind the one being answered, and what
+  arrives meanwhile is held unparsed (reading stops past
+  :data:`MAX_HELD_BYTES`), so a client that goes away is still noticed;
+- ``Expect: 100-continue`` is answered when the body is wanted;
+- keep-alive: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
+  ``Connection: keep-alive``; one inactivity timer per connection
+  (``--keepalive-timeout``) covers both an idle connection and a client
+  that stalls mid-request;
+- response framing (in ``ProxyRequest.send_head``): ``Content-Length`` when
+  the upstream gave one, else chunked (HTTP/1.1 clients) or close-delimited
+  (HTTP/1.0 clients); no body for ``HEAD``, 1xx, 204 and 304;
+- write-side backpressure: the channel is the transport's producer and
+  passes pause/resume on to whatever produces the response body.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserInvalidURLError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edgeproxy.core.errors import (
+    BadRequest,
+    EdgeProxyError,
+    HeadTooLarge,
+    NotImplementedMethod,
+    Reason,
+)
+from edgeproxy.core.hostnames import covered_by, normalise_host
+from edgeproxy.net.endpoints import set_no_delay
+from edgeproxy.proxy.exchange import ProxyRequest, RejectRequest, StopParsing
+from edgeproxy.tls.certificates import certificate_names
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.forward import Forwarder
+    from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_HELD_BYTES",
+    "ConnectionTracker",
+    "ProxyChannel",
+    "ProxyFactory",
+]
+
+#: Largest request line plus header block, in bytes (nginx: 1 KiB + 4 x 8 KiB buffers).
+MAX_HEAD_BYTES = 16 * 1024
+#: Most header lines in one request.
+MAX_HEADERS = 500
+#: Bytes held unparsed while a pipelined request waits (then reading stops).
+MAX_HELD_BYTES = 64 * 1024
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+def _no_write(data: bytes) -> None:
+    """A channel's write before it has a transport, and after."""
+
+
+#: The parser of every closed connection (it never parses again; no callbacks).
+_CLOSED_PARSER = HttpRequestParser(object())
+
+#: A method is a token (RFC 9110 9.1, 5.6.2); llhttp refuses any it does not know.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: How much of a refused method is looked at (and logged): methods are short.
+_METHOD_SCAN = 64
+
+
+#: A parser protocol without callbacks.
+_NOTHING = object()
+
+
+class _MessageStarts:
+    """Counts llhttp's message starts (for :func:`_refused_method`)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_begin(self) -> None:
+        self.count += 1
+
+
+def _parse_prefix(data: bytes, count: bool) -> tuple[int, bool]:
+    """How many messages start in ``data`` (if ``count``; without, llhttp
+    parses without calling back) and whether llhttp refuses it."""
+    starts = _MessageStarts()
+    try:
+        HttpRequestParser(starts if count else _NOTHING).feed_data(data)
+    except (HttpParserError, HttpParserUpgrade):
+        return starts.count, True
+    return starts.count, False
+
+
+def _refused_method(data: bytes, from_boundary: bool) -> bytes:
+    """The method (up to its space, or what arrived of it) of the request
+    whose method llhttp refused while parsing ``data``.
+
+    httptools does not say where in ``data`` llhttp stopped, so when ``data``
+    was fed from a message boundary, fresh parsers over its prefixes find the
+    refused byte and where that message started (a binary search each, only
+    on this error path).  Otherwise the message began in an earlier read and
+    the bytes before ``data`` were a prefix of a known method, so ``data``
+    holds the rest of it."""
+    start = 0
+    if from_boundary:
+        low, high = 1, len(data)
+        while low < high:  # the shortest prefix llhttp refuses
+            middle = (low + high) // 2
+            if _parse_prefix(data[:middle], False)[1]:
+                high = middle
+            else:
+                low = middle + 1
+        starts = _parse_prefix(data[:low], True)[0]
+        # Before the refused byte, only a prefix of a known method (the
+        # longest is 13 bytes) belongs to that message.
+        low, high = max(1, low - _METHOD_SCAN), low
+        while low < high:  # the shortest prefix in which that message starts
+            middle = (low + high) // 2
+            if _parse_prefix(data[:middle], True)[0] >= starts:
+                high = middle
+            else:
+                low = middle + 1
+        start = low - 1
+    end = data.find(b" ", start, start + _METHOD_SCAN)
+    return data[start : end if end >= 0 else start + _METHOD_SCAN]
+
+
+def _parse_error_reason(error: HttpParserError, in_head: bool, url: bytes) -> Reason:
+    """Which part of the request llhttp refused.  llhttp says what it found
+    only in words; the words are read here for the log's reason token
+    alone (the answer is 400 whatever they say)."""
+    if not in_head:
+        return Reason.BAD_FRAMING  # chunked framing in the body
+    if not url or isinstance(error, HttpParserInvalidURLError):
+        return Reason.BAD_REQUEST_LINE
+    words = str(error).lower()
+    if "version" in words:
+        return Reason.BAD_REQUEST_LINE
+    if "content-length" in words or "transfer-encoding" in words:
+        return Reason.BAD_FRAMING
+    return Reason.BAD_HEADER
+
+
+class ConnectionTracker:
+    """The open client connections of every listener, for a graceful drain."""
+
+    def __init__(self) -> None:
+        self.channels: set[ProxyChannel] = set()
+        self.draining = False
+        self._waiters: list[Deferred[None]] = []
+
+    def add(self, channel: ProxyChannel) -> None:
+        self.channels.add(channel)
+        if self.draining:
+            channel.drain()
+
+    def remove(self, channel: ProxyChannel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """Close idle connections now and busy ones after their response;
+        fires when none is left."""
+        self.draining = True
+        for channel in list(self.channels):
+            channel.drain()
+        if not self.channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def abort_all(self) -> None:
+        for channel in list(self.channels):
+            if channel.transport is not None:
+                channel.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class ProxyChannel(Protocol):
+    """One client connection: parses requests, answers them one at a time."""
+
+    log = Logger(namespace="edgeproxy.request")
+    factory: ProxyFactory
+    draining = False
+    _handshake_done = False
+    _client_ip: str | None = None
+    #: The names the certificate served for the client's SNI name covers; a
+    #: request for any other host gets 421.  None: nothing to check (plain
+    #: HTTP, or a TLS client that sent no SNI).
+    certificate_names: frozenset[str] | None = None
+    #: The last host found covered, so a connection's requests for one site
+    #: cost one comparison each.
+    covered_host: str | None = None
+    #: The client's SNI name (normalised): never misdirected on its connection.
+    _sni_host: str | None = None
+
+    def __init__(self, factory: ProxyFactory) -> None:
+        self.factory = factory
+        self.clock_seconds: Callable[[], float] = factory.clock.seconds
+        self._parser = HttpRequestParser(self)
+        #: Requests whose head is in, oldest first; the first is the one being answered.
+        self.requests: deque[ProxyRequest] = deque()
+        self._parsing: ProxyRequest | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._unparsed = 0
+        self._input_closed = False
+        self._reading_paused = False
+        #: Input read behind a waiting pipelined request, not parsed yet (None
+        #: when not holding; a bytearray: a trickle of small reads appends,
+        #: never re-copies).
+        self._held: bytearray | None = None
+        self._write_paused = False
+        self._body_producer: IPushProducer | None = None
+        self._closed = False
+        self._write: Callable[[bytes], object] = _no_write
+        self._last_data = 0.0
+        self._timer: IDelayedCall | None = None
+        self._linger: IDelayedCall | None = None
+        self._processing_queue = False
+
+    # -- the connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        set_no_delay(transport)
+        self._write = transport.write
+        # Told to pause when the client is slow to read; passed on to the body's producer.
+        transport.registerProducer(self, True)
+        factory = self.factory
+        factory.connections.add(self)
+        metrics = factory.metrics
+        if metrics is not None:
+            metrics.connection_opened(factory.kind)
+        self._last_data = self.clock_seconds()
+        self._timer = factory.clock.callLater(factory.timeout, self._timed_out)
+
+    @property
+    def client_ip(self) -> str:
+        ip = self._client_ip
+        if ip is None:
+            peer = self.transport.getPeer() if self.transport is not None else None
+            ip = getattr(peer, "host", None) or "-"
+            if ":" in ip:
+                try:
+                    ip = str(ipaddress.ip_address(ip))
+                except ValueError:
+                    pass
+            self._client_ip = ip
+        return ip
+
+    def handshakeCompleted(self) -> None:
+        """Called by the TLS layer under this channel."""
+        self._handshake_done = True
+        get_handle = getattr(self.transport, "getHandle", None)
+        connection = get_handle() if get_handle is not None else None
+        if connection is not None:
+            server_name = connection.get_servername()
+            if server_name is not None:
+                # The client named a site and verified a certificate for it:
+                # it must not reach a site that certificate does not cover.
+                # The site it named is never misdirected, even when it was
+                # given the default certificate: no other site is reached,
+                # and a new connection would get the same certificate.
+                names = certificate_names(connection)
+                self.certificate_names = names
+                sni = normalise_host(server_name)  # cached, unlike normalise_name
+                if names is not None and sni is not None:
+                    self.covered_host = self._sni_host = sni
+        metrics = self.factory.metrics
+        if metrics is not None:
+            version = connection.get_protocol_version_name() if connection is not None else None
+            metrics.tls_handshake(version or "unknown")
+
+    def covers(self, host: str) -> bool:
+        """Whether this connection may serve ``host`` (normalised): it is the
+        name the client sent in SNI, its certificate covers it, or there is no
+        certificate to check against."""
+        names = self.certificate_names
+        if names is None or host == self._sni_host or covered_by(host, names):
+            self.covered_host = host
+            return True
+        return False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._input_closed:
+            return
+        self._last_data = self.clock_seconds()
+        if self._held is not None:
+            self._hold(data)
+            return
+        in_head = self._in_head
+        parsing = self._parsing
+        if in_head or parsing is None:
+            self._unparsed += len(data)
+        # A new list per message (on_message_begin): tells, on a refused
+        # method, whether a message began in this read.
+        headers = self._headers
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0] :])
+            return
+        except HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, StopParsing):
+                return
+            if isinstance(cause, RejectRequest):
+                self._reject(cause.error)
+            else:
+                self.log.failure(
+                    "request parsing failed", Failure(cause) if cause is not None else None
+                )
+                self._reject(EdgeProxyError())
+            return
+        except HttpParserInvalidMethodError:
+            # A method llhttp does not know (it knows the IANA registry's):
+            # 501 if it is a token, else the request line is malformed.
+            at_boundary = not in_head and parsing is None
+            if at_boundary or self._headers is headers:
+                method = _refused_method(data, at_boundary)
+            else:
+                # A message ended inside this read, which began mid-message,
+                # and the refused one began after it: where is not known, so
+                # no guess (it could be the end of a body) is logged or judged.
+                method = b""
+            if _TOKEN.fullmatch(method):
+                self._reject(NotImplementedMethod(), method)
+            else:
+                self._reject(BadRequest(Reason.BAD_REQUEST_LINE))
+            return
+        except HttpParserError as e:
+            self._reject(BadRequest(_parse_error_reason(e, self._in_head, self._url)))
+            return
+        if self._in_head and self._unparsed > 4 * MAX_HEAD_BYTES:
+            # llhttp keeps a header line being received in memory whole:
+            # bound it even before the line ends.
+            self._reject(HeadTooLarge())
+            return
+        self.run_queue()
+
+    def _upgraded(self, rest: bytes) -> None:
+        """llhttp stops after a request with ``Upgrade``.  Upgrades are not
+        proxied (Upgrade is hop-by-hop and dropped), so the request goes on
+        as a plain one and parsing starts afresh after it.  (``CONNECT`` never
+        gets here: its target is refused while its head is checked.)"""
+        request = self._parsing
+        if request is not None and not request.complete:
+            if request.body_length is not None:
+                # An upgrade request with a body: too odd to frame safely.
+                self._reject(BadRequest(Reason.BAD_FRAMING))
+                return
+            self.on_message_complete()
+        self._parser = HttpRequestParser(self)
+        if rest:
+            self.dataReceived(rest)
+        else:
+            self.run_queue()
+
+    def _reject(self, error: EdgeProxyError, method: bytes = b"-") -> None:
+        """Stop reading; answer ``error`` in turn, then close."""
+        self._input_closed = True
+        in_head, self._in_head = self._in_head, False
+        request = self._parsing
+        self._parsing = None
+        if request is None:
+            # The head did not parse: a request object just to answer and log
+            # it, with the method, target and version if the request line was
+            # read (llhttp has the method once the target is in).
+            version = b"1.1"
+            url = self._url if in_head else b""
+            if url:
+                method = self._parser.get_method()
+                parsed = self._parser.get_http_version()
+                if parsed == "1.0":
+                    version = b"1.0"
+            request = ProxyRequest(
+                self, method, url or b"-", version, self._headers, persistent=False
+            )
+            self.requests.append(request)
+        request.reject(error)
+        self.run_queue()
+
+    # -- httptools callbacks; they run inside feed_data ------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        # The request line's method, spaces and version, and the blank line
+        # (for GET): the callbacks below count the rest.
+        self._head_size = 17
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise RejectRequest(HeadTooLarge())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES or len(headers) >= MAX_HEADERS:
+            raise RejectRequest(HeadTooLarge())
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._unparsed = 0
+        parser = self._parser
+        version = parser.get_http_version().encode("ascii")
+        request = ProxyRequest(
+            self,
+            parser.get_method(),
+            self._url,
+            version,
+            self._headers,
+            parser.should_keep_alive() and not self.draining,
+        )
+        self._parsing = request
+        self.requests.append(request)
+        request.head_received(version, len(self.requests) == 1)
+        if parser.should_upgrade() and request.body_length is not None:
+            # llhttp would skip an upgrade request's body and parse it as the
+            # next request.  Upgrades are not proxied; one with a body is refused.
+            raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
+
+    def on_body(self, data: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        request.body_received(data)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        self._parsing = None
+        if request.discarding:
+            # The connection closes after the rejection; nothing after it is read.
+            self._input_closed = True
+            if request.finished:
+                self.close()
+            raise StopParsing()
+        request.body_complete()
+        # Processing starts once feed_data returns (run_queue), outside the parser.
+        if request is not self.requests[0] and self._held is None:
+            # A pipelined request waits for the one before it: parse no
+            # further.  Reading goes on (up to a limit) rather than stopping,
+            # so that a client that closes is noticed, its queued requests
+            # logged and the one upstream cancelled, without waiting for it.
+            self._held = bytearray()
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        assert held is not None  # called only while holding
+        held += data
+        if len(held) > MAX_HELD_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            transport: Any = self.transport
+            transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        """Parse what was held, and read on if that did not fill up again."""
+        held, self._held = self._held, None
+        if held:
+            self.dataReceived(bytes(held))
+        held = self._held
+        if (
+            self._reading_paused
+            and not self._input_closed
+            and (held is None or len(held) <= MAX_HELD_BYTES)
+            and self.transport is not None
+        ):
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # -- answering in order ------------------------------------------------------------
+
+    def request_done(self, request: ProxyRequest) -> None:
+        """``request`` has its whole response written."""
+        requests = self.requests
+        if requests and requests[0] is request:
+            requests.popleft()
+        else:  # pragma: no cover - only the first request is ever answered
+            requests.remove(request)
+        self._body_producer = None
+        if not request.persistent or self.draining:
+            if request is self._parsing:
+                self._linger_then_close()
+            else:
+                self.close()
+            return
+        self.run_queue()
+        if self._held is not None and not self._input_closed and len(requests) <= 1:
+            self._resume_reading()
+
+    def run_queue(self) -> None:
+        """Process the first request if it is complete and waiting (answers
+        written at once may finish it and start the next: loop, not recurse)."""
+        if self._processing_queue:
+            return
+        self._processing_queue = True
+        try:
+            requests = self.requests
+            while requests and not self._closed:
+                first = requests[0]
+                if first.processing or not first.complete:
+                    break
+                first.process()
+        finally:
+            self._processing_queue = False
+
+    def write_now(self, data: bytes) -> None:
+        if not self._closed and self.transport is not None:
+            self._write(data)
+
+    # -- write-side flow control -----------------------------------------------------
+
+    def register_body_producer(self, producer: IPushProducer | None) -> None:
+        self._body_producer = producer
+        if producer is not None and self._write_paused:
+            producer.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+        if self._body_producer is not None:
+            self._body_producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        if self._body_producer is not None:
+            self._body_producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The transport is going away; connectionLost does the rest.
+        pass
+
+    # -- closing -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Finish the request in progress, if any, then close; take no more."""
+        self.draining = True
+        if not self.requests and not self._in_head:
+            self.close()
+
+    def close(self) -> None:
+        """Close after what was written has been sent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._input_closed = True
+        transport: Any = self.transport
+        if transport is not None:
+            # A TLS transport waits for its producer to go before it closes.
+            transport.unregisterProducer()
+            transport.loseConnection()
+
+    def _linger_then_close(self) -> None:
+        """After a 413 sent before the body was read: keep reading and dropping
+        it, for at most ``lingering_timeout``, so the client is not reset
+        before it reads the answer (nginx's lingering close)."""
+        self._resume_reading()
+        if self._linger is None:
+            self._linger = self.factory.clock.callLater(
+                self.factory.settings.lingering_timeout, self.close
+            )
+
+    def _timed_out(self) -> None:
+        """The inactivity timer: an idle connection, or a client that stopped
+        sending mid-request, is closed; one waiting for its answer is not."""
+        self._timer = None
+        if self._closed:
+            return
+        timeout = self.factory.timeout
+        requests = self.requests
+        busy = bool(requests) and requests[0].processing
+        idle_for = self.clock_seconds() - self._last_data
+        if busy or idle_for < timeout:
+            self._timer = self.factory.clock.callLater(
+                timeout if busy else timeout - idle_for, self._timed_out
+            )
+            return
+        if self._parsing is not None:
+            # Stalled mid-body: edgeproxy gives up on it, the client did not close.
+            self._parsing.timed_out()
+        self.close()
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._closed = True
+        self._input_closed = True
+        # The parser and the write function refer back to this channel (and
+        # its transport): let go of them so reference counting, not the
+        # garbage collector, frees the connection.
+        self._parser = _CLOSED_PARSER
+        self._write = _no_write
+        # Each leads back here (through the request's channel): a request
+        # still being parsed (its body discarded after an early 413), and the
+        # body's producer (relay -> request) when the client went first.
+        self._parsing = None
+        self._body_producer = None
+        for call in (self._timer, self._linger):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._linger = None
+        requests, self.requests = self.requests, deque()
+        for request in requests:
+            request.connection_lost(reason)
+        factory = self.factory
+        factory.connections.remove(self)
+        metrics = factory.metrics
+        if metrics is None:
+            return
+        metrics.connection_closed(factory.kind)
+        if factory.tls and not self._handshake_done:
+            # A scanner, a refused SNI name, a client that distrusts the certificate...
+            failed = "tls_error" if reason.check(SSL.Error) else "closed_before_handshake"
+            metrics.tls_failed(failed)
+
+
+class ProxyFactory(ServerFactory):
+    """Builds downstream connections for one listener (TLS or plain)."""
+
+    protocol = ProxyChannel  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        tls: bool,
+        settings: Any,
+        access_log: AccessSink,
+        clock: Any,
+        https_port: Callable[[], int | None] = lambda: None,
+        metrics: ProxyMetrics | None = None,
+        connections: ConnectionTracker | None = None,
+    ) -> None:
+        self.forwarder = forwarder
+        self.tls = tls
+        self.kind = "https" if tls else "http"
+        self.metrics = metrics
+        self.connections = connections if connections is not None else ConnectionTracker()
+        self.settings = settings
+        self.timeout: float = settings.keepalive_timeout
+        self.access_log = access_log
+        self.clock = clock
+        self.https_port = https_port
+
+    def buildProtocol(self, addr: Any) -> ProxyChannel:  # type: ignore[override]
+        return ProxyChannel(self)

@@ -1,0 +1,630 @@
+"""
+The certificate index (pure) and the SNI server connection creator.
+
+A certificate file is parsed and its OpenSSL context built exactly once, when
+it is loaded (off the hot path, by :mod:`edgeproxy.tls.certwatch`).  The
+:class:`CertificateIndex` built from the loaded certificates is immutable; a
+reload builds a new one and swaps the reference.  At handshake time the SNI
+callback of :class:`SNIConnectionCreator` does one dict lookup (then one
+wildcard lookup, then the default) in the current index and switches the
+connection to the winner's long-lived context: no disk I/O, no parsing, no
+rescan on a miss.
+
+Session resumption: OpenSSL keeps the server session cache and the session
+ticket keys on the context a connection was *created* with (the "session
+context"), which here is the one long-lived bootstrap context of the
+:class:`SNIConnectionCreator`.  The bootstrap context therefore enables both the
+session cache and tickets, and lives as long as the listener; the per-certificate
+contexts supply the certificate, key, chain and ALPN selection.
+
+The TLS profile (``--tls-profile``) is set on both kinds of context, because
+OpenSSL reads it from both: the versions and groups from the context a
+connection was created with, the TLS 1.2 suites from the one it switched to.
+Each certificate's context also carries the names it covers
+(:func:`certificate_names`), which the downstream channel reads once per
+connection for its 421 check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import (
+    dsa,
+    ec,
+    ed448,
+    ed25519,
+    rsa,
+)
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from edgeproxy.core.hostnames import normalise_name, wildcard_of
+
+__all__ = [
+    "ALPN_PROTOCOLS",
+    "DEFAULT_TLS_PROFILE",
+    "TLS12_CIPHERS",
+    "TLS13_CIPHERSUITES",
+    "TLS_GROUPS",
+    "TLS_PROFILES",
+    "CertificateFileError",
+    "CertificateIndex",
+    "LoadedCertificate",
+    "SNIConnectionCreator",
+    "certificate_names",
+    "load_certificate",
+    "make_server_context",
+    "parse_certificate",
+]
+
+#: The only application protocol advertised over ALPN.
+ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+
+_PrivateKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | dsa.DSAPrivateKey
+)
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----",
+    re.DOTALL,
+)
+_KEY_LABELS = frozenset({b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY"})
+
+
+class CertificateFileError(Exception):
+    """A certificate file that cannot be used: it does not parse, has no
+    certificate or key, or its key does not match its certificate."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@attrs.frozen
+class LoadedCertificate:
+    """A parsed certificate with its ready-to-use OpenSSL context."""
+
+    #: The file it came from (``NAME.pem``, ``NAME.crt``, ``live/NAME/fullchain.pem``).
+    source: str
+    #: Normalised subjectAltName entries: DNS names, ``*.x.y`` wildcards, IP literals.
+    names: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    #: SHA-256 of the leaf certificate (DER), lower case hex.
+    fingerprint: str
+    #: True when it came from ``default.pem`` / ``default.crt``.
+    is_default: bool
+    context: SSL.Context = attrs.field(eq=False, repr=False)
+
+    def is_valid_at(self, now: datetime.datetime) -> bool:
+        return self.not_before <= now < self.not_after
+
+
+#: ssl.h's SSL_MODE_ENABLE_PARTIAL_WRITE (pyOpenSSL does not export it).
+_SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+#: ssl.h's SSL_OP_PRIORITIZE_CHACHA (OpenSSL 1.1.1+; pyOpenSSL does not export it).
+_SSL_OP_PRIORITIZE_CHACHA = 0x00200000
+
+#: ``--tls-profile`` values, named after Mozilla's Server Side TLS
+#: configurations: ``intermediate`` (TLS 1.2 and 1.3) and ``modern`` (TLS 1.3 only).
+TLS_PROFILES: tuple[str, ...] = ("intermediate", "modern")
+DEFAULT_TLS_PROFILE = "intermediate"
+
+#: TLS 1.2 suites, in Mozilla's intermediate order: ECDHE key exchange (forward
+#: secrecy) and AEAD ciphers only, for ECDSA and RSA certificates.  Mozilla's
+#: list also has DHE-RSA suites; they are left out (slow, and every client
+#: that has them has ECDHE).
+TLS12_CIPHERS: tuple[str, ...] = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+#: Every TLS 1.3 suite a browser offers (OpenSSL's default set, made explicit).
+TLS13_CIPHERSUITES: tuple[str, ...] = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+)
+#: Key-exchange groups, preferred first.  OpenSSL would also take X448,
+#: secp521r1 and the FFDHE groups, which Mozilla's profiles leave out.
+TLS_GROUPS: tuple[str, ...] = ("X25519", "P-256", "P-384")
+
+# OpenSSL's SSL_CTX_set1_groups_list (as its older name, SSL_CTX_set1_curves_list,
+# which cryptography's bindings export): pyOpenSSL has no call that sets more
+# than one group.  Without it, set_tmp_ecdh limits the groups to P-256 alone,
+# which is narrower than the profile but still within it.
+try:
+    from cryptography.hazmat.bindings.openssl.binding import Binding as _Binding
+
+    _set_groups_list: Any = _Binding().lib.SSL_CTX_set1_curves_list
+except (ImportError, AttributeError):  # pragma: no cover - other bindings
+    _set_groups_list = None
+
+
+@functools.cache
+def groups_settable() -> bool:
+    """Whether contexts get every group of :data:`TLS_GROUPS` (else P-256
+    alone): the binding is there, pyOpenSSL's context still has its OpenSSL
+    handle, and this OpenSSL takes the list (tried once on a throwaway context)."""
+    return _set_groups_on(SSL.Context(SSL.TLS_SERVER_METHOD))
+
+
+def _set_groups_on(context: SSL.Context) -> bool:
+    # ``_context`` is pyOpenSSL's handle on the SSL_CTX (no public accessor);
+    # a release without it gets P-256 alone instead of failing start-up.
+    handle = getattr(context, "_context", None)
+    if _set_groups_list is None or handle is None:
+        return False
+    return bool(_set_groups_list(handle, ":".join(TLS_GROUPS).encode("ascii")) == 1)
+
+
+@functools.cache
+def _acceptable_ciphers() -> AcceptableCiphers:
+    # Cached: Twisted checks the list against OpenSSL with a throwaway context.
+    ciphers: AcceptableCiphers = AcceptableCiphers.fromOpenSSLCipherString(
+        ":".join(TLS12_CIPHERS)
+    )
+    return ciphers
+
+
+def _set_groups(context: SSL.Context) -> None:
+    if not _set_groups_on(context):
+        context.set_tmp_ecdh(ec.SECP256R1())
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """ALPN: pick ``http/1.1`` if offered; otherwise negotiate no protocol
+    (the handshake continues without ALPN).  Never raises."""
+    for protocol in ALPN_PROTOCOLS:
+        if protocol in offered:
+            return protocol
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def make_server_context(
+    private_key: _PrivateKey | None = None,
+    certificate: x509.Certificate | None = None,
+    chain: Iterable[x509.Certificate] = (),
+    context_for_server_name: Callable[[bytes | None], SSL.Context | None] | None = None,
+    tls_profile: str = DEFAULT_TLS_PROFILE,
+) -> SSL.Context:
+    """Build an OpenSSL server context with edgeproxy's TLS settings.
+
+    ``tls_profile`` (one of :data:`TLS_PROFILES`): TLS 1.2 with
+    :data:`TLS12_CIPHERS` and TLS 1.3 (``intermediate``), or TLS 1.3 alone
+    (``modern``); :data:`TLS13_CIPHERSUITES` and :data:`TLS_GROUPS` either way.
+    Besides: no compression (Twisted's :class:`CertificateOptions`), server
+    session cache and session tickets on, ALPN ``http/1.1`` only.
+
+    Both the bootstrap context and every certificate's context need the same
+    settings: after the SNI switch OpenSSL takes the TLS 1.2 suites from the
+    certificate's context, but the groups and versions from the bootstrap one.
+    """
+    if tls_profile not in TLS_PROFILES:
+        raise ValueError(f"unknown TLS profile {tls_profile!r}")
+    options = CertificateOptions(
+        # CertificateOptions is annotated with pyOpenSSL's PKey/X509 but hands
+        # them straight to pyOpenSSL, which prefers cryptography objects.
+        privateKey=private_key,  # type: ignore[arg-type]
+        certificate=certificate,  # type: ignore[arg-type]
+        extraCertChain=list(chain) or None,  # type: ignore[arg-type]
+        raiseMinimumTo=TLSVersion.TLSv1_3 if tls_profile == "modern" else TLSVersion.TLSv1_2,
+        acceptableCiphers=_acceptable_ciphers(),
+        acceptableProtocols=list(ALPN_PROTOCOLS),
+        enableSessions=True,
+        enableSessionTickets=True,
+        contextForServerName=context_for_server_name,
+    )
+    context: SSL.Context = options.getContext()
+    # The server picks the suite, in the order above (Twisted's choice), except
+    # for a client that puts ChaCha20 first: a phone without AES instructions.
+    context.set_options(_SSL_OP_PRIORITIZE_CHACHA)
+    _set_groups(context)
+    set_tls13 = getattr(context, "set_tls13_ciphersuites", None)
+    if set_tls13 is not None:  # pyOpenSSL 25.2+; OpenSSL's default is the same set
+        set_tls13(":".join(TLS13_CIPHERSUITES).encode("ascii"))
+    # pyOpenSSL turns partial writes on: SSL_write then stops after each
+    # 16 KiB record and a 128 KiB body chunk takes eight Python round trips.
+    # Our TLS layer writes to a memory BIO, which always takes everything.
+    context.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)
+    # Twisted's ALPN callback also offers whatever the wrapped factory
+    # negotiates (h2 when twisted.web has it); we speak HTTP/1.1 only, and do
+    # not depend on the connection's app data.
+    context.set_alpn_select_callback(_select_alpn)
+    return context
+
+
+def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
+
+
+def _public_der(key: Any) -> bytes:
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _names_of(certificate: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    names: list[str] = []
+    for dns in san.get_values_for_type(x509.DNSName):
+        if dns.startswith("*."):
+            rest = normalise_name(dns[2:])
+            if rest is None or wildcard_of("x." + rest) is None:
+                continue
+            name = "*." + rest
+        else:
+            normalised = normalise_name(dns)
+            # Partial wildcards ("f*.example") and other junk are not served.
+            if normalised is None:
+                continue
+            name = normalised
+        if name not in names:
+            names.append(name)
+    for ip in san.get_values_for_type(x509.IPAddress):
+        if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            text = str(ip)
+            if text not in names:
+                names.append(text)
+    return tuple(names)
+
+
+def _order_chain(
+    leaf: x509.Certificate, others: list[x509.Certificate]
+) -> list[x509.Certificate]:
+    """Intermediates in issuing order from the leaf, then any leftovers in file order."""
+    remaining = list(others)
+    ordered: list[x509.Certificate] = []
+    current = leaf
+    while True:
+        issuer = next((c for c in remaining if c.subject == current.issuer), None)
+        if issuer is None:
+            break
+        ordered.append(issuer)
+        remaining.remove(issuer)
+        current = issuer
+    return ordered + remaining
+
+
+def _load_key(path: str, block: bytes) -> _PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(block, password=None)
+    except TypeError:
+        raise CertificateFileError(
+            path, "the private key is encrypted; edgeproxy needs an unencrypted key"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise CertificateFileError(path, f"cannot parse the private key: {e}") from None
+    if not isinstance(
+        key,
+        rsa.RSAPrivateKey
+        | ec.EllipticCurvePrivateKey
+        | ed25519.Ed25519PrivateKey
+        | ed448.Ed448PrivateKey
+        | dsa.DSAPrivateKey,
+    ):
+        raise CertificateFileError(path, f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def parse_certificate(
+    source: str,
+    cert_data: bytes,
+    key_data: bytes | None = None,
+    *,
+    key_source: str | None = None,
+    is_default: bool = False,
+    tls_profile: str = DEFAULT_TLS_PROFILE,
+) -> LoadedCertificate:
+    """Parse PEM data (no I/O) and build the certificate's context
+    (see :func:`make_server_context` for ``tls_profile``).
+
+    ``cert_data`` holds the certificate(s), and the private key when
+    ``key_data`` is ``None``; blocks may come in any order.  The leaf is the
+    certificate whose public key matches the private key; the others are sent
+    as the chain.  Raises :class:`CertificateFileError`.
+    """
+    key_path = key_source if key_source is not None else source
+    blocks = _pem_blocks(cert_data)
+    certificates: list[x509.Certificate] = []
+    key_blocks: list[bytes] = []
+    for label, block in blocks:
+        if label == b"CERTIFICATE":
+            try:
+                certificates.append(x509.load_pem_x509_certificate(block))
+            except ValueError as e:
+                raise CertificateFileError(source, f"cannot parse a certificate: {e}") from None
+        elif label in _KEY_LABELS:
+            key_blocks.append(block)
+        elif label == b"ENCRYPTED PRIVATE KEY":
+            raise CertificateFileError(
+                source, "the private key is encrypted; edgeproxy needs an unencrypted key"
+            )
+    if not certificates:
+        raise CertificateFileError(source, "no PEM certificate found")
+    if key_data is not None:
+        key_blocks = []
+        for label, block in _pem_blocks(key_data):
+            if label in _KEY_LABELS:
+                key_blocks.append(block)
+            elif label == b"ENCRYPTED PRIVATE KEY":
+                raise CertificateFileError(
+                    key_path, "the private key is encrypted; edgeproxy needs an unencrypted key"
+                )
+    if not key_blocks:
+        raise CertificateFileError(key_path, "no PEM private key found")
+    if len(key_blocks) > 1:
+        raise CertificateFileError(key_path, "more than one private key found")
+    key = _load_key(key_path, key_blocks[0])
+    key_public = _public_der(key.public_key())
+    leaf = next((c for c in certificates if _public_der(c.public_key()) == key_public), None)
+    if leaf is None:
+        raise CertificateFileError(
+            source
+            if key_path == source
+            else f"{source} (key {key_path})",
+            "the private key does not match the certificate",
+        )
+    chain = _order_chain(leaf, [c for c in certificates if c is not leaf])
+    names = _names_of(leaf)
+    if not names and not is_default:
+        raise CertificateFileError(
+            source,
+            "the certificate has no subjectAltName DNS or IP entries "
+            "(names are taken from subjectAltName only, not from the subject CN or file name)",
+        )
+    try:
+        context = make_server_context(key, leaf, chain, tls_profile=tls_profile)
+    except (SSL.Error, ValueError) as e:
+        raise CertificateFileError(source, f"OpenSSL rejected the certificate: {e}") from None
+    # What the connection's channel reads once per connection (certificate_names).
+    context.set_app_data(frozenset(names))
+    return LoadedCertificate(
+        source=source,
+        names=names,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        fingerprint=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        is_default=is_default,
+        context=context,
+    )
+
+
+def certificate_names(connection: SSL.Connection) -> frozenset[str] | None:
+    """The names (exact, ``*.`` wildcards, IP literals) of the certificate a
+    server connection was switched to by its SNI name, or ``None`` when it
+    has none of ours (no SNI callback ran, the bootstrap context)."""
+    names = connection.get_context().get_app_data()
+    return names if isinstance(names, frozenset) else None
+
+
+def load_certificate(
+    cert_path: str, key_path: str | None, *, is_default: bool
+) -> LoadedCertificate:
+    """Read and parse one certificate (``key_path=None``: the key is in the same PEM file).
+
+    Raises :class:`CertificateFileError` naming the file.
+    """
+    cert_data = _read(cert_path)
+    key_data = _read(key_path) if key_path is not None else None
+    return parse_certificate(
+        cert_path, cert_data, key_data, key_source=key_path, is_default=is_default
+    )
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CertificateFileError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def _preference(now: datetime.datetime) -> Callable[[LoadedCertificate], tuple[Any, ...]]:
+    # Currently valid beats not valid; then the later expiry; then a stable tie-break.
+    def key(c: LoadedCertificate) -> tuple[Any, ...]:
+        return (c.is_valid_at(now), c.not_after, c.not_before, c.source)
+
+    return key
+
+
+def _describe_invalid(c: LoadedCertificate, now: datetime.datetime) -> str:
+    if now < c.not_before:
+        return f"not valid before {c.not_before.isoformat()}"
+    return f"expired at {c.not_after.isoformat()}"
+
+
+@attrs.frozen
+class CertificateIndex:
+    """Immutable name -> certificate map, built off the hot path.
+
+    Selection among several certificates for the same name: a certificate
+    valid now (``not_before <= now < not_after``) beats one that is not; among
+    those, the one that expires last wins.  If none is valid, the one that
+    expires last is served anyway (and :attr:`warnings` says so): a client
+    gets a clear certificate error rather than a refused handshake.
+    """
+
+    certificates: tuple[LoadedCertificate, ...]
+    default: LoadedCertificate | None
+    #: The next not_before/not_after boundary after the build time, or None.
+    next_change: datetime.datetime | None
+    #: Human-readable notes, e.g. a name served by an expired certificate.
+    warnings: tuple[str, ...] = ()
+    _exact: Mapping[str, LoadedCertificate] = attrs.field(factory=dict, repr=False)
+    _wildcards: Mapping[str, LoadedCertificate] = attrs.field(factory=dict, repr=False)
+
+    @classmethod
+    def empty(cls) -> CertificateIndex:
+        return cls(certificates=(), default=None, next_change=None)
+
+    @classmethod
+    def build(
+        cls, certificates: Iterable[LoadedCertificate], now: datetime.datetime
+    ) -> CertificateIndex:
+        certs = tuple(sorted(certificates, key=lambda c: (c.source, c.fingerprint)))
+        prefer = _preference(now)
+        by_name: dict[str, list[LoadedCertificate]] = {}
+        for cert in certs:
+            for name in cert.names:
+                by_name.setdefault(name, []).append(cert)
+        exact: dict[str, LoadedCertificate] = {}
+        wildcards: dict[str, LoadedCertificate] = {}
+        stale: dict[LoadedCertificate, list[str]] = {}
+        for name, candidates in sorted(by_name.items()):
+            winner = max(candidates, key=prefer)
+            (wildcards if name.startswith("*.") else exact)[name] = winner
+            if not winner.is_valid_at(now):
+                stale.setdefault(winner, []).append(name)
+        defaults = [c for c in certs if c.is_default]
+        default = max(defaults, key=prefer) if defaults else None
+        warnings = [
+            f"{c.source}: {_describe_invalid(c, now)}, but it is the only certificate "
+            f"for {', '.join(names)}; serving it anyway"
+            for c, names in stale.items()
+        ]
+        if default is not None and not default.is_valid_at(now):
+            warnings.append(
+                f"{default.source}: default certificate {_describe_invalid(default, now)}; "
+                "serving it anyway"
+            )
+        boundaries = [
+            t for c in certs for t in (c.not_before, c.not_after) if t > now
+        ]
+        return cls(
+            certificates=certs,
+            default=default,
+            next_change=min(boundaries) if boundaries else None,
+            warnings=tuple(warnings),
+            exact=exact,
+            wildcards=wildcards,
+        )
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name served (exact and wildcard)."""
+        return frozenset(self._exact) | frozenset(self._wildcards)
+
+    def select(self, server_name: bytes | str | None) -> LoadedCertificate | None:
+        """The certificate for an SNI name: exact, then one-label wildcard,
+        then the default, else ``None``.  Never raises, no I/O."""
+        if server_name is None:
+            return self.default
+        name = normalise_name(server_name)
+        if name is None:
+            return self.default
+        found = self._exact.get(name)
+        if found is not None:
+            return found
+        wildcard = wildcard_of(name)
+        if wildcard is not None:
+            found = self._wildcards.get(wildcard)
+            if found is not None:
+                return found
+        return self.default
+
+    def lookup(self, server_name: bytes | None) -> SSL.Context | None:
+        """The OpenSSL context for an SNI name (see :meth:`select`)."""
+        found = self.select(server_name)
+        return found.context if found is not None else None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIConnectionCreator:
+    """Server connection creator for :class:`~edgeproxy.tls.server.TLSServerEndpoint`
+    (or Twisted's ``wrapServerTLS``).
+
+    Every connection starts on one long-lived bootstrap context (no
+    certificate; it owns the session cache and ticket keys) whose SNI callback
+    switches to the context of the certificate chosen by the current index.
+    No SNI and no default certificate, or an unknown name and no default:
+    the connection stays on the bootstrap context and the handshake fails.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        index_getter: Callable[[], CertificateIndex],
+        tls_profile: str = DEFAULT_TLS_PROFILE,
+    ) -> None:
+        self._index_getter = index_getter
+        self._context = make_server_context(
+            context_for_server_name=self._context_for_name, tls_profile=tls_profile
+        )
+        self.log.info(
+            "TLS profile {profile}: {versions}, groups {groups}",
+            profile=tls_profile,
+            versions="TLS 1.3" if tls_profile == "modern" else "TLS 1.2 (ECDHE, AEAD) and 1.3",
+            groups=":".join(TLS_GROUPS) if groups_settable() else "P-256",
+        )
+        if not groups_settable():
+            self.log.warn(
+                "TLS groups: this cryptography or OpenSSL cannot set a list of groups; "
+                "offering P-256 only"
+            )
+        self._warned_index: CertificateIndex | None = None
+        #: Handshakes refused because no certificate matched (for metrics).
+        self.refused = 0
+
+    def _context_for_name(self, server_name: bytes | None) -> SSL.Context | None:
+        # Runs inside OpenSSL's servername callback: must never raise.
+        try:
+            index = self._index_getter()
+            context = index.lookup(server_name)
+            if context is None:
+                self.refused += 1
+                if self._warned_index is not index:
+                    # Once per index at warn level, then debug: scanners hit this.
+                    self._warned_index = index
+                    self.log.warn(
+                        "TLS handshake refused: no certificate for server name "
+                        "{server_name!r} and no default certificate "
+                        "(further refusals are logged at debug level)",
+                        server_name=server_name,
+                    )
+                else:
+                    self.log.debug(
+                        "TLS handshake refused: no certificate for server name {server_name!r}",
+                        server_name=server_name,
+                    )
+            return context
+        except BaseException:
+            try:
+                self.log.failure("while selecting the certificate for {server_name!r}",
+                                 server_name=server_name)
+            except BaseException:
+                pass
+            return None
+
+    def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:
+        return SSL.Connection(self._context, None)
