@@ -18,6 +18,7 @@ from edgeproxy.config.settings import Settings
 from edgeproxy.ops.accesslog import AccessLog
 from edgeproxy.proxy.forward import Forwarder
 from edgeproxy.proxy.h1channel import ProxyFactory
+from edgeproxy.proxy.pipeline import Pipeline
 from edgeproxy.upstream.h1client import UpstreamClient
 
 
@@ -34,26 +35,25 @@ def make_config(*vhosts: VirtualHost) -> LoadedConfig:
 
 def proxy_factory(
     reactor: MemoryReactorClock, config: LoadedConfig, *, tls: bool = True, seed: int = 1
-) -> tuple[ProxyFactory, Forwarder]:
-    """A started downstream factory and its forwarder on ``reactor``."""
+) -> tuple[ProxyFactory, Pipeline]:
+    """A started downstream factory and its pipeline on ``reactor``."""
     rng = random.Random(seed)
-    forwarder = Forwarder(
+    settings = Settings()
+    pipeline = Pipeline(
         Snapshot.build(config, reactor, rng),
-        UpstreamClient(reactor),
-        via=b"1.1 edgeproxy",
-        clock=reactor,
-        rng=rng,
-    )
-    factory = ProxyFactory(
-        forwarder,
-        tls=tls,
-        settings=Settings(),
-        access_log=AccessLog(reactor),
-        clock=reactor,
+        Forwarder(UpstreamClient(reactor), via=b"1.1 edgeproxy", clock=reactor, rng=rng),
+        settings=settings,
         https_port=lambda: 8443,
     )
+    factory = ProxyFactory(
+        pipeline,
+        tls=tls,
+        settings=settings,
+        access_log=AccessLog(reactor),
+        clock=reactor,
+    )
     factory.startFactory()
-    return factory, forwarder
+    return factory, pipeline
 
 
 class TCPLikeTransport(StringTransport):

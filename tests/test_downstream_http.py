@@ -30,6 +30,7 @@ from edgeproxy.config.settings import Settings
 from edgeproxy.ops.accesslog import AccessLog
 from edgeproxy.proxy.forward import Forwarder
 from edgeproxy.proxy.h1channel import ProxyFactory
+from edgeproxy.proxy.pipeline import Pipeline
 from edgeproxy.upstream.h1client import UpstreamClient
 from tests.memproxy import make_config
 
@@ -215,20 +216,20 @@ class Conn:
             )
         )
         rng = random.Random(1)
-        forwarder = Forwarder(
+        pipeline = Pipeline(
             Snapshot.build(config, self.reactor, rng),
-            UpstreamClient(self.reactor),
-            via=b"1.1 edgeproxy",
-            clock=self.reactor,
-            rng=rng,
+            Forwarder(
+                UpstreamClient(self.reactor), via=b"1.1 edgeproxy", clock=self.reactor, rng=rng
+            ),
+            settings=self.settings,
+            https_port=lambda: 8443,
         )
         self.factory = ProxyFactory(
-            forwarder,
+            pipeline,
             tls=True,
             settings=self.settings,
             access_log=AccessLog(self.reactor),
             clock=self.reactor,
-            https_port=lambda: 8443,
         )
         self.factory.startFactory()
         protocol = self.factory.buildProtocol(CLIENT)

@@ -104,8 +104,8 @@ class Harness:
     def __init__(self, *routes: Route, tls: bool = True) -> None:
         self.reactor = MemoryReactorClock()
         config = make_config(VirtualHost([HOST.decode()], routes=list(routes)))
-        self.factory, self.forwarder = proxy_factory(self.reactor, config, tls=tls)
-        self.snapshot = self.forwarder.snapshot
+        self.factory, self.pipeline = proxy_factory(self.reactor, config, tls=tls)
+        self.snapshot = self.pipeline.snapshot
         self._accepted = 0
 
     def request(self, raw: bytes) -> Client:

@@ -167,4 +167,4 @@ def test_misdirected_request_is_logged_with_its_status() -> None:
     logged: list[Any] = []
     h.factory.access_log.log_request = lambda request, duration: logged.append(request)
     h.status(b"blog.example")
-    assert [(r.code, type(r.error).__name__) for r in logged] == [(421, "MisdirectedRequest")]
+    assert [(r.record.status, type(r.error).__name__) for r in logged] == [(421, "MisdirectedRequest")]

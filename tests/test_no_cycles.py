@@ -462,7 +462,8 @@ def test_an_aborted_or_failed_exchange_leaves_no_cyclic_garbage(name: str) -> No
 #: hang off them.
 _EXCHANGE_TYPES = {
     "ProxyChannel",
-    "ProxyRequest",
+    "H1Exchange",
+    "ExchangeRecord",
     "ResponseRelay",
     "_UpstreamProducer",
     "_BodyTransport",

@@ -35,7 +35,7 @@ class Harness:
                 ],
             )
         )
-        self.factory, self.forwarder = proxy_factory(self.reactor, config, tls=tls)
+        self.factory, self.pipeline = proxy_factory(self.reactor, config, tls=tls)
         self.channel = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 5555))
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 5555))
         self.channel.makeConnection(self.client)

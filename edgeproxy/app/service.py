@@ -33,6 +33,7 @@ from edgeproxy.ops.admin import admin_site
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.proxy.forward import Forwarder
 from edgeproxy.proxy.h1channel import ConnectionTracker, ProxyFactory
+from edgeproxy.proxy.pipeline import Pipeline
 from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.tls.certwatch import CertificateWatcher
 from edgeproxy.upstream.h1client import UpstreamClient
@@ -126,8 +127,11 @@ class EdgeProxyService(MultiService):
         self._rng = rng = random.Random()
         self.upstream = UpstreamClient(reactor)
         snapshot = Snapshot.build(config, reactor, rng)
-        self.forwarder = Forwarder(
-            snapshot, self.upstream, via=settings.via, clock=reactor, rng=rng
+        self.pipeline = Pipeline(
+            snapshot,
+            Forwarder(self.upstream, via=settings.via, clock=reactor, rng=rng),
+            settings=settings,
+            https_port=self.https_port,
         )
         self.generation = 1
         self.last_reload: dict[str, Any] | None = None
@@ -162,7 +166,7 @@ class EdgeProxyService(MultiService):
         creator = SNIConnectionCreator(lambda: self.certificate_index, settings.tls_profile)
         self.metrics = Metrics()
         self.metrics.watch(
-            lambda: self.forwarder.snapshot, lambda: self.certificate_index, lambda: self.generation
+            lambda: self.pipeline.snapshot, lambda: self.certificate_index, lambda: self.generation
         )
         path = settings.access_log
         self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
@@ -175,12 +179,11 @@ class EdgeProxyService(MultiService):
         )
         def proxy_factory(tls: bool) -> ProxyFactory:
             return ProxyFactory(
-                self.forwarder,
+                self.pipeline,
                 tls=tls,
                 settings=settings,
                 access_log=access_log,
                 clock=reactor,
-                https_port=self.https_port,
                 metrics=self.metrics,
                 connections=self.connections,
             )
@@ -237,9 +240,9 @@ class EdgeProxyService(MultiService):
         self.metrics.config_reloads.labels("error").inc()
 
     def _install_config(self, config: LoadedConfig, at: float) -> bool:
-        old = self.forwarder.snapshot
+        old = self.pipeline.snapshot
         new = Snapshot.build(config, self.reactor, self._rng, previous=old)
-        self.forwarder.swap(new)
+        self.pipeline.swap(new)
         for runtime in old.retired_by(new):
             checker = self._health_checkers.pop(id(runtime), None)
             if checker is not None:
@@ -323,7 +326,7 @@ class EdgeProxyService(MultiService):
         d = self.drain()
         d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
         d.addBoth(lambda _: self.upstream.close())
-        d.addBoth(lambda _: self.forwarder.snapshot.stop())
+        d.addBoth(lambda _: self.pipeline.snapshot.stop())
         if self.access_sink is not None:
             d.addBoth(lambda _: self.access_sink.stop() if self.access_sink else None)
         return d

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 if TYPE_CHECKING:
     from edgeproxy.ops.metrics import Metrics
+    from edgeproxy.proxy.interfaces import ExchangeView
 
 __all__ = [
     "ACCESS_LOG_FORMATS",
@@ -103,20 +104,6 @@ class AccessRecord:
     request_id: str | None
 
 
-def _tls_details(request: Any) -> tuple[str | None, str | None]:
-    transport = getattr(request.channel, "transport", None)
-    get_handle = getattr(transport, "getHandle", None)
-    if get_handle is None or not request.factory.tls:
-        return None, None
-    try:
-        connection = get_handle()
-        version = connection.get_protocol_version_name()
-        name = connection.get_servername()
-    except Exception:  # a connection torn down under us: log without it
-        return None, None
-    return version, name.decode("ascii", "replace") if name else None
-
-
 def _referer_and_agent(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
     """The first ``Referer`` and ``User-Agent`` values, in one pass (only names
     of their lengths are lower-cased)."""
@@ -131,10 +118,11 @@ def _referer_and_agent(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None
     return referer, agent
 
 
-def access_record(request: Any, now: float, duration: float) -> AccessRecord:
+def access_record(request: ExchangeView, now: float, duration: float) -> AccessRecord:
     vhost = request.vhost
     route = request.route
-    tls_version, sni = _tls_details(request)
+    record = request.record
+    tls_version, sni = request.tls_details()
     referer, user_agent = _referer_and_agent(request.headers)
     host = request.host or b""
     return AccessRecord(
@@ -144,23 +132,23 @@ def access_record(request: Any, now: float, duration: float) -> AccessRecord:
         host=_text(host),
         path=_text(request.uri),
         protocol=_short_text(request.clientproto),
-        status=request.code,
-        bytes=request.sentLength,
+        status=record.status,
+        bytes=record.sent,
         duration=duration,
         referer=_text(referer),
         user_agent=_text(user_agent),
         vhost=vhost.vhost_name if vhost is not None else None,
         route=route.prefix if route is not None else None,
-        cluster=request.cluster_name,
-        endpoint=request.endpoint,
-        upstream_status=request.upstream_status,
-        upstream_time=request.upstream_time,
-        attempts=request.attempts,
-        outcome=request.outcome,
-        reason=request.reason,
+        cluster=record.cluster,
+        endpoint=record.endpoint,
+        upstream_status=record.upstream_status,
+        upstream_time=record.upstream_time,
+        attempts=record.attempts,
+        outcome=record.outcome,
+        reason=record.reason,
         tls_version=tls_version,
         sni=sni,
-        request_id=request.request_id,
+        request_id=record.request_id,
     )
 
 
@@ -266,18 +254,19 @@ class AccessLog:
         # name as its namespace instead of the stable "edgeproxy.access".
         self.log = Logger(namespace="edgeproxy.access")
 
-    def log_request(self, request: Any, duration: float) -> None:
+    def log_request(self, request: ExchangeView, duration: float) -> None:
         metrics = self._metrics
         if metrics is not None:
+            what = request.record
             metrics.observe(
                 request.vhost.vhost_name if request.vhost is not None else None,
                 request.route.prefix if request.route is not None else None,
-                request.cluster_name,
-                request.code,
+                what.cluster,
+                what.status,
                 duration,
-                request.upstream_time,
+                what.upstream_time,
                 request.body_bytes,
-                request.sentLength,
+                what.sent,
             )
         if not self._enabled:
             return

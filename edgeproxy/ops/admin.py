@@ -74,7 +74,7 @@ class ServiceView(Protocol):
     @property
     def reactor(self) -> IReactorTime: ...
     @property
-    def forwarder(self) -> _HasSnapshot: ...
+    def pipeline(self) -> _HasSnapshot: ...
     @property
     def certificate_index(self) -> CertificateIndex: ...
     @property
@@ -131,7 +131,7 @@ def readiness(proxy: ServiceView) -> tuple[bool, list[str]]:
     for listener in proxy.listeners():
         if listener.port is None:
             reasons.append(f"{listener.kind} listener {listener.description} is not bound")
-    snapshot = getattr(proxy.forwarder, "snapshot", None)
+    snapshot = getattr(proxy.pipeline, "snapshot", None)
     if snapshot is None or snapshot.config is None:
         reasons.append("configuration not loaded")
     # The watcher hands its directory's index over on its first scan (and on
@@ -174,7 +174,7 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
     if started is None:
         started = now
     now_dt = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
-    snapshot = proxy.forwarder.snapshot
+    snapshot = proxy.pipeline.snapshot
     config = snapshot.config
     index = proxy.certificate_index
     ready, reasons = readiness(proxy)

@@ -1,22 +1,29 @@
 """
-One request on a downstream connection: its head as received (``(name,
-value)`` pairs), its spooled body, the route it matched, and the response
-written for it.  Routing happens as soon as the head is in, so a body limit
-applies before the body is read; errors and the http->https redirect are
-answered here, everything else goes to the :class:`~edgeproxy.proxy.forward.Forwarder`.
-The connection it arrived on (parsing, pipelining, timers, flow control) is
-:mod:`edgeproxy.proxy.h1channel`.
+The exchange: one request and its response, whatever protocol the client
+spoke.  It holds the request head as received (``(name, value)`` pairs), the
+client's facts (through its :class:`~.interfaces.Channel`), the spooled body,
+the route it matched with that route's stage chain (:mod:`.stages`), and one
+typed :class:`ExchangeRecord` of what happened, which the access log and the
+metrics read.
+
+Routing happens as soon as the head is in, so the route's head-time stages
+(the body limit) act before the body is read.  When its turn comes the
+exchange runs its chain; the last stage forwards it.  The response side (send
+a head, body chunks with backpressure, finish, abort) is the protocol's: the
+HTTP/1.1 framing is :class:`edgeproxy.proxy.h1exchange.H1Exchange`, and
+nothing past the channel knows which protocol it is.
 """
 
 from __future__ import annotations
 
 import io
 import ipaddress
+import itertools
 import random
 import secrets
 import tempfile
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Protocol
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
@@ -26,7 +33,7 @@ from twisted.web.http import RESPONSES
 
 from edgeproxy.config import Route
 from edgeproxy.config.routing import RouteMatch, VirtualHostTable
-from edgeproxy.config.settings import IPNetwork
+from edgeproxy.config.settings import IPNetwork, Settings
 from edgeproxy.core.errors import (
     BadRequest,
     BodyTooLarge,
@@ -40,19 +47,31 @@ from edgeproxy.core.errors import (
     VersionNotSupported,
 )
 from edgeproxy.core.hostnames import normalise_host
+from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
-    from edgeproxy.proxy.interfaces import Channel, Listener
 
-__all__ = ["BadRequest", "ProxyRequest", "RejectRequest", "StopParsing", "split_target"]
+__all__ = [
+    "BadRequest",
+    "Channel",
+    "Dispatch",
+    "Exchange",
+    "ExchangeRecord",
+    "Handler",
+    "Listener",
+    "Plan",
+    "RejectRequest",
+    "ResponseObserver",
+    "RouteChain",
+    "Stage",
+    "StopParsing",
+    "split_target",
+]
 
 #: Request bodies up to this size are spooled in memory, larger ones to a temporary file.
 SPOOL_IN_MEMORY = 100_000
 
-_NO_BODY_STATUSES = frozenset({204, 304})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
 
 
 def split_target(target: bytes) -> tuple[bytes | None, bytes] | None:
@@ -93,39 +112,185 @@ class StopParsing(Exception):
     """Raised inside parser callbacks: nothing more is read on this connection."""
 
 
-class ProxyRequest:
-    """One request on a downstream connection: its head as received, its
-    spooled body, where it was routed, and the response written for it."""
+class Dispatch(Protocol):
+    """Where the current configuration's plan is read, once per request
+    (:class:`edgeproxy.proxy.pipeline.Pipeline`)."""
+
+    @property
+    def plan(self) -> Plan: ...
+
+
+class Listener(Protocol):
+    """The listener a connection was accepted on (:class:`.h1channel.ProxyFactory`)."""
+
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def metrics(self) -> ProxyMetrics | None: ...
+    @property
+    def access_log(self) -> AccessSink: ...
+    @property
+    def pipeline(self) -> Dispatch: ...
+
+
+class Channel(Protocol):
+    """The client connection an exchange arrived on, as the exchange uses it."""
+
+    @property
+    def factory(self) -> Listener: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def covered_host(self) -> str | None: ...
+    @property
+    def client_ip(self) -> str: ...
+    def clock_seconds(self) -> float: ...
+    def covers(self, host: str) -> bool: ...
+    def tls_details(self) -> tuple[str | None, str | None]: ...
+    def write_now(self, data: bytes) -> None: ...
+    def register_body_producer(self, producer: IPushProducer | None) -> None: ...
+    def request_done(self, request: Exchange) -> None: ...
+    def run_queue(self) -> None: ...
+    def close(self) -> None: ...
+
+
+Handler = Callable[["Exchange"], None]
+
+
+class Stage:
+    """One per-route behaviour on the request path (Envoy's HTTP filter,
+    Caddy's handler).  A route's stages are made once, when a configuration
+    is installed, and chained (:class:`RouteChain`); a stage overrides
+    either method or both:
+
+    - :meth:`on_head` runs as soon as the request head is routed, before
+      the body is read: it may refuse the request
+      (``exchange.reject_early(error)``) or set what the body may be;
+    - :meth:`handle` runs in the request's turn, once the body is in: it may
+      answer the exchange itself (``exchange.respond(...)`` or
+      ``exchange.respond_error(...)``), pass it on (``self.next(exchange)``),
+      or watch and change the response on its way back
+      (``exchange.observe_response(observer)``) and pass it on.
+
+    The last stage answers every exchange it is given (forwarding does).
+    """
+
+    #: The next stage's :meth:`handle`, set when the chain is made.
+    next: Handler
+
+    def on_head(self, exchange: Exchange) -> None:
+        """At head time (the default does nothing and is never called)."""
+
+    def handle(self, exchange: Exchange) -> None:
+        """In the request's turn (the default passes it on and is skipped)."""
+        self.next(exchange)
+
+
+class RouteChain:
+    """A route's stages for one kind of listener, linked once.  Stages that
+    do not override :meth:`Stage.on_head` are not called at head time, nor
+    those that do not override :meth:`Stage.handle` in the request's turn:
+    a route pays only for what its stages do."""
+
+    __slots__ = ("at_head", "run", "stages")
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = tuple(stages)
+        self.at_head = tuple(s for s in self.stages if type(s).on_head is not Stage.on_head)
+        handling = [s for s in self.stages if type(s).handle is not Stage.handle]
+        if not handling:
+            raise ValueError("a route's chain needs a stage that answers")
+        for stage, after in itertools.pairwise(handling):
+            stage.next = after.handle
+        self.run: Handler = handling[0].handle
+
+    def __repr__(self) -> str:
+        return f"<RouteChain {' -> '.join(type(s).__name__ for s in self.stages)}>"
+
+
+class Plan:
+    """What the request path runs on: a configuration's snapshot and every
+    route's chain, per kind of listener (``chains[tls]``, keyed by the
+    route's ``id``).  Made whole when a configuration is installed and
+    swapped as one reference; a request keeps the plan it was routed with."""
+
+    __slots__ = ("chains", "snapshot", "unrouted_at_head")
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        plain: dict[int, RouteChain],
+        tls: dict[int, RouteChain],
+        unrouted_at_head: tuple[Stage, ...],
+    ) -> None:
+        self.snapshot = snapshot
+        self.chains = (plain, tls)
+        #: Head-time stages for a request no route matched (the listener's body limit).
+        self.unrouted_at_head = unrouted_at_head
+
+
+class ResponseObserver(Protocol):
+    """Sees a response on its way to the client (a stage's way to wrap the
+    response sink): the head before it is framed (``lines`` may be changed),
+    each body chunk as written, and the end, whole or not."""
+
+    def response_head(self, code: int, lines: list[bytes], length: int | None) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self, complete: bool) -> None: ...
+
+
+class ExchangeRecord:
+    """What happened to one exchange, as the access log and the metrics read
+    it.  Written by the exchange (status, bytes, outcome) and by the
+    forwarding stage (cluster, endpoint, attempts, upstream status and time);
+    defaults are class attributes, so a fresh record costs one allocation."""
+
+    #: The response status (0 until a head is made; 499/408 as logged).
+    status: int = 0
+    #: Response body bytes written, not counting framing.
+    sent: int = 0
+    cluster: str | None = None
+    endpoint: str | None = None
+    attempts: int = 0
+    upstream_status: int | None = None
+    upstream_time: float | None = None
+    outcome: Outcome = Outcome.OK
+    #: Why, when something went wrong (None while nothing did).
+    reason: Reason | None = None
+    request_id: str | None = None
+
+
+class Exchange:
+    """One request and its response: the protocol-neutral part.  A channel
+    makes one per request (HTTP/1.1: :class:`~.h1exchange.H1Exchange`) and
+    calls :meth:`head_received`, :meth:`body_received`, :meth:`body_complete`
+    and, in turn, :meth:`process`; the subclass supplies the response side
+    (``send_head_lines``, ``write``, ``flush_head``, ``finish``, ``abort``,
+    ``registerProducer``, ``unregisterProducer``, ``send_informational``)."""
 
     log = Logger(namespace="edgeproxy.request")
 
-    # Filled in when the head is complete, read by process() and the access log.
+    # Filled in when the head is complete.
     snapshot: Snapshot | None = None
     vhost: VirtualHostTable | None = None
     route: Route | None = None
     match: RouteMatch | None = None
+    #: The route's stage chain for this listener kind (None when not routed).
+    chain: RouteChain | None = None
     target: bytes = b""
     host: bytes | None = None
     error: EdgeProxyError | None = None
-    cluster_name: str | None = None
-    endpoint: str | None = None
-    upstream_status: int | None = None
-    attempts: int = 0
-    #: What happened and why (None while nothing went wrong), for the access log.
-    outcome: Outcome = Outcome.OK
-    reason: Reason | None = None
-    upstream_time: float | None = None
-    request_id: str | None = None
     #: The body, positioned at its start once complete; None when there is none.
     content: IO[bytes] | None = None
     #: The body's length when the request had one (Content-Length or chunked), else None.
     body_length: int | None = None
-    #: Request body bytes received so far.
+    #: The length the request announced (Content-Length), -1 for chunked, 0 for none.
+    declared_length: int = 0
+    #: Request body bytes received so far, and the most the route allows.
     body_bytes: int = 0
-    #: The response: status (0 until its head is made), body bytes written
-    #: (not counting framing).
-    code: int = 0
-    sentLength: int = 0
+    body_limit: int = 0
     finished: bool = False
     #: The whole request (head and body) has been received.
     complete: bool = False
@@ -134,16 +299,14 @@ class ProxyRequest:
     #: Rejected before its body was read: the rest of the body is dropped.
     discarding: bool = False
     _disconnected: bool = False
-    _body_limit: int = 0
     _expect_continue: bool = False
     #: edgeproxy answered ``Expect: 100-continue`` itself.
     _continued: bool = False
     _incoming_request_id: bytes | None = None
-    _no_body: bool = False
-    _chunked: bool = False
-    _head: bytes | None = None
     _logged: bool = False
     _watchers: list[Callable[[Failure | None], object]] | None = None
+    #: Stages watching the response (None on the plain path: one test per write).
+    observers: list[ResponseObserver] | None = None
 
     def __init__(
         self,
@@ -163,12 +326,14 @@ class ProxyRequest:
         self.http11 = version == b"1.1"
         self.headers = headers
         self.persistent = persistent
+        self.record = ExchangeRecord()
 
     # -- the head is in --------------------------------------------------------
 
     def head_received(self, version: bytes, front: bool) -> None:
-        """Check framing, route, open the body spool.  Raises :class:`_Reject`
-        for what must stop the connection."""
+        """Check framing, route, run the route's head-time stages, open the
+        body spool.  Raises :class:`RejectRequest` for what must stop the
+        connection."""
         if version != b"1.1" and version != b"1.0":
             raise RejectRequest(VersionNotSupported() if version >= b"2" else BadRequest())
         hosts: list[bytes] = []
@@ -201,42 +366,45 @@ class ProxyRequest:
             # even in absolute form.
             raise RejectRequest(BadRequest(Reason.BAD_HOST))
         self.host = hosts[0].strip() if hosts else None
+        if content_length is not None:
+            length = self.declared_length = int(content_length)  # llhttp let only digits through
+        elif coding is not None:
+            length = self.declared_length = -1
+        else:
+            length = 0
         factory = self.factory
-        self.snapshot = snapshot = factory.forwarder.snapshot
+        plan = factory.pipeline.plan
+        self.snapshot = plan.snapshot
         try:
-            self._route(snapshot)
+            self._route(plan)
         except BadRequest as e:
             raise RejectRequest(e.with_traceback(None)) from None
         except EdgeProxyError as e:
             # Without its traceback: the traceback's frames hold this request,
             # which would make a cycle only the garbage collector can free.
             self.error = e.with_traceback(None)
-        route = self.route
-        limit = factory.settings.max_body_size
-        if route is not None and route.max_body_size is not None:
-            limit = route.max_body_size
-        self._body_limit = limit
-        if content_length is not None:
-            length = int(content_length)  # llhttp let only digits through
-            if length > limit:
-                self.reject_early(BodyTooLarge())
-                return
+        chain = self.chain
+        # Not routed (it is answered with its error): the listener's own limits.
+        for stage in plan.unrouted_at_head if chain is None else chain.at_head:
+            stage.on_head(self)
+        if self.discarding:
+            return
+        if length > 0:
             self.body_length = 0
             if length > SPOOL_IN_MEMORY:
                 self.content = tempfile.TemporaryFile()
-            elif length:
+            else:
                 self.content = io.BytesIO()
-        elif coding is not None:
+        elif length < 0:
             self.body_length = 0
             self.content = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-            length = -1
-        else:
-            length = 0
+        elif content_length is not None:
+            self.body_length = 0
         if self._expect_continue and length and front and self.http11:
             self._continued = True
-            self.channel.write_now(_CONTINUE)
+            self.send_continue()
 
-    def _route(self, snapshot: Snapshot) -> None:
+    def _route(self, plan: Plan) -> None:
         split = split_target(self.uri)
         if split is None:
             raise BadRequest(Reason.BAD_TARGET)
@@ -257,19 +425,20 @@ class ProxyRequest:
         channel = self.channel
         if host != channel.covered_host and not channel.covers(host):
             raise MisdirectedRequest()
-        self.vhost = vhost = snapshot.routing.find_virtual_host(host)
+        self.vhost = vhost = plan.snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
         self.match = match = vhost.match(self.target)
         if match is None:
             raise NoRoute()
-        self.route = match.route
+        self.route = route = match.route
+        self.chain = plan.chains[self.factory.tls][id(route)]
 
     def body_received(self, data: bytes) -> None:
         if self.discarding:
             return
         self.body_bytes += len(data)
-        if self.body_bytes > self._body_limit:
+        if self.body_bytes > self.body_limit:
             self.reject_early(BodyTooLarge())
             return
         content = self.content
@@ -309,21 +478,33 @@ class ProxyRequest:
     def process(self) -> None:
         self.processing = True
         self._assign_request_id()
-        if self.error is not None:
-            self.respond_error(self.error)
+        chain = self.chain
+        if self.error is not None or chain is None:
+            self.respond_error(self.error or NoRoute())
             return
-        route = self.route
-        assert route is not None and self.vhost is not None
-        if not self.factory.tls and not route.plain_http:
-            self._redirect_to_https()
-            return
-        self.factory.forwarder.forward(self)
+        chain.run(self)
 
     @property
     def client_ip(self) -> str:
         """The client's address as text, IPv6 in canonical form (a PROXY v2
         header gives it uncompressed), ``"-"`` when there is none."""
         return self.channel.client_ip
+
+    @property
+    def tls(self) -> bool:
+        """The client reached edgeproxy over TLS."""
+        return self.factory.tls
+
+    def tls_details(self) -> tuple[str | None, str | None]:
+        """The TLS version and the SNI name the client sent, when over TLS."""
+        return self.channel.tls_details()
+
+    def observe_response(self, observer: ResponseObserver) -> None:
+        """Have ``observer`` see the response (see :class:`ResponseObserver`)."""
+        if self.observers is None:
+            self.observers = [observer]
+        else:
+            self.observers.append(observer)
 
     def getHeader(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case), or None."""
@@ -347,32 +528,32 @@ class ProxyRequest:
         """Keep a trusted client's ``X-Request-Id``, else make one; it goes
         upstream, back to the client and into the access log."""
         incoming = self._incoming_request_id
+        record = self.record
         if incoming and _is_request_id(incoming):
             trusted = self.factory.settings.trusted_sources
             if trusted and _address_in(self.client_ip, trusted):
-                self.request_id = incoming.decode("ascii")
-        if self.request_id is None:
-            self.request_id = _new_request_id()
+                record.request_id = incoming.decode("ascii")
+        if record.request_id is None:
+            record.request_id = _new_request_id()
 
-    # -- the response --------------------------------------------------------------
+    # -- the response side: the protocol's ---------------------------------------
+
+    def send_continue(self) -> None:
+        """Tell the client to send its body (HTTP/1.1 ``100 Continue``)."""
+        raise NotImplementedError
 
     def send_informational(self, code: int, phrase: bytes, lines: list[bytes]) -> None:
-        """An interim (1xx) response from the upstream, written at once: a
-        proxy must forward them (RFC 9110 15.2), to HTTP/1.1 clients only
-        (HTTP/1.0 ones do not expect them).  ``lines`` are its end-to-end
-        headers as ``b"Name: value"`` (no framing: a 1xx has no content).  A
-        ``100 Continue`` is not repeated when edgeproxy sent its own."""
-        if (
-            not self.http11
-            or self.code
-            or self.finished
-            or self._disconnected
-            or (code == 100 and self._continued)
-        ):
-            return
-        lines.insert(0, b"HTTP/1.1 %d %s" % (code, phrase))
-        lines.append(b"\r\n")
-        self.channel.write_now(b"\r\n".join(lines))
+        """An interim (1xx) response from the upstream, passed on where the
+        client's protocol allows it.  ``lines`` are ``b"Name: value"``."""
+        raise NotImplementedError
+
+    def send_head_lines(
+        self, code: int, phrase: bytes, lines: list[bytes], length: int | None
+    ) -> None:
+        """Start the response.  ``lines`` are its end-to-end headers as
+        ``b"Name: value"`` (which this takes over); framing is the
+        protocol's.  ``length`` is the body's length, None when unknown."""
+        raise NotImplementedError
 
     def send_head(
         self,
@@ -381,81 +562,32 @@ class ProxyRequest:
         headers: list[tuple[bytes, bytes]],
         length: int | None,
     ) -> None:
-        """Start the response.  ``headers`` are end-to-end headers; framing
-        (``Content-Length``, chunking, ``Connection``) and ``X-Request-Id``
-        are added here.  ``length`` is the body's length, None when unknown.
-        The head is written with the first body bytes (one TLS record, one
-        segment for a small response)."""
+        """:meth:`send_head_lines` with the headers as ``(name, value)`` pairs."""
         self.send_head_lines(code, phrase, list(map(b": ".join, headers)), length)
 
-    def send_head_lines(
-        self, code: int, phrase: bytes, lines: list[bytes], length: int | None
-    ) -> None:
-        """:meth:`send_head` with the headers already as ``b"Name: value"``
-        lines (which this takes over and adds to)."""
-        self.code = code
-        lines.insert(0, b"HTTP/1.1 %d %s" % (code, phrase))
-        if self.request_id is not None:
-            lines.append(b"X-Request-Id: " + self.request_id.encode("ascii"))
-        if self.method == b"HEAD" or code in _NO_BODY_STATUSES or code < 200:
-            self._no_body = True
-        elif length is not None:
-            lines.append(b"Content-Length: %d" % length)
-        elif self.http11:
-            lines.append(b"Transfer-Encoding: chunked")
-            self._chunked = True
-        else:
-            # An HTTP/1.0 client learns where the body ends from the close.
-            self.persistent = False
-        channel = self.channel
-        if channel.draining:
-            self.persistent = False
-        if not self.persistent:
-            lines.append(b"Connection: close")
-        elif not self.http11:
-            lines.append(b"Connection: keep-alive")
-        lines.append(b"\r\n")
-        self._head = b"\r\n".join(lines)
-
     def write(self, data: bytes) -> None:
-        if not data or self._no_body or self.finished or self._disconnected:
-            return
-        self.sentLength += len(data)
-        if self._chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        head, self._head = self._head, None
-        self.channel.write_now(data if head is None else head + data)
+        """A chunk of the response body."""
+        raise NotImplementedError
 
     def flush_head(self) -> None:
-        """Send the head now if no body bytes came with it (a slow first byte
-        must not hold the head back)."""
-        head, self._head = self._head, None
-        if head is not None:
-            self.channel.write_now(head)
+        """Send the head now if no body bytes came with it."""
+        raise NotImplementedError
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self.channel.register_body_producer(producer)
+        """The response body's producer, paused while the client is slow."""
+        raise NotImplementedError
 
     def unregisterProducer(self) -> None:
-        self.channel.register_body_producer(None)
+        raise NotImplementedError
 
     def finish(self) -> None:
-        if self.finished or self._disconnected:
-            return
-        self.finished = True
-        head, self._head = self._head, None
-        tail = _LAST_CHUNK if self._chunked else b""
-        if head is not None or tail:
-            self.channel.write_now(tail if head is None else head + tail)
-        self._access_log()
-        self._notify(None)
-        self.channel.request_done(self)
+        """The response is whole."""
+        raise NotImplementedError
 
-    def loseConnection(self) -> None:
-        """Cut the client connection (a body that broke off upstream must not
-        look complete to the client)."""
-        self.persistent = False
-        self.channel.close()
+    def abort(self) -> None:
+        """Cut the client off mid-response (a body that broke off upstream
+        must not look complete to the client)."""
+        raise NotImplementedError
 
     def when_over(self, callback: Callable[[Failure | None], object]) -> None:
         """Call ``callback`` once the response is finished (with None) or the
@@ -469,6 +601,15 @@ class ProxyRequest:
         else:
             self._watchers.append(callback)
 
+    def _finished(self) -> None:
+        """The subclass wrote the end of the response."""
+        if self.observers is not None:
+            for observer in self.observers:
+                observer.response_end(True)
+        self._access_log()
+        self._notify(None)
+        self.channel.request_done(self)
+
     def _notify(self, failure: Failure | None) -> None:
         watchers, self._watchers = self._watchers, None
         for watcher in watchers or ():
@@ -480,8 +621,9 @@ class ProxyRequest:
         self.error = error
         if self._disconnected or self.finished:
             return
-        self.outcome = outcome = error.outcome
-        self.reason = reason = error.reason
+        record = self.record
+        record.outcome = outcome = error.outcome
+        record.reason = reason = error.reason
         metrics = self.factory.metrics
         if metrics is not None:
             metrics.count_outcome(outcome, reason)
@@ -495,25 +637,17 @@ class ProxyRequest:
         self.write(body)
         self.finish()
 
-    def _redirect_to_https(self) -> None:
-        # Redirect to the name the client used (without its port), not the
-        # configured pattern: a wildcard matched it.
-        host = normalise_host(self.host or b"") or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = self.factory.https_port()
-        location = f"https://{host}" + (f":{port}" if port not in (None, 443) else "")
-        body = b"redirecting to https\n"
-        self.outcome = Outcome.REDIRECT
-        self.send_head(
-            308,
-            b"Permanent Redirect",
-            [
-                (b"Location", location.encode("ascii") + self.target),
-                (b"Content-Type", b"text/plain; charset=utf-8"),
-            ],
-            len(body),
-        )
+    def respond(
+        self,
+        code: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        outcome: Outcome = Outcome.OK,
+    ) -> None:
+        """Answer with a whole response made here (a redirect, later a cached
+        or refused one): for stages that answer instead of passing on."""
+        self.record.outcome = outcome
+        self.send_head(code, _reason(code), headers, len(body))
         self.write(body)
         self.finish()
 
@@ -523,36 +657,42 @@ class ProxyRequest:
         """The response cannot be completed (the upstream broke off or went
         quiet mid-body): cut the client connection, so that a short body is
         not taken for a whole one, and log why."""
-        self.outcome = Outcome.UPSTREAM_ERROR
-        self.reason = reason
-        self.loseConnection()
+        record = self.record
+        record.outcome = Outcome.UPSTREAM_ERROR
+        record.reason = reason
+        self.abort()
 
     def timed_out(self) -> None:
         """The client stopped sending this request for the keep-alive timeout;
         the connection is being closed (logged as nginx does, 408)."""
-        if not self.finished and self.outcome is Outcome.OK:
-            self.outcome = Outcome.CLIENT_TIMEOUT
-            self.reason = Reason.REQUEST_TIMEOUT
-            self.code = 408
+        record = self.record
+        if not self.finished and record.outcome is Outcome.OK:
+            record.outcome = Outcome.CLIENT_TIMEOUT
+            record.reason = Reason.REQUEST_TIMEOUT
+            record.status = 408
 
     def connection_lost(self, reason: Failure) -> None:
         if self.finished:
             return
         self._disconnected = True
         if not self._logged:
-            if self.outcome is Outcome.OK:
+            record = self.record
+            if record.outcome is Outcome.OK:
                 # Whatever was written, the response is not whole: 499, as nginx.
-                self.outcome = Outcome.CLIENT_CLOSED
+                record.outcome = Outcome.CLIENT_CLOSED
                 if not self.complete:
-                    self.reason = Reason.REQUEST_INCOMPLETE
+                    record.reason = Reason.REQUEST_INCOMPLETE
                 elif not self.processing:
-                    self.reason = Reason.QUEUED
-                elif not self.code:
-                    self.reason = Reason.AWAITING_RESPONSE
+                    record.reason = Reason.QUEUED
+                elif not record.status:
+                    record.reason = Reason.AWAITING_RESPONSE
                 else:
-                    self.reason = Reason.RESPONSE_INCOMPLETE
-                self.code = 499
+                    record.reason = Reason.RESPONSE_INCOMPLETE
+                record.status = 499
             self._access_log()
+        if self.observers is not None:
+            for observer in self.observers:
+                observer.response_end(False)
         self._discard_body()
         self._notify(reason)
 

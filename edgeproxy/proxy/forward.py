@@ -1,8 +1,10 @@
 """
-Forwarding one routed request: pick the cluster (or a Split's share), take a
-slot on an available endpoint (within the cluster's limits), send the request
-through the pool, feed the outcome to the endpoint's breaker, retry where it is
-safe and the budget allows, and relay the response back.
+Forwarding, the last stage of every route that does not redirect: to its
+cluster (:class:`ForwardStage`) or to the share of a Split its roll picks
+(:class:`SplitStage`).  Then take a slot on an available endpoint (within the
+cluster's limits), send the request through the pool, feed the outcome to the
+endpoint's breaker, retry where it is safe and the budget allows, and relay
+the response back.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from edgeproxy.core.errors import (
 )
 from edgeproxy.core.headers import upstream_request_headers
 from edgeproxy.core.selection import request_hash_key, stable_roll
+from edgeproxy.proxy.exchange import Exchange, Stage
 from edgeproxy.proxy.relay import COMPLETE, TRUNCATED, ResponseRelay
 from edgeproxy.upstream.h1client import IDEMPOTENT_METHODS, H1Response, UpstreamClient
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
     from edgeproxy.config.routing import SplitChooser
-    from edgeproxy.proxy.exchange import ProxyRequest
+    from edgeproxy.proxy.exchange import Exchange
 
 __all__ = ["Forwarder"]
 
@@ -61,51 +64,25 @@ class _Cancellable(TypingProtocol):
 
 
 class Forwarder:
-    """Sends routed requests upstream; holds the current :class:`Snapshot`."""
+    """What every forwarding stage shares: the process's upstream pool, the
+    ``Via`` value, the clock and the randomness of Split rolls."""
 
     log = Logger(namespace="edgeproxy.forward")
 
     def __init__(
         self,
-        snapshot: Snapshot,
         upstream: UpstreamClient,
         *,
         via: bytes,
         clock: Any,
         rng: random.Random | None = None,
     ) -> None:
-        self.snapshot = snapshot
         self.upstream = upstream
         self.clock = clock
         self._via = via
         self._random = rng or random.Random()
 
-    def swap(self, snapshot: Snapshot) -> None:
-        """Install a new configuration; requests in flight keep theirs."""
-        self.snapshot = snapshot
-
-    def forward(self, request: ProxyRequest) -> None:
-        route = request.route
-        snapshot = request.snapshot
-        assert route is not None and snapshot is not None
-        target_spec = route.target
-        set_cookie: bytes | None = None
-        if isinstance(target_spec, Split):
-            chooser = snapshot.splits[id(target_spec)]
-            roll, set_cookie = self._split_roll(request, target_spec)
-            cluster = chooser.choose(roll)
-            runtime = snapshot.clusters[cluster.name]
-            # One flag of the chosen side, kept on its transitions; the other
-            # sides are looked at only when it has nothing.
-            if not runtime.available():
-                runtime = _split_fallback(snapshot, chooser, roll, runtime)
-            request.cluster_name = runtime.cluster.name
-            _Exchange(self, request, runtime, set_cookie, chooser, roll).start()
-            return
-        request.cluster_name = target_spec.name
-        _Exchange(self, request, snapshot.clusters[target_spec.name], None, None, 0.0).start()
-
-    def _split_roll(self, request: ProxyRequest, split: Split) -> tuple[float, bytes | None]:
+    def split_roll(self, request: Exchange, split: Split) -> tuple[float, bytes | None]:
         """A roll for the split: random, or stable for a sticky client (and the
         cookie to give a client that has none yet)."""
         if split.sticky is None:
@@ -118,9 +95,54 @@ class Forwarder:
             return self._random.random(), None
         token = secrets.token_urlsafe(16).encode("ascii")
         cookie = name + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
-        if request.factory.tls:
+        if request.tls:
             cookie += b"; Secure"
         return stable_roll(token), cookie
+
+
+class ForwardStage(Stage):
+    """The last stage of a route whose target is a cluster."""
+
+    def __init__(self, forwarder: Forwarder, runtime: ClusterRuntime) -> None:
+        self._forwarder = forwarder
+        self._runtime = runtime
+        self._name = runtime.cluster.name
+
+    def handle(self, exchange: Exchange) -> None:
+        exchange.record.cluster = self._name
+        _Exchange(self._forwarder, exchange, self._runtime, None, None, 0.0).start()
+
+    def __repr__(self) -> str:
+        return f"<ForwardStage {self._name}>"
+
+
+class SplitStage(Stage):
+    """The last stage of a route whose target is a Split: the roll picks the
+    side (random, or stable for a sticky client); a side with no endpoint up
+    gives its share to the others (:meth:`SplitChooser.fallback`)."""
+
+    def __init__(
+        self, forwarder: Forwarder, split: Split, chooser: SplitChooser, snapshot: Snapshot
+    ) -> None:
+        self._forwarder = forwarder
+        self._split = split
+        self._chooser = chooser
+        self._snapshot = snapshot
+
+    def handle(self, exchange: Exchange) -> None:
+        chooser = self._chooser
+        snapshot = self._snapshot
+        roll, set_cookie = self._forwarder.split_roll(exchange, self._split)
+        runtime = snapshot.clusters[chooser.choose(roll).name]
+        # One flag of the chosen side, kept on its transitions; the other
+        # sides are looked at only when it has nothing.
+        if not runtime.available():
+            runtime = _split_fallback(snapshot, chooser, roll, runtime)
+        exchange.record.cluster = runtime.cluster.name
+        _Exchange(self._forwarder, exchange, runtime, set_cookie, chooser, roll).start()
+
+    def __repr__(self) -> str:
+        return f"<SplitStage {self._chooser!r}>"
 
 
 def _split_fallback(
@@ -133,7 +155,7 @@ def _split_fallback(
     return chosen if fallback is None else clusters[fallback.name]
 
 
-def _hash_key(request: ProxyRequest, spec: str) -> bytes | None:
+def _hash_key(request: Exchange, spec: str) -> bytes | None:
     return request_hash_key(
         spec,
         client_ip=request.client_ip,
@@ -148,7 +170,7 @@ class _Exchange:
     def __init__(
         self,
         forwarder: Forwarder,
-        request: ProxyRequest,
+        request: Exchange,
         runtime: ClusterRuntime,
         set_cookie: bytes | None,
         chooser: SplitChooser | None,
@@ -191,13 +213,14 @@ class _Exchange:
         kept = upstream_request_headers(
             request.headers,
             client_ip=request.client_ip,
-            proto="https" if request.factory.tls else "http",
+            proto="https" if request.tls else "http",
             host=request.host,
             via=self._forwarder._via,
             drop=_NOT_FORWARDED,
         )
-        if request.request_id is not None:
-            kept.append((b"X-Request-Id", request.request_id.encode("ascii")))
+        request_id = request.record.request_id
+        if request_id is not None:
+            kept.append((b"X-Request-Id", request_id.encode("ascii")))
         # llhttp already refused CR, LF and NUL in what the client sent; the
         # check stays so that no upstream parser is ever shown one, whatever
         # the parser lets through.  One search over every value (a C loop),
@@ -297,8 +320,9 @@ class _Exchange:
         endpoint = choice.endpoint
         self._tried.append(endpoint)
         request = self._request
-        request.endpoint = str(endpoint)
-        request.attempts = len(self._tried)
+        record = request.record
+        record.endpoint = str(endpoint)
+        record.attempts = len(self._tried)
         exchange = self._forwarder.upstream.send(
             endpoint,
             self._method,
@@ -377,7 +401,7 @@ class _Exchange:
             "retrying {cluster} elsewhere after {why} from {endpoint}",
             cluster=self._cluster.name,
             why=why,
-            endpoint=self._request.endpoint,
+            endpoint=self._request.record.endpoint,
         )
         self._release_slot()
         self._attempt()
@@ -441,7 +465,7 @@ class _Exchange:
                 cluster=current,
                 other=side.name,
                 why=type(error).__name__,
-                endpoint=self._request.endpoint,
+                endpoint=self._request.record.endpoint,
             )
             counters.retries_total += 1
         self._release_slot()
@@ -452,7 +476,7 @@ class _Exchange:
         self._counted = True
         self._runtime = runtime
         self._cluster = runtime.cluster
-        self._request.cluster_name = side.name
+        self._request.record.cluster = side.name
         # The endpoints tried stay tried (one may be in both sides); a retry
         # picks any free endpoint, so the hash key no longer matters.
         self._attempt()
@@ -473,8 +497,9 @@ class _Exchange:
     def _on_response(self, response: H1Response) -> None:
         self._pending = None
         request = self._request
-        request.upstream_status = response.code
-        request.upstream_time = self._forwarder.clock.seconds() - self._attempt_started
+        record = request.record
+        record.upstream_status = response.code
+        record.upstream_time = self._forwarder.clock.seconds() - self._attempt_started
         slot = self._slot
         detection = self._cluster.outlier_detection
         if detection is not None and response.code in detection.failure_statuses:

@@ -1,7 +1,7 @@
 """
 The downstream connection: an HTTP/1.1 server protocol on llhttp (Node.js's
 parser, through ``httptools``).  It turns bytes into
-:class:`~edgeproxy.proxy.exchange.ProxyRequest` objects and answers them one at a
+:class:`~edgeproxy.proxy.exchange.H1Exchange` objects and answers them one at a
 time, in order.
 
 twisted.web's ``HTTPChannel`` did this job first; it parses in Python, line
@@ -28,7 +28,7 @@ proxy together.  What it gave for free is done here explicitly:
   ``Connection: keep-alive``; one inactivity timer per connection
   (``--keepalive-timeout``) covers both an idle connection and a client
   that stalls mid-request;
-- response framing (in ``ProxyRequest.send_head``): ``Content-Length`` when
+- response framing (in ``H1Exchange.send_head``): ``Content-Length`` when
   the upstream gave one, else chunked (HTTP/1.1 clients) or close-delimited
   (HTTP/1.0 clients); no body for ``HEAD``, 1xx, 204 and 304;
 - write-side backpressure: the channel is the transport's producer and
@@ -69,11 +69,12 @@ from edgeproxy.core.errors import (
 )
 from edgeproxy.core.hostnames import covered_by, normalise_host
 from edgeproxy.net.endpoints import set_no_delay
-from edgeproxy.proxy.exchange import ProxyRequest, RejectRequest, StopParsing
+from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
+from edgeproxy.proxy.h1exchange import H1Exchange
 from edgeproxy.tls.certificates import certificate_names
 
 if TYPE_CHECKING:
-    from edgeproxy.proxy.forward import Forwarder
+    from edgeproxy.config.settings import Settings
     from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
 __all__ = [
@@ -247,8 +248,8 @@ class ProxyChannel(Protocol):
         self.clock_seconds: Callable[[], float] = factory.clock.seconds
         self._parser = HttpRequestParser(self)
         #: Requests whose head is in, oldest first; the first is the one being answered.
-        self.requests: deque[ProxyRequest] = deque()
-        self._parsing: ProxyRequest | None = None
+        self.requests: deque[H1Exchange] = deque()
+        self._parsing: H1Exchange | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
@@ -321,6 +322,19 @@ class ProxyChannel(Protocol):
         if metrics is not None:
             version = connection.get_protocol_version_name() if connection is not None else None
             metrics.tls_handshake(version or "unknown")
+
+    def tls_details(self) -> tuple[str | None, str | None]:
+        """The TLS version and SNI name of this connection (None, None on plain HTTP)."""
+        get_handle = getattr(self.transport, "getHandle", None)
+        if get_handle is None or not self.factory.tls:
+            return None, None
+        try:
+            connection = get_handle()
+            version = connection.get_protocol_version_name()
+            name = connection.get_servername()
+        except Exception:  # a connection torn down under us: log without it
+            return None, None
+        return version, name.decode("ascii", "replace") if name else None
 
     def covers(self, host: str) -> bool:
         """Whether this connection may serve ``host`` (normalised): it is the
@@ -424,7 +438,7 @@ class ProxyChannel(Protocol):
                 parsed = self._parser.get_http_version()
                 if parsed == "1.0":
                     version = b"1.0"
-            request = ProxyRequest(
+            request = H1Exchange(
                 self, method, url or b"-", version, self._headers, persistent=False
             )
             self.requests.append(request)
@@ -459,7 +473,7 @@ class ProxyChannel(Protocol):
         self._unparsed = 0
         parser = self._parser
         version = parser.get_http_version().encode("ascii")
-        request = ProxyRequest(
+        request = H1Exchange(
             self,
             parser.get_method(),
             self._url,
@@ -525,13 +539,13 @@ class ProxyChannel(Protocol):
 
     # -- answering in order ------------------------------------------------------------
 
-    def request_done(self, request: ProxyRequest) -> None:
+    def request_done(self, request: Exchange) -> None:
         """``request`` has its whole response written."""
         requests = self.requests
         if requests and requests[0] is request:
             requests.popleft()
         else:  # pragma: no cover - only the first request is ever answered
-            requests.remove(request)
+            requests.remove(request)  # type: ignore[arg-type]
         self._body_producer = None
         if not request.persistent or self.draining:
             if request is self._parsing:
@@ -674,17 +688,16 @@ class ProxyFactory(ServerFactory):
 
     def __init__(
         self,
-        forwarder: Forwarder,
+        pipeline: Dispatch,
         *,
         tls: bool,
-        settings: Any,
+        settings: Settings,
         access_log: AccessSink,
         clock: Any,
-        https_port: Callable[[], int | None] = lambda: None,
         metrics: ProxyMetrics | None = None,
         connections: ConnectionTracker | None = None,
     ) -> None:
-        self.forwarder = forwarder
+        self.pipeline = pipeline
         self.tls = tls
         self.kind = "https" if tls else "http"
         self.metrics = metrics
@@ -693,7 +706,6 @@ class ProxyFactory(ServerFactory):
         self.timeout: float = settings.keepalive_timeout
         self.access_log = access_log
         self.clock = clock
-        self.https_port = https_port
 
     def buildProtocol(self, addr: Any) -> ProxyChannel:  # type: ignore[override]
         return ProxyChannel(self)

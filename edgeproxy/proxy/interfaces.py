@@ -1,26 +1,22 @@
 """
-What the proxy layer needs of its surroundings, as small protocols: the
-connection an exchange arrived on, the listener that accepted it, and the
-reports it makes (metrics, access records).  The HTTP/1.1 channel
-(:mod:`.h1channel`) implements the first two; :mod:`edgeproxy.ops`
-implements the reports; nothing here imports either.
+What the request path reports, as small protocols: the counters it keeps
+(:class:`ProxyMetrics`) and where each finished exchange goes
+(:class:`AccessSink`), with what such a sink may read of an exchange
+(:class:`ExchangeView`).  :mod:`edgeproxy.ops` implements them; nothing here
+imports it, or the exchange.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.interfaces import IPushProducer
-
-from edgeproxy.config.settings import Settings
 from edgeproxy.core.errors import Outcome, Reason
 
 if TYPE_CHECKING:
-    from edgeproxy.cluster.snapshot import Snapshot
-    from edgeproxy.proxy.exchange import ProxyRequest
+    from edgeproxy.config import Route
+    from edgeproxy.config.routing import VirtualHostTable
 
-__all__ = ["AccessSink", "Channel", "Dispatch", "Listener", "ProxyMetrics"]
+__all__ = ["AccessSink", "ExchangeView", "ProxyMetrics", "RecordView"]
 
 
 class ProxyMetrics(Protocol):
@@ -33,47 +29,59 @@ class ProxyMetrics(Protocol):
     def count_outcome(self, outcome: Outcome, reason: Reason | None) -> None: ...
 
 
+class RecordView(Protocol):
+    """What happened (:class:`edgeproxy.proxy.exchange.ExchangeRecord`)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def cluster(self) -> str | None: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def upstream_status(self) -> int | None: ...
+    @property
+    def upstream_time(self) -> float | None: ...
+    @property
+    def outcome(self) -> Outcome: ...
+    @property
+    def reason(self) -> Reason | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+
+
+class ExchangeView(Protocol):
+    """What an access record is made of: the request as received, where it
+    was routed, the client's facts, and the record of what happened."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def uri(self) -> bytes: ...
+    @property
+    def clientproto(self) -> bytes: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+    @property
+    def host(self) -> bytes | None: ...
+    @property
+    def client_ip(self) -> str: ...
+    @property
+    def vhost(self) -> VirtualHostTable | None: ...
+    @property
+    def route(self) -> Route | None: ...
+    @property
+    def body_bytes(self) -> int: ...
+    @property
+    def record(self) -> RecordView: ...
+    def tls_details(self) -> tuple[str | None, str | None]: ...
+
+
 class AccessSink(Protocol):
     """Where each finished exchange is recorded (:class:`edgeproxy.ops.accesslog.AccessLog`)."""
 
-    def log_request(self, request: ProxyRequest, duration: float) -> None: ...
-
-
-class Dispatch(Protocol):
-    """The current configuration's routing, read once per request."""
-
-    @property
-    def snapshot(self) -> Snapshot: ...
-    def forward(self, request: ProxyRequest) -> None: ...
-
-
-class Listener(Protocol):
-    """The listener a connection was accepted on (:class:`.h1channel.ProxyFactory`)."""
-
-    tls: bool
-    settings: Settings
-    metrics: ProxyMetrics | None
-    access_log: AccessSink
-
-    @property
-    def forwarder(self) -> Dispatch: ...
-    def https_port(self) -> int | None: ...
-
-
-class Channel(Protocol):
-    """The connection an exchange arrived on, as the exchange uses it."""
-
-    draining: bool
-    covered_host: str | None
-    clock_seconds: Callable[[], float]
-
-    @property
-    def factory(self) -> Listener: ...
-    @property
-    def client_ip(self) -> str: ...
-    def covers(self, host: str) -> bool: ...
-    def write_now(self, data: bytes) -> None: ...
-    def register_body_producer(self, producer: IPushProducer | None) -> None: ...
-    def request_done(self, request: ProxyRequest) -> None: ...
-    def run_queue(self) -> None: ...
-    def close(self) -> None: ...
+    def log_request(self, exchange: ExchangeView, duration: float) -> None: ...
