@@ -213,7 +213,7 @@ class _Exchange:
         kept = upstream_request_headers(
             request.headers,
             client_ip=request.client_ip,
-            proto="https" if request.tls else "http",
+            proto="https" if request.factory.tls else "http",
             host=request.host,
             via=self._forwarder._via,
             drop=_NOT_FORWARDED,
