@@ -85,6 +85,14 @@ class Upstream:
     def closed(self) -> bool:
         return bool(self.transport.disconnecting or self.transport.disconnected)
 
+    @property
+    def state(self) -> str:
+        """``"open"``, ``"closed"`` (loseConnection: what was written goes out
+        first) or ``"aborted"`` (abortConnection: at once)."""
+        if self.transport.disconnected:
+            return "aborted"
+        return "closed" if self.transport.disconnecting else "open"
+
 
 class Rig:
     def __init__(self, **kwargs: Any) -> None:
@@ -328,7 +336,7 @@ def test_answer_before_the_body_is_written_stops_the_body_and_closes() -> None:
     assert result(d).code == 413
     assert up.transport.producer is None
     assert body.read_total == BODY_CHUNK
-    assert up.closed
+    assert up.state == "closed"
     assert rig.idle() == 0
 
 
@@ -337,7 +345,7 @@ def test_body_shorter_than_announced_fails_without_reuse() -> None:
     d = rig.request(b"POST", body=io.BytesIO(b"abc"), body_length=5)
     up = rig.accept()
     assert failure(d).check(UpstreamConnectFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 # -- pooling -------------------------------------------------------------------------------
@@ -384,7 +392,7 @@ def test_no_reuse_after_close_or_http10(answer: bytes) -> None:
     _, body = fetch(rig, up, d, answer)
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseDone)
-    assert up.closed
+    assert up.state == "closed"
     assert rig.idle() == 0
     rig.request()
     assert rig.connections == 2
@@ -412,7 +420,7 @@ def test_at_most_max_idle_per_endpoint_are_kept() -> None:
         fetch(rig, up, d, OK)
     assert rig.idle() == 2
     # The oldest idle one was closed.
-    assert [up.closed for up in ups] == [True, False, False]
+    assert [up.state for up in ups] == ["closed", "open", "open"]
 
 
 def test_idle_connections_close_after_idle_timeout() -> None:
@@ -423,7 +431,7 @@ def test_idle_connections_close_after_idle_timeout() -> None:
     rig.reactor.advance(49)
     assert not up.closed and rig.idle() == 1
     rig.reactor.advance(1)
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
     rig.request()
     assert rig.connections == 2
 
@@ -439,7 +447,7 @@ def test_idle_timeout_counts_from_the_last_use() -> None:
     rig.reactor.advance(40)
     assert not up.closed and rig.idle() == 1
     rig.reactor.advance(10)
-    assert up.closed
+    assert up.state == "closed"
 
 
 @pytest.mark.parametrize("event", ["eof", "data"])
@@ -453,7 +461,7 @@ def test_idle_connection_that_closes_or_talks_is_dropped(event: str) -> None:
         up.lose()
     else:
         up.respond(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
-        assert up.closed
+        assert up.state == "aborted"
     assert rig.idle() == 0
     rig.request()
     assert rig.connections == 2
@@ -465,7 +473,7 @@ def test_close_closes_idle_connections() -> None:
     up = rig.accept()
     fetch(rig, up, d, OK)
     closed = rig.client.close()
-    assert up.closed
+    assert up.state == "closed"
     no_result(closed)
     up.lose()
     assert result(closed) is None
@@ -695,7 +703,7 @@ def test_stopping_the_body_closes_the_connection() -> None:
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
     body.transport.stopProducing()  # type: ignore[union-attr]
     assert up.transport.producerState == "stopped"
-    assert up.closed
+    assert up.state == "closed"
     assert body.reason is not None and not body.reason.check(ResponseDone)
     up.respond(b"more")
     up.lose()
@@ -744,7 +752,7 @@ def test_body_sent_with_a_head_answer_closes_the_connection() -> None:
     smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
     response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + smuggled)
     assert response.code == 200 and body.body == b""
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
 
 
 @pytest.mark.parametrize("code", [204, 304])
@@ -764,7 +772,7 @@ def test_no_body_status_with_bytes_after_it_closes_the_connection() -> None:
     up = rig.accept()
     response, body = fetch(rig, up, d, b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nhi")
     assert response.code == 204 and body.body == b""
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
 
 
 # -- interim responses ------------------------------------------------------------------------
@@ -793,7 +801,7 @@ def test_switching_protocols_is_a_failure() -> None:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
     )
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_upgrade_advertised_on_a_normal_response_is_fine() -> None:
@@ -886,7 +894,7 @@ def test_malformed_responses_fail_and_close(answer: bytes) -> None:
     up = rig.accept()
     up.respond(answer)
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
     assert rig.idle() == 0
 
 
@@ -898,7 +906,7 @@ def test_status_line_checked_across_reads() -> None:
     no_result(d)
     up.respond(b"X/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
     d = rig.request()
     up = rig.accept()
@@ -916,7 +924,7 @@ def test_bad_chunk_after_the_head_truncates_the_body() -> None:
     up.respond(b"zz\r\n")
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseFailed)
-    assert up.closed and rig.idle() == 0
+    assert up.state == "aborted" and rig.idle() == 0
 
 
 def test_a_big_first_read_with_head_and_body_is_not_an_oversized_head() -> None:
@@ -945,7 +953,7 @@ def test_oversized_head_fails() -> None:
         if up.closed:
             break
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_endless_trailers_fail() -> None:
@@ -957,7 +965,7 @@ def test_endless_trailers_fail() -> None:
         up.respond(b"a" * 4096)
         if up.closed:
             break
-    assert up.closed
+    assert up.state == "aborted"
     assert body.reason is not None and body.reason.check(ResponseFailed)
 
 
@@ -968,7 +976,7 @@ def test_second_response_in_the_same_read_closes_the_connection() -> None:
     response, body = fetch(rig, up, d, OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseDone)
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
 
 
 def test_bytes_after_a_closing_response_are_ignored() -> None:
@@ -979,7 +987,7 @@ def test_bytes_after_a_closing_response_are_ignored() -> None:
         rig, up, d, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhiXX"
     )
     assert body.body == b"hi"
-    assert up.closed
+    assert up.state == "closed"
 
 
 # -- connecting, timeouts, cancel -------------------------------------------------------------
@@ -1011,7 +1019,7 @@ def test_no_head_within_response_timeout_is_upstream_timeout_and_closes() -> Non
     no_result(d)
     rig.reactor.advance(0.1)
     assert failure(d).check(UpstreamTimeout)
-    assert up.closed
+    assert up.state == "aborted"
     up.lose()
     assert rig.idle() == 0
 
@@ -1024,7 +1032,7 @@ def test_response_timeout_while_connecting_stops_connecting() -> None:
     assert rig.reactor.connectors[-1].stoppedConnecting
     # A connection completing after all is closed at once.
     up = rig.accept()
-    assert up.closed and up.sent() == b""
+    assert up.state == "aborted" and up.sent() == b""
 
 
 def test_response_timeout_stops_once_the_head_arrived() -> None:
@@ -1044,7 +1052,7 @@ def test_cancel_while_waiting_for_the_head_closes_the_connection() -> None:
     up = rig.accept()
     d.cancel()
     assert failure(d).check(CancelledError)
-    assert up.closed
+    assert up.state == "aborted"
     up.lose()
     up.respond(OK)
     assert rig.idle() == 0
@@ -1315,7 +1323,7 @@ def test_send_response_timeout_goes_to_on_error_and_closes() -> None:
     rig.reactor.advance(0.1)
     assert [kind for kind, _ in outcome.events] == ["error"]
     assert outcome.events[0][1].check(UpstreamTimeout)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_send_cancel_calls_neither_callback_and_closes_the_connection() -> None:
@@ -1324,7 +1332,7 @@ def test_send_cancel_calls_neither_callback_and_closes_the_connection() -> None:
     up = rig.accept()
     exchange.cancel()
     assert not exchange.waiting()
-    assert up.closed
+    assert up.state == "aborted"
     up.respond(OK)
     up.lose()
     rig.reactor.advance(60)
@@ -1408,7 +1416,7 @@ def test_bytes_after_a_body_read_past_the_parser_close_the_connection() -> None:
     up.respond(b"defgh" + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert body.body == b"abcdefgh"
     assert body.reason is not None and body.reason.check(ResponseDone)
-    assert up.closed
+    assert up.state == "closed"
     assert rig.idle() == 0
 
 
@@ -1427,7 +1435,7 @@ def test_consumer_closing_mid_body_read_past_the_parser_drops_the_connection() -
     up, body = body_reading(rig, 100)
     assert body.transport is not None
     body.transport.stopProducing()
-    assert up.closed
+    assert up.state == "closed"
     up.respond(b"y" * 97)  # late bytes: nobody gets them
     assert body.body == b"abc"
     assert rig.idle() == 0
@@ -1445,7 +1453,7 @@ def test_pooled_connection_times_out_a_missing_head() -> None:
     no_result(d)
     rig.reactor.advance(0.1)
     assert failure(d).check(UpstreamTimeout)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_each_request_on_a_pooled_connection_gets_its_whole_timeout() -> None:
@@ -1485,7 +1493,7 @@ def test_a_retry_off_a_stale_pooled_connection_keeps_its_deadline() -> None:
     no_result(d)
     rig.reactor.advance(0.1)  # t=7
     assert failure(d).check(UpstreamTimeout)
-    assert fresh.closed
+    assert fresh.state == "aborted"
 
 
 def test_busy_pooled_connection_keeps_one_response_timer() -> None:
