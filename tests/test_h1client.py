@@ -1508,3 +1508,103 @@ def test_busy_pooled_connection_keeps_one_response_timer() -> None:
     # Long idle: the timer comes due with nothing waiting, and nothing happens.
     rig.reactor.advance(10.0)
     assert not up.closed and rig.idle() == 1
+
+
+# -- pinned (issue 14): reuse, close, pooling off, abort ---------------------------------------
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_pin_no_body_status_announcing_a_body_is_not_reused(code: int) -> None:
+    # No body follows a 204 or 304 whatever it announces; a connection whose
+    # peer announced one is not trusted with the next request.
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % code)
+    assert (response.code, response.length, body.body) == (code, 0, b"")
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert up.state == "closed" and rig.idle() == 0
+    rig.request()
+    assert rig.connections == 2
+
+
+def test_pin_close_leaves_no_timer() -> None:
+    rig = Rig()
+    first = rig.request()
+    up = rig.accept()
+    fetch(rig, up, first, OK)
+    other = rig.request(endpoint=OTHER)
+    fetch(rig, rig.accept(), other, OK)
+    # A reused connection keeps its head timer after the head (see watch_head),
+    # and the pool its sweep.
+    again = rig.request()
+    fetch(rig, up, again, OK)
+    assert len(rig.reactor.getDelayedCalls()) == 2
+    closed = rig.client.close()
+    assert rig.reactor.getDelayedCalls() == []
+    assert up.state == "closed"
+    no_result(closed)
+
+
+def test_pin_close_with_a_request_in_flight_leaves_no_timer_once_it_ends() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    rig.client.close()
+    # The request in flight keeps its response timeout ...
+    assert len(rig.reactor.getDelayedCalls()) == 1
+    _, body = fetch(rig, up, d, OK)
+    assert body.body == b"hi"
+    # ... and its connection is closed, not pooled, with no sweep started.
+    assert up.state == "closed" and rig.idle() == 0
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_max_idle_zero_disables_pooling() -> None:
+    rig = Rig(max_idle_per_endpoint=0)
+    for n in range(1, 4):
+        d = rig.request()
+        up = rig.accept()
+        _, body = fetch(rig, up, d, OK)
+        assert body.body == b"hi"
+        assert body.reason is not None and body.reason.check(ResponseDone)
+        assert rig.connections == n
+        assert up.state == "closed" and rig.idle() == 0
+        assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_cancel_before_the_head_aborts_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    d.cancel()
+    assert failure(d).check(CancelledError)
+    assert up.state == "aborted"
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_cancel_while_the_request_body_is_sent_aborts_the_connection() -> None:
+    rig = Rig()
+    size = 4 * BODY_CHUNK
+    body = CountingFile(size)
+    d = rig.request(b"POST", body=body, body_length=size)
+    up = rig.accept()
+    up.transport.producer.resumeProducing()
+    d.cancel()
+    assert failure(d).check(CancelledError)
+    assert up.state == "aborted"
+    assert up.transport.producer is None
+    assert body.read_total == BODY_CHUNK  # no more of the body is read
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_cancel_after_the_head_changes_nothing() -> None:
+    # Once the head is in, the body's consumer decides (stopProducing closes:
+    # see test_stopping_the_body_closes_the_connection).
+    rig, outcome = Rig(), Outcome()
+    exchange = send(rig, outcome)
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    exchange.cancel()
+    assert up.state == "open"
+    assert [kind for kind, _ in outcome.events] == ["response"]
