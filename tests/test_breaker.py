@@ -511,3 +511,117 @@ def test_clean_state_shortcut_answers_as_the_machine_does(seed: int) -> None:
     fast.stop()
     slow.stop()
     assert fast.admit() is slow.admit() is True
+
+
+# -- pinned (issue 14): exact counts and times at the edges -----------------------
+
+
+@pytest.mark.parametrize("via", ["open", "half_open"])
+def test_pin_after_a_health_pass_the_full_count_is_needed_again(via: str) -> None:
+    h = in_open() if via == "open" else in_half_open_probing()
+    h.breaker.record_health_pass()
+    assert (h.state, h.breaker.status().consecutive_failures) == ("closed", 0)
+    assert h.transitions[-1].cause == "active health check passed"
+    assert h.timers() == 0
+    h.fail(CONFIG.consecutive_failures - 1)
+    assert h.state == "closed"
+    assert h.breaker.status().consecutive_failures == CONFIG.consecutive_failures - 1
+    assert h.breaker.admit() is True
+    h.fail(1)
+    assert h.state == "open"
+    # The health pass forgives no ejection: this one is the second.
+    assert h.breaker.status().multiplier == 2
+    assert h.breaker.retry_after() == 20.0
+
+
+@pytest.mark.parametrize(
+    ("closed_for", "multiplier", "ejected_for"),
+    [
+        (0.0, 4, 40.0),  # nothing forgiven; 4 * 10 s hits the 40 s cap
+        (39.5, 4, 40.0),  # not one full max_ejection_time
+        (40.0, 3, 30.0),  # exactly one: one ejection forgiven
+        (79.5, 3, 30.0),
+        (80.0, 2, 20.0),  # two forgiven
+        (120.0, 1, 10.0),  # all three forgiven: as the first ejection
+        (1000.0, 1, 10.0),  # more than were ever counted: never below the first
+    ],
+)
+def test_pin_decay_forgives_one_ejection_per_max_ejection_time_closed(
+    closed_for: float, multiplier: int, ejected_for: float
+) -> None:
+    h = Harness()
+    for _ in range(3):  # ejected with n = 1, 2, 3; closed by a probe at once each time
+        h.eject()
+        h.clock.advance(h.breaker.retry_after() or 0)
+        assert h.breaker.admit() is True
+        h.breaker.record_success()
+    assert h.breaker.status().multiplier == 3
+    h.clock.advance(closed_for)
+    h.eject()
+    status = h.breaker.status()
+    assert (status.multiplier, status.ejected_for, status.ejections) == (
+        multiplier,
+        ejected_for,
+        4,
+    )
+
+
+def test_pin_decay_counts_from_the_health_pass() -> None:
+    h = Harness()
+    h.eject()
+    h.clock.advance(5)  # half-way through the ejection
+    h.breaker.record_health_pass()
+    h.clock.advance(CONFIG.max_ejection_time)  # a full max_ejection_time since then
+    h.eject()
+    assert h.breaker.status().multiplier == 1
+    assert h.breaker.retry_after() == 10.0
+
+
+def test_pin_retry_after_under_one_second() -> None:
+    h = Harness(OutlierDetection(3, base_ejection_time=0.5, max_ejection_time=0.75))
+    h.fail(3)
+    # Not rounded: the breaker answers fractions (the cluster rounds up).
+    assert h.breaker.retry_after() == 0.5
+    h.clock.advance(0.25)
+    assert h.breaker.retry_after() == 0.25
+    assert h.breaker.status().ejected_for == 0.25
+    h.clock.advance(0.25)
+    assert (h.state, h.breaker.retry_after()) == ("half_open", None)
+    assert h.breaker.admit() is True
+    h.fail(1)
+    assert h.breaker.retry_after() == 0.75  # min(0.5 * 2, 0.75)
+    h.clock.advance(0.5)
+    assert h.breaker.retry_after() == 0.25
+
+
+def test_pin_the_count_after_a_failed_probe() -> None:
+    h = in_half_open_probing()
+    assert h.breaker.status().consecutive_failures == 3  # kept through open and half-open
+    h.fail(1, "timeout")
+    assert h.breaker.status() == BreakerStatus(
+        state="open",
+        consecutive_failures=4,
+        ejections=2,
+        ejected_for=20.0,
+        last_cause="timeout",
+        multiplier=2,
+    )
+    # The cap forbids the next ejection: on probation, still counting.
+    h.clock.advance(20)
+    assert h.breaker.admit() is True
+    h.allow = False
+    h.fail(1, "status 502")
+    assert h.breaker.status() == BreakerStatus(
+        state="half_open",
+        consecutive_failures=5,
+        ejections=2,
+        ejected_for=None,
+        last_cause="status 502",
+        multiplier=2,
+    )
+    # A probe that succeeds clears the count; the multiplier waits for decay.
+    assert h.breaker.admit() is True
+    h.breaker.record_success()
+    status = h.breaker.status()
+    assert (status.state, status.consecutive_failures, status.multiplier) == ("closed", 0, 2)
+    assert status.last_cause == "status 502"

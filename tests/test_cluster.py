@@ -554,3 +554,23 @@ class DefaultOutlierDetectionTests(SynchronousTestCase):
         self.assertEqual(attempts, 5)
         self.assertFalse(dead.up())
         self.assertEqual(dead.breaker.retry_after(), 30.0)
+
+
+class PinnedRetryAfterTests(SynchronousTestCase):
+    """Issue 14: a breaker's wait under one second is one whole second for the client."""
+
+    def test_a_fraction_of_a_second_rounds_up_to_one(self) -> None:
+        runtime, clock = make(outlier=OutlierDetection(1, base_ejection_time=0.25))
+        eject(runtime, E1)
+        breaker = rt_of(runtime, E1).breaker
+        assert breaker is not None
+        self.assertEqual(breaker.retry_after(), 0.25)
+        self.assertEqual(runtime.retry_after(), 1)
+        clock.advance(0.125)
+        self.assertEqual(breaker.retry_after(), 0.125)
+        self.assertEqual(runtime.retry_after(), 1)
+
+    def test_just_over_a_second_rounds_up_to_two(self) -> None:
+        runtime, _ = make(outlier=OutlierDetection(1, base_ejection_time=1.0625))
+        eject(runtime, E1)
+        self.assertEqual(runtime.retry_after(), 2)

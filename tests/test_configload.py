@@ -420,3 +420,54 @@ def test_of_two_idle_definitions_of_a_name_the_first_loaded_wins(tmp_path: Path)
     )
     config = load_config(str(tmp_path))
     assert config.idle_clusters["green"].endpoints[0].port == 9002
+
+
+# Pinned edges (issue 14): names and prefixes at their limits, as a site file
+# gives them. --------------------------------------------------------------------
+
+_LABEL_63 = "a" * 63
+_NAME_253 = ".".join([_LABEL_63] * 3 + ["b" * 61])
+_NAME_254 = ".".join([_LABEL_63] * 3 + ["b" * 62])
+
+
+@pytest.mark.parametrize(
+    ("names", "loaded"),
+    [
+        ('["163.com", "*.163.com"]', ("163.com", "*.163.com")),
+        (f'["{_LABEL_63}.example"]', (f"{_LABEL_63}.example",)),
+        (f'["{_NAME_253}."]', (_NAME_253,)),
+        ('["[::]", "::1"]', ("::", "::1")),
+    ],
+)
+def test_pin_names_at_the_edges_load(tmp_path: Path, names: str, loaded: tuple[str, ...]) -> None:
+    config = load_config(write(tmp_path, "a.py", site(names)))
+    assert config.virtual_hosts[0].names == loaded
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ('["a.163"]', "ValueError: invalid hostname 'a.163'"),
+        (f'["{"a" * 64}.example"]', f"ValueError: invalid hostname '{'a' * 64}.example'"),
+        (f'["{_NAME_254}"]', f"ValueError: invalid hostname '{_NAME_254}'"),
+        ('["::1", "[::1]"]', "ValueError: virtual host name '::1' is listed twice"),
+        ('["::", "[::]"]', "ValueError: virtual host name '::' is listed twice"),
+    ],
+)
+def test_pin_names_past_the_edges_are_problems(tmp_path: Path, names: str, message: str) -> None:
+    path = write(tmp_path, "a.py", site(names))
+    assert problems_of(path) == (ConfigProblem(path, message, 2),)
+
+
+@pytest.mark.parametrize("prefix", ["/a:b/", "/a%20b/", "/café/", "/caf%c3%a9/"])
+def test_pin_prefixes_load_as_written(tmp_path: Path, prefix: str) -> None:
+    config = load_config(write(tmp_path, "a.py", site('["x.example"]', prefix)))
+    assert config.virtual_hosts[0].routes[0].prefix == prefix
+
+
+def test_pin_prefix_with_a_space_is_a_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.py", site('["x.example"]', "/a b/"))
+    assert problems_of(path) == (
+        ConfigProblem(path, "ValueError: route prefix must be a plain path, not '/a b/'", 2),
+    )
+

@@ -148,7 +148,7 @@ def parse_responses(data: bytes, methods: Sequence[bytes] = ()) -> list[Message]
     final = 0
     while pos < len(data):
         message, pos = _head(data, pos)
-        assert message.start[0] in (b"HTTP/1.1", b"HTTP/1.0"), message.start
+        assert message.start[0] == b"HTTP/1.1", message.start  # whatever the client's version
         responses.append(message)
         status = message.status
         if 100 <= status < 200:
@@ -455,20 +455,25 @@ def test_http10_keep_alive_own_error_keeps_the_connection() -> None:
     assert not c.closing
 
 
-def test_http10_request_with_transfer_encoding_does_not_keep_alive() -> None:
+@pytest.mark.parametrize(
+    "headers", [b"", b"Connection: keep-alive\r\n"], ids=["plain", "keep-alive"]
+)
+def test_http10_request_with_transfer_encoding_does_not_keep_alive(headers: bytes) -> None:
+    # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 request means the
+    # framing is faulty; the server must close.  llhttp refuses it: 400, close.
     c = Conn()
     c.send(
         request(
             b"POST",
             version=b"HTTP/1.0",
-            headers=b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n",
+            headers=headers + b"Transfer-Encoding: chunked\r\n",
             body=CHUNKS,
         )
     )
-    if c.attempts:
-        c.respond(ok(b"x"))
+    assert c.attempts == 0
     [response] = final(c.responses())
-    assert response.status in (200, 400)
+    assert response.status == 400
+    assert response.has_token(b"connection", b"close")
     assert not response.has_token(b"connection", b"keep-alive")
     assert c.closing
 
@@ -797,11 +802,14 @@ def test_close_delimited_upstream_response_is_relayed_whole(version: bytes, head
     [response] = c.responses()
     assert response.status == 200
     assert response.body == b"hello world"
-    if response.framing == "close":
+    if version == b"HTTP/1.1":  # the length is unknown: chunked, and the connection stays
+        assert response.framing == "chunked"
+        assert not c.closing
+    else:  # no chunking for HTTP/1.0: the close it is, whatever the client asked
+        assert response.framing == "close"
+        assert response.has_token(b"connection", b"close")
         assert not response.has_token(b"connection", b"keep-alive")
         assert c.closing
-    if version == b"HTTP/1.0":  # no chunking for it: the length is unknown, so the close it is
-        assert response.framing in ("close", "length")
 
 
 def test_head_response_has_length_and_no_body() -> None:
@@ -923,18 +931,20 @@ MALFORMED = [
     *(pytest.param(raw, (505,), id=name) for name, raw in VERSION_505.items()),
     *(pytest.param(raw, (400,), id=name) for name, raw in MALFORMED_METHOD.items()),
     *(pytest.param(raw, (501,), id=name) for name, raw in UNKNOWN_METHOD.items()),
-    # RFC 9112 section 6.3 says 400 when chunked is not the final coding; llhttp
-    # refuses it before the 501 check sees it.  Either is a safe answer.
+    # RFC 9112 section 6.3: 400 when chunked is not the final coding (llhttp
+    # refuses it before the 501 check sees it).
     pytest.param(
         POST + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
-        (400, 501),
+        (400,),
         id="TE chunked, gzip",
     ),
-    # llhttp stops at the preface before the version is checked.
-    pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", (400, 505), id="h2 preface"),
+    # llhttp stops at the preface before the version is checked: 400, not 505.
+    pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", (400,), id="h2 preface"),
+    # Two lines make "gzip, chunked": chunked is final, gzip unknown, so 501 as
+    # for the one-line list.
     pytest.param(
         POST + b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKS,
-        (400, 501),
+        (501,),
         id="TE gzip then TE chunked",
     ),
 ]
@@ -948,27 +958,26 @@ def test_malformed_request_is_rejected_closed_and_not_forwarded(
     c.send(raw)
     assert c.attempts == 0
     [response] = final(c.responses())
-    assert response.status in statuses
+    assert (response.status,) == statuses
     assert response.has_token(b"connection", b"close")
     assert c.closing
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "status"),
     [
-        pytest.param(PARSER_400["CL and TE"], id="400"),
-        pytest.param(NOT_IMPLEMENTED_501["TE gzip"], id="501"),
-        pytest.param(VERSION_505["HTTP/2.0"], id="505"),
+        pytest.param(PARSER_400["CL and TE"], 400, id="400"),
+        pytest.param(NOT_IMPLEMENTED_501["TE gzip"], 501, id="501"),
+        pytest.param(VERSION_505["HTTP/2.0"], 505, id="505"),
     ],
 )
-def test_malformed_request_after_a_good_one_is_answered_in_turn(raw: bytes) -> None:
+def test_malformed_request_after_a_good_one_is_answered_in_turn(raw: bytes, status: int) -> None:
     c = Conn()
     c.send(request(target=b"/first") + raw + request(target=b"/never"))
     assert c.out() == b""
     c.respond(ok(b"first"))
     responses = final(c.responses())
-    assert [r.status for r in responses][:1] == [200]
-    assert len(responses) == 2 and responses[1].status >= 400
+    assert [r.status for r in responses] == [200, status]
     assert responses[1].has_token(b"connection", b"close")
     assert c.closing
     assert [r.start[1] for r in c.upstream_requests()] == [b"/first"]
@@ -986,16 +995,6 @@ def test_obs_fold_is_rejected(fold: bytes) -> None:
     assert c.attempts == 0
 
 
-def refused_with_400(c: Conn) -> bool:
-    """Nothing went upstream: then it must be a 400 that closes the connection."""
-    if c.attempts:
-        return False
-    [response] = final(c.responses())
-    assert response.status == 400
-    assert c.closing
-    return True
-
-
 # llhttp tolerates these; the proxy writes the request line and headers anew,
 # so the upstream sees them normalised (no room for a parser disagreement).
 LENIENT_REQUEST_LINES = {
@@ -1006,11 +1005,9 @@ LENIENT_REQUEST_LINES = {
 
 
 @pytest.mark.parametrize("line", LENIENT_REQUEST_LINES.values(), ids=LENIENT_REQUEST_LINES.keys())
-def test_request_line_whitespace_is_rejected_or_normalised(line: bytes) -> None:
+def test_request_line_whitespace_is_normalised(line: bytes) -> None:
     c = Conn()
     c.send(line + HOST + b"\r\n")
-    if refused_with_400(c):
-        return
     [upstream] = c.connect()
     assert upstream.transport.value().startswith(b"GET / HTTP/1.1\r\nHost: shop.example\r\n")
     c.respond(ok(b"x"))
@@ -1026,11 +1023,9 @@ LENIENT_HEADERS = {
 
 
 @pytest.mark.parametrize("line", LENIENT_HEADERS.values(), ids=LENIENT_HEADERS.keys())
-def test_header_whitespace_is_rejected_or_forwarded_well_formed(line: bytes) -> None:
+def test_header_whitespace_is_forwarded_well_formed(line: bytes) -> None:
     c = Conn()
     c.send(GET + line + b"X-Next: 1\r\n\r\n")
-    if refused_with_400(c):
-        return
     [sent] = c.upstream_requests()  # _head refuses a name with whitespace, a line starting with it
     assert sent.header(b"x-a") == b"b"
     assert sent.header(b"x-next") == b"1"
@@ -1089,17 +1084,12 @@ UPGRADE_WITH_BODY = {
 def test_upgrade_request_body_is_never_parsed_as_a_request(raw: bytes) -> None:
     c = Conn()
     c.send(raw)
-    if c.attempts == 0:
-        # Rejected as too odd to frame: 400, and nothing more read.
-        [response] = final(c.responses())
-        assert response.status == 400
-        assert c.closing
-        return
-    [sent] = c.upstream_requests()
-    assert (sent.start[1], sent.body) == (b"/ws", SMUGGLED)
-    c.respond(ok(b"x"))
-    assert [r.start[1] for r in c.upstream_requests()] == [b"/ws"]
-    assert [r.status for r in final(c.responses())] == [200]
+    # Rejected as too odd to frame: 400, nothing forwarded, nothing more read.
+    assert c.attempts == 0
+    [response] = final(c.responses())
+    assert response.status == 400
+    assert response.has_token(b"connection", b"close")
+    assert c.closing
 
 
 # -- 8. oversized input --------------------------------------------------------
@@ -1226,7 +1216,7 @@ def test_stalled_request_closed_after_timeout(raw: bytes) -> None:
     c.advance(0.2)
     assert c.closing
     assert c.attempts == 0
-    assert all(r.status >= 400 for r in final(c.responses()))
+    assert c.out() == b""  # closed without an answer (no 408)
 
 
 def test_request_waiting_for_upstream_is_not_cut_by_keepalive_timeout() -> None:

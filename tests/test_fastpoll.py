@@ -205,8 +205,9 @@ def test_eintr_is_a_quiet_return_and_other_errors_raise(reactor: EPollReactor) -
         reactor._poller = Poller(errno.EINTR)
         reactor.doIteration(None)  # no exception: the reactor loops again
         reactor._poller = Poller(errno.EBADF)
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as raised:
             reactor.doIteration(0)
+        assert raised.value.errno == errno.EBADF
     finally:
         reactor._poller = real
 

@@ -84,6 +84,14 @@ class Upstream:
     def closed(self) -> bool:
         return bool(self.transport.disconnecting or self.transport.disconnected)
 
+    @property
+    def state(self) -> str:
+        """``"open"``, ``"closed"`` (loseConnection: what was written goes out
+        first) or ``"aborted"`` (abortConnection: at once)."""
+        if self.transport.disconnected:
+            return "aborted"
+        return "closed" if self.transport.disconnecting else "open"
+
 
 class Rig:
     def __init__(self, **kwargs: Any) -> None:
@@ -327,7 +335,7 @@ def test_answer_before_the_body_is_written_stops_the_body_and_closes() -> None:
     assert result(d).code == 413
     assert up.transport.producer is None
     assert body.read_total == BODY_CHUNK
-    assert up.closed
+    assert up.state == "closed"
     assert rig.idle() == 0
 
 
@@ -336,7 +344,7 @@ def test_body_shorter_than_announced_fails_without_reuse() -> None:
     d = rig.request(b"POST", body=io.BytesIO(b"abc"), body_length=5)
     up = rig.accept()
     assert failure(d).check(UpstreamConnectFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 # -- pooling -------------------------------------------------------------------------------
@@ -383,7 +391,7 @@ def test_no_reuse_after_close_or_http10(answer: bytes) -> None:
     _, body = fetch(rig, up, d, answer)
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseDone)
-    assert up.closed
+    assert up.state == "closed"
     assert rig.idle() == 0
     rig.request()
     assert rig.connections == 2
@@ -411,7 +419,7 @@ def test_at_most_max_idle_per_endpoint_are_kept() -> None:
         fetch(rig, up, d, OK)
     assert rig.idle() == 2
     # The oldest idle one was closed.
-    assert [up.closed for up in ups] == [True, False, False]
+    assert [up.state for up in ups] == ["closed", "open", "open"]
 
 
 def test_idle_connections_close_after_idle_timeout() -> None:
@@ -422,7 +430,7 @@ def test_idle_connections_close_after_idle_timeout() -> None:
     rig.reactor.advance(49)
     assert not up.closed and rig.idle() == 1
     rig.reactor.advance(1)
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
     rig.request()
     assert rig.connections == 2
 
@@ -438,7 +446,7 @@ def test_idle_timeout_counts_from_the_last_use() -> None:
     rig.reactor.advance(40)
     assert not up.closed and rig.idle() == 1
     rig.reactor.advance(10)
-    assert up.closed
+    assert up.state == "closed"
 
 
 @pytest.mark.parametrize("event", ["eof", "data"])
@@ -452,7 +460,7 @@ def test_idle_connection_that_closes_or_talks_is_dropped(event: str) -> None:
         up.lose()
     else:
         up.respond(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
-        assert up.closed
+        assert up.state == "aborted"
     assert rig.idle() == 0
     rig.request()
     assert rig.connections == 2
@@ -464,7 +472,7 @@ def test_close_closes_idle_connections() -> None:
     up = rig.accept()
     fetch(rig, up, d, OK)
     closed = rig.client.close()
-    assert up.closed
+    assert up.state == "closed"
     no_result(closed)
     up.lose()
     assert result(closed) is None
@@ -694,7 +702,7 @@ def test_stopping_the_body_closes_the_connection() -> None:
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
     body.transport.stopProducing()  # type: ignore[union-attr]
     assert up.transport.producerState == "stopped"
-    assert up.closed
+    assert up.state == "closed"
     assert body.reason is not None and not body.reason.check(ResponseDone)
     up.respond(b"more")
     up.lose()
@@ -743,7 +751,7 @@ def test_body_sent_with_a_head_answer_closes_the_connection() -> None:
     smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
     response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + smuggled)
     assert response.code == 200 and body.body == b""
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
 
 
 @pytest.mark.parametrize("code", [204, 304])
@@ -763,7 +771,7 @@ def test_no_body_status_with_bytes_after_it_closes_the_connection() -> None:
     up = rig.accept()
     response, body = fetch(rig, up, d, b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nhi")
     assert response.code == 204 and body.body == b""
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
 
 
 # -- interim responses ------------------------------------------------------------------------
@@ -792,7 +800,7 @@ def test_switching_protocols_is_a_failure() -> None:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
     )
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_upgrade_advertised_on_a_normal_response_is_fine() -> None:
@@ -885,7 +893,7 @@ def test_malformed_responses_fail_and_close(answer: bytes) -> None:
     up = rig.accept()
     up.respond(answer)
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
     assert rig.idle() == 0
 
 
@@ -897,7 +905,7 @@ def test_status_line_checked_across_reads() -> None:
     no_result(d)
     up.respond(b"X/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
     d = rig.request()
     up = rig.accept()
@@ -915,7 +923,7 @@ def test_bad_chunk_after_the_head_truncates_the_body() -> None:
     up.respond(b"zz\r\n")
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseFailed)
-    assert up.closed and rig.idle() == 0
+    assert up.state == "aborted" and rig.idle() == 0
 
 
 def test_a_big_first_read_with_head_and_body_is_not_an_oversized_head() -> None:
@@ -944,7 +952,7 @@ def test_oversized_head_fails() -> None:
         if up.closed:
             break
     assert failure(d).check(UpstreamResponseFailed)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_endless_trailers_fail() -> None:
@@ -956,7 +964,7 @@ def test_endless_trailers_fail() -> None:
         up.respond(b"a" * 4096)
         if up.closed:
             break
-    assert up.closed
+    assert up.state == "aborted"
     assert body.reason is not None and body.reason.check(ResponseFailed)
 
 
@@ -967,7 +975,7 @@ def test_second_response_in_the_same_read_closes_the_connection() -> None:
     response, body = fetch(rig, up, d, OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseDone)
-    assert up.closed and rig.idle() == 0
+    assert up.state == "closed" and rig.idle() == 0
 
 
 def test_bytes_after_a_closing_response_are_ignored() -> None:
@@ -978,7 +986,7 @@ def test_bytes_after_a_closing_response_are_ignored() -> None:
         rig, up, d, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhiXX"
     )
     assert body.body == b"hi"
-    assert up.closed
+    assert up.state == "closed"
 
 
 # -- connecting, timeouts, cancel -------------------------------------------------------------
@@ -1010,7 +1018,7 @@ def test_no_head_within_response_timeout_is_upstream_timeout_and_closes() -> Non
     no_result(d)
     rig.reactor.advance(0.1)
     assert failure(d).check(UpstreamTimeout)
-    assert up.closed
+    assert up.state == "aborted"
     up.lose()
     assert rig.idle() == 0
 
@@ -1023,7 +1031,7 @@ def test_response_timeout_while_connecting_stops_connecting() -> None:
     assert rig.reactor.connectors[-1].stoppedConnecting
     # A connection completing after all is closed at once.
     up = rig.accept()
-    assert up.closed and up.sent() == b""
+    assert up.state == "aborted" and up.sent() == b""
 
 
 def test_response_timeout_stops_once_the_head_arrived() -> None:
@@ -1043,7 +1051,7 @@ def test_cancel_while_waiting_for_the_head_closes_the_connection() -> None:
     up = rig.accept()
     d.cancel()
     assert failure(d).check(CancelledError)
-    assert up.closed
+    assert up.state == "aborted"
     up.lose()
     up.respond(OK)
     assert rig.idle() == 0
@@ -1314,7 +1322,7 @@ def test_send_response_timeout_goes_to_on_error_and_closes() -> None:
     rig.reactor.advance(0.1)
     assert [kind for kind, _ in outcome.events] == ["error"]
     assert outcome.events[0][1].check(UpstreamTimeout)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_send_cancel_calls_neither_callback_and_closes_the_connection() -> None:
@@ -1323,7 +1331,7 @@ def test_send_cancel_calls_neither_callback_and_closes_the_connection() -> None:
     up = rig.accept()
     exchange.cancel()
     assert not exchange.waiting()
-    assert up.closed
+    assert up.state == "aborted"
     up.respond(OK)
     up.lose()
     rig.reactor.advance(60)
@@ -1407,7 +1415,7 @@ def test_bytes_after_a_body_read_past_the_parser_close_the_connection() -> None:
     up.respond(b"defgh" + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert body.body == b"abcdefgh"
     assert body.reason is not None and body.reason.check(ResponseDone)
-    assert up.closed
+    assert up.state == "closed"
     assert rig.idle() == 0
 
 
@@ -1426,7 +1434,7 @@ def test_consumer_closing_mid_body_read_past_the_parser_drops_the_connection() -
     up, body = body_reading(rig, 100)
     assert body.transport is not None
     body.transport.stopProducing()
-    assert up.closed
+    assert up.state == "closed"
     up.respond(b"y" * 97)  # late bytes: nobody gets them
     assert body.body == b"abc"
     assert rig.idle() == 0
@@ -1444,7 +1452,7 @@ def test_pooled_connection_times_out_a_missing_head() -> None:
     no_result(d)
     rig.reactor.advance(0.1)
     assert failure(d).check(UpstreamTimeout)
-    assert up.closed
+    assert up.state == "aborted"
 
 
 def test_each_request_on_a_pooled_connection_gets_its_whole_timeout() -> None:
@@ -1484,7 +1492,7 @@ def test_a_retry_off_a_stale_pooled_connection_keeps_its_deadline() -> None:
     no_result(d)
     rig.reactor.advance(0.1)  # t=7
     assert failure(d).check(UpstreamTimeout)
-    assert fresh.closed
+    assert fresh.state == "aborted"
 
 
 def test_busy_pooled_connection_keeps_one_response_timer() -> None:
@@ -1499,3 +1507,103 @@ def test_busy_pooled_connection_keeps_one_response_timer() -> None:
     # Long idle: the timer comes due with nothing waiting, and nothing happens.
     rig.reactor.advance(10.0)
     assert not up.closed and rig.idle() == 1
+
+
+# -- pinned (issue 14): reuse, close, pooling off, abort ---------------------------------------
+
+
+@pytest.mark.parametrize("code", [204, 304])
+def test_pin_no_body_status_announcing_a_body_is_not_reused(code: int) -> None:
+    # No body follows a 204 or 304 whatever it announces; a connection whose
+    # peer announced one is not trusted with the next request.
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    response, body = fetch(rig, up, d, b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % code)
+    assert (response.code, response.length, body.body) == (code, 0, b"")
+    assert body.reason is not None and body.reason.check(ResponseDone)
+    assert up.state == "closed" and rig.idle() == 0
+    rig.request()
+    assert rig.connections == 2
+
+
+def test_pin_close_leaves_no_timer() -> None:
+    rig = Rig()
+    first = rig.request()
+    up = rig.accept()
+    fetch(rig, up, first, OK)
+    other = rig.request(endpoint=OTHER)
+    fetch(rig, rig.accept(), other, OK)
+    # A reused connection keeps its head timer after the head (see watch_head),
+    # and the pool its sweep.
+    again = rig.request()
+    fetch(rig, up, again, OK)
+    assert len(rig.reactor.getDelayedCalls()) == 2
+    closed = rig.client.close()
+    assert rig.reactor.getDelayedCalls() == []
+    assert up.state == "closed"
+    no_result(closed)
+
+
+def test_pin_close_with_a_request_in_flight_leaves_no_timer_once_it_ends() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    rig.client.close()
+    # The request in flight keeps its response timeout ...
+    assert len(rig.reactor.getDelayedCalls()) == 1
+    _, body = fetch(rig, up, d, OK)
+    assert body.body == b"hi"
+    # ... and its connection is closed, not pooled, with no sweep started.
+    assert up.state == "closed" and rig.idle() == 0
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_max_idle_zero_disables_pooling() -> None:
+    rig = Rig(max_idle_per_endpoint=0)
+    for n in range(1, 4):
+        d = rig.request()
+        up = rig.accept()
+        _, body = fetch(rig, up, d, OK)
+        assert body.body == b"hi"
+        assert body.reason is not None and body.reason.check(ResponseDone)
+        assert rig.connections == n
+        assert up.state == "closed" and rig.idle() == 0
+        assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_cancel_before_the_head_aborts_the_connection() -> None:
+    rig = Rig()
+    d = rig.request()
+    up = rig.accept()
+    d.cancel()
+    assert failure(d).check(CancelledError)
+    assert up.state == "aborted"
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_cancel_while_the_request_body_is_sent_aborts_the_connection() -> None:
+    rig = Rig()
+    size = 4 * BODY_CHUNK
+    body = CountingFile(size)
+    d = rig.request(b"POST", body=body, body_length=size)
+    up = rig.accept()
+    up.transport.producer.resumeProducing()
+    d.cancel()
+    assert failure(d).check(CancelledError)
+    assert up.state == "aborted"
+    assert up.transport.producer is None
+    assert body.read_total == BODY_CHUNK  # no more of the body is read
+    assert rig.reactor.getDelayedCalls() == []
+
+
+def test_pin_cancel_after_the_head_changes_nothing() -> None:
+    # Once the head is in, the body's consumer decides (stopProducing closes:
+    # see test_stopping_the_body_closes_the_connection).
+    rig, outcome = Rig(), Outcome()
+    exchange = send(rig, outcome)
+    up = rig.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    exchange.cancel()
+    assert up.state == "open"
+    assert [kind for kind, _ in outcome.events] == ["response"]

@@ -471,3 +471,82 @@ def test_direct_client_tail_is_cached_per_client_and_host_and_bounded(
     for n in range(10):
         upstream_request_headers(incoming, client_ip=f"192.0.2.{n}", proto="http", host=None)
         assert len(headers_module._DIRECT_TAILS) <= 3
+
+
+# --- Pinned edges (issue 14): each assertion below states today's exact answer.
+
+_PIN_CLIENT = {"client_ip": "192.0.2.1", "proto": "https", "host": b"h.example"}
+_PIN_TAIL = [
+    (b"X-Forwarded-For", b"192.0.2.1"),
+    (b"X-Forwarded-Proto", b"https"),
+    (b"X-Forwarded-Host", b"h.example"),
+    (b"Forwarded", b"for=192.0.2.1;proto=https;host=h.example"),
+    (b"Via", b"1.1 edgeproxy"),
+]
+
+
+def test_pin_connection_names_a_header_upstream_and_downstream() -> None:
+    headers = [(b"Connection", b"x-a"), (b"X-A", b"1"), (b"X-B", b"2")]
+    assert upstream_request_headers(headers, **_PIN_CLIENT) == [(b"X-B", b"2"), *_PIN_TAIL]
+    assert downstream_response_headers(headers) == [(b"X-B", b"2")]
+    # The token and the header name match whatever the case of either.
+    mixed = [(b"x-a", b"1"), (b"CONNECTION", b"X-A"), (b"X-B", b"2")]
+    assert upstream_request_headers(mixed, **_PIN_CLIENT) == [(b"X-B", b"2"), *_PIN_TAIL]
+    assert downstream_response_headers(mixed) == [(b"X-B", b"2")]
+
+
+def test_pin_connection_list_without_spaces_drops_each() -> None:
+    headers = [
+        (b"Connection", b"x-a,x-b"),
+        (b"X-A", b"1"),
+        (b"X-B", b"2"),
+        (b"X-AB", b"3"),
+        (b"X-C", b"4"),
+    ]
+    assert upstream_request_headers(headers, **_PIN_CLIENT) == [
+        (b"X-AB", b"3"),
+        (b"X-C", b"4"),
+        *_PIN_TAIL,
+    ]
+    assert downstream_response_headers(headers) == [(b"X-AB", b"3"), (b"X-C", b"4")]
+    assert strip_hop_by_hop(headers) == [(b"X-AB", b"3"), (b"X-C", b"4")]
+
+
+# Every control byte and what a quoted Forwarded value makes of it: HTAB is
+# the one control a quoted-string may carry (RFC 9110 section 5.6.4), the
+# others are left out; '"' and '\' are escaped; obs-text (0x80-0xff) is kept.
+_PIN_QUOTED = {byte: b'"az"' for byte in [*range(0x00, 0x20), 0x7F]}
+_PIN_QUOTED[0x09] = b'"a\tz"'
+_PIN_QUOTED[0x22] = b'"a\\"z"'
+_PIN_QUOTED[0x5C] = b'"a\\\\z"'
+_PIN_QUOTED[0x20] = b'"a z"'
+_PIN_QUOTED[0x80] = b'"a\x80z"'
+_PIN_QUOTED[0xFF] = b'"a\xffz"'
+
+
+@pytest.mark.parametrize("byte", sorted(_PIN_QUOTED), ids=lambda b: f"0x{b:02x}")
+def test_pin_forwarded_quoted_host_per_byte(byte: int) -> None:
+    host = b"a" + bytes([byte]) + b"z"
+    quoted = _PIN_QUOTED[byte]
+    assert forwarded_element("192.0.2.1", "https", host) == (
+        b"for=192.0.2.1;proto=https;host=" + quoted
+    )
+    result = upstream_request_headers([(b"Host", host)], client_ip="192.0.2.1", proto="https", host=host)
+    assert (b"Forwarded", b"for=192.0.2.1;proto=https;host=" + quoted) in result
+    # X-Forwarded-Host is not a quoted format: the host goes as it came.
+    assert (b"X-Forwarded-Host", host) in result
+
+
+def test_pin_forwarded_quoting_of_the_for_node() -> None:
+    # A node that is not an address is quoted like a host, controls left out.
+    assert forwarded_element("a\x00b\x7fc\td\"e\\f", "http", None) == (
+        b'for="abc\td\\"e\\\\f";proto=http'
+    )
+    # Tokens go as they are; anything else is a quoted-string.
+    assert forwarded_element("unknown", "http", None) == b"for=unknown;proto=http"
+    assert forwarded_element("_hidden", "http", b"a b") == b'for=_hidden;proto=http;host="a b"'
+    assert forwarded_element("::1", "http", b"") == b'for="[::1]";proto=http;host=""'
+    assert forwarded_element("192.0.2.1", "http", b"[::1]:8443") == (
+        b'for=192.0.2.1;proto=http;host="[::1]:8443"'
+    )
+    assert forwarded_element("192.0.2.1", "h t", None) == b'for=192.0.2.1;proto="h t"'

@@ -170,3 +170,103 @@ CERTIFICATE = frozenset({"app.example", "*.shop.example", "192.0.2.1", "2001:db8
 def test_covered_by(name: str, expected: bool) -> None:
     assert covered_by(name, CERTIFICATE) is expected
     assert covered_by(name, frozenset()) is False
+
+
+# --- Pinned edges (issue 14): today's exact answer at each limit. ----------------
+
+_LABEL_63 = "a" * 63
+_NAME_253 = ".".join([_LABEL_63] * 3 + ["b" * 61])  # the longest name RFC 1035 allows
+_NAME_254 = ".".join([_LABEL_63] * 3 + ["b" * 62])
+
+
+def test_pin_name_lengths() -> None:
+    assert (len(_NAME_253), len(_NAME_254)) == (253, 254)
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        # A label of digits is a name unless it is the last one.
+        ("163.com", "163.com"),
+        ("163.COM.:443", "163.com"),
+        (b"163.com", "163.com"),
+        ("1.163.com", "1.163.com"),
+        ("a.163", None),
+        ("163", None),
+        ("1.2.3", None),
+        ("0.0.0.0", "0.0.0.0"),
+        # Labels of 63 and 64 characters.
+        (_LABEL_63 + ".example", _LABEL_63 + ".example"),
+        ("a" * 64 + ".example", None),
+        (_LABEL_63, _LABEL_63),
+        ("a" * 64, None),
+        # Names of 253 and 254 characters, the trailing dot not counted.
+        (_NAME_253, _NAME_253),
+        (_NAME_253 + ".", _NAME_253),
+        (_NAME_253 + ":443", _NAME_253),
+        (_NAME_254, None),
+        (_NAME_254 + ".", None),
+        # The unspecified IPv6 address, bracketed or not.
+        ("[::]", "::"),
+        ("[::]:80", "::"),
+        ("::", "::"),
+        ("[0.0.0.0]", None),
+        # A bare IPv6 literal is taken when the whole value is an address,
+        # so a bare "::1" with a port reads as another address.
+        ("::1", "::1"),
+        (b"::1", "::1"),
+        ("::1:8443", "::1:8443"),
+        ("[::1]:8443", "::1"),
+        # Bytes that are not UTF-8 make no name; UTF-8 makes an A-label.
+        (b"\xff.example", None),
+        (b"caf\xe9.example", None),  # Latin-1
+        (b"example.com\x80", None),
+        (b"[::1]\xff", None),
+        (b"caf\xc3\xa9.example", "xn--caf-dma.example"),
+    ],
+)
+def test_pin_normalise_host_edges(host: str | bytes, expected: str | None) -> None:
+    assert normalise_host(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("163.com", "163.com"),
+        ("a.163", None),
+        (_LABEL_63 + ".example", _LABEL_63 + ".example"),
+        ("a" * 64 + ".example", None),
+        (_NAME_253, _NAME_253),
+        (_NAME_254, None),
+        ("[::]", "::"),
+        ("::", "::"),
+        ("::1", "::1"),
+        ("[::]:80", None),  # a name, not a Host: no port
+        (b"\xff.example", None),
+        (b"caf\xc3\xa9.example", "xn--caf-dma.example"),
+    ],
+)
+def test_pin_normalise_name_edges(name: str | bytes, expected: str | None) -> None:
+    assert normalise_name(name) == expected
+
+
+def test_pin_patterns_at_the_edges() -> None:
+    assert normalise_pattern("163.com") == "163.com"
+    assert normalise_pattern("*.163.com") == "*.163.com"
+    assert normalise_pattern(_NAME_253) == _NAME_253
+    assert normalise_pattern("[::]") == "::"
+    assert normalise_pattern("::") == "::"
+    for bad in ("a.163", _NAME_254, "a" * 64 + ".example", "*." + _NAME_254, "*.a.163"):
+        with pytest.raises(ValueError, match="invalid"):
+            normalise_pattern(bad)
+    # The limit applies to the base of a wildcard: "*." over 253 characters is
+    # taken, though no name it would cover (255 or more) is valid.
+    assert normalise_pattern("*." + _NAME_253) == "*." + _NAME_253
+    assert normalise_host("x." + _NAME_253) is None
+    # The wildcard of a name of digits, and none for an address.
+    assert wildcard_of("163.com") == "*.com"
+    assert wildcard_of("1.163.com") == "*.163.com"
+    assert wildcard_of("::") is None
+    assert covered_by("www.163.com", frozenset({"*.163.com"})) is True
+    assert covered_by("::", frozenset({"::"})) is True
+    assert covered_by("::1", frozenset({"::"})) is False

@@ -348,3 +348,79 @@ def test_fallback_is_an_available_side_of_positive_weight(
     live = [c for c, w in zip(clusters, weights, strict=True) if w > 0 and c.name not in down]
     assert (fallback is None) == (live == [])
     assert fallback is None or fallback in live
+
+
+# Pinned edges (issue 14) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "wire"),
+    [
+        ("/a:b/", b"/a:b/"),  # ':' is printable: kept, not %3A
+        ("/a%20b/", b"/a%20b/"),  # already encoded: '%' kept, not encoded again
+        ("/caf%c3%a9/", b"/caf%c3%a9/"),  # lower-case hex kept as written
+        ("/café/", b"/caf%C3%A9/"),
+        ("/a~b!$&'()*+,;=@/", b"/a~b!$&'()*+,;=@/"),
+    ],
+)
+def test_pin_prefix_bytes(prefix: str, wire: bytes) -> None:
+    from edgeproxy.routing import prefix_bytes
+
+    assert prefix_bytes(prefix) == wire
+
+
+def test_pin_prefix_with_colon_matches_only_the_colon() -> None:
+    route = Route("/a:b/", API, strip_prefix=True)
+    table = VirtualHostTable(VirtualHost(["x.example"], routes=[route, ROOT]))
+    match = table.match(b"/a:b/c?d=1")
+    assert match is not None and (match.route, match.forward_path) == (route, b"/c?d=1")
+    assert table.route_for(b"/a%3Ab/c") is ROOT  # no decoding: another path
+    assert table.route_for(b"/a%3ab/c") is ROOT
+
+
+def test_pin_percent_encoded_prefix_matches_the_same_bytes_only() -> None:
+    route = Route("/a%20b/", API, strip_prefix=True)
+    table = VirtualHostTable(VirtualHost(["x.example"], routes=[route, ROOT]))
+    match = table.match(b"/a%20b/c?d")
+    assert match is not None and (match.route, match.forward_path) == (route, b"/c?d")
+    assert table.route_for(b"/a%2520b/c") is ROOT  # not decoded twice
+    assert table.route_for(b"/a+b/c") is ROOT
+    # Hex digits are compared as bytes: a prefix written in lower case does
+    # not match the upper case a client sends, nor the other way round.
+    lower = Route("/caf%c3%a9/", API)
+    upper = Route("/café/", WEB)
+    table = VirtualHostTable(VirtualHost(["x.example"], routes=[lower, upper]))
+    assert table.route_for(b"/caf%c3%a9/x") is lower
+    assert table.route_for(b"/caf%C3%A9/x") is upper
+    assert table.route_for(b"/caf%C3%a9/x") is None
+
+
+def test_pin_route_prefix_validation() -> None:
+    assert Route("/a:b/", API).prefix == "/a:b/"
+    assert Route("/a%20b/", API).prefix == "/a%20b/"
+    assert Route("/café/", API).prefix == "/café/"
+    for bad in ("/a b/", "/a?b", "/a#b", "/a\tb/", "/a\x7fb/"):
+        with pytest.raises(ValueError, match="route prefix must be a plain path"):
+            Route(bad, API)
+    with pytest.raises(ValueError, match="route prefix must start with '/'"):
+        Route("a:b/", API)
+
+
+def test_pin_hosts_at_the_edges_find_their_virtual_host() -> None:
+    digits = VirtualHost(["163.com", "*.163.com"], routes=[Route("/", API)])
+    unspecified = VirtualHost(["[::]", "::1"], routes=[Route("/", WEB)])
+    table = RoutingTable.from_virtual_hosts([digits, unspecified])
+    assert unspecified.names == ("::", "::1")
+    for raw, vhost in [
+        (b"163.com", digits),
+        (b"www.163.com:443", digits),
+        (b"[::]", unspecified),
+        (b"[::]:8443", unspecified),
+        (b"::1", unspecified),
+        (b"[::1]:8443", unspecified),
+        (b"::1:8443", None),  # an address of its own, not ::1 and a port
+        (b"a.163", None),
+        (b"163.com\xff", None),
+    ]:
+        found = table.find_virtual_host(normalise_host(raw))
+        assert (found.virtual_host if found else None) is vhost, raw

@@ -464,3 +464,151 @@ def test_sticky_split_ramp_only_moves_clients_toward_the_growing_side() -> None:
         roll = stable_roll(key)
         if before.choose(roll) == V2:
             assert after.choose(roll) == V2
+
+
+# -- pinned hashes (issue 14) --------------------------------------------------------
+#
+# Fixed expected answers, computed once from the code as it was and written here
+# literally: nothing below calls the module's private helpers to recompute them
+# (the Envoy reference above does, so it cannot notice a change of hash).
+#
+# A change to any of these values moves clients between versions: every key of
+# a ConsistentHash cluster to another endpoint, every client of a sticky Split
+# to another cluster, and, during a rolling upgrade, the same client back and
+# forth between old and new processes.  It must be deliberate, said so in the
+# release notes, and these pins updated in the same commit.
+
+
+def pin_endpoints(count: int, weights: Sequence[int] | None = None) -> list[Endpoint]:
+    """192.0.2.1:80 ... 192.0.2.250:80, then 192.0.3.1:80 ..."""
+    return [
+        Endpoint(f"192.0.{2 + i // 250}.{i % 250 + 1}", 80, weight=weights[i] if weights else 1)
+        for i in range(count)
+    ]
+
+
+PIN_TABLES: dict[str, tuple[list[Endpoint], int]] = {
+    "three": (pin_endpoints(3), 65537),
+    "weighted": (pin_endpoints(4, [1, 2, 3, 4]), 65537),
+    "ten": (pin_endpoints(10), 101),
+    "nine": ([e for e in pin_endpoints(10) if e != Endpoint("192.0.2.4", 80)], 101),
+    "three_hundred": (pin_endpoints(300), 65537),
+    # Not a prime: skips sharing a factor with the size are stepped on.
+    "ten_at_100": (pin_endpoints(10), 100),
+}
+
+# Per key: the endpoint in "three", "weighted", "ten" and "nine" (the last
+# octet of 192.0.2.N:80) and in "three_hundred"; stable_roll(key); the side of
+# Split({v1: 90, v2: 10}), of Split({v1: 50, v2: 30, v3: 20}), and that
+# three-way split's fallback when its chosen side is down.
+PIN_ROWS = [
+    (b"client-0", 3, 3, 1, 1, "192.0.2.116:80", 0.3077992048106556, "v1", "v1", "v3"),
+    (b"client-1", 2, 4, 1, 1, "192.0.3.30:80", 0.5553674845870049, "v1", "v2", "v1"),
+    (b"client-2", 1, 4, 9, 1, "192.0.2.154:80", 0.04438579887532301, "v1", "v1", "v2"),
+    (b"client-3", 1, 4, 10, 10, "192.0.2.245:80", 0.5525382070275413, "v1", "v2", "v1"),
+    (b"client-4", 3, 3, 4, 9, "192.0.2.228:80", 0.7353833811378392, "v1", "v2", "v3"),
+    (b"client-5", 3, 3, 9, 9, "192.0.3.12:80", 0.2495024212144974, "v1", "v1", "v2"),
+    (b"client-6", 3, 4, 4, 3, "192.0.2.237:80", 0.9169373901939885, "v2", "v3", "v1"),
+    (b"client-7", 3, 3, 5, 5, "192.0.2.210:80", 0.1580486031519056, "v1", "v1", "v2"),
+    (b"client-8", 2, 2, 3, 3, "192.0.3.12:80", 0.3212198459863541, "v1", "v1", "v3"),
+    (b"client-9", 3, 3, 1, 1, "192.0.2.169:80", 0.13836090842838722, "v1", "v1", "v2"),
+    (b"client-10", 3, 3, 7, 7, "192.0.2.226:80", 0.4805701902049341, "v1", "v1", "v3"),
+    (b"client-11", 2, 2, 9, 9, "192.0.2.50:80", 0.9528638841302717, "v2", "v3", "v2"),
+    (b"", 2, 2, 2, 2, "192.0.2.201:80", 0.22501462458799892, "v1", "v1", "v2"),
+    (b"192.0.2.7", 1, 4, 10, 10, "192.0.2.145:80", 0.13492519238438816, "v1", "v1", "v2"),
+    (b"2001:db8::1", 1, 4, 5, 5, "192.0.2.47:80", 0.6468590730010892, "v1", "v2", "v1"),
+    (b"caf\xc3\xa9", 1, 4, 1, 1, "192.0.2.114:80", 0.7566091137902745, "v1", "v2", "v3"),
+]
+
+# SHA-256 over the endpoints of b"key-0" ... b"key-4095", one a line: every
+# slot class of each table, not just the sample above.
+PIN_DIGESTS = {
+    "three": "a326050ba2ad0ad3a2ca6cd6e5245084d4ee29a6550f5dbc46bf83821f2be4fc",
+    "weighted": "e54db322cc5f65cbe275c5361e0277d3a7956083c03b531e0b9b2678e88e78ed",
+    "ten": "b678784bb962e6f01fd31d44a57bac433d7e25e3026ad4338462c09547e2c32f",
+    "nine": "d9fea28252ab2b335509a45de8454e89017a56a9734aaaacc668ff554f716cfc",
+    "three_hundred": "8eb115ae5a6ea99f6fb611b848c4a27bf35e0dc8269a63d7aba322dc4d8bef23",
+    "ten_at_100": "9dfbf3f4525512253c0fc86956f0591dc0db98f595d2b61e52d246c6058330b7",
+}
+
+# Keys whose endpoint sits past index 255 of the 300 sorted endpoints (where the
+# table's slots need more than a byte each).
+PIN_PAST_255 = [
+    (b"client-23", "192.0.3.9:80", 299),
+    (b"client-25", "192.0.3.26:80", 267),
+    (b"client-47", "192.0.3.17:80", 257),
+    (b"client-49", "192.0.3.21:80", 262),
+    (b"client-51", "192.0.3.16:80", 256),
+]
+
+
+@pytest.fixture(scope="module")
+def pin_tables() -> dict[str, MaglevTable]:
+    return {name: MaglevTable(eps, size) for name, (eps, size) in PIN_TABLES.items()}
+
+
+def test_pin_maglev_lookups(pin_tables: dict[str, MaglevTable]) -> None:
+    for key, three, weighted, ten, nine, three_hundred, *_ in PIN_ROWS:
+        found = {
+            name: str(pin_tables[name].lookup(key))
+            for name in ("three", "weighted", "ten", "nine", "three_hundred")
+        }
+        assert found == {
+            "three": f"192.0.2.{three}:80",
+            "weighted": f"192.0.2.{weighted}:80",
+            "ten": f"192.0.2.{ten}:80",
+            "nine": f"192.0.2.{nine}:80",
+            "three_hundred": three_hundred,
+        }, key
+
+
+def test_pin_maglev_digests(pin_tables: dict[str, MaglevTable]) -> None:
+    import hashlib
+
+    for name, table in pin_tables.items():
+        digest = hashlib.sha256()
+        for i in range(4096):
+            digest.update(str(table.lookup(b"key-%d" % i)).encode() + b"\n")
+        assert digest.hexdigest() == PIN_DIGESTS[name], name
+
+
+def test_pin_maglev_past_255_endpoints(pin_tables: dict[str, MaglevTable]) -> None:
+    table = pin_tables["three_hundred"]
+    for key, endpoint, index in PIN_PAST_255:
+        assert str(table.lookup(key)) == endpoint
+        assert table.endpoints.index(table.lookup(key)) == index
+
+
+def test_pin_maglev_selector_and_a_lost_endpoint() -> None:
+    # What a cluster does: the table of all endpoints, then of those left when
+    # 192.0.2.4 goes down (its keys move, and a few others with them).
+    ten = pin_endpoints(10)
+    nine = [e for e in ten if e != Endpoint("192.0.2.4", 80)]
+    selector = make_selector(
+        ConsistentHash(table_size=101), ten, rng=random.Random(0), in_flight=idle
+    )
+    for key, _, _, on_ten, on_nine, *_ in PIN_ROWS:
+        assert selector.pick(ten, key) == Endpoint(f"192.0.2.{on_ten}", 80), key
+        assert selector.pick(nine, key) == Endpoint(f"192.0.2.{on_nine}", 80), key
+    big = pin_endpoints(300)
+    selector = make_selector(ConsistentHash(), big, rng=random.Random(0), in_flight=idle)
+    for key, *_, three_hundred, _, _, _, _ in PIN_ROWS:
+        assert str(selector.pick(big, key)) == three_hundred, key
+
+
+def test_pin_stable_roll() -> None:
+    for key, *_, roll, _, _, _ in PIN_ROWS:
+        assert stable_roll(key) == roll, key
+
+
+def test_pin_sticky_split_sides() -> None:
+    v1, v2, v3 = (Cluster(f"v{n}", endpoints=[f"10.{n}.0.1:80"]) for n in (1, 2, 3))
+    canary = SplitChooser(Split({v1: 90, v2: 10}, sticky="cookie:canary"))
+    three_way = SplitChooser(Split({v1: 50, v2: 30, v3: 20}, sticky="client_ip"))
+    for key, *_, canary_side, side, fallback in PIN_ROWS:
+        roll = stable_roll(key)
+        assert canary.choose(roll).name == canary_side, key
+        chosen = three_way.choose(roll)
+        assert chosen.name == side, key
+        other = three_way.fallback(roll, lambda cluster, down=chosen: cluster is not down)
+        assert other is not None and other.name == fallback, key

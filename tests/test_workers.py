@@ -271,6 +271,8 @@ def listening_fds() -> Iterator[list[int]]:
 
 
 def test_worker_endpoints_adopt_and_keep_the_haproxy_wrapper(listening_fds: list[int]) -> None:
+    import errno
+
     reactor = MemoryReactor()
     settings = Settings(https=("tcp:8443", "haproxy:tcp:9443"), http=(), admin=None)
     endpoints = worker_endpoints(reactor, settings, {"https": listening_fds})
@@ -290,8 +292,9 @@ def test_worker_endpoints_adopt_and_keep_the_haproxy_wrapper(listening_fds: list
     assert proxied.wrappedFactory.wrapped is factory
     # Our descriptors were closed once adopted (the reactor keeps its own dup).
     for fd in listening_fds:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as closed:
             os.fstat(fd)
+        assert closed.value.errno == errno.EBADF
 
 
 def test_worker_endpoints_refuse_a_socket_count_mismatch(listening_fds: list[int]) -> None:

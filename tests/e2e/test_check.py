@@ -308,7 +308,7 @@ def test_broken_config_stops_startup_before_listening(
         cwd=tmp_path,
     )
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    assert result.returncode == 1, output
     assert "configuration errors" in output
     for where, fragment in expected_problems(broken_sites):
         assert f"{where}: " in output and fragment in output, (where, fragment, output)

@@ -163,7 +163,7 @@ def test_no_fast_paths_serves_every_feature_on_twisteds_path(env: Env) -> None:
         plain = http.client.HTTPConnection("127.0.0.1", proxy.ports["http"], timeout=5)
         response, _ = request(plain, "GET", "/r", "shop.example")
         plain.close()
-        assert response.status in (301, 308)
+        assert response.status == 308
         assert response.getheader("Location", "").startswith("https://shop.example")
 
         # SIGTERM drains: a request in flight over TLS still gets its answer.
@@ -179,7 +179,7 @@ def test_no_fast_paths_serves_every_feature_on_twisteds_path(env: Env) -> None:
         proxy.process.send_signal(signal.SIGTERM)
         slow.join(15)
         assert results == [200]
-        assert proxy.process.wait(15) in (0, -signal.SIGTERM)
+        assert proxy.process.wait(15) == -signal.SIGTERM
         assert "Traceback" not in "".join(proxy.output)
     finally:
         proxy.stop()
@@ -261,6 +261,6 @@ def test_twisted_without_source_starts_on_twisteds_write(env: Env) -> None:
         plain = http.client.HTTPConnection("127.0.0.1", proxy.ports["http"], timeout=5)
         response, _ = request(plain, "GET", "/r", "shop.example")
         plain.close()
-        assert response.status in (301, 308)
+        assert response.status == 308
     finally:
         proxy.stop()
