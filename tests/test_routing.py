@@ -364,7 +364,7 @@ def test_fallback_is_an_available_side_of_positive_weight(
     ],
 )
 def test_pin_prefix_bytes(prefix: str, wire: bytes) -> None:
-    from edgeproxy.routing import prefix_bytes
+    from edgeproxy.config.routing import prefix_bytes
 
     assert prefix_bytes(prefix) == wire
 
