@@ -14,7 +14,8 @@ certificate, a Python ``ssl`` client over memory BIOs, TLS 1.3), so the count
 includes the TLS layer's Python per request; the client's work is left out.
 
 Run from the repository root: ``.venv/bin/python bench/bytecodes.py [--requests 500]``
-(add ``--access-log`` to count the access log's share too, ``--tls`` for https).
+(add ``--access-log`` to count the access log's share too, ``--tls`` for https,
+``--by-function`` for each function's share, to see where a change went).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import datetime
 import ssl
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +155,9 @@ class _Rig:
             raise SystemExit("bytecodes.py: the proxied response did not arrive whole")
 
 
-def count(requests: int, access_log: bool, tls: bool = False) -> float:
+def count(
+    requests: int, access_log: bool, tls: bool = False, by_function: Counter[str] | None = None
+) -> float:
     rig = _Rig(access_log, tls)
     for _ in range(20):  # warm: pool connection, caches
         rig.request()
@@ -164,6 +168,9 @@ def count(requests: int, access_log: bool, tls: bool = False) -> float:
         frame.f_trace_opcodes = True
         if event == "opcode":
             opcodes += 1
+            if by_function is not None:
+                code = frame.f_code
+                by_function[f"{Path(code.co_filename).name}:{code.co_qualname}"] += 1
         return tracer
 
     tls_client = rig.tls
@@ -206,9 +213,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--access-log", action="store_true", help="count the access log too")
     parser.add_argument("--tls", action="store_true", help="through edgeproxy's TLS layer")
+    parser.add_argument(
+        "--by-function", action="store_true", help="also list each function's share per request"
+    )
     args = parser.parse_args()
-    per_request = count(args.requests, args.access_log, args.tls)
+    functions: Counter[str] | None = Counter() if args.by_function else None
+    per_request = count(args.requests, args.access_log, args.tls, functions)
     kind = "https" if args.tls else "http"
+    if functions is not None:
+        for name, n in sorted(functions.items(), key=lambda item: (-item[1], item[0])):
+            print(f"{n / args.requests:8.1f}  {name}")
     print(f"{per_request:.0f} bytecodes per {kind} request ({args.requests} requests)")
 
 
