@@ -1,14 +1,21 @@
 """
-The proxy's downstream and forwarding side wired in memory, for unit tests:
-a ``MemoryReactorClock`` stands in for the network, so upstream connections
-are picked from ``reactor.tcpClients`` and driven by hand.
+The test kit for the request path, in memory: the proxy's downstream and
+forwarding side wired on a ``MemoryReactorClock`` that stands in for the
+network (:func:`proxy_factory`), a client connected to it
+(:func:`connect_client`), and the upstream connections it asks for, picked
+from ``reactor.tcpClients`` and accepted or refused by hand
+(:func:`accept_upstream`, :func:`refuse_upstream`).
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import VirtualHost
@@ -17,7 +24,7 @@ from edgeproxy.config.routing import RoutingTable
 from edgeproxy.config.settings import Settings
 from edgeproxy.ops.accesslog import AccessLog
 from edgeproxy.proxy.forward import Forwarder
-from edgeproxy.proxy.h1channel import ProxyFactory
+from edgeproxy.proxy.h1channel import ProxyChannel, ProxyFactory
 from edgeproxy.proxy.pipeline import Pipeline
 from edgeproxy.upstream.h1client import UpstreamClient
 
@@ -54,6 +61,41 @@ def proxy_factory(
     )
     factory.startFactory()
     return factory, pipeline
+
+
+#: The client address the kit's connections come from.
+CLIENT = IPv4Address("TCP", "192.0.2.9", 5555)
+
+
+def connect_client(
+    factory: ProxyFactory, transport: StringTransport | None = None
+) -> tuple[ProxyChannel, StringTransport]:
+    """A client connection to ``factory``'s listener, from :data:`CLIENT`."""
+    channel = factory.buildProtocol(CLIENT)
+    if transport is None:
+        transport = StringTransport(peerAddress=CLIENT)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def accept_upstream(
+    reactor: MemoryReactorClock, index: int = -1
+) -> tuple[Any, StringTransport, str]:
+    """Complete the upstream connection the proxy asked for (the last one by
+    default): its protocol, its transport, and ``host:port``."""
+    host, port, factory, _timeout, _bind = reactor.tcpClients[index]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, f"{host}:{port}"
+
+
+def refuse_upstream(
+    reactor: MemoryReactorClock, index: int = -1, reason: Exception | None = None
+) -> None:
+    """Fail the upstream connection the proxy asked for (refused by default)."""
+    factory = reactor.tcpClients[index][2]
+    factory.clientConnectionFailed(None, Failure(reason or ConnectionRefusedError()))
 
 
 class TCPLikeTransport(StringTransport):

@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
@@ -19,7 +18,7 @@ from edgeproxy.core.errors import Outcome
 from edgeproxy.proxy.exchange import Exchange, RouteChain, Stage
 from edgeproxy.proxy.forward import ForwardStage, SplitStage
 from edgeproxy.proxy.stages import BodyLimit, HttpsRedirect
-from tests.memproxy import make_config, proxy_factory
+from tests.memproxy import accept_upstream, connect_client, make_config, proxy_factory
 
 API = Cluster("api", endpoints=["10.0.0.1:80"])
 WEB = Cluster("web", endpoints=["10.0.0.3:80"])
@@ -184,16 +183,10 @@ class Rig:
         route = ROUTES["/api/"]
         stages = list(chains[id(route)].stages)
         chains[id(route)] = RouteChain([stages[0], *extra, stages[-1]])
-        address = IPv4Address("TCP", "192.0.2.9", 5555)
-        self.channel = self.factory.buildProtocol(address)
-        self.client = StringTransport(peerAddress=address)
-        self.channel.makeConnection(self.client)
+        self.channel, self.client = connect_client(self.factory)
 
     def upstream(self) -> Any:
-        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
-        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
-        protocol.makeConnection(StringTransport())
-        return protocol
+        return accept_upstream(self.reactor)[0]
 
 
 def test_a_stage_answers_without_forwarding() -> None:

@@ -9,14 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
 from edgeproxy.proxy.exchange import split_target
-from tests.memproxy import make_config, proxy_factory
+from tests.memproxy import (
+    accept_upstream,
+    connect_client,
+    make_config,
+    proxy_factory,
+    refuse_upstream,
+)
 
 API = Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"], response_timeout=7.0)
 WEB = Cluster("web", endpoints=["10.0.0.3:80"])
@@ -36,23 +41,16 @@ class Harness:
             )
         )
         self.factory, self.pipeline = proxy_factory(self.reactor, config, tls=tls)
-        self.channel = self.factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 5555))
-        self.client = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 5555))
-        self.channel.makeConnection(self.client)
+        self.channel, self.client = connect_client(self.factory)
 
     def send(self, data: bytes) -> None:
         self.channel.dataReceived(data)
 
     def connect_upstream(self, index: int = -1) -> tuple[Any, StringTransport, str]:
-        host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
-        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport, f"{host}:{port}"
+        return accept_upstream(self.reactor, index)
 
     def fail_connect(self, reason: Exception, index: int = -1) -> None:
-        factory = self.reactor.tcpClients[index][2]
-        factory.clientConnectionFailed(None, Failure(reason))
+        refuse_upstream(self.reactor, index, reason)
 
 
 def test_split_target() -> None:
