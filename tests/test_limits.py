@@ -8,6 +8,7 @@ import pytest
 
 from edgeproxy.cluster.limits import ClusterCounters
 from edgeproxy.config import Limits, RetryPolicy
+from edgeproxy.core.errors import Reason
 
 
 def counters(
@@ -56,9 +57,9 @@ def test_max_pending_zero_means_no_queue() -> None:
 
 def test_count_overflow_accumulates_per_limit() -> None:
     c = counters()
-    c.count_overflow("max_requests")
-    c.count_overflow("max_requests")
-    c.count_overflow("pending_timeout")
+    c.count_overflow(Reason.MAX_REQUESTS)
+    c.count_overflow(Reason.MAX_REQUESTS)
+    c.count_overflow(Reason.PENDING_TIMEOUT)
     assert c.overflows == {"max_requests": 2, "pending_timeout": 1}
 
 

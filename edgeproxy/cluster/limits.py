@@ -11,6 +11,7 @@ import math
 import attrs
 
 from edgeproxy.config import Limits, RetryPolicy
+from edgeproxy.core.errors import Reason
 
 __all__ = ["ClusterCounters"]
 
@@ -25,22 +26,22 @@ class ClusterCounters:
     pending: int = 0
     retries_in_flight: int = 0
     #: Totals since start, for /status and metrics.
-    overflows: dict[str, int] = attrs.field(factory=dict)
+    overflows: dict[Reason, int] = attrs.field(factory=dict)
     retries_total: int = 0
     retries_refused: int = 0
 
-    def request_overflow(self) -> str | None:
-        """The name of the limit a new request would exceed, or None."""
+    def request_overflow(self) -> Reason | None:
+        """The limit a new request would exceed, or None."""
         if self.in_flight >= self.limits.max_requests:
-            return "max_requests"
+            return Reason.MAX_REQUESTS
         return None
 
-    def pending_overflow(self) -> str | None:
+    def pending_overflow(self) -> Reason | None:
         if self.pending >= self.limits.max_pending:
-            return "max_pending"
+            return Reason.MAX_PENDING
         return None
 
-    def count_overflow(self, limit: str) -> None:
+    def count_overflow(self, limit: Reason) -> None:
         self.overflows[limit] = self.overflows.get(limit, 0) + 1
 
     def retry_allowed(self) -> bool:

@@ -32,7 +32,7 @@ from edgeproxy.core.errors import (
 )
 from edgeproxy.core.headers import upstream_request_headers
 from edgeproxy.core.selection import request_hash_key, stable_roll
-from edgeproxy.proxy.relay import COMPLETE, TRUNCATED, ResponseRelay
+from edgeproxy.proxy.relay import ResponseRelay
 from edgeproxy.upstream.h1client import IDEMPOTENT_METHODS, H1Response, UpstreamClient
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class _Exchange:
             self._retrying = False
             self._runtime.counters.retries_in_flight -= 1
 
-    def _record_failure(self, cause: str, reached: bool = True) -> None:
+    def _record_failure(self, cause: Reason | int, reached: bool = True) -> None:
         """The attempt failed; ``reached``: the endpoint was connected to (it
         answered badly, or too late), rather than being unreachable."""
         slot = self._slot
@@ -335,8 +335,8 @@ class _Exchange:
             counters.pending -= 1
             self._pending = None
             if failure.check(DeferredTimeout):
-                counters.count_overflow("pending_timeout")
-                self._fail(LimitExceeded("pending_timeout"))
+                counters.count_overflow(Reason.PENDING_TIMEOUT)
+                self._fail(LimitExceeded(Reason.PENDING_TIMEOUT))
             # else: cancelled because the client went away.
 
         d.addCallbacks(slot_free, gave_up)
@@ -391,7 +391,7 @@ class _Exchange:
             self._forwarder.log.failure("unexpected upstream failure", failure)
             error = UpstreamResponseFailed()
         self._last_error = error
-        self._record_failure(error.cause, reached=not error.never_sent)
+        self._record_failure(error.reason, reached=not error.never_sent)
         if self._may_retry(error, None):
             self._retry(type(error).__name__)
             return
@@ -478,7 +478,7 @@ class _Exchange:
         slot = self._slot
         detection = self._cluster.outlier_detection
         if detection is not None and response.code in detection.failure_statuses:
-            self._record_failure(f"status {response.code}")
+            self._record_failure(response.code)
         elif slot is not None and slot.breaker is not None:
             slot.breaker.record_success()
         if self._client_gone:
@@ -505,7 +505,7 @@ class _Exchange:
             # relay, no timer, and a length even if the upstream chunked it.
             request.send_head_lines(response.code, response.phrase, lines, len(body))
             request.write(body)
-            self._on_body_done(COMPLETE)
+            self._on_body_done(None)
             return
         request.send_head_lines(
             response.code, response.phrase, lines, length if isinstance(length, int) else None
@@ -520,20 +520,20 @@ class _Exchange:
         relay.arm()
         request.flush_head()
 
-    def _on_body_done(self, outcome: str) -> None:
+    def _on_body_done(self, broke_off: Reason | None) -> None:
         self._relay = None
         request = self._request
-        if outcome != COMPLETE:
-            self._record_failure(outcome)
+        if broke_off is not None:
+            self._record_failure(broke_off)
         self._release_slot()
         if self._client_gone or request.finished:
             return
-        if outcome == COMPLETE:
+        if broke_off is None:
             request.finish()
             return
         # The upstream broke off (or went quiet) mid-body: the client must not
         # take a short body for a whole one, so its connection is cut too.
-        request.break_off(Reason.TRUNCATED if outcome == TRUNCATED else Reason.IDLE_TIMEOUT)
+        request.break_off(broke_off)
 
 
 class _Discard(Protocol):
