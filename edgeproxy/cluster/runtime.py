@@ -11,7 +11,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -27,6 +27,7 @@ from edgeproxy.core.selection import (
     RandomSelector,
     RoundRobinSelector,
     Selector,
+    Weighted,
 )
 
 __all__ = ["ClusterRuntime", "EndpointRuntime", "NoSlot", "make_selector"]
@@ -34,25 +35,31 @@ __all__ = ["ClusterRuntime", "EndpointRuntime", "NoSlot", "make_selector"]
 #: How many recent health and breaker transitions /status shows per cluster.
 RECENT_TRANSITIONS = 50
 
+E = TypeVar("E", bound=Weighted)
 
 
 def make_selector(
     policy: RoundRobin | Random | LeastRequest | ConsistentHash,
-    endpoints: Sequence[Endpoint],
+    endpoints: Sequence[E],
     *,
     rng: random.Random,
-    in_flight: Callable[[Endpoint], int],
-) -> Selector[Endpoint]:
+    in_flight: Callable[[E], int],
+) -> Selector[E]:
     """The selector for a cluster's ``policy`` over its ``endpoints``."""
     if isinstance(policy, RoundRobin):
         return RoundRobinSelector(endpoints)
     if isinstance(policy, Random):
-        return RandomSelector[Endpoint](rng)
+        return RandomSelector[E](rng)
     if isinstance(policy, LeastRequest):
         return LeastRequestSelector(policy.choices, rng=rng, in_flight=in_flight)
     if isinstance(policy, ConsistentHash):
         return MaglevSelector(endpoints, policy.table_size, rng=rng)
     raise TypeError(f"unknown selection policy {policy!r}")
+
+
+def _in_flight(rt: EndpointRuntime) -> int:
+    return rt.in_flight
+
 
 class NoSlot:
     """Why no endpoint could be given to a request."""
@@ -83,6 +90,16 @@ class EndpointRuntime:
     #: or breakers, kept by :class:`ClusterRuntime`: picking an endpoint reads
     #: this instead of asking both machines per request.
     is_up: bool = True
+    #: The endpoint's weight: the selector picks among these runtimes
+    #: directly, rather than among endpoints mapped back to their runtimes.
+    weight: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.weight = self.endpoint.weight
+
+    def __str__(self) -> str:
+        # The endpoint's address: what consistent hashing orders and hashes by.
+        return str(self.endpoint)
 
     def up(self) -> bool:
         """Healthy by active checks (if any) and not ejected by outlier detection (if on)."""
@@ -116,6 +133,7 @@ class ClusterRuntime:
         self.cluster = cluster
         self._clock = clock
         self.counters = ClusterCounters(cluster.limits, cluster.retries)
+        self._slots_per_endpoint = cluster.limits.max_connections_per_endpoint
         self.transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
         #: Endpoints start healthy and closed.
         self._some_up = True
@@ -149,17 +167,13 @@ class ClusterRuntime:
                 else None
             )
             self.endpoints.append(EndpointRuntime(endpoint, label, health, breaker))
-        self._by_endpoint = {rt.endpoint: rt for rt in self.endpoints}
         #: Whether an endpoint's answers (failure statuses, timeouts, broken
         #: responses) count against it, or only failures to connect.
         self.judges_answers = detection is not None and (
             len(self.endpoints) > 1 or detection.sole_endpoint_answers
         )
-        self.selector = make_selector(
-            cluster.policy,
-            cluster.endpoints,
-            rng=rng,
-            in_flight=lambda endpoint: self._by_endpoint[endpoint].in_flight,
+        self.selector: Selector[EndpointRuntime] = make_selector(
+            cluster.policy, self.endpoints, rng=rng, in_flight=_in_flight
         )
 
     def _transition(self, transition: Transition) -> None:
@@ -200,7 +214,7 @@ class ClusterRuntime:
         self, tried: Collection[Endpoint], hash_key: bytes | None
     ) -> EndpointRuntime | NoSlot:
         """An endpoint for the next attempt, its slot taken; or why there is none."""
-        limit = self.cluster.limits.max_connections_per_endpoint
+        limit = self._slots_per_endpoint
         panic = False
         # A first attempt, nearly always, and some endpoint up with room: one pass.
         free = (
@@ -227,12 +241,12 @@ class ClusterRuntime:
                 # rebuilt for nothing; any other free endpoint will do.
                 hash_key = None
         while free:
-            picked = self.selector.pick([rt.endpoint for rt in free], hash_key)
-            if picked is None:
+            rt = self.selector.pick(free, hash_key)
+            if rt is None:
                 break
-            rt = self._by_endpoint[picked]
             # A half-open breaker admits one probe at a time.
-            if panic or rt.breaker is None or rt.breaker.admit():
+            breaker = rt.breaker
+            if panic or breaker is None or breaker.admit():
                 rt.in_flight += 1
                 rt.requests += 1
                 return rt
@@ -255,7 +269,9 @@ class ClusterRuntime:
         here, so this ends.
         """
         rt.in_flight -= 1
-        limit = self.cluster.limits.max_connections_per_endpoint
+        if not self._waiters:
+            return
+        limit = self._slots_per_endpoint
         for _ in range(len(self._waiters)):
             if rt.in_flight >= limit or not self._waiters:
                 return
