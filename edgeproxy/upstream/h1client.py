@@ -71,6 +71,7 @@ from edgeproxy.core.errors import (
     UpstreamTimeout,
 )
 from edgeproxy.core.headers import HOP_BY_HOP
+from edgeproxy.core.retry import IDEMPOTENT_METHODS
 from edgeproxy.net.endpoints import set_no_delay
 
 __all__ = [
@@ -94,9 +95,6 @@ MAX_HEAD_BYTES = 64 * 1024
 BODY_CHUNK = 64 * 1024
 #: Bytes asked of the upstream socket per read.
 READ_SIZE = 128 * 1024
-#: Idempotent methods (RFC 9110 9.2.2): retried once on a fresh connection when a
-#: pooled one turns out stale, and by the forwarder after a failure past sending.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _DONE = Failure(ResponseDone("Response body fully received"))
 #: The body protocol of a response whose body was taken whole (whole_body).
