@@ -2,7 +2,8 @@
 The live state of one cluster: its endpoints' health (active checks and
 outlier ejection folded into one "available" answer), their requests in
 flight, the selection policy, the limits and the queue of requests waiting
-for a free connection slot.
+for a free connection slot.  A request deals with it through the
+:class:`Lease` that :meth:`ClusterRuntime.admit` gives it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from edgeproxy.cluster.breaker import Breaker, Transition, ejection_allowed
 from edgeproxy.cluster.health import HealthState
 from edgeproxy.cluster.limits import ClusterCounters
 from edgeproxy.config import Cluster, ConsistentHash, Endpoint, LeastRequest, Random, RoundRobin
+from edgeproxy.core.errors import LimitExceeded, Reason
+from edgeproxy.core.retry import Retry
 from edgeproxy.core.selection import (
     LeastRequestSelector,
     MaglevSelector,
@@ -30,7 +35,7 @@ from edgeproxy.core.selection import (
     Weighted,
 )
 
-__all__ = ["ClusterRuntime", "EndpointRuntime", "NoSlot", "make_selector"]
+__all__ = ["ClusterRuntime", "EndpointRuntime", "Lease", "NoSlot", "make_selector"]
 
 #: How many recent health and breaker transitions /status shows per cluster.
 RECENT_TRANSITIONS = 50
@@ -55,7 +60,6 @@ def make_selector(
     if isinstance(policy, ConsistentHash):
         return MaglevSelector(endpoints, policy.table_size, rng=rng)
     raise TypeError(f"unknown selection policy {policy!r}")
-
 
 def _in_flight(rt: EndpointRuntime) -> int:
     return rt.in_flight
@@ -172,6 +176,10 @@ class ClusterRuntime:
         self.judges_answers = detection is not None and (
             len(self.endpoints) > 1 or detection.sole_endpoint_answers
         )
+        #: The statuses that count as an endpoint's failure (none without outlier detection).
+        self.failure_statuses: frozenset[int] = (
+            detection.failure_statuses if detection is not None else frozenset()
+        )
         self.selector: Selector[EndpointRuntime] = make_selector(
             cluster.policy, self.endpoints, rng=rng, in_flight=_in_flight
         )
@@ -201,6 +209,14 @@ class ClusterRuntime:
             1 for rt in self.endpoints if rt.breaker is not None and rt.breaker.is_ejected()
         )
         return ejection_allowed(ejected, len(self.endpoints), detection.max_ejection_percent)
+
+    def admit(self, tried: list[Endpoint]) -> Lease | None:
+        """A lease for a new request, counted in flight; or None at
+        ``max_requests`` (the overflow counted).  ``tried`` is the request's
+        list of endpoints tried so far, which the lease adds to."""
+        if not self.counters.admit():
+            return None
+        return Lease(self, tried)
 
     def available(self) -> bool:
         """Whether some endpoint is up: healthy and not ejected (full or not).
@@ -327,3 +343,179 @@ class ClusterRuntime:
             "endpoints": [rt.status() for rt in self.endpoints],
             "recent_transitions": [attrs.asdict(t) for t in self.transitions],
         }
+
+
+class Lease:
+    """One request's admission to a cluster (:meth:`ClusterRuntime.admit`).
+
+    It owns what the request takes from the cluster and gives each back
+    exactly once: its place among the requests in flight (``max_requests``);
+    while it waits, its place in the queue for a slot (``max_pending``); the
+    endpoint slot of its current attempt, with that attempt's verdict for the
+    endpoint's breaker; and its place in the retry budget.  The cluster's
+    counts change through :class:`~edgeproxy.cluster.limits.ClusterCounters`'
+    methods, an endpoint's slots through :meth:`ClusterRuntime.choose` and
+    :meth:`ClusterRuntime.release`.
+
+    Every method may be called again, or after :meth:`release`, and then
+    does nothing more, so the request's error, cancel and abort paths need
+    not know what is still held.
+    """
+
+    # What a new lease holds besides its cluster and the request's tried
+    # endpoints (class defaults: one small object per request, set up with
+    # two stores).
+    #: The place in flight, until released.
+    _held = True
+    #: The current attempt's slot.
+    _slot: EndpointRuntime | None = None
+    #: While there is a slot: None until the attempt's verdict, then whether it passed.
+    _verdict: bool | None = None
+    #: A place in the retry budget, taken by the first retry within it.
+    _retrying = False
+
+    def __init__(self, runtime: ClusterRuntime, tried: list[Endpoint]) -> None:
+        self._runtime = runtime
+        self._tried = tried
+
+    # -- attempts ----------------------------------------------------------------
+
+    def take_endpoint(self, hash_key: bytes | None) -> EndpointRuntime | NoSlot:
+        """An endpoint not yet tried for the next attempt, its slot taken (and
+        added to the tried ones); or why there is none.  An attempt still
+        going is ended first."""
+        if self._slot is not None or not self._held:
+            if not self._held:
+                return UNAVAILABLE
+            self.end_attempt()
+        choice = self._runtime.choose(self._tried, hash_key)
+        if isinstance(choice, EndpointRuntime):
+            self._slot = choice
+            self._verdict = None
+            self._tried.append(choice.endpoint)
+        return choice
+
+    def answered(self, status: int) -> None:
+        """The attempt's response head came, with ``status``: a failure if it
+        is one of outlier detection's ``failure_statuses``, else a success."""
+        slot = self._slot
+        if slot is None or self._verdict is not None:
+            return
+        if status in self._runtime.failure_statuses:
+            self._fail(status, reached=True)
+            return
+        self._verdict = True
+        breaker = slot.breaker
+        if breaker is not None:
+            breaker.record_success()
+
+    def failed(self, cause: Reason, *, reached: bool) -> None:
+        """The attempt failed before a response head, for ``cause``.
+        ``reached``: the endpoint was connected to (it answered badly, or too
+        late), rather than being unreachable."""
+        if self._slot is not None and self._verdict is None:
+            self._fail(cause, reached)
+
+    def body_failed(self, cause: Reason) -> None:
+        """The body of a response whose head passed broke off (or went quiet):
+        a failure after all.  After a failed head it is the same failure, not
+        counted twice."""
+        if self._slot is not None and self._verdict:
+            self._fail(cause, reached=True)
+
+    def _fail(self, cause: Reason | int, reached: bool) -> None:
+        slot = self._slot
+        assert slot is not None
+        self._verdict = False
+        slot.failures += 1
+        breaker = slot.breaker
+        if breaker is None:
+            return
+        if reached and not self._runtime.judges_answers:
+            # A one-endpoint cluster's breaker watches only whether the
+            # endpoint can be reached, and this time it could.
+            breaker.record_success()
+        else:
+            breaker.record_failure(cause)
+
+    def end_attempt(self, *, cancelled: bool = False) -> None:
+        """The attempt is over: its slot goes back (to a waiting request, if
+        any).  ``cancelled``: the client went away; an attempt without a
+        verdict then tells its breaker so (a half-open breaker's probe is free
+        again)."""
+        slot = self._slot
+        if slot is None:
+            return
+        self._slot = None
+        if cancelled and self._verdict is None and slot.breaker is not None:
+            slot.breaker.record_cancelled()
+        self._runtime.release(slot)
+
+    # -- waiting for a slot ------------------------------------------------------
+
+    def wait_for_slot(self) -> Deferred[None] | None:
+        """Queue for a free slot when every endpoint is full: a Deferred that
+        fires when one frees up, fails with :class:`LimitExceeded` after the
+        cluster's ``connect_timeout`` (``pending_timeout``) or with
+        ``CancelledError`` when cancelled; or None, the queue being full
+        (``max_pending``, counted)."""
+        runtime = self._runtime
+        if not self._held or not runtime.counters.queue():
+            return None
+        d = runtime.wait_for_slot(runtime.cluster.connect_timeout)
+        d.addBoth(self._unqueued)
+        return d
+
+    def _unqueued(self, result: object) -> object:
+        counters = self._runtime.counters
+        counters.unqueue()
+        if isinstance(result, Failure) and result.check(DeferredTimeout):
+            counters.count_overflow(Reason.PENDING_TIMEOUT)
+            return Failure(LimitExceeded(Reason.PENDING_TIMEOUT))
+        return result
+
+    # -- retries -----------------------------------------------------------------
+
+    def has_candidate(self) -> bool:
+        """Whether an endpoint not yet tried could take a retry now or soon."""
+        return self._runtime.has_candidate(self._tried)
+
+    def retry_budget_allows(self) -> bool:
+        """Whether this request may retry within the budget: it holds a place
+        already, or the cluster's budget has one."""
+        return self._retrying or self._runtime.counters.retry_budget_allows()
+
+    def spend_retry(self, decision: Retry) -> bool:
+        """Count a retry decision (:func:`edgeproxy.core.retry.decide_retry`):
+        the first retry within the budget takes a place in it, kept until
+        release; a refusal is counted as one.  Whether the request is retried
+        (never once released)."""
+        if not self._held:
+            return False
+        counters = self._runtime.counters
+        if decision is Retry.WITHIN_BUDGET:
+            if not self._retrying:
+                self._retrying = True
+                counters.take_retry_place()
+        elif decision is not Retry.OUTSIDE_BUDGET:
+            if decision is Retry.REFUSED:
+                counters.refuse_retry()
+            return False
+        counters.count_retry()
+        return True
+
+    # -- the end -----------------------------------------------------------------
+
+    def release(self, *, cancelled: bool = False) -> None:
+        """Give back everything still held: the current attempt's slot (see
+        :meth:`end_attempt` for ``cancelled``), the place in the retry budget
+        and the place in flight."""
+        if not self._held:
+            return
+        self._held = False
+        if self._slot is not None:
+            self.end_attempt(cancelled=cancelled)
+        if self._retrying:
+            self._retrying = False
+            self._runtime.counters.give_back_retry_place()
+        self._runtime.counters.leave()
