@@ -17,6 +17,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from edgeproxy.config import (
@@ -391,6 +392,19 @@ def test_connect_failure_of_post_is_retried() -> None:
     assert h.connections == 2
     h.accept().respond(answer(200, b"made"))
     assert client.body() == b"made"
+
+
+def test_a_failure_of_an_unknown_kind_is_logged_and_answered_502() -> None:
+    h = Harness(Route("/", Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"])))
+    client = h.post()
+    connecting = h.reactor.tcpClients[0][2]
+    with capturedLogs() as events:
+        connecting._exchange.fail(ValueError("boom"))
+    assert client.status() == 502
+    assert h.connections == 1  # a POST that may have been sent is not retried
+    (logged,) = [e for e in events if e.get("log_failure") is not None]
+    assert logged["log_failure"].check(ValueError)
+    assert logged["log_format"] == "unexpected upstream failure"
 
 
 def test_exhausted_retry_budget_means_no_retry() -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamResponseFailed",
     "UpstreamTimeout",
+    "UpstreamUnexpectedFailure",
     "VersionNotSupported",
     "failure_words",
 ]
@@ -129,7 +130,8 @@ class EdgeProxyError(Exception):
     reason: Reason = Reason.INTERNAL_ERROR
     #: True when the request never left edgeproxy, so any method may be retried.
     never_sent: bool = False
-    #: What happened, in a few words, for logs.
+    #: What happened, in a few words ("connect refused"), for logs and
+    #: health checks; an instance may say more than its class.
     cause: str = "error"
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
@@ -208,12 +210,18 @@ class BodyTooLarge(EdgeProxyError):
 
 
 class UpstreamError(EdgeProxyError):
-    """The upstream could not give a usable response."""
+    """The upstream could not give a usable response.  ``cause`` may say
+    more precisely what happened than the class does."""
 
     status_hint = 502
     public_message = "bad gateway"
     outcome = Outcome.UPSTREAM_ERROR
     reason = Reason.BAD_RESPONSE
+
+    def __init__(self, cause: str | None = None) -> None:
+        super().__init__()
+        if cause is not None:
+            self.cause = cause
 
 
 class UpstreamConnectFailed(UpstreamError):
@@ -247,6 +255,11 @@ class UpstreamResponseFailed(UpstreamError):
     """After the request was sent, the connection broke or the answer did not parse."""
 
     cause = "response failed"
+
+
+class UpstreamUnexpectedFailure(UpstreamResponseFailed):
+    """A failure of a kind edgeproxy does not know (a bug somewhere: whoever
+    meets one logs it with its traceback).  To the client, a broken response."""
 
 
 class NoHealthyUpstream(EdgeProxyError):

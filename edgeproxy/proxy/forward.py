@@ -28,10 +28,12 @@ from edgeproxy.core.errors import (
     NoHealthyUpstream,
     Reason,
     UpstreamResponseFailed,
+    UpstreamUnexpectedFailure,
 )
 from edgeproxy.core.headers import upstream_request_headers
 from edgeproxy.core.retry import Retry, decide_retry
 from edgeproxy.core.selection import request_hash_key, stable_roll
+from edgeproxy.net.failures import upstream_error
 from edgeproxy.proxy.relay import ResponseRelay
 from edgeproxy.upstream.h1client import H1Response, UpstreamClient
 
@@ -334,10 +336,9 @@ class _Exchange:
         self._pending = None
         if self._client_gone or failure.check(CancelledError):
             return
-        error = failure.value
-        if not isinstance(error, EdgeProxyError):
+        error = upstream_error(failure)
+        if isinstance(error, UpstreamUnexpectedFailure):
             self._forwarder.log.failure("unexpected upstream failure", failure)
-            error = UpstreamResponseFailed()
         self._last_error = error
         lease = self._lease
         assert lease is not None
