@@ -22,6 +22,7 @@ from edgeproxy.cluster.breaker import (
     ejection_time,
 )
 from edgeproxy.config import OutlierDetection
+from edgeproxy.core.errors import Reason
 
 CONFIG = OutlierDetection(3, base_ejection_time=10.0, max_ejection_time=40.0)
 
@@ -51,7 +52,7 @@ class Harness:
     def timers(self) -> int:
         return len(self.clock.getDelayedCalls())
 
-    def fail(self, times: int = 1, cause: str = "status 503") -> None:
+    def fail(self, times: int = 1, cause: Reason | int = 503) -> None:
         for _ in range(times):
             self.breaker.record_failure(cause)
 
@@ -110,7 +111,7 @@ STATES: dict[str, Callable[[], Harness]] = {
 INPUTS: dict[str, Callable[[Harness], Any]] = {
     "admit": lambda h: h.breaker.admit(),
     "success": lambda h: h.breaker.record_success(),
-    "failure": lambda h: h.breaker.record_failure("connect refused"),
+    "failure": lambda h: h.breaker.record_failure(Reason.CONNECT_FAILED),
     "cancelled": lambda h: h.breaker.record_cancelled(),
     # The timer is the only caller in real life; in other states it is a stray.
     "ejection_over": lambda h: h.breaker._ejection_over(),
@@ -212,13 +213,13 @@ def test_consecutive_failures_eject_and_success_resets() -> None:
     assert h.state == "closed"
     assert h.breaker.status().consecutive_failures == 2
     assert h.breaker.admit() is True
-    h.fail(1, "connect refused")
+    h.fail(1, Reason.CONNECT_FAILED)
     assert h.breaker.status() == BreakerStatus(
         state="open",
         consecutive_failures=3,
         ejections=1,
         ejected_for=10.0,
-        last_cause="connect refused",
+        last_cause="connect failed",
         multiplier=1,
     )
     assert h.breaker.is_ejected() is True
@@ -317,7 +318,7 @@ def test_may_eject_may_ask_this_breaker() -> None:
         breakers.append(Breaker(f"e{n}", CONFIG, clock, may_eject, lambda t: None))
     for b in breakers:
         for _ in range(3):
-            b.record_failure("status 500")
+            b.record_failure(500)
     assert [b.is_ejected() for b in breakers] == [True, True, False, False]
 
 
@@ -330,7 +331,7 @@ def test_on_transition_may_call_back() -> None:
 
     b = Breaker("e", CONFIG, clock, lambda: True, on_transition)
     for _ in range(3):
-        b.record_failure("status 502")
+        b.record_failure(502)
     clock.advance(10)
     assert seen == [("open", True, 10.0), ("half_open", False, None)]
 
@@ -371,8 +372,8 @@ def test_timers_cancelled_on_leaving_open() -> None:
 def test_transitions_reported_and_logged() -> None:
     h = Harness()
     with capturedLogs() as events:
-        h.fail(2, "status 500")
-        h.fail(1, "connect refused")
+        h.fail(2, 500)
+        h.fail(1, Reason.CONNECT_FAILED)
         h.clock.advance(10)
         h.breaker.admit()
         h.breaker.record_success()
@@ -382,7 +383,7 @@ def test_transitions_reported_and_logged() -> None:
             "breaker",
             "closed",
             "open",
-            "3 consecutive failures, last: connect refused",
+            "3 consecutive failures, last: connect failed",
             1000.0,
         ),
         Transition(
@@ -402,9 +403,30 @@ def test_transitions_reported_and_logged() -> None:
 
 def test_probe_failure_cause() -> None:
     h = in_half_open_probing()
-    h.fail(1, "timeout")
+    h.fail(1, Reason.RESPONSE_TIMEOUT)
     assert h.transitions[-1].old == "half_open"
-    assert h.transitions[-1].cause == "probe failed: timeout"
+    assert h.transitions[-1].cause == "probe failed: response timeout"
+
+
+@pytest.mark.parametrize(
+    ("cause", "words"),
+    [
+        # Every reason the forwarder reports to a breaker, as /status and the
+        # transitions have always worded them.
+        (Reason.CONNECT_FAILED, "connect failed"),
+        (Reason.CONNECT_TIMEOUT, "connect timeout"),
+        (Reason.RESPONSE_TIMEOUT, "response timeout"),
+        (Reason.BAD_RESPONSE, "response failed"),
+        (Reason.TRUNCATED, "truncated"),
+        (Reason.IDLE_TIMEOUT, "idle timeout"),
+        (503, "status 503"),
+        (500, "status 500"),
+    ],
+)
+def test_failure_causes_are_worded_as_before(cause: Reason | int, words: str) -> None:
+    h = Harness()
+    h.fail(1, cause)
+    assert h.breaker.status().last_cause == words
 
 
 @pytest.mark.parametrize(
@@ -487,8 +509,8 @@ def test_clean_state_shortcut_answers_as_the_machine_does(seed: int) -> None:
         lambda b: b.admit(),
         lambda b: b.record_success(),
         lambda b: b.record_success(),
-        lambda b: b.record_failure("status 500"),
-        lambda b: b.record_failure("connect refused"),
+        lambda b: b.record_failure(500),
+        lambda b: b.record_failure(Reason.CONNECT_FAILED),
         lambda b: b.record_cancelled(),
         lambda b: b.record_health_pass(),
         lambda b: b.is_ejected(),
@@ -597,20 +619,20 @@ def test_pin_retry_after_under_one_second() -> None:
 def test_pin_the_count_after_a_failed_probe() -> None:
     h = in_half_open_probing()
     assert h.breaker.status().consecutive_failures == 3  # kept through open and half-open
-    h.fail(1, "timeout")
+    h.fail(1, Reason.RESPONSE_TIMEOUT)
     assert h.breaker.status() == BreakerStatus(
         state="open",
         consecutive_failures=4,
         ejections=2,
         ejected_for=20.0,
-        last_cause="timeout",
+        last_cause="response timeout",
         multiplier=2,
     )
     # The cap forbids the next ejection: on probation, still counting.
     h.clock.advance(20)
     assert h.breaker.admit() is True
     h.allow = False
-    h.fail(1, "status 502")
+    h.fail(1, 502)
     assert h.breaker.status() == BreakerStatus(
         state="half_open",
         consecutive_failures=5,

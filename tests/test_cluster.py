@@ -22,6 +22,7 @@ from edgeproxy.config import (
     OutlierDetection,
     RoundRobin,
 )
+from edgeproxy.core.errors import Reason
 
 E1, E2, E3, E4 = (
     Endpoint("10.0.0.1", 80),
@@ -83,7 +84,7 @@ def eject(runtime: ClusterRuntime, endpoint: Endpoint) -> None:
     assert breaker is not None
     assert runtime.cluster.outlier_detection is not None
     for _ in range(runtime.cluster.outlier_detection.consecutive_failures):
-        breaker.record_failure("connect failed")
+        breaker.record_failure(Reason.CONNECT_FAILED)
     assert breaker.is_ejected()
 
 
@@ -118,9 +119,9 @@ class ChooseTests(SynchronousTestCase):
         runtime, _ = make(outlier=OutlierDetection(2))
         breaker = rt_of(runtime, E2).breaker
         assert breaker is not None
-        breaker.record_failure("connect failed")
+        breaker.record_failure(Reason.CONNECT_FAILED)
         self.assertTrue(rt_of(runtime, E2).up())
-        breaker.record_failure("connect failed")
+        breaker.record_failure(Reason.CONNECT_FAILED)
         self.assertFalse(rt_of(runtime, E2).up())
         for _ in range(6):
             self.assertEqual(take(runtime).endpoint, E1)
@@ -324,7 +325,7 @@ class AvailableTests(SynchronousTestCase):
                 elif step == 1:
                     rt.health.record_pass()
                 elif step == 2:
-                    rt.breaker.record_failure("connect refused")
+                    rt.breaker.record_failure(Reason.CONNECT_FAILED)
                 elif step == 3 and rt.breaker.admit():
                     rt.breaker.record_success()
                 elif step == 4:
@@ -354,8 +355,8 @@ class MayEjectTests(SynchronousTestCase):
         self.assertFalse(runtime.may_eject())
         breaker = rt_of(runtime, E3).breaker
         assert breaker is not None
-        breaker.record_failure("connect failed")
-        breaker.record_failure("connect failed")
+        breaker.record_failure(Reason.CONNECT_FAILED)
+        breaker.record_failure(Reason.CONNECT_FAILED)
         self.assertFalse(breaker.is_ejected())
         self.assertEqual(sum(rt.up() for rt in runtime.endpoints), 2)
 
@@ -486,7 +487,7 @@ class StatusTests(SynchronousTestCase):
     def test_counter_totals_are_reported(self) -> None:
         runtime, _ = make()
         counters = runtime.counters
-        counters.count_overflow("max_pending")
+        counters.count_overflow(Reason.MAX_PENDING)
         counters.pending = 2
         counters.retries_in_flight = 1
         counters.retries_total = 4
@@ -522,7 +523,7 @@ def test_passing_health_check_brings_an_ejected_endpoint_back() -> None:
     )
     first = runtime.endpoints[0]
     assert first.breaker is not None and first.health is not None
-    first.breaker.record_failure("connect refused")
+    first.breaker.record_failure(Reason.CONNECT_FAILED)
     assert not first.up()
     first.health.record_pass(at=clock.seconds())
     assert first.up()
@@ -546,7 +547,7 @@ class DefaultOutlierDetectionTests(SynchronousTestCase):
             rt = take(runtime)
             if rt is dead:
                 attempts += 1
-                dead.breaker.record_failure("connect refused")
+                dead.breaker.record_failure(Reason.CONNECT_FAILED)
             else:
                 assert rt.breaker is not None
                 rt.breaker.record_success()

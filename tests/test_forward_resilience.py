@@ -17,6 +17,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from edgeproxy.config import (
@@ -391,6 +392,19 @@ def test_connect_failure_of_post_is_retried() -> None:
     assert h.connections == 2
     h.accept().respond(answer(200, b"made"))
     assert client.body() == b"made"
+
+
+def test_a_failure_of_an_unknown_kind_is_logged_and_answered_502() -> None:
+    h = Harness(Route("/", Cluster("api", endpoints=["10.0.0.1:80", "10.0.0.2:80"])))
+    client = h.post()
+    connecting = h.reactor.tcpClients[0][2]
+    with capturedLogs() as events:
+        connecting._exchange.fail(ValueError("boom"))
+    assert client.status() == 502
+    assert h.connections == 1  # a POST that may have been sent is not retried
+    (logged,) = [e for e in events if e.get("log_failure") is not None]
+    assert logged["log_failure"].check(ValueError)
+    assert logged["log_format"] == "unexpected upstream failure"
 
 
 def test_exhausted_retry_budget_means_no_retry() -> None:
@@ -820,3 +834,159 @@ def test_no_other_side_when_the_attempts_are_spent() -> None:
     assert client.status() == 502
     assert h.connections == 1
     assert h.runtime("green").counters.in_flight == 0
+
+
+# -- whatever way a request ends, its lease gives everything back ------------------
+
+
+def held(h: Harness) -> dict[str, tuple[int, int, int, list[int]]]:
+    """What requests hold in each cluster: in flight, pending, retries in
+    flight, and each endpoint's slots."""
+    return {
+        name: (
+            rt.counters.in_flight,
+            rt.counters.pending,
+            rt.counters.retries_in_flight,
+            [e.in_flight for e in rt.endpoints],
+        )
+        for name, rt in h.snapshot.clusters.items()
+    }
+
+
+def nothing_held(h: Harness) -> bool:
+    return all(
+        (in_flight, pending, retries) == (0, 0, 0) and not any(slots)
+        for in_flight, pending, retries, slots in held(h).values()
+    )
+
+
+PAIR = Cluster(
+    "api",
+    endpoints=["10.0.0.1:80", "10.0.0.2:80"],
+    connect_timeout=3.0,
+    response_timeout=60.0,
+    limits=Limits(max_requests=3, max_connections_per_endpoint=1),
+)
+
+
+def _answered(h: Harness) -> None:
+    client = h.get(b"/")
+    h.accept().respond(answer(200))
+    assert client.status() == 200
+
+
+def _streamed(h: Harness) -> None:
+    client = h.get(b"/")
+    up = h.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+    assert not nothing_held(h)
+    up.respond(b"def")
+    assert client.body() == b"abcdef"
+
+
+def _failed(h: Harness) -> None:
+    client = h.post()
+    h.accept().lose(ConnectionLost())
+    assert client.status() == 502
+
+
+def _retried(h: Harness) -> None:
+    client = h.get(b"/")
+    h.accept().respond(answer(503))
+    assert h.runtime("api").counters.retries_in_flight == 1
+    h.accept().respond(answer(200, b"again"))
+    assert client.body() == b"again"
+
+
+def _refused_then_retried(h: Harness) -> None:
+    client = h.post()
+    h.refuse()
+    h.accept().respond(answer(200))
+    assert client.status() == 200
+
+
+def _gone_waiting_for_the_head(h: Harness) -> None:
+    client = h.get(b"/")
+    h.accept()
+    client.channel.connectionLost(Failure(ConnectionLost()))
+
+
+def _gone_mid_body(h: Harness) -> None:
+    client = h.get(b"/")
+    h.accept().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    client.channel.connectionLost(Failure(ConnectionLost()))
+
+
+def _gone_in_the_queue(h: Harness) -> None:
+    first, second = h.get(b"/1"), h.get(b"/2")
+    queued = h.get(b"/3")
+    assert h.runtime("api").counters.pending == 1
+    queued.channel.connectionLost(Failure(ConnectionLost()))
+    h.accept().respond(answer(200))
+    h.accept().respond(answer(200))
+    assert (first.status(), second.status()) == (200, 200)
+    assert h.connections == 2
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        _answered,
+        _streamed,
+        _failed,
+        _retried,
+        _refused_then_retried,
+        _gone_waiting_for_the_head,
+        _gone_mid_body,
+        _gone_in_the_queue,
+    ],
+)
+def test_nothing_is_left_held_however_a_request_ends(scenario: Any) -> None:
+    h = Harness(Route("/", PAIR))
+    scenario(h)
+    assert nothing_held(h), held(h)
+
+
+def test_nothing_is_left_held_after_a_wait_for_a_slot_times_out() -> None:
+    solo = Cluster(
+        "solo",
+        endpoints=["10.0.0.1:80"],
+        connect_timeout=3.0,
+        response_timeout=60.0,
+        limits=Limits(max_connections_per_endpoint=1),
+    )
+    h = Harness(Route("/", solo))
+    first = h.get(b"/1")
+    up = h.accept()
+    waiting, gone = h.get(b"/2"), h.get(b"/3")
+    assert h.runtime("solo").counters.pending == 2
+    gone.channel.connectionLost(Failure(ConnectionLost()))
+    h.reactor.advance(3.0)
+    assert waiting.header(b"x-edgeproxy-limit") == [b"pending_timeout"]
+    up.respond(answer(200))
+    assert first.status() == 200
+    assert nothing_held(h), held(h)
+
+
+def test_nothing_is_left_held_after_a_move_to_another_split_side() -> None:
+    h = Harness(Route("/", Split({BLUE: 1, GREEN: 1}, sticky="cookie:variant")))
+    cookie = b"Cookie: variant=" + token_for(h, "green") + b"\r\n"
+    client = h.get(b"/", cookie)
+    h.refuse()
+    assert held(h)["green"] == (0, 0, 0, [0])
+    assert held(h)["blue"] == (1, 0, 0, [1])
+    assert where(h, client) == "blue"
+    assert nothing_held(h), held(h)
+
+
+def test_a_client_leaving_mid_body_is_no_fault_of_the_endpoint() -> None:
+    h = Harness(Route("/", ejecting(1)))
+    client = h.get(b"/")
+    up = h.accept()
+    up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    client.channel.connectionLost(Failure(ConnectionLost()))
+    assert up.transport.disconnecting
+    runtime = h.runtime("api")
+    assert [rt.failures for rt in runtime.endpoints] == [0, 0]
+    assert runtime.available()
+    assert not any(rt.breaker.is_ejected() for rt in runtime.endpoints)

@@ -108,7 +108,7 @@ def test_dashboard_uses_only_metrics_that_exist() -> None:
     metrics.tls_failures.labels("tls_error").inc()
     metrics.config_reloads.labels("ok").inc()
     metrics.count_outcome(Outcome.REJECTED, Reason.BAD_HEADER)
-    snapshot.clusters["api"].counters.count_overflow("max_requests")
+    snapshot.clusters["api"].counters.count_overflow(Reason.MAX_REQUESTS)
     exposed = {
         sample.name for family in metrics.registry.collect() for sample in family.samples
     } | {family.name for family in metrics.registry.collect()}

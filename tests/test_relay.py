@@ -18,7 +18,8 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from edgeproxy.proxy.relay import COMPLETE, IDLE, TRUNCATED, ResponseRelay
+from edgeproxy.core.errors import Reason
+from edgeproxy.proxy.relay import ResponseRelay
 
 IDLE_TIMEOUT = 10.0
 
@@ -65,7 +66,7 @@ class RelayTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.sink = FakeSink()
-        self.outcomes: list[str] = []
+        self.outcomes: list[Reason | None] = []
         self.upstream = FakeUpstream()
         self.relay = ResponseRelay(
             self.sink, clock=self.clock, idle_timeout=IDLE_TIMEOUT, on_done=self.outcomes.append
@@ -98,7 +99,7 @@ class RelayTests(SynchronousTestCase):
         self.connect()
         self.relay.dataReceived(b"body")
         self.relay.connectionLost(Failure(ResponseDone()))
-        self.assertEqual(self.outcomes, [COMPLETE])
+        self.assertEqual(self.outcomes, [None])
         self.assertEqual(
             self.sink.events, [("register", True), ("write", b"body"), ("unregister", None)]
         )
@@ -109,14 +110,14 @@ class RelayTests(SynchronousTestCase):
         self.connect()
         self.relay.dataReceived(b"body")
         self.relay.connectionLost(Failure(PotentialDataLoss()))
-        self.assertEqual(self.outcomes, [COMPLETE])
+        self.assertEqual(self.outcomes, [None])
         self.assertEqual(self.sink.events[-1], ("unregister", None))
 
     def test_other_failure_is_truncated(self) -> None:
         self.connect()
         self.relay.dataReceived(b"bo")
         self.relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionLost())])))
-        self.assertEqual(self.outcomes, [TRUNCATED])
+        self.assertEqual(self.outcomes, [Reason.TRUNCATED])
         self.assertEqual(self.sink.events[-1], ("unregister", None))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -131,7 +132,7 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.outcomes, [])
         # Stopping the upstream makes its body end in failure.
         self.relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionDone())])))
-        self.assertEqual(self.outcomes, [IDLE])
+        self.assertEqual(self.outcomes, [Reason.IDLE_TIMEOUT])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_data_resets_the_idle_timer(self) -> None:
@@ -187,7 +188,7 @@ class RelayTests(SynchronousTestCase):
         self.clock.advance(IDLE_TIMEOUT)
         self.assertEqual(self.upstream.calls, ["stop"])
         self.relay.connectionLost(Failure(PotentialDataLoss()))
-        self.assertEqual(self.outcomes, [IDLE])
+        self.assertEqual(self.outcomes, [Reason.IDLE_TIMEOUT])
 
     # -- the client goes away ----------------------------------------------------
 
@@ -202,7 +203,7 @@ class RelayTests(SynchronousTestCase):
         self.relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionDone())])))
         self.assertEqual(self.sink.written, [b"a"])
         self.assertNotIn(("unregister", None), self.sink.events)
-        self.assertEqual(self.outcomes, [TRUNCATED])
+        self.assertEqual(self.outcomes, [Reason.TRUNCATED])
 
     def test_client_gone_before_the_body_starts(self) -> None:
         self.relay.client_gone()
@@ -215,7 +216,7 @@ class RelayTests(SynchronousTestCase):
 class ArmingTests(SynchronousTestCase):
     def test_a_body_complete_before_arming_never_starts_a_timer(self) -> None:
         clock = Clock()
-        outcomes: list[str] = []
+        outcomes: list[Reason | None] = []
         relay = ResponseRelay(
             FakeSink(), clock=clock, idle_timeout=IDLE_TIMEOUT, on_done=outcomes.append
         )
@@ -223,7 +224,7 @@ class ArmingTests(SynchronousTestCase):
         relay.dataReceived(b"whole")
         relay.connectionLost(Failure(ResponseDone()))
         relay.arm()
-        self.assertEqual(outcomes, [COMPLETE])
+        self.assertEqual(outcomes, [None])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_arming_while_the_client_is_slow_waits_for_resume(self) -> None:

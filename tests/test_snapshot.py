@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import Cluster, OutlierDetection, Route, VirtualHost
 from edgeproxy.config.load import ClusterDefinition, LoadedConfig
+from edgeproxy.core.errors import Reason
 from tests.memproxy import make_config
 
 A = Cluster("a", endpoints=["10.0.0.1:80"], outlier_detection=OutlierDetection(consecutive_failures=1))
@@ -23,7 +24,7 @@ def build(*clusters: Cluster, previous: Snapshot | None = None) -> Snapshot:
 
 def test_unchanged_cluster_keeps_its_runtime_and_state() -> None:
     old = build(A, B)
-    old.clusters["a"].endpoints[0].breaker.record_failure("test")  # type: ignore[union-attr]
+    old.clusters["a"].endpoints[0].breaker.record_failure(Reason.CONNECT_FAILED)  # type: ignore[union-attr]
     assert not old.clusters["a"].endpoints[0].up()
     new = build(A, B2, previous=old)
     assert new.clusters["a"] is old.clusters["a"]
@@ -57,7 +58,7 @@ def test_idle_cluster_gets_a_runtime_that_a_blue_green_switch_keeps() -> None:
     old = Snapshot.build(on_blue, Clock(), random.Random(1))
     assert list(old.clusters) == ["blue", "green"]
     idle = old.clusters["green"]
-    idle.endpoints[0].breaker.record_failure("connect refused")  # type: ignore[union-attr]
+    idle.endpoints[0].breaker.record_failure(Reason.CONNECT_FAILED)  # type: ignore[union-attr]
     # The switch: the route now points at green, and blue is the idle one.
     on_green = with_idle(make_config(VirtualHost(["x.example"], routes=[Route("/", green)])), blue)
     new = Snapshot.build(on_green, Clock(), random.Random(1), previous=old)

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from edgeproxy.config import OutlierDetection
+from edgeproxy.core.errors import Reason, failure_words
 
 __all__ = [
     "Breaker",
@@ -445,12 +446,12 @@ class Breaker:
         self._machine.success()
         self._flush()
 
-    def record_failure(self, cause: str) -> None:
-        """An admitted request failed (connect error, timeout, reset, failure status).
-
-        ``cause`` is a short string such as ``"connect refused"`` or ``"status 503"``.
+    def record_failure(self, cause: Reason | int) -> None:
+        """An admitted request failed: ``cause`` is why (:attr:`Reason.CONNECT_FAILED`,
+        :attr:`Reason.TRUNCATED`...) or the failure status it was answered with.
+        Transitions and :meth:`status` word it with :func:`failure_words`.
         """
-        self._machine.failure(cause, self._may_eject())
+        self._machine.failure(failure_words(cause), self._may_eject())
         self._flush()
 
     def record_cancelled(self) -> None:

@@ -32,18 +32,15 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import (
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
+from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from edgeproxy.cluster.breaker import Transition, canonical_dot
 from edgeproxy.config import Endpoint, HealthCheck
+from edgeproxy.core.errors import UpstreamUnexpectedFailure
+from edgeproxy.net.failures import upstream_error
 
 __all__ = [
     "BODY_LIMIT",
@@ -362,17 +359,6 @@ def _discard_body(response: IResponse, limit: int) -> Deferred[None]:
     return done
 
 
-def _unwrap(failure: Failure) -> Failure:
-    """The first reason inside Agent's ResponseNeverReceived & co."""
-    if failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
-        reasons = getattr(failure.value, "reasons", None)
-        if reasons:
-            first = reasons[0]
-            if isinstance(first, Failure):
-                return first
-    return failure
-
-
 @dataclass
 class _Check:
     """State data of ``checking``: the check in flight."""
@@ -384,28 +370,6 @@ class _Check:
         self.stopping = True
         if self.deferred is not None:
             self.deferred.cancel()
-
-
-def _cause(failure: Failure, timed_out: bool) -> str | None:
-    """A short cause for a failed check, or None when it is unexpected."""
-    if timed_out:
-        return "timeout"
-    inner = _unwrap(failure)
-    if inner.check(ierror.ConnectionRefusedError):
-        return "connect refused"
-    if inner.check(ierror.TimeoutError):
-        return "connect timeout"
-    if inner.check(ierror.DNSLookupError):
-        return "dns lookup failed"
-    if inner.check(ierror.ConnectError):
-        return "connect failed"
-    if failure.check(ResponseNeverReceived):
-        return "no response"
-    if failure.check(
-        ResponseFailed, RequestTransmissionFailed, ierror.ConnectionLost, ierror.ConnectionDone
-    ):
-        return "connection lost"
-    return None
 
 
 def _start_check(machine: _LoopInputs, core: _LoopCore) -> _Check:
@@ -439,17 +403,18 @@ def _start_check(machine: _LoopInputs, core: _LoopCore) -> _Check:
                 core.state.record_fail(f"status {result}", at=at)
         elif check.stopping and not timed_out:
             pass  # stopService cancelled it: no verdict
+        elif timed_out:
+            core.state.record_fail("timeout", at=at)
         else:
-            cause = _cause(result, timed_out)
-            if cause is None:
+            error = upstream_error(result)
+            if isinstance(error, UpstreamUnexpectedFailure):
                 core.log.failure(
                     "{cluster} health check of {endpoint} failed unexpectedly",
                     failure=result,
                     cluster=core.cluster,
                     endpoint=address,
                 )
-                cause = f"error: {type(result.value).__name__}"
-            core.state.record_fail(cause, at=at)
+            core.state.record_fail(error.cause, at=at)
 
     def verdict(result: int | Failure) -> None:
         try:

@@ -1,7 +1,10 @@
 """
 Per-cluster limits (what Envoy calls circuit-breaker thresholds): requests in
 flight, requests waiting for a free connection slot, and the retry budget.
-Pure bookkeeping; the waiting itself is done by :mod:`edgeproxy.cluster.runtime`.
+Pure bookkeeping: every count changes through a method of
+:class:`ClusterCounters`, called by a request's
+:class:`~edgeproxy.cluster.runtime.Lease`; the waiting itself is done by
+:mod:`edgeproxy.cluster.runtime`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import attrs
 
 from edgeproxy.config import Limits, RetryPolicy
+from edgeproxy.core.errors import Reason
 
 __all__ = ["ClusterCounters"]
 
@@ -25,31 +29,71 @@ class ClusterCounters:
     pending: int = 0
     retries_in_flight: int = 0
     #: Totals since start, for /status and metrics.
-    overflows: dict[str, int] = attrs.field(factory=dict)
+    overflows: dict[Reason, int] = attrs.field(factory=dict)
     retries_total: int = 0
     retries_refused: int = 0
 
-    def request_overflow(self) -> str | None:
-        """The name of the limit a new request would exceed, or None."""
+    def request_overflow(self) -> Reason | None:
+        """The limit a new request would exceed, or None."""
         if self.in_flight >= self.limits.max_requests:
-            return "max_requests"
+            return Reason.MAX_REQUESTS
         return None
 
-    def pending_overflow(self) -> str | None:
+    def pending_overflow(self) -> Reason | None:
+        """The limit one more waiting request would exceed, or None."""
         if self.pending >= self.limits.max_pending:
-            return "max_pending"
+            return Reason.MAX_PENDING
         return None
 
-    def count_overflow(self, limit: str) -> None:
+    def count_overflow(self, limit: Reason) -> None:
         self.overflows[limit] = self.overflows.get(limit, 0) + 1
 
-    def retry_allowed(self) -> bool:
-        """The retry budget: retries in flight stay under a share of all requests in flight."""
+    # -- what a lease takes and gives back ------------------------------------
+
+    def admit(self) -> bool:
+        """Count one more request in flight; or, at ``max_requests``, count the overflow."""
+        if self.in_flight >= self.limits.max_requests:
+            self.count_overflow(Reason.MAX_REQUESTS)
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        """An admitted request is over."""
+        self.in_flight -= 1
+
+    def queue(self) -> bool:
+        """Count one more request waiting for a slot; or, at ``max_pending``, count the overflow."""
+        if self.pending >= self.limits.max_pending:
+            self.count_overflow(Reason.MAX_PENDING)
+            return False
+        self.pending += 1
+        return True
+
+    def unqueue(self) -> None:
+        """A waiting request got its slot, gave up or went away."""
+        self.pending -= 1
+
+    def retry_budget_allows(self) -> bool:
+        """Whether one more request may start retrying: retries in flight stay
+        under a share of all requests in flight (``min_retries`` always may)."""
         budget = max(
             self.retries.min_retries,
             math.floor(self.in_flight * self.retries.budget_percent / 100),
         )
-        allowed = self.retries_in_flight < budget
-        if not allowed:
-            self.retries_refused += 1
-        return allowed
+        return self.retries_in_flight < budget
+
+    def take_retry_place(self) -> None:
+        """A request starts retrying (its later retries reuse the place)."""
+        self.retries_in_flight += 1
+
+    def give_back_retry_place(self) -> None:
+        self.retries_in_flight -= 1
+
+    def count_retry(self) -> None:
+        """A retry is sent (within the budget or not)."""
+        self.retries_total += 1
+
+    def refuse_retry(self) -> None:
+        """A retry was wanted and the budget said no."""
+        self.retries_refused += 1

@@ -2,7 +2,8 @@
 The live state of one cluster: its endpoints' health (active checks and
 outlier ejection folded into one "available" answer), their requests in
 flight, the selection policy, the limits and the queue of requests waiting
-for a free connection slot.
+for a free connection slot.  A request deals with it through the
+:class:`Lease` that :meth:`ClusterRuntime.admit` gives it.
 """
 
 from __future__ import annotations
@@ -11,48 +12,58 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from edgeproxy.cluster.breaker import Breaker, Transition, ejection_allowed
 from edgeproxy.cluster.health import HealthState
 from edgeproxy.cluster.limits import ClusterCounters
 from edgeproxy.config import Cluster, ConsistentHash, Endpoint, LeastRequest, Random, RoundRobin
+from edgeproxy.core.errors import LimitExceeded, Reason
+from edgeproxy.core.retry import Retry
 from edgeproxy.core.selection import (
     LeastRequestSelector,
     MaglevSelector,
     RandomSelector,
     RoundRobinSelector,
     Selector,
+    Weighted,
 )
 
-__all__ = ["ClusterRuntime", "EndpointRuntime", "NoSlot", "make_selector"]
+__all__ = ["ClusterRuntime", "EndpointRuntime", "Lease", "NoSlot", "make_selector"]
 
 #: How many recent health and breaker transitions /status shows per cluster.
 RECENT_TRANSITIONS = 50
 
+E = TypeVar("E", bound=Weighted)
 
 
 def make_selector(
     policy: RoundRobin | Random | LeastRequest | ConsistentHash,
-    endpoints: Sequence[Endpoint],
+    endpoints: Sequence[E],
     *,
     rng: random.Random,
-    in_flight: Callable[[Endpoint], int],
-) -> Selector[Endpoint]:
+    in_flight: Callable[[E], int],
+) -> Selector[E]:
     """The selector for a cluster's ``policy`` over its ``endpoints``."""
     if isinstance(policy, RoundRobin):
         return RoundRobinSelector(endpoints)
     if isinstance(policy, Random):
-        return RandomSelector[Endpoint](rng)
+        return RandomSelector[E](rng)
     if isinstance(policy, LeastRequest):
         return LeastRequestSelector(policy.choices, rng=rng, in_flight=in_flight)
     if isinstance(policy, ConsistentHash):
         return MaglevSelector(endpoints, policy.table_size, rng=rng)
     raise TypeError(f"unknown selection policy {policy!r}")
+
+def _in_flight(rt: EndpointRuntime) -> int:
+    return rt.in_flight
+
 
 class NoSlot:
     """Why no endpoint could be given to a request."""
@@ -83,6 +94,16 @@ class EndpointRuntime:
     #: or breakers, kept by :class:`ClusterRuntime`: picking an endpoint reads
     #: this instead of asking both machines per request.
     is_up: bool = True
+    #: The endpoint's weight: the selector picks among these runtimes
+    #: directly, rather than among endpoints mapped back to their runtimes.
+    weight: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.weight = self.endpoint.weight
+
+    def __str__(self) -> str:
+        # The endpoint's address: what consistent hashing orders and hashes by.
+        return str(self.endpoint)
 
     def up(self) -> bool:
         """Healthy by active checks (if any) and not ejected by outlier detection (if on)."""
@@ -116,6 +137,7 @@ class ClusterRuntime:
         self.cluster = cluster
         self._clock = clock
         self.counters = ClusterCounters(cluster.limits, cluster.retries)
+        self._slots_per_endpoint = cluster.limits.max_connections_per_endpoint
         self.transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)
         #: Endpoints start healthy and closed.
         self._some_up = True
@@ -149,17 +171,17 @@ class ClusterRuntime:
                 else None
             )
             self.endpoints.append(EndpointRuntime(endpoint, label, health, breaker))
-        self._by_endpoint = {rt.endpoint: rt for rt in self.endpoints}
         #: Whether an endpoint's answers (failure statuses, timeouts, broken
         #: responses) count against it, or only failures to connect.
         self.judges_answers = detection is not None and (
             len(self.endpoints) > 1 or detection.sole_endpoint_answers
         )
-        self.selector = make_selector(
-            cluster.policy,
-            cluster.endpoints,
-            rng=rng,
-            in_flight=lambda endpoint: self._by_endpoint[endpoint].in_flight,
+        #: The statuses that count as an endpoint's failure (none without outlier detection).
+        self.failure_statuses: frozenset[int] = (
+            detection.failure_statuses if detection is not None else frozenset()
+        )
+        self.selector: Selector[EndpointRuntime] = make_selector(
+            cluster.policy, self.endpoints, rng=rng, in_flight=_in_flight
         )
 
     def _transition(self, transition: Transition) -> None:
@@ -188,6 +210,14 @@ class ClusterRuntime:
         )
         return ejection_allowed(ejected, len(self.endpoints), detection.max_ejection_percent)
 
+    def admit(self, tried: list[Endpoint]) -> Lease | None:
+        """A lease for a new request, counted in flight; or None at
+        ``max_requests`` (the overflow counted).  ``tried`` is the request's
+        list of endpoints tried so far, which the lease adds to."""
+        if not self.counters.admit():
+            return None
+        return Lease(self, tried)
+
     def available(self) -> bool:
         """Whether some endpoint is up: healthy and not ejected (full or not).
 
@@ -200,7 +230,7 @@ class ClusterRuntime:
         self, tried: Collection[Endpoint], hash_key: bytes | None
     ) -> EndpointRuntime | NoSlot:
         """An endpoint for the next attempt, its slot taken; or why there is none."""
-        limit = self.cluster.limits.max_connections_per_endpoint
+        limit = self._slots_per_endpoint
         panic = False
         # A first attempt, nearly always, and some endpoint up with room: one pass.
         free = (
@@ -227,12 +257,12 @@ class ClusterRuntime:
                 # rebuilt for nothing; any other free endpoint will do.
                 hash_key = None
         while free:
-            picked = self.selector.pick([rt.endpoint for rt in free], hash_key)
-            if picked is None:
+            rt = self.selector.pick(free, hash_key)
+            if rt is None:
                 break
-            rt = self._by_endpoint[picked]
             # A half-open breaker admits one probe at a time.
-            if panic or rt.breaker is None or rt.breaker.admit():
+            breaker = rt.breaker
+            if panic or breaker is None or breaker.admit():
                 rt.in_flight += 1
                 rt.requests += 1
                 return rt
@@ -255,7 +285,9 @@ class ClusterRuntime:
         here, so this ends.
         """
         rt.in_flight -= 1
-        limit = self.cluster.limits.max_connections_per_endpoint
+        if not self._waiters:
+            return
+        limit = self._slots_per_endpoint
         for _ in range(len(self._waiters)):
             if rt.in_flight >= limit or not self._waiters:
                 return
@@ -311,3 +343,179 @@ class ClusterRuntime:
             "endpoints": [rt.status() for rt in self.endpoints],
             "recent_transitions": [attrs.asdict(t) for t in self.transitions],
         }
+
+
+class Lease:
+    """One request's admission to a cluster (:meth:`ClusterRuntime.admit`).
+
+    It owns what the request takes from the cluster and gives each back
+    exactly once: its place among the requests in flight (``max_requests``);
+    while it waits, its place in the queue for a slot (``max_pending``); the
+    endpoint slot of its current attempt, with that attempt's verdict for the
+    endpoint's breaker; and its place in the retry budget.  The cluster's
+    counts change through :class:`~edgeproxy.cluster.limits.ClusterCounters`'
+    methods, an endpoint's slots through :meth:`ClusterRuntime.choose` and
+    :meth:`ClusterRuntime.release`.
+
+    Every method may be called again, or after :meth:`release`, and then
+    does nothing more, so the request's error, cancel and abort paths need
+    not know what is still held.
+    """
+
+    # What a new lease holds besides its cluster and the request's tried
+    # endpoints (class defaults: one small object per request, set up with
+    # two stores).
+    #: The place in flight, until released.
+    _held = True
+    #: The current attempt's slot.
+    _slot: EndpointRuntime | None = None
+    #: While there is a slot: None until the attempt's verdict, then whether it passed.
+    _verdict: bool | None = None
+    #: A place in the retry budget, taken by the first retry within it.
+    _retrying = False
+
+    def __init__(self, runtime: ClusterRuntime, tried: list[Endpoint]) -> None:
+        self._runtime = runtime
+        self._tried = tried
+
+    # -- attempts ----------------------------------------------------------------
+
+    def take_endpoint(self, hash_key: bytes | None) -> EndpointRuntime | NoSlot:
+        """An endpoint not yet tried for the next attempt, its slot taken (and
+        added to the tried ones); or why there is none.  An attempt still
+        going is ended first."""
+        if self._slot is not None or not self._held:
+            if not self._held:
+                return UNAVAILABLE
+            self.end_attempt()
+        choice = self._runtime.choose(self._tried, hash_key)
+        if isinstance(choice, EndpointRuntime):
+            self._slot = choice
+            self._verdict = None
+            self._tried.append(choice.endpoint)
+        return choice
+
+    def answered(self, status: int) -> None:
+        """The attempt's response head came, with ``status``: a failure if it
+        is one of outlier detection's ``failure_statuses``, else a success."""
+        slot = self._slot
+        if slot is None or self._verdict is not None:
+            return
+        if status in self._runtime.failure_statuses:
+            self._fail(status, reached=True)
+            return
+        self._verdict = True
+        breaker = slot.breaker
+        if breaker is not None:
+            breaker.record_success()
+
+    def failed(self, cause: Reason, *, reached: bool) -> None:
+        """The attempt failed before a response head, for ``cause``.
+        ``reached``: the endpoint was connected to (it answered badly, or too
+        late), rather than being unreachable."""
+        if self._slot is not None and self._verdict is None:
+            self._fail(cause, reached)
+
+    def body_failed(self, cause: Reason) -> None:
+        """The body of a response whose head passed broke off (or went quiet):
+        a failure after all.  After a failed head it is the same failure, not
+        counted twice."""
+        if self._slot is not None and self._verdict:
+            self._fail(cause, reached=True)
+
+    def _fail(self, cause: Reason | int, reached: bool) -> None:
+        slot = self._slot
+        assert slot is not None
+        self._verdict = False
+        slot.failures += 1
+        breaker = slot.breaker
+        if breaker is None:
+            return
+        if reached and not self._runtime.judges_answers:
+            # A one-endpoint cluster's breaker watches only whether the
+            # endpoint can be reached, and this time it could.
+            breaker.record_success()
+        else:
+            breaker.record_failure(cause)
+
+    def end_attempt(self, *, cancelled: bool = False) -> None:
+        """The attempt is over: its slot goes back (to a waiting request, if
+        any).  ``cancelled``: the client went away; an attempt without a
+        verdict then tells its breaker so (a half-open breaker's probe is free
+        again)."""
+        slot = self._slot
+        if slot is None:
+            return
+        self._slot = None
+        if cancelled and self._verdict is None and slot.breaker is not None:
+            slot.breaker.record_cancelled()
+        self._runtime.release(slot)
+
+    # -- waiting for a slot ------------------------------------------------------
+
+    def wait_for_slot(self) -> Deferred[None] | None:
+        """Queue for a free slot when every endpoint is full: a Deferred that
+        fires when one frees up, fails with :class:`LimitExceeded` after the
+        cluster's ``connect_timeout`` (``pending_timeout``) or with
+        ``CancelledError`` when cancelled; or None, the queue being full
+        (``max_pending``, counted)."""
+        runtime = self._runtime
+        if not self._held or not runtime.counters.queue():
+            return None
+        d = runtime.wait_for_slot(runtime.cluster.connect_timeout)
+        d.addBoth(self._unqueued)
+        return d
+
+    def _unqueued(self, result: object) -> object:
+        counters = self._runtime.counters
+        counters.unqueue()
+        if isinstance(result, Failure) and result.check(DeferredTimeout):
+            counters.count_overflow(Reason.PENDING_TIMEOUT)
+            return Failure(LimitExceeded(Reason.PENDING_TIMEOUT))
+        return result
+
+    # -- retries -----------------------------------------------------------------
+
+    def has_candidate(self) -> bool:
+        """Whether an endpoint not yet tried could take a retry now or soon."""
+        return self._runtime.has_candidate(self._tried)
+
+    def retry_budget_allows(self) -> bool:
+        """Whether this request may retry within the budget: it holds a place
+        already, or the cluster's budget has one."""
+        return self._retrying or self._runtime.counters.retry_budget_allows()
+
+    def spend_retry(self, decision: Retry) -> bool:
+        """Count a retry decision (:func:`edgeproxy.core.retry.decide_retry`):
+        the first retry within the budget takes a place in it, kept until
+        release; a refusal is counted as one.  Whether the request is retried
+        (never once released)."""
+        if not self._held:
+            return False
+        counters = self._runtime.counters
+        if decision is Retry.WITHIN_BUDGET:
+            if not self._retrying:
+                self._retrying = True
+                counters.take_retry_place()
+        elif decision is not Retry.OUTSIDE_BUDGET:
+            if decision is Retry.REFUSED:
+                counters.refuse_retry()
+            return False
+        counters.count_retry()
+        return True
+
+    # -- the end -----------------------------------------------------------------
+
+    def release(self, *, cancelled: bool = False) -> None:
+        """Give back everything still held: the current attempt's slot (see
+        :meth:`end_attempt` for ``cancelled``), the place in the retry budget
+        and the place in flight."""
+        if not self._held:
+            return
+        self._held = False
+        if self._slot is not None:
+            self.end_attempt(cancelled=cancelled)
+        if self._retrying:
+            self._retrying = False
+            self._runtime.counters.give_back_retry_place()
+        self._runtime.counters.leave()

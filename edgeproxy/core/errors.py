@@ -34,7 +34,9 @@ __all__ = [
     "UpstreamError",
     "UpstreamResponseFailed",
     "UpstreamTimeout",
+    "UpstreamUnexpectedFailure",
     "VersionNotSupported",
+    "failure_words",
 ]
 
 
@@ -104,6 +106,21 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+#: How an endpoint's failures are worded where a person reads them (breaker
+#: transitions, ``last_cause`` in /status, logs), when the words are not the
+#: token's own.
+_WORDS = {Reason.BAD_RESPONSE: "response failed"}
+
+
+def failure_words(cause: Reason | int) -> str:
+    """Why an attempt on an endpoint failed, in words: a :class:`Reason`
+    (``"connect failed"``, ``"truncated"``, ``"idle timeout"``...) or the
+    failure status the endpoint answered with (``"status 503"``)."""
+    if isinstance(cause, Reason):
+        return _WORDS.get(cause) or cause.value.replace("_", " ")
+    return f"status {cause}"
+
+
 class EdgeProxyError(Exception):
     """Base of the errors a request can end in."""
 
@@ -113,7 +130,8 @@ class EdgeProxyError(Exception):
     reason: Reason = Reason.INTERNAL_ERROR
     #: True when the request never left edgeproxy, so any method may be retried.
     never_sent: bool = False
-    #: A short cause for logs and breaker transitions ("connect refused", ...).
+    #: What happened, in a few words ("connect refused"), for logs and
+    #: health checks; an instance may say more than its class.
     cause: str = "error"
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
@@ -192,12 +210,18 @@ class BodyTooLarge(EdgeProxyError):
 
 
 class UpstreamError(EdgeProxyError):
-    """The upstream could not give a usable response."""
+    """The upstream could not give a usable response.  ``cause`` may say
+    more precisely what happened than the class does."""
 
     status_hint = 502
     public_message = "bad gateway"
     outcome = Outcome.UPSTREAM_ERROR
     reason = Reason.BAD_RESPONSE
+
+    def __init__(self, cause: str | None = None) -> None:
+        super().__init__()
+        if cause is not None:
+            self.cause = cause
 
 
 class UpstreamConnectFailed(UpstreamError):
@@ -233,6 +257,11 @@ class UpstreamResponseFailed(UpstreamError):
     cause = "response failed"
 
 
+class UpstreamUnexpectedFailure(UpstreamResponseFailed):
+    """A failure of a kind edgeproxy does not know (a bug somewhere: whoever
+    meets one logs it with its traceback).  To the client, a broken response."""
+
+
 class NoHealthyUpstream(EdgeProxyError):
     """Every endpoint of the cluster is unhealthy or ejected (and panic mode is off)."""
 
@@ -253,8 +282,8 @@ class NoHealthyUpstream(EdgeProxyError):
 class LimitExceeded(EdgeProxyError):
     """A cluster limit was reached; the request is shed at once.
 
-    ``limit`` is ``max_requests``, ``max_pending`` or ``pending_timeout`` and is
-    sent to the client in ``X-Edgeproxy-Limit`` (as Envoy's
+    ``limit`` is :attr:`Reason.MAX_REQUESTS`, ``MAX_PENDING`` or
+    ``PENDING_TIMEOUT``; its token is sent to the client in ``X-Edgeproxy-Limit`` (as Envoy's
     ``x-envoy-overloaded``), so load tests and clients can tell shedding from failure.
     """
 
@@ -263,13 +292,12 @@ class LimitExceeded(EdgeProxyError):
     cause = "limit"
     outcome = Outcome.LIMITED
 
-    def __init__(self, limit: str) -> None:
+    def __init__(self, limit: Reason) -> None:
         super().__init__(limit)
-        self.limit = limit
-        self.reason = Reason(limit)
+        self.reason = self.limit = Reason(limit)
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"X-Edgeproxy-Limit", self.limit.encode("ascii"))]
+        return [(b"X-Edgeproxy-Limit", self.limit.value.encode("ascii"))]
 
 
 @attrs.frozen

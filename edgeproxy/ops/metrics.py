@@ -55,7 +55,7 @@ class Metrics:
         self.upstream_durations: dict[str, _Histogram] = {}
         self.body_bytes: dict[str, list[int]] = {}  # vhost -> [in, out]
         #: Requests edgeproxy refused, by reason (a token of errors.Reason).
-        self.rejections: dict[str, int] = {}
+        self.rejections: dict[Reason, int] = {}
         # (vhost, route, cluster) -> the above's entries for it, looked up once.
         self._sinks: dict[tuple[str | None, str | None, str | None], _Sink] = {}
         r.register(_RequestCollector(self))

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edgeproxy.cluster.runtime import FULL, ClusterRuntime, EndpointRuntime
+from edgeproxy.cluster.runtime import FULL, ClusterRuntime, Lease, NoSlot
 from edgeproxy.config import Endpoint, Split
 from edgeproxy.core.errors import (
     EdgeProxyError,
@@ -31,12 +30,15 @@ from edgeproxy.core.errors import (
     NoHealthyUpstream,
     Reason,
     UpstreamResponseFailed,
+    UpstreamUnexpectedFailure,
 )
 from edgeproxy.core.headers import upstream_request_headers
+from edgeproxy.core.retry import Retry, decide_retry
 from edgeproxy.core.selection import request_hash_key, stable_roll
+from edgeproxy.net.failures import upstream_error
 from edgeproxy.proxy.exchange import Exchange, Stage
-from edgeproxy.proxy.relay import COMPLETE, TRUNCATED, ResponseRelay
-from edgeproxy.upstream.h1client import IDEMPOTENT_METHODS, H1Response, UpstreamClient
+from edgeproxy.proxy.relay import ResponseRelay
+from edgeproxy.upstream.h1client import H1Response, UpstreamClient
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
@@ -188,12 +190,10 @@ class _Exchange:
         #: The Split's sides this request may still move to (made on its first move).
         self._sides_left: set[str] | None = None
         self._tried: list[Endpoint] = []
-        self._slot: EndpointRuntime | None = None
+        self._lease: Lease | None = None
         #: The upstream exchange waiting for its head, or the wait for a free slot.
         self._pending: _Cancellable | None = None
         self._client_gone = False
-        self._counted = False
-        self._retrying = False
         self._last_error: EdgeProxyError | None = None
         self._attempt_started = 0.0
         self._method = request.method
@@ -233,71 +233,42 @@ class _Exchange:
 
     def _on_request_over(self, failure: Failure | None) -> None:
         """The downstream request finished, or its client went away."""
-        if failure is not None:
-            self._client_gone = True
-            pending, self._pending = self._pending, None
-            if pending is not None:
-                pending.cancel()
-            if self._relay is not None:
-                self._relay.client_gone()
-        self._release_slot(cancelled=failure is not None)
-        if self._counted:
-            self._counted = False
-            self._runtime.counters.in_flight -= 1
-        self._end_retry()
-
-    def _release_slot(self, cancelled: bool = False) -> None:
-        slot, self._slot = self._slot, None
-        if slot is None:
+        lease = self._lease
+        if failure is None:
+            if lease is not None:
+                lease.release()
             return
-        if cancelled and slot.breaker is not None:
-            slot.breaker.record_cancelled()
-        self._runtime.release(slot)
-
-    def _end_retry(self) -> None:
-        if self._retrying:
-            self._retrying = False
-            self._runtime.counters.retries_in_flight -= 1
-
-    def _record_failure(self, cause: str, reached: bool = True) -> None:
-        """The attempt failed; ``reached``: the endpoint was connected to (it
-        answered badly, or too late), rather than being unreachable."""
-        slot = self._slot
-        if slot is None:
-            return
-        slot.failures += 1
-        breaker = slot.breaker
-        if breaker is None:
-            return
-        if reached and not self._runtime.judges_answers:
-            # A one-endpoint cluster's breaker watches only whether the
-            # endpoint can be reached, and this time it could.
-            breaker.record_success()
-        else:
-            breaker.record_failure(cause)
+        self._client_gone = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        # Before the relay hears of it: the upstream body it cuts short is
+        # no fault of the endpoint's.
+        if lease is not None:
+            lease.release(cancelled=True)
+        if self._relay is not None:
+            self._relay.client_gone()
 
     # -- attempts --------------------------------------------------------------
 
     def start(self) -> None:
-        counters = self._runtime.counters
-        overflow = counters.request_overflow()
-        if overflow is not None:
-            counters.count_overflow(overflow)
-            self._fail(LimitExceeded(overflow))
+        lease = self._lease = self._runtime.admit(self._tried)
+        if lease is None:
+            self._fail(LimitExceeded(Reason.MAX_REQUESTS))
             return
-        counters.in_flight += 1
-        self._counted = True
         self._attempt()
 
     def _attempt(self) -> None:
-        if self._client_gone:
-            return
-        runtime = self._runtime
-        choice = runtime.choose(self._tried, self._hash_key)
-        if choice is FULL:
-            self._wait_for_slot()
-            return
-        if not isinstance(choice, EndpointRuntime):
+        lease = self._lease
+        assert lease is not None
+        choice = lease.take_endpoint(self._hash_key)
+        if isinstance(choice, NoSlot):
+            if self._client_gone:
+                return  # its lease is released: there was nothing to take
+            if choice is FULL:
+                self._wait_for_slot()
+                return
+            runtime = self._runtime
             last = self._last_error
             error = last or NoHealthyUpstream(runtime.retry_after())
             # A side can be "available" and still have no endpoint to give (each
@@ -315,10 +286,8 @@ class _Exchange:
             else:
                 self._fail(error)
             return
-        self._slot = choice
         self._attempt_started = self._forwarder.clock.seconds()
         endpoint = choice.endpoint
-        self._tried.append(endpoint)
         request = self._request
         record = request.record
         record.endpoint = str(endpoint)
@@ -340,61 +309,41 @@ class _Exchange:
         self._pending = exchange if exchange.waiting() else None
 
     def _wait_for_slot(self) -> None:
-        counters = self._runtime.counters
-        overflow = counters.pending_overflow()
-        if overflow is not None:
-            counters.count_overflow(overflow)
-            self._fail(LimitExceeded(overflow))
+        lease = self._lease
+        assert lease is not None
+        d = lease.wait_for_slot()
+        if d is None:
+            self._fail(LimitExceeded(Reason.MAX_PENDING))
             return
-        counters.pending += 1
-        d = self._runtime.wait_for_slot(self._cluster.connect_timeout)
         self._pending = d
 
         def slot_free(_: None) -> None:
-            counters.pending -= 1
             self._pending = None
             self._attempt()
 
         def gave_up(failure: Failure) -> None:
-            counters.pending -= 1
             self._pending = None
-            if failure.check(DeferredTimeout):
-                counters.count_overflow("pending_timeout")
-                self._fail(LimitExceeded("pending_timeout"))
+            error = failure.value
+            if isinstance(error, LimitExceeded):
+                self._fail(error)
             # else: cancelled because the client went away.
 
         d.addCallbacks(slot_free, gave_up)
 
     def _may_retry(self, error: EdgeProxyError | None, status: int | None) -> bool:
-        policy = self._cluster.retries
-        if len(self._tried) >= policy.attempts or self._client_gone:
-            return False
-        # The cheap checks first: this runs for every response.
-        if status is not None and (
-            status not in policy.retry_statuses or self._method not in IDEMPOTENT_METHODS
-        ):
-            return False
-        if error is not None and not error.never_sent and self._method not in IDEMPOTENT_METHODS:
-            return False
-        if not self._runtime.has_candidate(self._tried):
-            # Nowhere else to go: better the answer (or error) we have.
-            return False
-        counters = self._runtime.counters
-        if error is not None and error.never_sent:
-            # Outside the budget: a request that never reached an endpoint
-            # adds no load anywhere, and refusing it would fail a request a
-            # healthy endpoint could serve (the budget is there to stop storms
-            # against endpoints that are slow or failing *with* the request).
-            counters.retries_total += 1
-            return True
-        # The first retry of this request takes a place in the budget; later ones reuse it.
-        if not self._retrying:
-            if not counters.retry_allowed():
-                return False
-            self._retrying = True
-            counters.retries_in_flight += 1
-        counters.retries_total += 1
-        return True
+        """Whether to retry the request (the budget spent if so).  Not asked
+        once the client is gone."""
+        lease = self._lease
+        assert lease is not None
+        decision = decide_retry(
+            self._cluster.retries,
+            len(self._tried),
+            self._method,
+            status,
+            error,
+            lease,
+        )
+        return decision is not Retry.NO and lease.spend_retry(decision)
 
     def _retry(self, why: str) -> None:
         self._forwarder.log.info(
@@ -403,25 +352,26 @@ class _Exchange:
             why=why,
             endpoint=self._request.record.endpoint,
         )
-        self._release_slot()
+        assert self._lease is not None
+        self._lease.end_attempt()
         self._attempt()
 
     def _on_error(self, failure: Failure) -> None:
         self._pending = None
         if self._client_gone or failure.check(CancelledError):
             return
-        error = failure.value
-        if not isinstance(error, EdgeProxyError):
+        error = upstream_error(failure)
+        if isinstance(error, UpstreamUnexpectedFailure):
             self._forwarder.log.failure("unexpected upstream failure", failure)
-            error = UpstreamResponseFailed()
         self._last_error = error
-        self._record_failure(error.cause, reached=not error.never_sent)
+        lease = self._lease
+        assert lease is not None
+        lease.failed(error.reason, reached=not error.never_sent)
         if self._may_retry(error, None):
             self._retry(type(error).__name__)
             return
         if error.never_sent and self._chooser is not None and self._other_side(error):
             return
-        self._release_slot()
         self._fail(error)
 
     def _other_side(self, error: EdgeProxyError) -> bool:
@@ -454,10 +404,8 @@ class _Exchange:
         if side is None:
             return False
         runtime = clusters[side.name]
-        counters = runtime.counters
-        overflow = counters.request_overflow()
-        if overflow is not None:
-            counters.count_overflow(overflow)
+        lease = runtime.admit(self._tried)
+        if lease is None:
             return False  # that side is full: the error stands
         if self._tried:
             self._forwarder.log.info(
@@ -467,13 +415,10 @@ class _Exchange:
                 why=type(error).__name__,
                 endpoint=self._request.record.endpoint,
             )
-            counters.retries_total += 1
-        self._release_slot()
-        self._end_retry()
-        if self._counted:
-            self._runtime.counters.in_flight -= 1
-        counters.in_flight += 1
-        self._counted = True
+            lease.spend_retry(Retry.OUTSIDE_BUDGET)
+        assert self._lease is not None
+        self._lease.release()
+        self._lease = lease
         self._runtime = runtime
         self._cluster = runtime.cluster
         self._request.record.cluster = side.name
@@ -483,7 +428,10 @@ class _Exchange:
         return True
 
     def _fail(self, error: EdgeProxyError) -> None:
-        self._end_retry()
+        # Done with the cluster: what the request held there goes back now,
+        # not when its answer is written.
+        if self._lease is not None:
+            self._lease.release()
         self._request.respond_error(error)
 
     def _on_informational(
@@ -500,12 +448,9 @@ class _Exchange:
         record = request.record
         record.upstream_status = response.code
         record.upstream_time = self._forwarder.clock.seconds() - self._attempt_started
-        slot = self._slot
-        detection = self._cluster.outlier_detection
-        if detection is not None and response.code in detection.failure_statuses:
-            self._record_failure(f"status {response.code}")
-        elif slot is not None and slot.breaker is not None:
-            slot.breaker.record_success()
+        lease = self._lease
+        assert lease is not None
+        lease.answered(response.code)
         if self._client_gone:
             response.deliverBody(_Discard())
             return
@@ -530,7 +475,7 @@ class _Exchange:
             # relay, no timer, and a length even if the upstream chunked it.
             request.send_head_lines(response.code, response.phrase, lines, len(body))
             request.write(body)
-            self._on_body_done(COMPLETE)
+            self._on_body_done(None)
             return
         request.send_head_lines(
             response.code, response.phrase, lines, length if isinstance(length, int) else None
@@ -545,20 +490,22 @@ class _Exchange:
         relay.arm()
         request.flush_head()
 
-    def _on_body_done(self, outcome: str) -> None:
+    def _on_body_done(self, broke_off: Reason | None) -> None:
         self._relay = None
         request = self._request
-        if outcome != COMPLETE:
-            self._record_failure(outcome)
-        self._release_slot()
+        lease = self._lease
+        assert lease is not None
+        if broke_off is not None:
+            lease.body_failed(broke_off)
+        lease.end_attempt()
         if self._client_gone or request.finished:
             return
-        if outcome == COMPLETE:
+        if broke_off is None:
             request.finish()
             return
         # The upstream broke off (or went quiet) mid-body: the client must not
         # take a short body for a whole one, so its connection is cut too.
-        request.break_off(Reason.TRUNCATED if outcome == TRUNCATED else Reason.IDLE_TIMEOUT)
+        request.break_off(broke_off)
 
 
 class _Discard(Protocol):

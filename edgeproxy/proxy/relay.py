@@ -4,7 +4,9 @@ backpressure: a producer standing for the upstream socket is registered with
 the downstream request, so when the client reads slowly the downstream
 connection pauses it and the upstream socket stops being read.  While the
 client is keeping up, the upstream must send something every
-``idle_timeout`` seconds.
+``idle_timeout`` seconds.  How the body ended is told with the reasons of
+:class:`~edgeproxy.core.errors.Reason`: ``None`` when it came whole,
+:attr:`~Reason.TRUNCATED` or :attr:`~Reason.IDLE_TIMEOUT` when it did not.
 """
 
 from __future__ import annotations
@@ -20,12 +22,9 @@ from twisted.web._newclient import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-__all__ = ["COMPLETE", "IDLE", "TRUNCATED", "DownstreamSink", "ResponseRelay"]
+from edgeproxy.core.errors import Reason
 
-#: Outcomes ``on_done`` is called with.
-COMPLETE = "complete"
-TRUNCATED = "truncated"
-IDLE = "idle timeout"
+__all__ = ["DownstreamSink", "ResponseRelay"]
 
 _DONE = Failure(ResponseDone())
 
@@ -65,8 +64,8 @@ class _UpstreamProducer:
 
 class ResponseRelay(Protocol):
     """Given to ``IResponse.deliverBody``; ``on_done`` is called once, with
-    :data:`COMPLETE`, :data:`TRUNCATED` (the upstream broke off) or
-    :data:`IDLE` (it went quiet)."""
+    ``None`` (the body came whole), :attr:`Reason.TRUNCATED` (the upstream
+    broke off) or :attr:`Reason.IDLE_TIMEOUT` (it went quiet)."""
 
     def __init__(
         self,
@@ -74,7 +73,7 @@ class ResponseRelay(Protocol):
         *,
         clock: IReactorTime,
         idle_timeout: float,
-        on_done: Callable[[str], object],
+        on_done: Callable[[Reason | None], object],
     ) -> None:
         self._sink = sink
         self._clock = clock
@@ -139,14 +138,15 @@ class ResponseRelay(Protocol):
             self._sink.unregisterProducer()
         # Idleness first: stopping a body delimited by the connection's close
         # ends in PotentialDataLoss, which would otherwise pass for complete.
+        broke_off: Reason | None
         if self._idled:
-            outcome = IDLE
+            broke_off = Reason.IDLE_TIMEOUT
         elif reason.check(ResponseDone, PotentialDataLoss):
-            outcome = COMPLETE
+            broke_off = None
         else:
-            outcome = TRUNCATED
+            broke_off = Reason.TRUNCATED
         # The producer and the transport refer back to this relay: let them
         # go, so reference counting frees the lot (no cycle for the GC).
         self._producer = None
         self.transport = None
-        self._on_done(outcome)
+        self._on_done(broke_off)

@@ -64,14 +64,14 @@ from zope.interface import implementer
 
 from edgeproxy.config import Endpoint
 from edgeproxy.core.errors import (
-    EdgeProxyError,
     UpstreamConnectFailed,
-    UpstreamConnectTimeout,
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
 from edgeproxy.core.headers import HOP_BY_HOP
+from edgeproxy.core.retry import IDEMPOTENT_METHODS
 from edgeproxy.net.endpoints import set_no_delay
+from edgeproxy.net.failures import upstream_error
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -80,7 +80,6 @@ __all__ = [
     "MAX_HEAD_BYTES",
     "H1Response",
     "UpstreamClient",
-    "connect_failure",
 ]
 
 #: Idle upstream connections kept per endpoint.
@@ -94,9 +93,6 @@ MAX_HEAD_BYTES = 64 * 1024
 BODY_CHUNK = 64 * 1024
 #: Bytes asked of the upstream socket per read.
 READ_SIZE = 128 * 1024
-#: Idempotent methods (RFC 9110 9.2.2): retried once on a fresh connection when a
-#: pooled one turns out stale, and by the forwarder after a failure past sending.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _DONE = Failure(ResponseDone("Response body fully received"))
 #: The body protocol of a response whose body was taken whole (whole_body).
@@ -129,13 +125,6 @@ class _ProtocolViolation(Exception):
 
 class _Trailing(Exception):
     """Bytes followed the complete response (raised inside parser callbacks)."""
-
-
-def connect_failure(failure: Failure) -> EdgeProxyError:
-    """A failed TCP connect as edgeproxy's error type (both are ``never_sent``)."""
-    if failure.check(ierror.TimeoutError):
-        return UpstreamConnectTimeout()
-    return UpstreamConnectFailed()
 
 
 def _host_value(endpoint: Endpoint) -> bytes:
@@ -532,7 +521,7 @@ class _Connecting(ClientFactory):
         if exchange is None or not exchange.waiting():
             return
         exchange.connecting = None
-        exchange.fail(connect_failure(reason))
+        exchange.fail(upstream_error(reason, connecting=True))
 
     def abandon(self) -> None:
         """The exchange gave up (timeout, cancel): stop connecting."""
