@@ -13,7 +13,8 @@ from what we think would desynchronise a pooled connection:
 
 - a ``Transfer-Encoding`` other than exactly ``chunked``, ``Content-Length``
   together with ``Transfer-Encoding``, several ``Content-Length``s, invalid
-  chunk framing, a head over :data:`MAX_HEAD_BYTES`, a version other than
+  chunk framing, a head over ``max_response_head_bytes``
+  (:class:`~edgeproxy.core.protocol.HTTPLimits`), a version other than
   HTTP/1.0 or 1.1, ``101 Switching Protocols``: the response fails and the
   connection is closed;
 - a connection goes back to the pool only after a complete response with
@@ -71,13 +72,13 @@ from edgeproxy.core.errors import (
     UpstreamTimeout,
 )
 from edgeproxy.core.headers import HOP_BY_HOP
+from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.net.endpoints import set_no_delay
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_IDLE_PER_ENDPOINT",
     "IDEMPOTENT_METHODS",
-    "MAX_HEAD_BYTES",
     "H1Response",
     "UpstreamClient",
     "connect_failure",
@@ -87,13 +88,6 @@ __all__ = [
 DEFAULT_MAX_IDLE_PER_ENDPOINT = 64
 #: Seconds an idle pooled upstream connection is kept (backends often close at 60-75 s).
 DEFAULT_IDLE_TIMEOUT = 50.0
-#: Largest response head (status line, headers, and any 1xx heads before it).
-MAX_HEAD_BYTES = 64 * 1024
-#: Request bodies up to this size go out in the same write as the head;
-#: larger ones are read from their file in chunks of this size as the socket drains.
-BODY_CHUNK = 64 * 1024
-#: Bytes asked of the upstream socket per read.
-READ_SIZE = 128 * 1024
 #: Idempotent methods (RFC 9110 9.2.2): retried once on a fresh connection when a
 #: pooled one turns out stale, and by the forwarder after a failure past sending.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -243,16 +237,17 @@ class _BodyTransport:
 class _BodyWriter:
     """Streams a spooled request body from its file as the socket drains."""
 
-    def __init__(self, conn: _Connection, body: IO[bytes], remaining: int) -> None:
+    def __init__(self, conn: _Connection, body: IO[bytes], remaining: int, chunk: int) -> None:
         self._conn = conn
         self._body = body
         self._remaining = remaining
+        self._chunk = chunk
         self._stopped = False
 
     def resumeProducing(self) -> None:
         if self._stopped:
             return
-        chunk = self._body.read(min(BODY_CHUNK, self._remaining))
+        chunk = self._body.read(min(self._chunk, self._remaining))
         conn = self._conn
         if not chunk:
             # The spooled body is shorter than announced: the framing is lost.
@@ -563,6 +558,8 @@ class _Connection(Protocol):
         self._writer: _BodyWriter | None = None
         self._request_written = False
         self._head_timer: IDelayedCall | None = None
+        # Checked on every read, so kept here rather than looked up.
+        self._max_head_bytes = client.limits.max_response_head_bytes
         self._reset_message_state()
 
     def _reset_message_state(self) -> None:
@@ -596,7 +593,7 @@ class _Connection(Protocol):
         if hasattr(transport, "bufferSize"):
             # Larger reads: a big body costs fewer trips through the parser
             # and the relay (Twisted reads 64 KiB at a time by default).
-            transport.bufferSize = READ_SIZE
+            transport.bufferSize = self._client.limits.upstream_read_size
         factory, self._factory = self._factory, None
         if factory is not None:
             factory.connected(self)
@@ -614,7 +611,8 @@ class _Connection(Protocol):
             return
         body.seek(0)
         length = exchange.body_length
-        if length <= BODY_CHUNK:
+        chunk = self._client.limits.upstream_body_chunk
+        if length <= chunk:
             data = body.read(length)
             if len(data) != length:
                 self._request_written = False
@@ -627,7 +625,7 @@ class _Connection(Protocol):
             return
         self._request_written = False
         transport.write(exchange.head)
-        self._writer = _BodyWriter(self, body, length)
+        self._writer = _BodyWriter(self, body, length, chunk)
         transport.registerProducer(self._writer, False)
 
     def write(self, data: bytes) -> None:
@@ -858,9 +856,8 @@ class _Connection(Protocol):
                 return
         if self._exchange is not exchange:
             return
-        if (not self._final and self._head_bytes > MAX_HEAD_BYTES) or (
-            self._stall_bytes > MAX_HEAD_BYTES
-        ):
+        limit = self._max_head_bytes
+        if (not self._final and self._head_bytes > limit) or self._stall_bytes > limit:
             # A head too large, or (after it) trailers or chunk extensions
             # without end that llhttp would keep buffering.
             self._violation(exchange)
@@ -1094,8 +1091,10 @@ class UpstreamClient:
         *,
         max_idle_per_endpoint: int = DEFAULT_MAX_IDLE_PER_ENDPOINT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        limits: HTTPLimits | None = None,
     ) -> None:
         self.reactor = reactor
+        self.limits = limits if limits is not None else HTTPLimits()
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = idle_timeout
         self._idle: dict[str, list[_Connection]] = {}
