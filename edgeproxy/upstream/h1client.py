@@ -7,9 +7,10 @@ parser written in Python) costs more than the proxy does; this client does
 one thing: send a request head (and a spooled body) on a pooled connection
 and hand back the response head as soon as it is parsed, the body streaming
 through ``deliverBody`` with backpressure.  Parsing is llhttp's (Node.js's
-parser, through ``httptools``); framing decisions that llhttp leaves open are
-made strictly here, because an upstream response that frames differently
-from what we think would desynchronise a pooled connection:
+parser, through ``httptools``), as the tokenizer; the framing decisions are
+:mod:`edgeproxy.core.framing`'s (``response_framing``,
+``response_keep_alive``), strict because an upstream response that frames
+differently from what we think would desynchronise a pooled connection:
 
 - a ``Transfer-Encoding`` other than exactly ``chunked``, ``Content-Length``
   together with ``Transfer-Encoding``, several ``Content-Length``s, invalid
@@ -71,6 +72,12 @@ from edgeproxy.core.errors import (
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
+from edgeproxy.core.framing import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    response_framing,
+    response_keep_alive,
+)
 from edgeproxy.core.headers import HOP_BY_HOP
 from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.net.endpoints import set_no_delay
@@ -95,7 +102,6 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 _DONE = Failure(ResponseDone("Response body fully received"))
 #: The body protocol of a response whose body was taken whole (whole_body).
 _DELIVERED: IProtocol = Protocol()
-_NO_BODY_STATUSES = frozenset({204, 304})
 # What on_header keeps out of the relayed headers: the hop-by-hop ones (RFC
 # 9110 7.6.1), and Content-Length, which is framing and handled apart (kept
 # for HEAD, where it describes the representation).
@@ -576,7 +582,7 @@ class _Connection(Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._connection_tokens: list[bytes] | None = None
         self._content_length: bytes | None = None
-        self._transfer_encoding: list[bytes] | None = None
+        self._transfer_encoding: bytes | None = None
         self._close_delimited = False
         self._keep_alive = False
         self._response: H1Response | None = None
@@ -988,11 +994,9 @@ class _Connection(Protocol):
                     tokens = self._connection_tokens = []
                 tokens.extend(t.strip().lower() for t in value.split(b","))
             elif lname == b"transfer-encoding":
+                # Several lines are one list (RFC 9110 5.3).
                 te = self._transfer_encoding
-                if te is None:
-                    self._transfer_encoding = [value]
-                else:
-                    te.append(value)
+                self._transfer_encoding = value if te is None else te + b"," + value
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -1001,13 +1005,12 @@ class _Connection(Protocol):
         parser = self._parser
         code = parser.get_status_code()
         http_version = parser.get_http_version()
-        if (http_version != "1.1" and http_version != "1.0") or not 100 <= code <= 999:
+        if http_version != "1.1" and http_version != "1.0":
             raise _ProtocolViolation()
-        te = self._transfer_encoding
-        if te is not None and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
-            # Agent refuses these too; read-until-close of an encoded body is
-            # not something to relay.
-            raise _ProtocolViolation()
+        head = exchange.method == b"HEAD"
+        cl = self._content_length
+        # Raises UpstreamResponseFailed for a framing not to be relayed.
+        framing = response_framing(head, code, cl, self._transfer_encoding)
         if code < 200:
             # An interim 1xx (101 raises HttpParserUpgrade instead): handed
             # to whoever asked for them, without its hop-by-hop headers.
@@ -1025,40 +1028,24 @@ class _Connection(Protocol):
         self._final = True
         tokens = self._connection_tokens
         http11 = http_version == "1.1"
-        head = exchange.method == b"HEAD"
         headers = self._headers
         if tokens is not None and not _NAMELESS_TOKENS.issuperset(tokens):
             headers = [field for field in headers if field[0] not in tokens]
-        add = headers.append
         length: int | object
-        cl = self._content_length
-        announced_body = False
-        if head or code in _NO_BODY_STATUSES:
-            length = 0
-            if head and cl is not None and b"content-length" not in (tokens or ()):
-                add((b"content-length", b"Content-Length: " + cl.strip()))
-            # No body follows, whatever the head says (RFC 9112 6.3).  A HEAD
-            # answer's Content-Length describes the GET body and is normal, so
-            # that connection is reused as every proxy does; a 204/304 that
-            # announces a body is odd enough that the connection is closed
-            # rather than risk a late body being read as the next response.
-            announced_body = not head and (
-                te is not None or (cl is not None and int(cl) != 0)
-            )
-            self._complete = True
-        elif te is not None:
+        if framing >= 0:
+            length = self._length_left = framing
+        elif framing == CHUNKED:
             length = UNKNOWN_LENGTH
-        elif cl is not None:
-            length = self._length_left = int(cl)
-        else:
+        elif framing == UNTIL_CLOSE:
             length = UNKNOWN_LENGTH
             self._close_delimited = True
-        self._keep_alive = (
-            http11
-            and not self._close_delimited
-            and not announced_body
-            and (tokens is None or b"close" not in tokens)
-        )
+        else:
+            # NO_BODY or IGNORED_BODY: complete already.
+            length = 0
+            if head and cl is not None and b"content-length" not in (tokens or ()):
+                headers.append((b"content-length", b"Content-Length: " + cl.strip()))
+            self._complete = True
+        self._keep_alive = response_keep_alive(http11, tokens, framing)
         version = (b"HTTP", 1, 1 if http11 else 0)
         self._response = H1Response(exchange, version, code, self._phrase, headers, length)
 
