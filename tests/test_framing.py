@@ -177,9 +177,7 @@ def test_response_framing_errors_are_upstream_response_failures() -> None:
         response_framing(False, 200, None, b"gzip")
 
 
-def _model_response_framing(
-    head: bool, status: int, cl: bytes | None, te: bytes | None
-) -> object:
+def _model_response_framing(head: bool, status: int, cl: bytes | None, te: bytes | None) -> object:
     """RFC 9112 6.3 spelled out rule by rule, as edgeproxy applies it."""
     digits = None if cl is None else cl.strip(b" \t")
     cl_ok = digits is None or (digits.isdigit() and len(digits) <= 4300)
@@ -378,9 +376,7 @@ _TOKEN = st.sampled_from([b"close", b"keep-alive", b"Keep-Alive", b"CLOSE", b"up
 def test_llhttp_keep_alive_for_http11_is_the_rfcs(values: list[bytes]) -> None:
     # The downstream channel takes llhttp's answer for HTTP/1.1 (its "close"
     # token flag): it must be request_keep_alive's.
-    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(
-        b"Connection: " + v + b"\r\n" for v in values
-    )
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"Connection: " + v + b"\r\n" for v in values)
     head = _llhttp(raw + b"\r\n")
     assert head is not None
     tokens = connection_tokens(values) if values else None

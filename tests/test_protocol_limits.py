@@ -146,7 +146,9 @@ def test_a_body_past_the_head_limit_in_the_same_read_is_not_a_head() -> None:
     rig = Rig(limits=HTTPLimits(max_response_head_bytes=100))
     d = rig.request()
     up = rig.accept()
-    response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500)
+    response, body = fetch(
+        rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500
+    )
     assert response.code == 200 and body.body == b"x" * 500
     assert body.reason is not None and body.reason.check(ResponseDone)
 

@@ -39,6 +39,7 @@ are :mod:`edgeproxy.core.errors` types.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -75,6 +76,7 @@ from edgeproxy.core.errors import (
 from edgeproxy.core.framing import (
     CHUNKED,
     UNTIL_CLOSE,
+    Framing,
     response_framing,
     response_keep_alive,
 )
@@ -99,7 +101,7 @@ DEFAULT_IDLE_TIMEOUT = 50.0
 #: pooled one turns out stale, and by the forwarder after a failure past sending.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-_DONE = Failure(ResponseDone("Response body fully received"))
+_RESPONSE_DONE = Failure(ResponseDone("Response body fully received"))
 #: The body protocol of a response whose body was taken whole (whole_body).
 _DELIVERED: IProtocol = Protocol()
 # What on_header keeps out of the relayed headers: the hop-by-hop ones (RFC
@@ -431,7 +433,7 @@ class _Exchange:
             conn.body_consumer_ready()
 
     def whole_body(self) -> bytes | None:
-        if self.protocol is not None or self.finished is not _DONE:
+        if self.protocol is not None or self.finished is not _RESPONSE_DONE:
             return None
         # Delivered here, not through a protocol: deliverBody must not follow.
         self.protocol = _DELIVERED
@@ -546,8 +548,57 @@ class _Connecting(ClientFactory):
             attempt.cancel()
 
 
+class _State(enum.Enum):
+    """Where an upstream connection is in its request/response cycle."""
+
+    #: No exchange: connecting for its first one, or idle in the pool.
+    IDLE = "idle"
+    #: The request went out (its body may still be being written); nothing
+    #: of the response yet, or fewer than the 7 bytes of its ``HTTP/1.``
+    #: (kept in ``_prefix``).
+    SENT = "sent"
+    #: Reading a response head, interim (1xx) or final.
+    HEAD = "head"
+    #: An interim (1xx) head is parsed; the next head follows.
+    INTERIM = "interim"
+    #: The final head is parsed and handed on; reading its body.
+    BODY = "body"
+    #: The final response is complete; the exchange is being finished.
+    DONE = "done"
+    #: The connection is gone (``connectionLost``).
+    CLOSED = "closed"
+
+
+# The hot path compares with these (one global load each).
+_IDLE, _SENT, _HEAD, _INTERIM, _BODY, _DONE, _CLOSED = _State
+
+#: Every move a connection makes, as h11's ``_state.py``: (state, what
+#: happens) -> next state.  Each assignment of ``_state`` below is one of
+#: these (tests/test_upstream_states.py checks that, and that each happens);
+#: the connection can be lost in any state.  A failure that rules out reuse
+#: (``_reusable``) is a verdict kept apart, not a state: the connection still
+#: runs through these states until it is closed.
+_TRANSITIONS: dict[tuple[_State, str], _State] = {
+    (_IDLE, "start"): _SENT,  # start(): the request goes out
+    (_SENT, "prefix"): _HEAD,  # the response begins with "HTTP/1."
+    (_HEAD, "interim head"): _INTERIM,  # on_headers_complete of a 1xx
+    (_INTERIM, "interim end"): _HEAD,  # on_message_complete of that 1xx
+    (_HEAD, "final head"): _BODY,  # on_headers_complete, a body follows
+    (_HEAD, "final head, no body"): _DONE,  # ... none does (HEAD, 204, 304)
+    (_BODY, "body end"): _DONE,  # on_message_complete, or _raw_body's last byte
+    (_DONE, "message end"): _DONE,  # llhttp's own end of a bodiless response
+    (_DONE, "released"): _IDLE,  # _finish_exchange: pooled, or about to close
+    **{(state, "lost"): _CLOSED for state in _State},  # connectionLost
+}
+
+
 class _Connection(Protocol):
-    """One upstream connection: idle in the pool or serving one exchange."""
+    """One upstream connection: idle in the pool or serving one exchange.
+
+    Its progress through a request and response is one :class:`_State`
+    (``_state``); besides it, a few flags that are not stages: whether it may
+    be reused (``_reusable``, once false for good), whether the request is
+    written whole, and who paused reading."""
 
     def __init__(self, client: UpstreamClient, key: str, factory: _Connecting | None) -> None:
         self.key = key
@@ -557,7 +608,6 @@ class _Connection(Protocol):
         self._factory = factory
         self._parser = HttpResponseParser(self)
         self._exchange: _Exchange | None = None
-        self._closed = False  # connectionLost happened
         self._reusable = True  # false once anything rules out another request
         self._reused = False  # the current exchange came to an idle pooled connection
         self._paused = False
@@ -566,25 +616,25 @@ class _Connection(Protocol):
         self._head_timer: IDelayedCall | None = None
         # Checked on every read, so kept here rather than looked up.
         self._max_head_bytes = client.limits.max_response_head_bytes
+
+        # Set while the first bytes of a response are fewer than its "HTTP/1.".
+        self._prefix = b""
+        # The final head's framing (set before anything reads it).
+        self._framing: Framing = 0
+        self._phrase = b""
         self._reset_message_state()
 
     def _reset_message_state(self) -> None:
+        self._state = _IDLE
         self._consumer_paused = False
-        self._got_bytes = False
-        self._prefix = b""
-        self._prefix_ok = False
-        self._head_bytes = 0
-        self._stall_bytes = 0
-        self._final = False  # the final (non-1xx) head was parsed
-        self._complete = False  # the final response is complete
-        self._interim = False
-        self._phrase = b""
+        # Bytes read since parsing last got somewhere that llhttp does not
+        # hold on to: the heads so far (1xx ones included), then since the
+        # last body bytes (trailers, chunk extensions).
+        self._pending_bytes = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._connection_tokens: list[bytes] | None = None
         self._content_length: bytes | None = None
         self._transfer_encoding: bytes | None = None
-        self._close_delimited = False
-        self._keep_alive = False
         self._response: H1Response | None = None
         # Content-Length body bytes not yet seen, and how many of them are
         # read past llhttp (see _raw_body).
@@ -609,6 +659,7 @@ class _Connection(Protocol):
         self._exchange = exchange
         exchange.conn = self
         self._reused = reused
+        self._state = _SENT
         transport: Any = self.transport
         body = exchange.body
         if body is None:
@@ -640,7 +691,7 @@ class _Connection(Protocol):
 
     def body_written(self, whole: bool) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None and not self._closed:
+        if writer is not None and self._state is not _CLOSED:
             transport: Any = self.transport
             transport.unregisterProducer()
         if whole:
@@ -656,14 +707,14 @@ class _Connection(Protocol):
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.stopProducing()
-            if not self._closed:
+            if self._state is not _CLOSED:
                 transport: Any = self.transport
                 transport.unregisterProducer()
 
     def is_usable(self) -> bool:
         transport: Any = self.transport
         return (
-            not self._closed
+            self._state is _IDLE
             and self._reusable
             and transport is not None
             and not transport.disconnecting
@@ -710,7 +761,7 @@ class _Connection(Protocol):
             exchange.body_done(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
         if exchange is not None:
             exchange.conn = None
-        if self._closed:
+        if self._state is _CLOSED:
             return
         transport: Any = self.transport
         if transport is None:
@@ -725,11 +776,11 @@ class _Connection(Protocol):
         """Close an idle connection politely."""
         self._reusable = False
         self._stop_head_timer()
-        if not self._closed and self.transport is not None:
+        if self._state is not _CLOSED and self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._closed = True
+        state, self._state = self._state, _CLOSED
         self._reusable = False
         self._stop_head_timer()
         self._writer = None
@@ -746,18 +797,19 @@ class _Connection(Protocol):
         lost, self.lost = self.lost, None
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
-            self._exchange_lost(exchange, reason)
+            self._exchange_lost(exchange, reason, state)
         if lost is not None:
             lost.callback(None)
 
-    def _exchange_lost(self, exchange: _Exchange, reason: Failure) -> None:
+    def _exchange_lost(self, exchange: _Exchange, reason: Failure, state: _State) -> None:
         if not exchange.answered:
             if not exchange.waiting():
                 return
             exchange.conn = None
             if (
                 self._reused
-                and not self._got_bytes
+                and state is _SENT
+                and not self._prefix
                 and not exchange.retried
                 and exchange.method in IDEMPOTENT_METHODS
             ):
@@ -767,9 +819,9 @@ class _Connection(Protocol):
                 return
             exchange.fail(UpstreamResponseFailed())
             return
-        if self._complete:
-            exchange.body_done(_DONE)
-        elif self._close_delimited:
+        if state is _DONE:
+            exchange.body_done(_RESPONSE_DONE)
+        elif self._framing == UNTIL_CLOSE:
             exchange.body_done(Failure(PotentialDataLoss()))
         else:
             exchange.body_done(Failure(ResponseFailed([reason])))
@@ -777,12 +829,12 @@ class _Connection(Protocol):
     # -- backpressure from the body's consumer ------------------------------------------
 
     def pause(self) -> None:
-        if not self._paused and not self._closed:
+        if not self._paused and self._state is not _CLOSED:
             self._paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resume(self) -> None:
-        if self._paused and not self._closed:
+        if self._paused and self._state is not _CLOSED:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
@@ -793,7 +845,7 @@ class _Connection(Protocol):
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             exchange.conn = None
-        if not self._closed:
+        if self._state is not _CLOSED:
             self._paused = False
             self.transport.stopProducing()  # type: ignore[union-attr]
             # A TCP transport closes when stopped; make sure of it.
@@ -832,19 +884,15 @@ class _Connection(Protocol):
         if self._raw_left:
             self._raw_body(exchange, data)
             return
-        self._got_bytes = True
-        if self._prefix_ok:
-            pass
-        elif not self._prefix and data.startswith(b"HTTP/1."):
-            self._prefix_ok = True
-        elif not self._check_prefix(data):
-            # llhttp would take RTSP/ or ICE/ too.
-            self._violation(exchange)
-            return
-        if self._final:
-            self._stall_bytes += len(data)
-        else:
-            self._head_bytes += len(data)
+        if self._state is _SENT:
+            # The response's first bytes: "HTTP/1." (llhttp would take RTSP/
+            # or ICE/ too), which may take more than one read.
+            if not self._prefix and data.startswith(b"HTTP/1."):
+                self._state = _HEAD
+            elif not self._check_prefix(data):
+                self._violation(exchange)
+                return
+        self._pending_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
@@ -852,7 +900,7 @@ class _Connection(Protocol):
             self._violation(exchange)
             return
         except HttpParserError:
-            if self._complete and self._exchange is exchange:
+            if self._state is _DONE and self._exchange is exchange:
                 # Something followed a complete response (a body sent with a
                 # HEAD answer, a second response): the response stands, the
                 # connection goes.
@@ -862,13 +910,12 @@ class _Connection(Protocol):
                 return
         if self._exchange is not exchange:
             return
-        limit = self._max_head_bytes
-        if (not self._final and self._head_bytes > limit) or self._stall_bytes > limit:
+        if self._pending_bytes > self._max_head_bytes:
             # A head too large, or (after it) trailers or chunk extensions
             # without end that llhttp would keep buffering.
             self._violation(exchange)
             return
-        if self._length_left > 0 and self._final and not self._complete:
+        if self._length_left > 0 and self._state is _BODY:
             self._raw_left = self._length_left
         self._after_parse(exchange)
 
@@ -892,7 +939,7 @@ class _Connection(Protocol):
         exchange.body_data(data)
         if self._exchange is not exchange:
             return  # the body's consumer closed the connection
-        self._complete = True
+        self._state = _DONE
         self._parser = HttpResponseParser(self)
         if rest:
             try:
@@ -907,7 +954,7 @@ class _Connection(Protocol):
         """Hand over the head once parsed; finish the exchange once complete."""
         response = self._response
         fire = response is not None and not exchange.answered
-        if self._complete:
+        if self._state is _DONE:
             if not self._request_written:
                 # Answered before the request body was all sent: this
                 # connection's framing is no longer ours to trust.
@@ -929,7 +976,8 @@ class _Connection(Protocol):
         """The response must start with ``HTTP/1.`` (checked across reads)."""
         prefix = self._prefix + data[:7]
         if len(prefix) >= 7:
-            self._prefix_ok = True
+            self._prefix = b""
+            self._state = _HEAD
             return prefix[:7] == b"HTTP/1."
         self._prefix = prefix
         return b"HTTP/1.".startswith(prefix)
@@ -946,7 +994,7 @@ class _Connection(Protocol):
         exchange, self._exchange = self._exchange, None
         if exchange is None:
             return
-        reusable = self._reusable and self._keep_alive
+        reusable = self._reusable
         method_was_head = exchange.method == b"HEAD"
         self._reset_message_state()
         if method_was_head:
@@ -961,15 +1009,15 @@ class _Connection(Protocol):
         else:
             self.close()
         if exchange.answered:
-            exchange.body_done(_DONE)
+            exchange.body_done(_RESPONSE_DONE)
         else:
             # The head is delivered by dataReceived right after this.
-            exchange.finished = _DONE
+            exchange.finished = _RESPONSE_DONE
 
     # httptools callbacks; they run inside feed_data.
 
     def on_message_begin(self) -> None:
-        if self._complete:
+        if self._state is _DONE:
             raise _Trailing()
         self._phrase = b""
 
@@ -977,9 +1025,11 @@ class _Connection(Protocol):
         self._phrase += phrase
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._final:
-            # Trailer fields (or bytes after the response): not relayed.
-            if self._complete:
+        # Past the final head (BODY or DONE, exactly when it is made into a
+        # response): trailer fields, or bytes after the response, not relayed.
+        # The cheaper test of the two, as this runs for every header line.
+        if self._response is not None:
+            if self._state is _DONE:
                 raise _Trailing()
             return
         lname = name.lower()
@@ -1014,7 +1064,7 @@ class _Connection(Protocol):
         if code < 200:
             # An interim 1xx (101 raises HttpParserUpgrade instead): handed
             # to whoever asked for them, without its hop-by-hop headers.
-            self._interim = True
+            self._state = _INTERIM
             headers, self._headers = self._headers, []
             tokens, self._connection_tokens = self._connection_tokens, None
             self._content_length = None
@@ -1025,7 +1075,8 @@ class _Connection(Protocol):
                     headers = [field for field in headers if field[0] not in tokens]
                 on_informational(code, self._phrase, headers)
             return
-        self._final = True
+        self._framing = framing
+        self._pending_bytes = 0
         tokens = self._connection_tokens
         http11 = http_version == "1.1"
         headers = self._headers
@@ -1034,38 +1085,39 @@ class _Connection(Protocol):
         length: int | object
         if framing >= 0:
             length = self._length_left = framing
-        elif framing == CHUNKED:
+            self._state = _BODY
+        elif framing == CHUNKED or framing == UNTIL_CLOSE:
             length = UNKNOWN_LENGTH
-        elif framing == UNTIL_CLOSE:
-            length = UNKNOWN_LENGTH
-            self._close_delimited = True
+            self._state = _BODY
         else:
             # NO_BODY or IGNORED_BODY: complete already.
             length = 0
             if head and cl is not None and b"content-length" not in (tokens or ()):
                 headers.append((b"content-length", b"Content-Length: " + cl.strip()))
-            self._complete = True
-        self._keep_alive = response_keep_alive(http11, tokens, framing)
+            self._state = _DONE
+        if not response_keep_alive(http11, tokens, framing):
+            self._reusable = False
         version = (b"HTTP", 1, 1 if http11 else 0)
         self._response = H1Response(exchange, version, code, self._phrase, headers, length)
 
     def on_body(self, data: bytes) -> None:
-        if self._complete:
-            raise _Trailing()
-        if self._interim:
+        state = self._state
+        if state is not _BODY:
+            if state is _DONE:
+                raise _Trailing()
             # A 1xx has no content.
             raise _ProtocolViolation()
-        self._stall_bytes = 0
+        self._pending_bytes = 0
         self._length_left -= len(data)
         exchange = self._exchange
         if exchange is not None:
             exchange.body_data(data)
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+        if self._state is _INTERIM:
+            self._state = _HEAD
             return
-        self._complete = True
+        self._state = _DONE
 
 
 class UpstreamClient:
