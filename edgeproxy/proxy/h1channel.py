@@ -61,7 +61,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edgeproxy.config.settings import Settings
 from edgeproxy.core.errors import (
     BadRequest,
     EdgeProxyError,
@@ -70,7 +69,6 @@ from edgeproxy.core.errors import (
     Reason,
 )
 from edgeproxy.core.hostnames import covered_by, normalise_host
-from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
 from edgeproxy.proxy.h1exchange import H1Exchange
@@ -78,6 +76,7 @@ from edgeproxy.tls.certificates import certificate_names
 
 if TYPE_CHECKING:
     from edgeproxy.config.settings import Settings
+    from edgeproxy.core.protocol import HTTPLimits
     from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
 __all__ = [
