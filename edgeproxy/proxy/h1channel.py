@@ -25,8 +25,9 @@ proxy together.  What it gave for free is done here explicitly:
   arrives meanwhile is held unparsed (reading stops past
   ``max_held_bytes``), so a client that goes away is still noticed;
 - ``Expect: 100-continue`` is answered when the body is wanted;
-- keep-alive: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
-  ``Connection: keep-alive``; one inactivity timer per connection
+- keep-alive (:func:`~edgeproxy.core.framing.request_keep_alive`): HTTP/1.1
+  unless ``Connection: close``, HTTP/1.0 only with ``Connection: keep-alive``
+  and without ``close``; one inactivity timer per connection
   (``--keepalive-timeout``) covers both an idle connection and a client
   that stalls mid-request;
 - response framing (in ``H1Exchange.send_head``): ``Content-Length`` when
@@ -68,6 +69,7 @@ from edgeproxy.core.errors import (
     NotImplementedMethod,
     Reason,
 )
+from edgeproxy.core.framing import connection_tokens, request_keep_alive
 from edgeproxy.core.hostnames import covered_by, normalise_host
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
@@ -176,6 +178,10 @@ def _parse_error_reason(error: HttpParserError, in_head: bool, url: bytes) -> Re
     if "content-length" in words or "transfer-encoding" in words:
         return Reason.BAD_FRAMING
     return Reason.BAD_HEADER
+
+
+def _connection_options(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return connection_tokens(value for name, value in headers if name.lower() == b"connection")
 
 
 class ConnectionTracker:
@@ -470,13 +476,23 @@ class ProxyChannel(Protocol):
         self._unparsed = 0
         parser = self._parser
         version = parser.get_http_version().encode("ascii")
+        # Whether the connection persists is request_keep_alive's decision
+        # (RFC 9112 9.3).  llhttp flags a "close" option while it parses:
+        # for HTTP/1.1 its answer is that decision (tests/test_framing.py
+        # checks), and costs no second look at the headers.  For HTTP/1.0 it
+        # lets "keep-alive" win over "close", so the options are read here.
         request = H1Exchange(
             self,
             parser.get_method(),
             self._url,
             version,
             self._headers,
-            parser.should_keep_alive() and not self.draining,
+            (
+                parser.should_keep_alive()
+                if version == b"1.1"
+                else request_keep_alive(False, _connection_options(self._headers))
+            )
+            and not self.draining,
         )
         self._parsing = request
         self.requests.append(request)
