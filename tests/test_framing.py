@@ -261,6 +261,8 @@ SENT = [
     ((False, 204, 5, True), NO_BODY),
     ((False, 304, None, False), NO_BODY),
     ((False, 205, 0, True), 0),
+    ((False, 99, 5, True), NO_BODY),
+    ((False, 1000, None, True), NO_BODY),
 ]
 
 

@@ -179,10 +179,11 @@ def sent_response_framing(
     head_request: bool, status: int, length: int | None, http11: bool
 ) -> Framing:
     """How edgeproxy frames a response it writes to a client: :data:`NO_BODY`
-    for ``HEAD``, 1xx, 204 and 304; the body's ``length`` when it is known;
-    else :data:`CHUNKED` to an HTTP/1.1 client and :data:`UNTIL_CLOSE` to an
-    HTTP/1.0 one (which learns where the body ends from the close)."""
-    if head_request or status < 200 or status == 204 or status == 304:
+    for ``HEAD``, 1xx, 204 and 304 (and a status outside 100-999, which is
+    never sent); the body's ``length`` when it is known; else :data:`CHUNKED`
+    to an HTTP/1.1 client and :data:`UNTIL_CLOSE` to an HTTP/1.0 one (which
+    learns where the body ends from the close)."""
+    if head_request or status not in _BODY_STATUSES:
         return NO_BODY
     if length is not None:
         return length
