@@ -35,11 +35,15 @@ from edgeproxy.core.errors import (
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
-from edgeproxy.upstream.h1client import BODY_CHUNK, MAX_HEAD_BYTES, UpstreamClient
+from edgeproxy.core.protocol import HTTPLimits
+from edgeproxy.upstream.h1client import UpstreamClient
 
 EP = Endpoint("10.0.0.1", 8080)
 OTHER = Endpoint("10.0.0.2", 80)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+# The defaults the client runs with (edgeproxy.core.protocol.HTTPLimits).
+BODY_CHUNK = HTTPLimits().upstream_body_chunk
+MAX_HEAD_BYTES = HTTPLimits().max_response_head_bytes
 
 
 class Collector(Protocol):

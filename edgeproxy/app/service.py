@@ -125,7 +125,7 @@ class EdgeProxyService(MultiService):
         self.fast_paths = FastPaths(settings.fast_paths)
         config = load_config(settings.config)
         self._rng = rng = random.Random()
-        self.upstream = UpstreamClient(reactor)
+        self.upstream = UpstreamClient(reactor, limits=settings.http_limits)
         snapshot = Snapshot.build(config, reactor, rng)
         self.pipeline = Pipeline(
             snapshot,

@@ -6,6 +6,8 @@ import ipaddress
 
 import attrs
 
+from edgeproxy.core.protocol import HTTPLimits
+
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,3 +64,6 @@ class Settings:
     #: False with ``--no-fast-paths``: Twisted's own TLS layer, write and event
     #: dispatch instead of edgeproxy's (:mod:`edgeproxy.app.fastpaths`).
     fast_paths: bool = True
+    #: The HTTP/1.1 protocol limits (head sizes, header count, spooling, upstream
+    #: reads and writes), handed to the listeners and the upstream client.
+    http_limits: HTTPLimits = attrs.field(factory=HTTPLimits)

@@ -17,15 +17,17 @@ proxy together.  What it gave for free is done here explicitly:
   other than HTTP/1.0 or 1.1 gets 505 (2.0 and up) or 400.  After a
   4xx/5xx about framing the connection closes, since whatever follows cannot
   be trusted to be framed right;
-- limits: the request line plus headers at most :data:`MAX_HEAD_BYTES`
-  in :data:`MAX_HEADERS` lines (else 431);
+- limits (:class:`~edgeproxy.core.protocol.HTTPLimits`, from the settings):
+  the request line plus headers at most ``max_request_head_bytes`` in
+  ``max_request_headers`` lines (else 431);
 - pipelining: requests are answered one at a time, in order; parsing stops
   while a complete request waits behind the one being answered, and what
   arrives meanwhile is held unparsed (reading stops past
-  :data:`MAX_HELD_BYTES`), so a client that goes away is still noticed;
+  ``max_held_bytes``), so a client that goes away is still noticed;
 - ``Expect: 100-continue`` is answered when the body is wanted;
-- keep-alive: HTTP/1.1 unless ``Connection: close``, HTTP/1.0 only with
-  ``Connection: keep-alive``; one inactivity timer per connection
+- keep-alive (:func:`~edgeproxy.core.framing.request_keep_alive`): HTTP/1.1
+  unless ``Connection: close``, HTTP/1.0 only with ``Connection: keep-alive``
+  and without ``close``; one inactivity timer per connection
   (``--keepalive-timeout``) covers both an idle connection and a client
   that stalls mid-request;
 - response framing (in ``H1Exchange.send_head``): ``Content-Length`` when
@@ -67,6 +69,7 @@ from edgeproxy.core.errors import (
     NotImplementedMethod,
     Reason,
 )
+from edgeproxy.core.framing import connection_tokens, request_keep_alive
 from edgeproxy.core.hostnames import covered_by, normalise_host
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
@@ -75,23 +78,14 @@ from edgeproxy.tls.certificates import certificate_names
 
 if TYPE_CHECKING:
     from edgeproxy.config.settings import Settings
+    from edgeproxy.core.protocol import HTTPLimits
     from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
 __all__ = [
-    "MAX_HEADERS",
-    "MAX_HEAD_BYTES",
-    "MAX_HELD_BYTES",
     "ConnectionTracker",
     "ProxyChannel",
     "ProxyFactory",
 ]
-
-#: Largest request line plus header block, in bytes (nginx: 1 KiB + 4 x 8 KiB buffers).
-MAX_HEAD_BYTES = 16 * 1024
-#: Most header lines in one request.
-MAX_HEADERS = 500
-#: Bytes held unparsed while a pipelined request waits (then reading stops).
-MAX_HELD_BYTES = 64 * 1024
 
 _CONNECTION_DONE = Failure(ConnectionDone())
 
@@ -186,6 +180,10 @@ def _parse_error_reason(error: HttpParserError, in_head: bool, url: bytes) -> Re
     return Reason.BAD_HEADER
 
 
+def _connection_options(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return connection_tokens(value for name, value in headers if name.lower() == b"connection")
+
+
 class ConnectionTracker:
     """The open client connections of every listener, for a graceful drain."""
 
@@ -246,6 +244,11 @@ class ProxyChannel(Protocol):
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
         self.clock_seconds: Callable[[], float] = factory.clock.seconds
+        # The two limits checked per header line, read there without going
+        # through the factory.
+        limits = factory.limits
+        self._max_head_bytes = limits.max_request_head_bytes
+        self._max_headers = limits.max_request_headers
         self._parser = HttpRequestParser(self)
         #: Requests whose head is in, oldest first; the first is the one being answered.
         self.requests: deque[H1Exchange] = deque()
@@ -396,7 +399,7 @@ class ProxyChannel(Protocol):
         except HttpParserError as e:
             self._reject(BadRequest(_parse_error_reason(e, self._in_head, self._url)))
             return
-        if self._in_head and self._unparsed > 4 * MAX_HEAD_BYTES:
+        if self._in_head and self._unparsed > 4 * self._max_head_bytes:
             # llhttp keeps a header line being received in memory whole:
             # bound it even before the line ends.
             self._reject(HeadTooLarge())
@@ -458,13 +461,13 @@ class ProxyChannel(Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_size += len(url)
-        if self._head_size > MAX_HEAD_BYTES:
+        if self._head_size > self._max_head_bytes:
             raise RejectRequest(HeadTooLarge())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEAD_BYTES or len(headers) >= MAX_HEADERS:
+        if self._head_size > self._max_head_bytes or len(headers) >= self._max_headers:
             raise RejectRequest(HeadTooLarge())
         headers.append((name, value))
 
@@ -473,13 +476,23 @@ class ProxyChannel(Protocol):
         self._unparsed = 0
         parser = self._parser
         version = parser.get_http_version().encode("ascii")
+        # Whether the connection persists is request_keep_alive's decision
+        # (RFC 9112 9.3).  llhttp flags a "close" option while it parses:
+        # for HTTP/1.1 its answer is that decision (tests/test_framing.py
+        # checks), and costs no second look at the headers.  For HTTP/1.0 it
+        # lets "keep-alive" win over "close", so the options are read here.
         request = H1Exchange(
             self,
             parser.get_method(),
             self._url,
             version,
             self._headers,
-            parser.should_keep_alive() and not self.draining,
+            (
+                parser.should_keep_alive()
+                if version == b"1.1"
+                else request_keep_alive(False, _connection_options(self._headers))
+            )
+            and not self.draining,
         )
         self._parsing = request
         self.requests.append(request)
@@ -517,7 +530,7 @@ class ProxyChannel(Protocol):
         held = self._held
         assert held is not None  # called only while holding
         held += data
-        if len(held) > MAX_HELD_BYTES and not self._reading_paused:
+        if len(held) > self.factory.limits.max_held_bytes and not self._reading_paused:
             self._reading_paused = True
             transport: Any = self.transport
             transport.pauseProducing()
@@ -531,7 +544,7 @@ class ProxyChannel(Protocol):
         if (
             self._reading_paused
             and not self._input_closed
-            and (held is None or len(held) <= MAX_HELD_BYTES)
+            and (held is None or len(held) <= self.factory.limits.max_held_bytes)
             and self.transport is not None
         ):
             self._reading_paused = False
@@ -703,6 +716,7 @@ class ProxyFactory(ServerFactory):
         self.metrics = metrics
         self.connections = connections if connections is not None else ConnectionTracker()
         self.settings = settings
+        self.limits: HTTPLimits = settings.http_limits
         self.timeout: float = settings.keepalive_timeout
         self.access_log = access_log
         self.clock = clock

@@ -7,13 +7,15 @@ parser written in Python) costs more than the proxy does; this client does
 one thing: send a request head (and a spooled body) on a pooled connection
 and hand back the response head as soon as it is parsed, the body streaming
 through ``deliverBody`` with backpressure.  Parsing is llhttp's (Node.js's
-parser, through ``httptools``); framing decisions that llhttp leaves open are
-made strictly here, because an upstream response that frames differently
-from what we think would desynchronise a pooled connection:
+parser, through ``httptools``), as the tokenizer; the framing decisions are
+:mod:`edgeproxy.core.framing`'s (``response_framing``,
+``response_keep_alive``), strict because an upstream response that frames
+differently from what we think would desynchronise a pooled connection:
 
 - a ``Transfer-Encoding`` other than exactly ``chunked``, ``Content-Length``
   together with ``Transfer-Encoding``, several ``Content-Length``s, invalid
-  chunk framing, a head over :data:`MAX_HEAD_BYTES`, a version other than
+  chunk framing, a head over ``max_response_head_bytes``
+  (:class:`~edgeproxy.core.protocol.HTTPLimits`), a version other than
   HTTP/1.0 or 1.1, ``101 Switching Protocols``: the response fails and the
   connection is closed;
 - a connection goes back to the pool only after a complete response with
@@ -37,6 +39,7 @@ are :mod:`edgeproxy.core.errors` types.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -68,7 +71,15 @@ from edgeproxy.core.errors import (
     UpstreamResponseFailed,
     UpstreamTimeout,
 )
+from edgeproxy.core.framing import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    Framing,
+    response_framing,
+    response_keep_alive,
+)
 from edgeproxy.core.headers import HOP_BY_HOP
+from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.core.retry import IDEMPOTENT_METHODS
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.net.failures import upstream_error
@@ -77,7 +88,6 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_IDLE_PER_ENDPOINT",
     "IDEMPOTENT_METHODS",
-    "MAX_HEAD_BYTES",
     "H1Response",
     "UpstreamClient",
 ]
@@ -86,18 +96,10 @@ __all__ = [
 DEFAULT_MAX_IDLE_PER_ENDPOINT = 64
 #: Seconds an idle pooled upstream connection is kept (backends often close at 60-75 s).
 DEFAULT_IDLE_TIMEOUT = 50.0
-#: Largest response head (status line, headers, and any 1xx heads before it).
-MAX_HEAD_BYTES = 64 * 1024
-#: Request bodies up to this size go out in the same write as the head;
-#: larger ones are read from their file in chunks of this size as the socket drains.
-BODY_CHUNK = 64 * 1024
-#: Bytes asked of the upstream socket per read.
-READ_SIZE = 128 * 1024
 
-_DONE = Failure(ResponseDone("Response body fully received"))
+_RESPONSE_DONE = Failure(ResponseDone("Response body fully received"))
 #: The body protocol of a response whose body was taken whole (whole_body).
 _DELIVERED: IProtocol = Protocol()
-_NO_BODY_STATUSES = frozenset({204, 304})
 # What on_header keeps out of the relayed headers: the hop-by-hop ones (RFC
 # 9110 7.6.1), and Content-Length, which is framing and handled apart (kept
 # for HEAD, where it describes the representation).
@@ -232,16 +234,17 @@ class _BodyTransport:
 class _BodyWriter:
     """Streams a spooled request body from its file as the socket drains."""
 
-    def __init__(self, conn: _Connection, body: IO[bytes], remaining: int) -> None:
+    def __init__(self, conn: _Connection, body: IO[bytes], remaining: int, chunk: int) -> None:
         self._conn = conn
         self._body = body
         self._remaining = remaining
+        self._chunk = chunk
         self._stopped = False
 
     def resumeProducing(self) -> None:
         if self._stopped:
             return
-        chunk = self._body.read(min(BODY_CHUNK, self._remaining))
+        chunk = self._body.read(min(self._chunk, self._remaining))
         conn = self._conn
         if not chunk:
             # The spooled body is shorter than announced: the framing is lost.
@@ -419,7 +422,7 @@ class _Exchange:
             conn.body_consumer_ready()
 
     def whole_body(self) -> bytes | None:
-        if self.protocol is not None or self.finished is not _DONE:
+        if self.protocol is not None or self.finished is not _RESPONSE_DONE:
             return None
         # Delivered here, not through a protocol: deliverBody must not follow.
         self.protocol = _DELIVERED
@@ -534,8 +537,57 @@ class _Connecting(ClientFactory):
             attempt.cancel()
 
 
+class _State(enum.Enum):
+    """Where an upstream connection is in its request/response cycle."""
+
+    #: No exchange: connecting for its first one, or idle in the pool.
+    IDLE = "idle"
+    #: The request went out (its body may still be being written); nothing
+    #: of the response yet, or fewer than the 7 bytes of its ``HTTP/1.``
+    #: (kept in ``_prefix``).
+    SENT = "sent"
+    #: Reading a response head, interim (1xx) or final.
+    HEAD = "head"
+    #: An interim (1xx) head is parsed; the next head follows.
+    INTERIM = "interim"
+    #: The final head is parsed and handed on; reading its body.
+    BODY = "body"
+    #: The final response is complete; the exchange is being finished.
+    DONE = "done"
+    #: The connection is gone (``connectionLost``).
+    CLOSED = "closed"
+
+
+# The hot path compares with these (one global load each).
+_IDLE, _SENT, _HEAD, _INTERIM, _BODY, _DONE, _CLOSED = _State
+
+#: Every move a connection makes, as h11's ``_state.py``: (state, what
+#: happens) -> next state.  Each assignment of ``_state`` below is one of
+#: these (tests/test_upstream_states.py checks that, and that each happens);
+#: the connection can be lost in any state.  A failure that rules out reuse
+#: (``_reusable``) is a verdict kept apart, not a state: the connection still
+#: runs through these states until it is closed.
+_TRANSITIONS: dict[tuple[_State, str], _State] = {
+    (_IDLE, "start"): _SENT,  # start(): the request goes out
+    (_SENT, "prefix"): _HEAD,  # the response begins with "HTTP/1."
+    (_HEAD, "interim head"): _INTERIM,  # on_headers_complete of a 1xx
+    (_INTERIM, "interim end"): _HEAD,  # on_message_complete of that 1xx
+    (_HEAD, "final head"): _BODY,  # on_headers_complete, a body follows
+    (_HEAD, "final head, no body"): _DONE,  # ... none does (HEAD, 204, 304)
+    (_BODY, "body end"): _DONE,  # on_message_complete, or _raw_body's last byte
+    (_DONE, "message end"): _DONE,  # llhttp's own end of a bodiless response
+    (_DONE, "released"): _IDLE,  # _finish_exchange: pooled, or about to close
+    **{(state, "lost"): _CLOSED for state in _State},  # connectionLost
+}
+
+
 class _Connection(Protocol):
-    """One upstream connection: idle in the pool or serving one exchange."""
+    """One upstream connection: idle in the pool or serving one exchange.
+
+    Its progress through a request and response is one :class:`_State`
+    (``_state``); besides it, a few flags that are not stages: whether it may
+    be reused (``_reusable``, once false for good), whether the request is
+    written whole, and who paused reading."""
 
     def __init__(self, client: UpstreamClient, key: str, factory: _Connecting | None) -> None:
         self.key = key
@@ -545,32 +597,33 @@ class _Connection(Protocol):
         self._factory = factory
         self._parser = HttpResponseParser(self)
         self._exchange: _Exchange | None = None
-        self._closed = False  # connectionLost happened
         self._reusable = True  # false once anything rules out another request
         self._reused = False  # the current exchange came to an idle pooled connection
         self._paused = False
         self._writer: _BodyWriter | None = None
         self._request_written = False
         self._head_timer: IDelayedCall | None = None
+        # Checked on every read, so kept here rather than looked up.
+        self._max_head_bytes = client.limits.max_response_head_bytes
+
+        # Set while the first bytes of a response are fewer than its "HTTP/1.".
+        self._prefix = b""
+        # The final head's framing (set before anything reads it).
+        self._framing: Framing = 0
+        self._phrase = b""
         self._reset_message_state()
 
     def _reset_message_state(self) -> None:
+        self._state = _IDLE
         self._consumer_paused = False
-        self._got_bytes = False
-        self._prefix = b""
-        self._prefix_ok = False
-        self._head_bytes = 0
-        self._stall_bytes = 0
-        self._final = False  # the final (non-1xx) head was parsed
-        self._complete = False  # the final response is complete
-        self._interim = False
-        self._phrase = b""
+        # Bytes read since parsing last got somewhere that llhttp does not
+        # hold on to: the heads so far (1xx ones included), then since the
+        # last body bytes (trailers, chunk extensions).
+        self._pending_bytes = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._connection_tokens: list[bytes] | None = None
         self._content_length: bytes | None = None
-        self._transfer_encoding: list[bytes] | None = None
-        self._close_delimited = False
-        self._keep_alive = False
+        self._transfer_encoding: bytes | None = None
         self._response: H1Response | None = None
         # Content-Length body bytes not yet seen, and how many of them are
         # read past llhttp (see _raw_body).
@@ -585,7 +638,7 @@ class _Connection(Protocol):
         if hasattr(transport, "bufferSize"):
             # Larger reads: a big body costs fewer trips through the parser
             # and the relay (Twisted reads 64 KiB at a time by default).
-            transport.bufferSize = READ_SIZE
+            transport.bufferSize = self._client.limits.upstream_read_size
         factory, self._factory = self._factory, None
         if factory is not None:
             factory.connected(self)
@@ -595,6 +648,7 @@ class _Connection(Protocol):
         self._exchange = exchange
         exchange.conn = self
         self._reused = reused
+        self._state = _SENT
         transport: Any = self.transport
         body = exchange.body
         if body is None:
@@ -603,7 +657,8 @@ class _Connection(Protocol):
             return
         body.seek(0)
         length = exchange.body_length
-        if length <= BODY_CHUNK:
+        chunk = self._client.limits.upstream_body_chunk
+        if length <= chunk:
             data = body.read(length)
             if len(data) != length:
                 self._request_written = False
@@ -616,7 +671,7 @@ class _Connection(Protocol):
             return
         self._request_written = False
         transport.write(exchange.head)
-        self._writer = _BodyWriter(self, body, length)
+        self._writer = _BodyWriter(self, body, length, chunk)
         transport.registerProducer(self._writer, False)
 
     def write(self, data: bytes) -> None:
@@ -625,7 +680,7 @@ class _Connection(Protocol):
 
     def body_written(self, whole: bool) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None and not self._closed:
+        if writer is not None and self._state is not _CLOSED:
             transport: Any = self.transport
             transport.unregisterProducer()
         if whole:
@@ -641,14 +696,14 @@ class _Connection(Protocol):
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.stopProducing()
-            if not self._closed:
+            if self._state is not _CLOSED:
                 transport: Any = self.transport
                 transport.unregisterProducer()
 
     def is_usable(self) -> bool:
         transport: Any = self.transport
         return (
-            not self._closed
+            self._state is _IDLE
             and self._reusable
             and transport is not None
             and not transport.disconnecting
@@ -695,7 +750,7 @@ class _Connection(Protocol):
             exchange.body_done(Failure(ResponseFailed([Failure(ierror.ConnectionAborted())])))
         if exchange is not None:
             exchange.conn = None
-        if self._closed:
+        if self._state is _CLOSED:
             return
         transport: Any = self.transport
         if transport is None:
@@ -710,11 +765,11 @@ class _Connection(Protocol):
         """Close an idle connection politely."""
         self._reusable = False
         self._stop_head_timer()
-        if not self._closed and self.transport is not None:
+        if self._state is not _CLOSED and self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._closed = True
+        state, self._state = self._state, _CLOSED
         self._reusable = False
         self._stop_head_timer()
         self._writer = None
@@ -731,18 +786,19 @@ class _Connection(Protocol):
         lost, self.lost = self.lost, None
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
-            self._exchange_lost(exchange, reason)
+            self._exchange_lost(exchange, reason, state)
         if lost is not None:
             lost.callback(None)
 
-    def _exchange_lost(self, exchange: _Exchange, reason: Failure) -> None:
+    def _exchange_lost(self, exchange: _Exchange, reason: Failure, state: _State) -> None:
         if not exchange.answered:
             if not exchange.waiting():
                 return
             exchange.conn = None
             if (
                 self._reused
-                and not self._got_bytes
+                and state is _SENT
+                and not self._prefix
                 and not exchange.retried
                 and exchange.method in IDEMPOTENT_METHODS
             ):
@@ -752,9 +808,9 @@ class _Connection(Protocol):
                 return
             exchange.fail(UpstreamResponseFailed())
             return
-        if self._complete:
-            exchange.body_done(_DONE)
-        elif self._close_delimited:
+        if state is _DONE:
+            exchange.body_done(_RESPONSE_DONE)
+        elif self._framing == UNTIL_CLOSE:
             exchange.body_done(Failure(PotentialDataLoss()))
         else:
             exchange.body_done(Failure(ResponseFailed([reason])))
@@ -762,12 +818,12 @@ class _Connection(Protocol):
     # -- backpressure from the body's consumer ------------------------------------------
 
     def pause(self) -> None:
-        if not self._paused and not self._closed:
+        if not self._paused and self._state is not _CLOSED:
             self._paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resume(self) -> None:
-        if self._paused and not self._closed:
+        if self._paused and self._state is not _CLOSED:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
@@ -778,7 +834,7 @@ class _Connection(Protocol):
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             exchange.conn = None
-        if not self._closed:
+        if self._state is not _CLOSED:
             self._paused = False
             self.transport.stopProducing()  # type: ignore[union-attr]
             # A TCP transport closes when stopped; make sure of it.
@@ -817,19 +873,15 @@ class _Connection(Protocol):
         if self._raw_left:
             self._raw_body(exchange, data)
             return
-        self._got_bytes = True
-        if self._prefix_ok:
-            pass
-        elif not self._prefix and data.startswith(b"HTTP/1."):
-            self._prefix_ok = True
-        elif not self._check_prefix(data):
-            # llhttp would take RTSP/ or ICE/ too.
-            self._violation(exchange)
-            return
-        if self._final:
-            self._stall_bytes += len(data)
-        else:
-            self._head_bytes += len(data)
+        if self._state is _SENT:
+            # The response's first bytes: "HTTP/1." (llhttp would take RTSP/
+            # or ICE/ too), which may take more than one read.
+            if not self._prefix and data.startswith(b"HTTP/1."):
+                self._state = _HEAD
+            elif not self._check_prefix(data):
+                self._violation(exchange)
+                return
+        self._pending_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
@@ -837,7 +889,7 @@ class _Connection(Protocol):
             self._violation(exchange)
             return
         except HttpParserError:
-            if self._complete and self._exchange is exchange:
+            if self._state is _DONE and self._exchange is exchange:
                 # Something followed a complete response (a body sent with a
                 # HEAD answer, a second response): the response stands, the
                 # connection goes.
@@ -847,14 +899,12 @@ class _Connection(Protocol):
                 return
         if self._exchange is not exchange:
             return
-        if (not self._final and self._head_bytes > MAX_HEAD_BYTES) or (
-            self._stall_bytes > MAX_HEAD_BYTES
-        ):
+        if self._pending_bytes > self._max_head_bytes:
             # A head too large, or (after it) trailers or chunk extensions
             # without end that llhttp would keep buffering.
             self._violation(exchange)
             return
-        if self._length_left > 0 and self._final and not self._complete:
+        if self._length_left > 0 and self._state is _BODY:
             self._raw_left = self._length_left
         self._after_parse(exchange)
 
@@ -878,7 +928,7 @@ class _Connection(Protocol):
         exchange.body_data(data)
         if self._exchange is not exchange:
             return  # the body's consumer closed the connection
-        self._complete = True
+        self._state = _DONE
         self._parser = HttpResponseParser(self)
         if rest:
             try:
@@ -893,7 +943,7 @@ class _Connection(Protocol):
         """Hand over the head once parsed; finish the exchange once complete."""
         response = self._response
         fire = response is not None and not exchange.answered
-        if self._complete:
+        if self._state is _DONE:
             if not self._request_written:
                 # Answered before the request body was all sent: this
                 # connection's framing is no longer ours to trust.
@@ -915,7 +965,8 @@ class _Connection(Protocol):
         """The response must start with ``HTTP/1.`` (checked across reads)."""
         prefix = self._prefix + data[:7]
         if len(prefix) >= 7:
-            self._prefix_ok = True
+            self._prefix = b""
+            self._state = _HEAD
             return prefix[:7] == b"HTTP/1."
         self._prefix = prefix
         return b"HTTP/1.".startswith(prefix)
@@ -932,7 +983,7 @@ class _Connection(Protocol):
         exchange, self._exchange = self._exchange, None
         if exchange is None:
             return
-        reusable = self._reusable and self._keep_alive
+        reusable = self._reusable
         method_was_head = exchange.method == b"HEAD"
         self._reset_message_state()
         if method_was_head:
@@ -947,15 +998,15 @@ class _Connection(Protocol):
         else:
             self.close()
         if exchange.answered:
-            exchange.body_done(_DONE)
+            exchange.body_done(_RESPONSE_DONE)
         else:
             # The head is delivered by dataReceived right after this.
-            exchange.finished = _DONE
+            exchange.finished = _RESPONSE_DONE
 
     # httptools callbacks; they run inside feed_data.
 
     def on_message_begin(self) -> None:
-        if self._complete:
+        if self._state is _DONE:
             raise _Trailing()
         self._phrase = b""
 
@@ -963,9 +1014,11 @@ class _Connection(Protocol):
         self._phrase += phrase
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._final:
-            # Trailer fields (or bytes after the response): not relayed.
-            if self._complete:
+        # Past the final head (BODY or DONE, exactly when it is made into a
+        # response): trailer fields, or bytes after the response, not relayed.
+        # The cheaper test of the two, as this runs for every header line.
+        if self._response is not None:
+            if self._state is _DONE:
                 raise _Trailing()
             return
         lname = name.lower()
@@ -980,11 +1033,9 @@ class _Connection(Protocol):
                     tokens = self._connection_tokens = []
                 tokens.extend(t.strip().lower() for t in value.split(b","))
             elif lname == b"transfer-encoding":
+                # Several lines are one list (RFC 9110 5.3).
                 te = self._transfer_encoding
-                if te is None:
-                    self._transfer_encoding = [value]
-                else:
-                    te.append(value)
+                self._transfer_encoding = value if te is None else te + b"," + value
 
     def on_headers_complete(self) -> None:
         exchange = self._exchange
@@ -993,17 +1044,16 @@ class _Connection(Protocol):
         parser = self._parser
         code = parser.get_status_code()
         http_version = parser.get_http_version()
-        if (http_version != "1.1" and http_version != "1.0") or not 100 <= code <= 999:
+        if http_version != "1.1" and http_version != "1.0":
             raise _ProtocolViolation()
-        te = self._transfer_encoding
-        if te is not None and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
-            # Agent refuses these too; read-until-close of an encoded body is
-            # not something to relay.
-            raise _ProtocolViolation()
+        head = exchange.method == b"HEAD"
+        cl = self._content_length
+        # Raises UpstreamResponseFailed for a framing not to be relayed.
+        framing = response_framing(head, code, cl, self._transfer_encoding)
         if code < 200:
             # An interim 1xx (101 raises HttpParserUpgrade instead): handed
             # to whoever asked for them, without its hop-by-hop headers.
-            self._interim = True
+            self._state = _INTERIM
             headers, self._headers = self._headers, []
             tokens, self._connection_tokens = self._connection_tokens, None
             self._content_length = None
@@ -1014,63 +1064,49 @@ class _Connection(Protocol):
                     headers = [field for field in headers if field[0] not in tokens]
                 on_informational(code, self._phrase, headers)
             return
-        self._final = True
+        self._framing = framing
+        self._pending_bytes = 0
         tokens = self._connection_tokens
         http11 = http_version == "1.1"
-        head = exchange.method == b"HEAD"
         headers = self._headers
         if tokens is not None and not _NAMELESS_TOKENS.issuperset(tokens):
             headers = [field for field in headers if field[0] not in tokens]
-        add = headers.append
         length: int | object
-        cl = self._content_length
-        announced_body = False
-        if head or code in _NO_BODY_STATUSES:
+        if framing >= 0:
+            length = self._length_left = framing
+            self._state = _BODY
+        elif framing == CHUNKED or framing == UNTIL_CLOSE:
+            length = UNKNOWN_LENGTH
+            self._state = _BODY
+        else:
+            # NO_BODY or IGNORED_BODY: complete already.
             length = 0
             if head and cl is not None and b"content-length" not in (tokens or ()):
-                add((b"content-length", b"Content-Length: " + cl.strip()))
-            # No body follows, whatever the head says (RFC 9112 6.3).  A HEAD
-            # answer's Content-Length describes the GET body and is normal, so
-            # that connection is reused as every proxy does; a 204/304 that
-            # announces a body is odd enough that the connection is closed
-            # rather than risk a late body being read as the next response.
-            announced_body = not head and (
-                te is not None or (cl is not None and int(cl) != 0)
-            )
-            self._complete = True
-        elif te is not None:
-            length = UNKNOWN_LENGTH
-        elif cl is not None:
-            length = self._length_left = int(cl)
-        else:
-            length = UNKNOWN_LENGTH
-            self._close_delimited = True
-        self._keep_alive = (
-            http11
-            and not self._close_delimited
-            and not announced_body
-            and (tokens is None or b"close" not in tokens)
-        )
+                headers.append((b"content-length", b"Content-Length: " + cl.strip()))
+            self._state = _DONE
+        if not response_keep_alive(http11, tokens, framing):
+            self._reusable = False
         version = (b"HTTP", 1, 1 if http11 else 0)
         self._response = H1Response(exchange, version, code, self._phrase, headers, length)
 
     def on_body(self, data: bytes) -> None:
-        if self._complete:
-            raise _Trailing()
-        if self._interim:
+        state = self._state
+        if state is not _BODY:
+            if state is _DONE:
+                raise _Trailing()
             # A 1xx has no content.
             raise _ProtocolViolation()
-        self._stall_bytes = 0
+        self._pending_bytes = 0
         self._length_left -= len(data)
         exchange = self._exchange
         if exchange is not None:
             exchange.body_data(data)
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+        if self._state is _INTERIM:
+            self._state = _HEAD
             return
-        self._complete = True
+        self._state = _DONE
 
 
 class UpstreamClient:
@@ -1083,8 +1119,10 @@ class UpstreamClient:
         *,
         max_idle_per_endpoint: int = DEFAULT_MAX_IDLE_PER_ENDPOINT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        limits: HTTPLimits | None = None,
     ) -> None:
         self.reactor = reactor
+        self.limits = limits if limits is not None else HTTPLimits()
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = idle_timeout
         self._idle: dict[str, list[_Connection]] = {}
