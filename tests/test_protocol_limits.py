@@ -8,6 +8,7 @@ constants of their own.
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import attrs
@@ -232,3 +233,21 @@ def test_body_shorter_than_announced_still_fails_with_a_small_chunk() -> None:
         up.transport.producer.resumeProducing()
     assert failure(d).check(UpstreamResponseFailed)
     assert up.closed
+
+
+def test_the_spool_threshold_is_the_settings() -> None:
+    c = conn(spool_in_memory=10)
+    c.send(request(b"POST", headers=b"Content-Length: 10\r\n", body=b"x" * 5))
+    assert isinstance(c.protocol.requests[0].content, io.BytesIO)
+    c.send(b"x" * 5)
+    c.respond(ok(b"a"))
+    c.send(request(b"POST", headers=b"Content-Length: 11\r\n", body=b"x" * 5))
+    assert not isinstance(c.protocol.requests[0].content, io.BytesIO)
+    c.send(b"x" * 6)
+    c.respond(ok(b"b"))
+    c.send(request(b"POST", headers=b"Transfer-Encoding: chunked\r\n", body=b"5\r\nxxxxx\r\n"))
+    spool = c.protocol.requests[0].content
+    assert isinstance(spool, tempfile.SpooledTemporaryFile) and spool._max_size == 10
+    c.send(b"0\r\n\r\n")
+    c.respond(ok(b"c"))
+    assert [r.body for r in c.upstream_requests()] == [b"x" * 10, b"x" * 11, b"xxxxx"]

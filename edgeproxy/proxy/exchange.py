@@ -40,12 +40,12 @@ from edgeproxy.core.errors import (
     EdgeProxyError,
     MisdirectedRequest,
     NoRoute,
-    NotImplementedCoding,
     NoVirtualHost,
     Outcome,
     Reason,
     VersionNotSupported,
 )
+from edgeproxy.core.framing import request_framing
 from edgeproxy.core.hostnames import normalise_host
 from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
@@ -69,8 +69,6 @@ __all__ = [
     "split_target",
 ]
 
-#: Request bodies up to this size are spooled in memory, larger ones to a temporary file.
-SPOOL_IN_MEMORY = 100_000
 
 
 
@@ -286,7 +284,8 @@ class Exchange:
     content: IO[bytes] | None = None
     #: The body's length when the request had one (Content-Length or chunked), else None.
     body_length: int | None = None
-    #: The length the request announced (Content-Length), -1 for chunked, 0 for none.
+    #: The length the request announced (Content-Length), negative for chunked
+    #: (edgeproxy.core.framing.CHUNKED), 0 for none.
     declared_length: int = 0
     #: Request body bytes received so far, and the most the route allows.
     body_bytes: int = 0
@@ -353,25 +352,21 @@ class Exchange:
             elif lname == b"x-request-id":
                 # One id or none: several are as good as a forged one.
                 self._incoming_request_id = value if self._incoming_request_id is None else b""
-        if coding is not None:
-            if not self.http11:
-                # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing (nginx: 400).
-                raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
-            if coding.strip().lower() != b"chunked":
-                # Decoding gzip and the like is the origin's job; a proxy that
-                # strips Transfer-Encoding must not pass on a body still coded.
-                raise RejectRequest(NotImplementedCoding())
+        if content_length is None and coding is None:
+            length = 0
+        else:
+            try:
+                # A Content-Length, or CHUNKED (negative).
+                length = self.declared_length = request_framing(
+                    self.http11, content_length, coding
+                )
+            except BadRequest as e:
+                raise RejectRequest(e.with_traceback(None)) from None
         if len(hosts) > 1 or (not hosts and self.http11):
             # RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400,
             # even in absolute form.
             raise RejectRequest(BadRequest(Reason.BAD_HOST))
         self.host = hosts[0].strip() if hosts else None
-        if content_length is not None:
-            length = self.declared_length = int(content_length)  # llhttp let only digits through
-        elif coding is not None:
-            length = self.declared_length = -1
-        else:
-            length = 0
         factory = self.factory
         plan = factory.pipeline.plan
         self.snapshot = plan.snapshot
@@ -391,13 +386,15 @@ class Exchange:
             return
         if length > 0:
             self.body_length = 0
-            if length > SPOOL_IN_MEMORY:
+            if length > factory.settings.http_limits.spool_in_memory:
                 self.content = tempfile.TemporaryFile()
             else:
                 self.content = io.BytesIO()
         elif length < 0:
             self.body_length = 0
-            self.content = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+            self.content = tempfile.SpooledTemporaryFile(
+                max_size=factory.settings.http_limits.spool_in_memory
+            )
         elif content_length is not None:
             self.body_length = 0
         if self._expect_continue and length and front and self.http11:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IPushProducer
 
+from edgeproxy.core.framing import CHUNKED, NO_BODY, sent_response_framing
 from edgeproxy.proxy.exchange import Exchange
 
 __all__ = ["H1Exchange"]
 
-_NO_BODY_STATUSES = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -59,15 +59,16 @@ class H1Exchange(Exchange):
         request_id = record.request_id
         if request_id is not None:
             lines.append(b"X-Request-Id: " + request_id.encode("ascii"))
-        if self.method == b"HEAD" or code in _NO_BODY_STATUSES or code < 200:
+        framing = sent_response_framing(self.method == b"HEAD", code, length, self.http11)
+        if framing >= 0:
+            lines.append(b"Content-Length: %d" % framing)
+        elif framing == NO_BODY:
             self._no_body = True
-        elif length is not None:
-            lines.append(b"Content-Length: %d" % length)
-        elif self.http11:
+        elif framing == CHUNKED:
             lines.append(b"Transfer-Encoding: chunked")
             self._chunked = True
         else:
-            # An HTTP/1.0 client learns where the body ends from the close.
+            # UNTIL_CLOSE: an HTTP/1.0 client learns where the body ends from the close.
             self.persistent = False
         if self.channel.draining:
             self.persistent = False
