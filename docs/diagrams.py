@@ -4,7 +4,7 @@
     python docs/diagrams.py --check  # exit 1 if they are stale
 
 Each block follows a ``<!-- diagram: NAME -->`` marker.  Needs the ``graphviz``
-Python package (not the binary).  tests/test_breaker.py asserts they are current.
+Python package (not the binary).  tests/cluster/test_breaker.py asserts they are current.
 """
 
 from __future__ import annotations

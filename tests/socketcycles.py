@@ -1,5 +1,5 @@
 """
-The abort and error paths of ``tests/test_no_cycles.py`` over real sockets:
+The abort and error paths of ``tests/proxy/test_no_cycles.py`` over real sockets:
 the proxy (``EdgeProxyService``, as ``twistd edgeproxy`` starts it) on the
 real reactor, a backend and the clients in threads with blocking sockets, all
 on 127.0.0.1, in one fresh interpreter::

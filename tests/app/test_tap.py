@@ -17,7 +17,7 @@ from edgeproxy.app.options import Options, version_text
 from edgeproxy.ops.admin import admin_site
 from edgeproxy.ops.metrics import Metrics
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def served_paths() -> set[str]:

@@ -452,7 +452,7 @@ def test_ejection_allowed(ejected: int, endpoints: int, percent: float, allowed:
 
 # -- docs can't drift ------------------------------------------------------------
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "resilience.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "resilience.md"
 DIAGRAMS: dict[str, Callable[[], str]] = {
     "breaker": breaker_module.diagram,
     "health": health_module.diagram,

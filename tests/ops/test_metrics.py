@@ -112,7 +112,7 @@ def test_dashboard_uses_only_metrics_that_exist() -> None:
     exposed = {
         sample.name for family in metrics.registry.collect() for sample in family.samples
     } | {family.name for family in metrics.registry.collect()}
-    dashboard = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+    dashboard = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
     used = set(re.findall(r"edgeproxy_[a-z_]+", dashboard.read_text()))
     missing = {name for name in used if name not in exposed}
     # Certificate expiry is a family without samples when no certificate is loaded.

@@ -4,7 +4,7 @@ import json
 
 from edgeproxy.core.errors import Outcome, Reason
 from edgeproxy.ops.accesslog import combined_time, format_combined, format_json
-from tests.test_metrics import record
+from tests.ops.test_metrics import record
 
 
 def test_json_line_has_every_field_and_rfc3339_time() -> None:

@@ -19,7 +19,7 @@ from twisted.web.http import PotentialDataLoss
 from edgeproxy.core.errors import UpstreamResponseFailed
 from edgeproxy.upstream import h1client
 from edgeproxy.upstream.h1client import _TRANSITIONS, _State
-from tests.test_h1client import OK, Rig, Upstream, failure, fetch, no_result
+from tests.upstream.test_h1client import OK, Rig, Upstream, failure, fetch, no_result
 
 Move = tuple[_State, _State]
 

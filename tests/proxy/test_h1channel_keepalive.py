@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_downstream_http import Conn, ok, request
+from tests.proxy.test_h1channel import Conn, ok, request
 
 CASES = {
     # (version, Connection header lines) -> the connection persists

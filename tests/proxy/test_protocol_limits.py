@@ -21,8 +21,8 @@ from edgeproxy.config.settings import Settings
 from edgeproxy.core.errors import UpstreamResponseFailed
 from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.proxy.h1channel import ProxyFactory
-from tests.test_downstream_http import HOST, Conn, final, ok, request
-from tests.test_h1client import OK, CountingFile, Rig, failure, fetch
+from tests.proxy.test_h1channel import HOST, Conn, final, ok, request
+from tests.upstream.test_h1client import OK, CountingFile, Rig, failure, fetch
 
 DEFAULTS = {
     "max_request_head_bytes": 16 * 1024,
@@ -40,7 +40,7 @@ def test_the_defaults_are_the_documented_values() -> None:
 
 
 def test_the_defaults_are_in_the_configuration_docs() -> None:
-    docs = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for name, value in DEFAULTS.items():
         assert f"| `{name}` | {value} " in docs, name
 

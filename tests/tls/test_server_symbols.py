@@ -2,7 +2,7 @@
 at start-up, and one missing turns the whole path off: TLS then runs on
 pyOpenSSL's public calls, with a warning naming what is missing.
 
-In memory, as tests/test_tlsserver.py: a Python ``ssl`` client on memory BIOs,
+In memory, as tests/tls/test_server.py: a Python ``ssl`` client on memory BIOs,
 the TLS layer, a StringTransport.
 """
 
@@ -22,7 +22,7 @@ from twisted.logger import LogLevel, capturedLogs
 from edgeproxy.tls import server as tlsserver
 from edgeproxy.tls.certificates import SNIConnectionCreator
 from tests.certutil import client_context, default_index, make_ca
-from tests.test_tlsserver import NAME, Pair
+from tests.tls.test_server import NAME, Pair
 
 ALL_SYMBOLS = list(tlsserver.OPENSSL_SYMBOLS) + [f"ffi.{n}" for n in tlsserver.FFI_SYMBOLS]
 

@@ -26,7 +26,7 @@ from edgeproxy.config.settings import Settings
 from edgeproxy.net import writethrough
 from edgeproxy.tls import server as tlsserver
 from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
-from tests.test_tlsserver_symbols import Without
+from tests.tls.test_server_symbols import Without
 
 
 @implementer(IStreamServerEndpoint)

@@ -45,7 +45,7 @@ from edgeproxy.config import Cluster, Limits, Route, VirtualHost
 from tests.memproxy import TCPLikeTransport, make_config, proxy_factory
 from tests.socketcycles import NAMED, SCENARIOS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUEST = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: t\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
 
@@ -118,7 +118,7 @@ def scenario(name: str) -> list[str]:
 # into garbage while these run.
 @pytest.mark.parametrize("name", ["whole", "streamed", "interim", "error"])
 def test_a_request_leaves_no_cyclic_garbage(name: str) -> None:
-    code = f"import json; from tests.test_no_cycles import scenario; print(json.dumps(scenario({name!r})))"
+    code = f"import json; from tests.proxy.test_no_cycles import scenario; print(json.dumps(scenario({name!r})))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -446,7 +446,7 @@ def _in_fresh_interpreter(code: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("name", list(ABORTS))
 def test_an_aborted_or_failed_exchange_leaves_no_cyclic_garbage(name: str) -> None:
     results = _in_fresh_interpreter(
-        "import json; from tests.test_no_cycles import abort_scenarios; "
+        "import json; from tests.proxy.test_no_cycles import abort_scenarios; "
         "print(json.dumps(abort_scenarios()))"
     )
     assert results[name] == []
