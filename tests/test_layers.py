@@ -104,7 +104,15 @@ def test_only_the_application_layer_touches_the_global_reactor() -> None:
 def test_every_layer_says_what_it_may_import() -> None:
     layers = sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
     assert [p.name for p in layers] == [
-        "app", "cluster", "config", "core", "net", "ops", "proxy", "tls", "upstream",
+        "app",
+        "cluster",
+        "config",
+        "core",
+        "net",
+        "ops",
+        "proxy",
+        "tls",
+        "upstream",
     ]
     for layer in layers:
         doc = ast.get_docstring(ast.parse((layer / "__init__.py").read_text()))

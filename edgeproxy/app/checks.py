@@ -566,9 +566,7 @@ def _span(delta: datetime.timedelta) -> str:
     return "less than an hour"
 
 
-def run_check(
-    settings: Settings, out: Any = None, err: Any = None, *, strict: bool = False
-) -> int:
+def run_check(settings: Settings, out: Any = None, err: Any = None, *, strict: bool = False) -> int:
     """Validate config and certificates and what they mean together; print
     every problem, of every kind, in one pass, and a footer counting errors and
     warnings; return the exit code (1 on an error, or a warning if strict)."""

@@ -177,6 +177,7 @@ class EdgeProxyService(MultiService):
             metrics=self.metrics,
             enabled=settings.access_log != "off",
         )
+
         def proxy_factory(tls: bool) -> ProxyFactory:
             return ProxyFactory(
                 self.pipeline,

@@ -61,6 +61,7 @@ def make_selector(
         return MaglevSelector(endpoints, policy.table_size, rng=rng)
     raise TypeError(f"unknown selection policy {policy!r}")
 
+
 def _in_flight(rt: EndpointRuntime) -> int:
     return rt.in_flight
 

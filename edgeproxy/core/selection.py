@@ -42,6 +42,7 @@ __all__ = [
     "stable_roll",
 ]
 
+
 class Weighted(Protocol):
     """What selection needs of an endpoint: a weight, and a text form (its
     address) that is stable across processes, for hashing.  Hashable."""
@@ -60,9 +61,7 @@ MAGLEV_CACHE_SIZE = 8
 class Selector(Protocol[E]):
     """Picks the endpoint for one request (or one retry) of a cluster."""
 
-    def pick(
-        self, candidates: Sequence[E], hash_key: bytes | None = None
-    ) -> E | None:
+    def pick(self, candidates: Sequence[E], hash_key: bytes | None = None) -> E | None:
         """One of ``candidates``, or ``None`` if and only if there are none.
 
         ``candidates`` are the endpoints available right now, a subset of the
@@ -105,9 +104,7 @@ class RoundRobinSelector(Generic[E]):
     def __init__(self, endpoints: Sequence[E]) -> None:
         self._scores: dict[E, int] = dict.fromkeys(endpoints, 0)
 
-    def pick(
-        self, candidates: Sequence[E], hash_key: bytes | None = None
-    ) -> E | None:
+    def pick(self, candidates: Sequence[E], hash_key: bytes | None = None) -> E | None:
         scores = self._scores
         best: E | None = None
         best_score = 0
@@ -135,9 +132,7 @@ class RandomSelector(Generic[E]):
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
 
-    def pick(
-        self, candidates: Sequence[E], hash_key: bytes | None = None
-    ) -> E | None:
+    def pick(self, candidates: Sequence[E], hash_key: bytes | None = None) -> E | None:
         return _weighted_choice(self._rng, candidates)
 
     def __repr__(self) -> str:
@@ -159,18 +154,14 @@ class LeastRequestSelector(Generic[E]):
 
     __slots__ = ("_choices", "_in_flight", "_rng")
 
-    def __init__(
-        self, choices: int, *, rng: random.Random, in_flight: Callable[[E], int]
-    ) -> None:
+    def __init__(self, choices: int, *, rng: random.Random, in_flight: Callable[[E], int]) -> None:
         if choices < 1:
             raise ValueError(f"choices must be at least 1, not {choices}")
         self._choices = choices
         self._rng = rng
         self._in_flight = in_flight
 
-    def pick(
-        self, candidates: Sequence[E], hash_key: bytes | None = None
-    ) -> E | None:
+    def pick(self, candidates: Sequence[E], hash_key: bytes | None = None) -> E | None:
         count = len(candidates)
         if count <= 1:
             return candidates[0] if candidates else None
@@ -371,9 +362,7 @@ class MaglevSelector(Generic[E]):
 
     __slots__ = ("_cache", "_rng", "table_size")
 
-    def __init__(
-        self, endpoints: Sequence[E], table_size: int, *, rng: random.Random
-    ) -> None:
+    def __init__(self, endpoints: Sequence[E], table_size: int, *, rng: random.Random) -> None:
         self.table_size = table_size
         self._rng = rng
         self._cache: OrderedDict[frozenset[E], MaglevTable[E]] = OrderedDict()
@@ -394,9 +383,7 @@ class MaglevSelector(Generic[E]):
             cache.move_to_end(key)
         return table
 
-    def pick(
-        self, candidates: Sequence[E], hash_key: bytes | None = None
-    ) -> E | None:
+    def pick(self, candidates: Sequence[E], hash_key: bytes | None = None) -> E | None:
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         if hash_key is None:

@@ -88,6 +88,7 @@ class ServiceView(Protocol):
 
     def listeners(self) -> Iterable[ListenerView]: ...
 
+
 #: The admin page needs nothing but its own inline styles.
 PAGE_CSP = b"default-src 'none'; style-src 'unsafe-inline'"
 

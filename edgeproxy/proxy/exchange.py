@@ -70,8 +70,6 @@ __all__ = [
 ]
 
 
-
-
 def split_target(target: bytes) -> tuple[bytes | None, bytes] | None:
     """Split a request-target into (authority or None, origin-form path+query).
 
@@ -357,9 +355,7 @@ class Exchange:
         else:
             try:
                 # A Content-Length, or CHUNKED (negative).
-                length = self.declared_length = request_framing(
-                    self.http11, content_length, coding
-                )
+                length = self.declared_length = request_framing(self.http11, content_length, coding)
             except BadRequest as e:
                 raise RejectRequest(e.with_traceback(None)) from None
         if len(hosts) > 1 or (not hosts and self.http11):

@@ -84,9 +84,9 @@ def test_a_swap_makes_new_chains_and_keeps_the_old_plan_whole() -> None:
     old = pipeline.plan
     pipeline.swap(old.snapshot)
     assert pipeline.plan is not old
-    assert pipeline.plan.chains[True][id(ROUTES["/api/"])] is not old.chains[True][
-        id(ROUTES["/api/"])
-    ]
+    assert (
+        pipeline.plan.chains[True][id(ROUTES["/api/"])] is not old.chains[True][id(ROUTES["/api/"])]
+    )
     assert old.chains[True][id(ROUTES["/api/"])].stages[0].limit == DEFAULT_MAX_BODY_SIZE  # type: ignore[attr-defined]
 
 
