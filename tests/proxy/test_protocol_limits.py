@@ -22,7 +22,7 @@ from edgeproxy.core.errors import UpstreamResponseFailed
 from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.proxy.h1channel import ProxyFactory
 from tests.proxy.test_h1channel import HOST, Conn, final, ok, request
-from tests.upstream.test_h1client import OK, CountingFile, Rig, failure, fetch
+from tests.upstream.test_h1client import OK, CountingFile, Rig, failure, fetch, started
 
 DEFAULTS = {
     "max_request_head_bytes": 16 * 1024,
@@ -133,9 +133,7 @@ def test_the_factory_hands_the_settings_limits_on() -> None:
 
 
 def test_the_response_head_limit_is_the_clients() -> None:
-    rig = Rig(limits=HTTPLimits(max_response_head_bytes=100))
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started(limits=HTTPLimits(max_response_head_bytes=100))
     up.respond(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 74 + b"\r\n")  # 100 bytes
     assert not up.closed
     up.respond(b"X-More: " + b"b" * 20 + b"\r\n")
@@ -144,9 +142,7 @@ def test_the_response_head_limit_is_the_clients() -> None:
 
 
 def test_a_body_past_the_head_limit_in_the_same_read_is_not_a_head() -> None:
-    rig = Rig(limits=HTTPLimits(max_response_head_bytes=100))
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started(limits=HTTPLimits(max_response_head_bytes=100))
     response, body = fetch(
         rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n" + b"x" * 500
     )
@@ -157,8 +153,7 @@ def test_a_body_past_the_head_limit_in_the_same_read_is_not_a_head() -> None:
 def test_the_body_chunk_is_the_clients() -> None:
     rig = Rig(limits=HTTPLimits(upstream_body_chunk=1000))
     body = CountingFile(2500)
-    d = rig.request(b"PUT", body=body, body_length=2500)
-    up = rig.accept()
+    d, up = rig.begin(b"PUT", body=body, body_length=2500)
     producer = up.transport.producer
     assert producer is not None and body.read_total == 0
     up.transport.clear()
@@ -181,9 +176,7 @@ def test_a_body_up_to_the_chunk_goes_out_with_the_head() -> None:
 
 
 def test_the_read_size_is_the_clients() -> None:
-    rig = Rig(limits=HTTPLimits(upstream_read_size=4096))
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started(limits=HTTPLimits(upstream_read_size=4096))
     up.transport.bufferSize = 65536  # type: ignore[attr-defined]
     # A transport with a bufferSize (a TCP one) gets the limit as it connects.
     up.protocol.connectionMade()
@@ -227,8 +220,7 @@ def test_the_service_hands_the_settings_limits_to_listeners_and_upstream(
 
 def test_body_shorter_than_announced_still_fails_with_a_small_chunk() -> None:
     rig = Rig(limits=HTTPLimits(upstream_body_chunk=2))
-    d = rig.request(b"POST", body=io.BytesIO(b"abc"), body_length=5)
-    up = rig.accept()
+    d, up = rig.begin(b"POST", body=io.BytesIO(b"abc"), body_length=5)
     while up.transport.producer is not None and not up.closed:
         up.transport.producer.resumeProducing()
     assert failure(d).check(UpstreamResponseFailed)

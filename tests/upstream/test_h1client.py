@@ -146,6 +146,17 @@ class Rig:
     def idle(self, endpoint: Endpoint = EP) -> int:
         return self.client.idle_connections(endpoint)
 
+    def begin(self, *args: Any, **kwargs: Any) -> tuple[Deferred[Any], Upstream]:
+        """A request (``request``'s arguments) and the connection it opened."""
+        d = self.request(*args, **kwargs)
+        return d, self.accept()
+
+
+def started(**kwargs: Any) -> tuple[Rig, Deferred[Any], Upstream]:
+    """A ``Rig(**kwargs)`` with a GET sent on a connection of its own."""
+    rig = Rig(**kwargs)
+    return (rig, *rig.begin())
+
 
 def result(d: Deferred[Any]) -> Any:
     out: list[Any] = []
@@ -308,8 +319,7 @@ def test_large_body_is_read_a_chunk_at_a_time_as_the_socket_drains() -> None:
     rig = Rig()
     size = 10 * 1024 * 1024 + 5
     body = CountingFile(size)
-    d = rig.request(b"PUT", body=body, body_length=size)
-    up = rig.accept()
+    d, up = rig.begin(b"PUT", body=body, body_length=size)
     assert up.sent().endswith(b"\r\nContent-Length: %d\r\n\r\n" % size)
     producer = up.transport.producer
     assert producer is not None and not up.transport.streaming
@@ -332,8 +342,7 @@ def test_answer_before_the_body_is_written_stops_the_body_and_closes() -> None:
     rig = Rig()
     size = 4 * BODY_CHUNK
     body = CountingFile(size)
-    d = rig.request(b"POST", body=body, body_length=size)
-    up = rig.accept()
+    d, up = rig.begin(b"POST", body=body, body_length=size)
     up.transport.producer.resumeProducing()
     up.respond(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
     assert result(d).code == 413
@@ -345,8 +354,7 @@ def test_answer_before_the_body_is_written_stops_the_body_and_closes() -> None:
 
 def test_body_shorter_than_announced_fails_without_reuse() -> None:
     rig = Rig()
-    d = rig.request(b"POST", body=io.BytesIO(b"abc"), body_length=5)
-    up = rig.accept()
+    d, up = rig.begin(b"POST", body=io.BytesIO(b"abc"), body_length=5)
     assert failure(d).check(UpstreamConnectFailed)
     assert up.state == "aborted"
 
@@ -389,9 +397,7 @@ def test_endpoints_have_pools_of_their_own() -> None:
     ],
 )
 def test_no_reuse_after_close_or_http10(answer: bytes) -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, answer)
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseDone)
@@ -402,9 +408,7 @@ def test_no_reuse_after_close_or_http10(answer: bytes) -> None:
 
 
 def test_connection_is_reused_only_after_the_complete_body() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     assert rig.idle() == 0
     rig.request(target=b"/second")
@@ -427,9 +431,7 @@ def test_at_most_max_idle_per_endpoint_are_kept() -> None:
 
 
 def test_idle_connections_close_after_idle_timeout() -> None:
-    rig = Rig(idle_timeout=50.0)
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started(idle_timeout=50.0)
     fetch(rig, up, d, OK)
     rig.reactor.advance(49)
     assert not up.closed and rig.idle() == 1
@@ -440,9 +442,7 @@ def test_idle_connections_close_after_idle_timeout() -> None:
 
 
 def test_idle_timeout_counts_from_the_last_use() -> None:
-    rig = Rig(idle_timeout=50.0)
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started(idle_timeout=50.0)
     fetch(rig, up, d, OK)
     rig.reactor.advance(40)
     d = rig.request()
@@ -455,9 +455,7 @@ def test_idle_timeout_counts_from_the_last_use() -> None:
 
 @pytest.mark.parametrize("event", ["eof", "data"])
 def test_idle_connection_that_closes_or_talks_is_dropped(event: str) -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     fetch(rig, up, d, OK)
     assert rig.idle() == 1
     if event == "eof":
@@ -471,9 +469,7 @@ def test_idle_connection_that_closes_or_talks_is_dropped(event: str) -> None:
 
 
 def test_close_closes_idle_connections() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     fetch(rig, up, d, OK)
     closed = rig.client.close()
     assert up.state == "closed"
@@ -486,9 +482,7 @@ def test_close_closes_idle_connections() -> None:
 
 
 def test_content_length_body_across_reads() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Le")
     no_result(d)
     up.respond(b"ngth: 6\r\nX-A: b\r\n\r\nab")
@@ -507,9 +501,7 @@ def test_content_length_body_across_reads() -> None:
 
 
 def test_chunked_body_is_dechunked() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(
         rig,
         up,
@@ -525,9 +517,7 @@ def test_chunked_body_is_dechunked() -> None:
 
 
 def test_close_delimited_body_ends_in_potential_data_loss() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\n\r\nsome")
     assert response.length is UNKNOWN_LENGTH
     up.respond(b" more")
@@ -545,9 +535,7 @@ def test_close_delimited_body_ends_in_potential_data_loss() -> None:
     ],
 )
 def test_truncated_body_is_not_taken_for_a_whole_one(head: bytes) -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, head)
     up.lose(ConnectionLost())
     assert body.body == b"abc"
@@ -557,9 +545,7 @@ def test_truncated_body_is_not_taken_for_a_whole_one(head: bytes) -> None:
 
 
 def test_body_before_deliver_body_is_buffered_with_reading_paused() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     response = result(d)
     assert up.transport.producerState == "paused"
@@ -572,9 +558,7 @@ def test_body_before_deliver_body_is_buffered_with_reading_paused() -> None:
 
 
 def test_complete_response_delivered_later_still_frees_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(OK)
     response = result(d)
     assert rig.idle() == 1
@@ -592,9 +576,7 @@ def test_complete_response_delivered_later_still_frees_the_connection() -> None:
 
 
 def test_body_consumer_pauses_and_resumes_the_upstream_socket() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
     assert body.transport is not None
     body.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -612,9 +594,7 @@ class PausingCollector(Collector):
 
 
 def test_a_consumer_that_pauses_on_the_bytes_read_with_the_head_stays_paused() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
     response = result(d)
     body = PausingCollector()
@@ -628,9 +608,7 @@ def test_a_consumer_that_pauses_on_the_bytes_read_with_the_head_stays_paused() -
 
 
 def test_a_pause_does_not_outlive_its_response() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     response = result(d)
     response.deliverBody(PausingCollector())
@@ -650,9 +628,7 @@ def test_a_pause_does_not_outlive_its_response() -> None:
 
 
 def test_paused_connection_is_resumed_when_it_goes_back_to_the_pool() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     body.transport.pauseProducing()  # type: ignore[union-attr]
     up.respond(b"cd")
@@ -700,9 +676,7 @@ def test_a_consumer_paused_from_the_start_keeps_the_socket_paused_with_send() ->
 
 
 def test_stopping_the_body_closes_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
     body.transport.stopProducing()  # type: ignore[union-attr]
     assert up.transport.producerState == "stopped"
@@ -719,8 +693,7 @@ def test_stopping_the_body_closes_the_connection() -> None:
 
 def test_head_keeps_content_length_and_has_no_body() -> None:
     rig = Rig()
-    d = rig.request(b"HEAD")
-    up = rig.accept()
+    d, up = rig.begin(b"HEAD")
     response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n")
     assert response.length == 0
     assert response.headers.getRawHeaders(b"content-length") == [b"0"]
@@ -736,8 +709,7 @@ def test_head_keeps_content_length_and_has_no_body() -> None:
 def test_head_answer_with_content_length_is_reused() -> None:
     """A HEAD answer's Content-Length describes the GET body (RFC 9112 6.3): no body follows."""
     rig = Rig()
-    d = rig.request(b"HEAD")
-    up = rig.accept()
+    d, up = rig.begin(b"HEAD")
     response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
     assert response.headers.getRawHeaders(b"content-length") == [b"1234"]
     assert response.length == 0
@@ -750,8 +722,7 @@ def test_head_answer_with_content_length_is_reused() -> None:
 
 def test_body_sent_with_a_head_answer_closes_the_connection() -> None:
     rig = Rig()
-    d = rig.request(b"HEAD")
-    up = rig.accept()
+    d, up = rig.begin(b"HEAD")
     smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
     response, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + smuggled)
     assert response.code == 200 and body.body == b""
@@ -760,9 +731,7 @@ def test_body_sent_with_a_head_answer_closes_the_connection() -> None:
 
 @pytest.mark.parametrize("code", [204, 304])
 def test_no_body_statuses(code: int) -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(rig, up, d, b"HTTP/1.1 %d X\r\nETag: e\r\n\r\n" % code)
     assert response.code == code and response.length == 0
     assert body.reason is not None and body.reason.check(ResponseDone)
@@ -770,9 +739,7 @@ def test_no_body_statuses(code: int) -> None:
 
 
 def test_no_body_status_with_bytes_after_it_closes_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(rig, up, d, b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nhi")
     assert response.code == 204 and body.body == b""
     assert up.state == "closed" and rig.idle() == 0
@@ -782,9 +749,7 @@ def test_no_body_status_with_bytes_after_it_closes_the_connection() -> None:
 
 
 def test_interim_responses_are_skipped() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 100 Continue\r\n\r\n")
     no_result(d)
     up.respond(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
@@ -797,9 +762,7 @@ def test_interim_responses_are_skipped() -> None:
 
 
 def test_switching_protocols_is_a_failure() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
     )
@@ -809,9 +772,7 @@ def test_switching_protocols_is_a_failure() -> None:
 
 def test_upgrade_advertised_on_a_normal_response_is_fine() -> None:
     """Apache's mod_http2 announces h2c on ordinary HTTP/1.1 responses."""
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(
         rig,
         up,
@@ -827,9 +788,7 @@ def test_upgrade_advertised_on_a_normal_response_is_fine() -> None:
 
 
 def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, _ = fetch(
         rig,
         up,
@@ -892,9 +851,7 @@ def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
     ],
 )
 def test_malformed_responses_fail_and_close(answer: bytes) -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(answer)
     assert failure(d).check(UpstreamResponseFailed)
     assert up.state == "aborted"
@@ -902,17 +859,14 @@ def test_malformed_responses_fail_and_close(answer: bytes) -> None:
 
 
 def test_status_line_checked_across_reads() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTT")
     no_result(d)
     up.respond(b"X/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert failure(d).check(UpstreamResponseFailed)
     assert up.state == "aborted"
 
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     for byte in OK[:9]:
         up.respond(bytes([byte]))
     up.respond(OK[9:])
@@ -920,9 +874,7 @@ def test_status_line_checked_across_reads() -> None:
 
 
 def test_bad_chunk_after_the_head_truncates_the_body() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
     up.respond(b"zz\r\n")
     assert body.body == b"hi"
@@ -933,9 +885,7 @@ def test_bad_chunk_after_the_head_truncates_the_body() -> None:
 def test_a_big_first_read_with_head_and_body_is_not_an_oversized_head() -> None:
     # One read can bring the head and far more than MAX_HEAD_BYTES of body
     # (the client reads READ_SIZE, 128 KiB, at a time): only the head counts.
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     size = 4 * MAX_HEAD_BYTES
     response, body = fetch(
         rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size
@@ -946,9 +896,7 @@ def test_a_big_first_read_with_head_and_body_is_not_an_oversized_head() -> None:
 
 
 def test_oversized_head_fails() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 200 OK\r\n")
     line = b"X-Big: " + b"a" * 1000 + b"\r\n"
     for _ in range(MAX_HEAD_BYTES // len(line) + 1):
@@ -960,9 +908,7 @@ def test_oversized_head_fails() -> None:
 
 
 def test_endless_trailers_fail() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ")
     for _ in range(3 * MAX_HEAD_BYTES // 4096):
         up.respond(b"a" * 4096)
@@ -973,9 +919,7 @@ def test_endless_trailers_fail() -> None:
 
 
 def test_second_response_in_the_same_read_closes_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(rig, up, d, OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert body.body == b"hi"
     assert body.reason is not None and body.reason.check(ResponseDone)
@@ -983,9 +927,7 @@ def test_second_response_in_the_same_read_closes_the_connection() -> None:
 
 
 def test_bytes_after_a_closing_response_are_ignored() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(
         rig, up, d, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhiXX"
     )
@@ -1015,8 +957,7 @@ def test_connect_timeout_is_connect_timeout() -> None:
 
 def test_no_head_within_response_timeout_is_upstream_timeout_and_closes() -> None:
     rig = Rig()
-    d = rig.request(response_timeout=7.0)
-    up = rig.accept()
+    d, up = rig.begin(response_timeout=7.0)
     up.respond(b"HTTP/1.1 200 OK\r\n")
     rig.reactor.advance(6.9)
     no_result(d)
@@ -1040,8 +981,7 @@ def test_response_timeout_while_connecting_stops_connecting() -> None:
 
 def test_response_timeout_stops_once_the_head_arrived() -> None:
     rig = Rig()
-    d = rig.request(response_timeout=7.0)
-    up = rig.accept()
+    d, up = rig.begin(response_timeout=7.0)
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     rig.reactor.advance(60)
     assert not up.closed
@@ -1050,9 +990,7 @@ def test_response_timeout_stops_once_the_head_arrived() -> None:
 
 
 def test_cancel_while_waiting_for_the_head_closes_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     d.cancel()
     assert failure(d).check(CancelledError)
     assert up.state == "aborted"
@@ -1072,9 +1010,7 @@ def test_cancel_while_connecting_stops_connecting() -> None:
 
 
 def test_connection_lost_before_the_head_is_response_failed() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/1.1 200 OK\r\n")
     up.lose(ConnectionLost())
     f = failure(d)
@@ -1087,8 +1023,7 @@ def test_connection_lost_before_the_head_is_response_failed() -> None:
 
 
 def pooled(rig: Rig) -> Upstream:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     fetch(rig, up, d, OK)
     up.transport.clear()
     assert rig.idle() == 1
@@ -1370,8 +1305,7 @@ def test_send_retries_a_stale_pooled_connection_once_with_one_answer() -> None:
 
 def body_reading(rig: Rig, length: int) -> tuple[Upstream, Collector]:
     """A response head announcing ``length`` bytes, with the first 3 of them."""
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     up.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nabc" % length)
     body = Collector()
     result(d).deliverBody(body)
@@ -1520,9 +1454,7 @@ def test_busy_pooled_connection_keeps_one_response_timer() -> None:
 def test_pin_no_body_status_announcing_a_body_is_not_reused(code: int) -> None:
     # No body follows a 204 or 304 whatever it announces; a connection whose
     # peer announced one is not trusted with the next request.
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(rig, up, d, b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % code)
     assert (response.code, response.length, body.body) == (code, 0, b"")
     assert body.reason is not None and body.reason.check(ResponseDone)
@@ -1550,9 +1482,7 @@ def test_pin_close_leaves_no_timer() -> None:
 
 
 def test_pin_close_with_a_request_in_flight_leaves_no_timer_once_it_ends() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     rig.client.close()
     # The request in flight keeps its response timeout ...
     assert len(rig.reactor.getDelayedCalls()) == 1
@@ -1566,8 +1496,7 @@ def test_pin_close_with_a_request_in_flight_leaves_no_timer_once_it_ends() -> No
 def test_pin_max_idle_zero_disables_pooling() -> None:
     rig = Rig(max_idle_per_endpoint=0)
     for n in range(1, 4):
-        d = rig.request()
-        up = rig.accept()
+        d, up = rig.begin()
         _, body = fetch(rig, up, d, OK)
         assert body.body == b"hi"
         assert body.reason is not None and body.reason.check(ResponseDone)
@@ -1577,9 +1506,7 @@ def test_pin_max_idle_zero_disables_pooling() -> None:
 
 
 def test_pin_cancel_before_the_head_aborts_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     d.cancel()
     assert failure(d).check(CancelledError)
     assert up.state == "aborted"
@@ -1590,8 +1517,7 @@ def test_pin_cancel_while_the_request_body_is_sent_aborts_the_connection() -> No
     rig = Rig()
     size = 4 * BODY_CHUNK
     body = CountingFile(size)
-    d = rig.request(b"POST", body=body, body_length=size)
-    up = rig.accept()
+    d, up = rig.begin(b"POST", body=body, body_length=size)
     up.transport.producer.resumeProducing()
     d.cancel()
     assert failure(d).check(CancelledError)

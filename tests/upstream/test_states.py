@@ -19,7 +19,7 @@ from twisted.web.http import PotentialDataLoss
 from edgeproxy.core.errors import UpstreamResponseFailed
 from edgeproxy.upstream import h1client
 from edgeproxy.upstream.h1client import _TRANSITIONS, _State
-from tests.upstream.test_h1client import OK, Rig, Upstream, failure, fetch, no_result
+from tests.upstream.test_h1client import OK, Rig, Upstream, failure, fetch, no_result, started
 
 Move = tuple[_State, _State]
 
@@ -56,8 +56,7 @@ S = _State
 
 
 def pooled(rig: Rig) -> Upstream:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     fetch(rig, up, d, OK)
     up.transport.clear()
     return up
@@ -75,8 +74,7 @@ def fresh_then_pooled(rig: Rig) -> None:
 
 
 def prefix_across_reads(rig: Rig) -> None:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     for byte in OK[:9]:
         up.respond(bytes([byte]))
     no_result(d)
@@ -85,46 +83,40 @@ def prefix_across_reads(rig: Rig) -> None:
 
 
 def interim_then_final(rig: Rig) -> None:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     up.respond(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
     no_result(d)
     assert result_code(rig, up, d, OK) == 200
 
 
 def head_answer(rig: Rig) -> None:
-    d = rig.request(b"HEAD")
-    up = rig.accept()
+    d, up = rig.begin(b"HEAD")
     assert result_code(rig, up, d, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") == 200
     assert rig.idle() == 1
 
 
 def no_content(rig: Rig) -> None:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     assert result_code(rig, up, d, b"HTTP/1.1 204 No Content\r\n\r\n") == 204
     assert rig.idle() == 1
 
 
 def chunked_body(rig: Rig) -> None:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     up.respond(b"2\r\nhi\r\n0\r\n\r\n")
     assert body.body == b"hi" and rig.idle() == 1
 
 
 def body_until_close(rig: Rig) -> None:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     _, body = fetch(rig, up, d, b"HTTP/1.1 200 OK\r\n\r\nsome")
     up.lose()
     assert body.reason is not None and body.reason.check(PotentialDataLoss)
 
 
 def lost_mid_head(rig: Rig) -> None:
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     up.respond(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n")
     up.lose()
     assert failure(d).check(UpstreamResponseFailed)
@@ -132,8 +124,7 @@ def lost_mid_head(rig: Rig) -> None:
 
 def lost_after_an_interim_response(rig: Rig) -> None:
     # (llhttp reads no body for a 1xx, whatever its Content-Length says.)
-    d = rig.request()
-    up = rig.accept()
+    d, up = rig.begin()
     up.respond(b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n")
     up.lose()
     assert failure(d).check(UpstreamResponseFailed)
@@ -252,9 +243,7 @@ def test_a_pooled_connection_lost_after_part_of_the_prefix_is_not_retried() -> N
 
 
 def test_a_response_that_is_not_http_1_fails_even_split_across_reads() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     up.respond(b"HTTP/")
     assert not up.closed
     up.respond(b"2 200 OK\r\n\r\n")
@@ -263,9 +252,7 @@ def test_a_response_that_is_not_http_1_fails_even_split_across_reads() -> None:
 
 
 def test_trailers_are_not_relayed() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     response, body = fetch(
         rig, up, d, b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
@@ -275,9 +262,7 @@ def test_trailers_are_not_relayed() -> None:
 
 
 def test_a_second_response_after_a_complete_one_closes_the_connection() -> None:
-    rig = Rig()
-    d = rig.request()
-    up = rig.accept()
+    rig, d, up = started()
     _, body = fetch(rig, up, d, OK + b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n")
     assert body.body == b"hi"
     assert up.closed and rig.idle() == 0
