@@ -1065,11 +1065,13 @@ def test_post_on_a_stale_pooled_connection_is_not_retried() -> None:
     assert rig.connections == 1
 
 
-def test_connection_closed_after_response_bytes_is_not_retried() -> None:
+# Part of the status line, past the "HTTP/" prefix or within it, is an answer begun.
+@pytest.mark.parametrize("start", [b"HTTP/1.1 2", b"HTT"])
+def test_connection_closed_after_response_bytes_is_not_retried(start: bytes) -> None:
     rig = Rig()
     stale = pooled(rig)
     d = rig.request()
-    stale.respond(b"HTTP/1.1 2")
+    stale.respond(start)
     stale.lose()
     assert failure(d).check(UpstreamResponseFailed)
     assert rig.connections == 1

@@ -19,7 +19,16 @@ from twisted.web.http import PotentialDataLoss
 from edgeproxy.core.errors import UpstreamResponseFailed
 from edgeproxy.upstream import h1client
 from edgeproxy.upstream.h1client import _TRANSITIONS, _State
-from tests.upstream.test_h1client import OK, Rig, Upstream, failure, fetch, no_result, started
+from tests.upstream.test_h1client import (
+    OK,
+    Rig,
+    Upstream,
+    failure,
+    fetch,
+    no_result,
+    pooled,
+    started,
+)
 
 Move = tuple[_State, _State]
 
@@ -53,13 +62,6 @@ NAMED = {
     (state, next_state) for (state, event), next_state in _TRANSITIONS.items() if event != "lost"
 }
 S = _State
-
-
-def pooled(rig: Rig) -> Upstream:
-    d, up = rig.begin()
-    fetch(rig, up, d, OK)
-    up.transport.clear()
-    return up
 
 
 # -- the scenarios, each with the moves it makes --------------------------------------
@@ -230,16 +232,6 @@ def test_every_state_can_be_lost() -> None:
 
 
 # -- what the states decide ----------------------------------------------------------
-
-
-def test_a_pooled_connection_lost_after_part_of_the_prefix_is_not_retried() -> None:
-    rig = Rig()
-    stale = pooled(rig)
-    d = rig.request()
-    stale.respond(b"HTT")
-    stale.lose()
-    assert failure(d).check(UpstreamResponseFailed)
-    assert rig.connections == 1
 
 
 def test_a_response_that_is_not_http_1_fails_even_split_across_reads() -> None:
