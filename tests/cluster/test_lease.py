@@ -64,6 +64,14 @@ def take(lease: Lease) -> EndpointRuntime:
     return choice
 
 
+def behind_a_busy_slot(max_pending: int = 1024) -> tuple[ClusterRuntime, Clock, Lease, Lease]:
+    """One endpoint with one slot, taken by the first lease; the second is admitted behind it."""
+    runtime, clock = make((E1,), per_endpoint=1, max_pending=max_pending)
+    busy = admit(runtime)
+    take(busy)
+    return runtime, clock, busy, admit(runtime)
+
+
 def breaker_of(rt: EndpointRuntime) -> Breaker:
     assert rt.breaker is not None
     return rt.breaker
@@ -207,10 +215,7 @@ class AttemptTests(SynchronousTestCase):
         self.assertEqual(held(runtime), NOTHING)
 
     def test_full_endpoints_take_nothing(self) -> None:
-        runtime, _ = make((E1,), per_endpoint=1)
-        busy = admit(runtime)
-        take(busy)
-        lease = admit(runtime)
+        runtime, _, busy, lease = behind_a_busy_slot()
         self.assertIs(lease.take_endpoint(None), FULL)
         lease.release()
         busy.release()
@@ -262,10 +267,7 @@ class CancelTests(SynchronousTestCase):
 
 class WaitTests(SynchronousTestCase):
     def test_a_freed_slot_ends_the_wait(self) -> None:
-        runtime, _ = make((E1,), per_endpoint=1)
-        busy = admit(runtime)
-        take(busy)
-        lease = admit(runtime)
+        runtime, _, busy, lease = behind_a_busy_slot()
         d = lease.wait_for_slot()
         assert d is not None
         self.assertEqual(runtime.counters.pending, 1)
@@ -277,10 +279,7 @@ class WaitTests(SynchronousTestCase):
         self.assertEqual(held(runtime), (0, 0, 0, [0]))
 
     def test_the_wait_times_out_as_a_limit(self) -> None:
-        runtime, clock = make((E1,), per_endpoint=1)
-        busy = admit(runtime)
-        take(busy)
-        lease = admit(runtime)
+        runtime, clock, busy, lease = behind_a_busy_slot()
         d = lease.wait_for_slot()
         assert d is not None
         clock.advance(5.0)
@@ -292,10 +291,7 @@ class WaitTests(SynchronousTestCase):
         self.assertEqual(held(runtime), (0, 0, 0, [0]))
 
     def test_a_cancelled_wait_leaves_the_queue(self) -> None:
-        runtime, _ = make((E1,), per_endpoint=1)
-        busy = admit(runtime)
-        take(busy)
-        lease = admit(runtime)
+        runtime, _, busy, lease = behind_a_busy_slot()
         d = lease.wait_for_slot()
         assert d is not None
         lease.release(cancelled=True)
@@ -306,10 +302,7 @@ class WaitTests(SynchronousTestCase):
         self.assertEqual(runtime.counters.overflows, {})
 
     def test_a_full_queue_is_refused_and_counted(self) -> None:
-        runtime, _ = make((E1,), per_endpoint=1, max_pending=0)
-        busy = admit(runtime)
-        take(busy)
-        lease = admit(runtime)
+        runtime, _, _, lease = behind_a_busy_slot(max_pending=0)
         self.assertIsNone(lease.wait_for_slot())
         self.assertEqual(runtime.counters.overflows, {Reason.MAX_PENDING: 1})
         self.assertEqual(runtime.counters.pending, 0)
