@@ -151,12 +151,24 @@ class Harness:
         return self.snapshot.clusters[name]
 
 
+def solo(**options: Any) -> Harness:
+    """A harness whose one route goes to cluster "solo", of one endpoint."""
+    return Harness(Route("/", Cluster("solo", endpoints=["10.0.0.1:80"], **options)))
+
+
+#: One connection to "solo" at a time, and 3 s to wait for it.
+ONE_SLOT_3S: dict[str, Any] = {
+    "connect_timeout": 3.0,
+    "response_timeout": 60.0,
+    "limits": Limits(max_connections_per_endpoint=1),
+}
+
+
 # -- limits --------------------------------------------------------------------
 
 
 def test_max_requests_overflow_is_503_at_once_without_upstream() -> None:
-    solo = Cluster("solo", endpoints=["10.0.0.1:80"], limits=Limits(1))
-    h = Harness(Route("/", solo))
+    h = solo(limits=Limits(1))
     first = h.get(b"/a")
     assert h.connections == 1
     second = h.get(b"/b")
@@ -177,12 +189,7 @@ def test_max_requests_overflow_is_503_at_once_without_upstream() -> None:
 
 
 def test_pending_queue_waits_for_a_slot_and_sheds_beyond_max_pending() -> None:
-    solo = Cluster(
-        "solo",
-        endpoints=["10.0.0.1:80"],
-        limits=Limits(max_connections_per_endpoint=1, max_pending=1),
-    )
-    h = Harness(Route("/", solo))
+    h = solo(limits=Limits(max_connections_per_endpoint=1, max_pending=1))
     counters = h.runtime("solo").counters
     first = h.get(b"/1")
     assert h.connections == 1
@@ -211,8 +218,7 @@ def test_pending_queue_waits_for_a_slot_and_sheds_beyond_max_pending() -> None:
 
 
 def test_waiting_request_whose_client_leaves_is_dropped_from_the_queue() -> None:
-    solo = Cluster("solo", endpoints=["10.0.0.1:80"], limits=Limits(max_connections_per_endpoint=1))
-    h = Harness(Route("/", solo))
+    h = solo(limits=Limits(max_connections_per_endpoint=1))
     first = h.get(b"/1")
     second = h.get(b"/2")
     counters = h.runtime("solo").counters
@@ -227,14 +233,7 @@ def test_waiting_request_whose_client_leaves_is_dropped_from_the_queue() -> None
 
 
 def test_pending_request_times_out_after_connect_timeout() -> None:
-    solo = Cluster(
-        "solo",
-        endpoints=["10.0.0.1:80"],
-        connect_timeout=3.0,
-        response_timeout=60.0,
-        limits=Limits(max_connections_per_endpoint=1),
-    )
-    h = Harness(Route("/", solo))
+    h = solo(**ONE_SLOT_3S)
     h.get(b"/1")
     h.accept()
     waiting = h.get(b"/2")
@@ -948,14 +947,7 @@ def test_nothing_is_left_held_however_a_request_ends(scenario: Any) -> None:
 
 
 def test_nothing_is_left_held_after_a_wait_for_a_slot_times_out() -> None:
-    solo = Cluster(
-        "solo",
-        endpoints=["10.0.0.1:80"],
-        connect_timeout=3.0,
-        response_timeout=60.0,
-        limits=Limits(max_connections_per_endpoint=1),
-    )
-    h = Harness(Route("/", solo))
+    h = solo(**ONE_SLOT_3S)
     first = h.get(b"/1")
     up = h.accept()
     waiting, gone = h.get(b"/2"), h.get(b"/3")
