@@ -486,13 +486,11 @@ _PIN_TAIL = [
 
 
 def test_pin_connection_names_a_header_upstream_and_downstream() -> None:
-    headers = [(b"Connection", b"x-a"), (b"X-A", b"1"), (b"X-B", b"2")]
-    assert upstream_request_headers(headers, **_PIN_CLIENT) == [(b"X-B", b"2"), *_PIN_TAIL]
-    assert downstream_response_headers(headers) == [(b"X-B", b"2")]
     # The token and the header name match whatever the case of either.
     mixed = [(b"x-a", b"1"), (b"CONNECTION", b"X-A"), (b"X-B", b"2")]
-    assert upstream_request_headers(mixed, **_PIN_CLIENT) == [(b"X-B", b"2"), *_PIN_TAIL]
-    assert downstream_response_headers(mixed) == [(b"X-B", b"2")]
+    for headers in ([(b"Connection", b"x-a"), (b"X-A", b"1"), (b"X-B", b"2")], mixed):
+        assert upstream_request_headers(headers, **_PIN_CLIENT) == [(b"X-B", b"2"), *_PIN_TAIL]
+        assert downstream_response_headers(headers) == [(b"X-B", b"2")]
 
 
 def test_pin_connection_list_without_spaces_drops_each() -> None:
