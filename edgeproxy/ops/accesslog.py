@@ -11,9 +11,10 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -199,7 +200,7 @@ ACCESS_LOG_FORMATS: dict[str, Callable[[AccessRecord], str]] = {
 class FileSink:
     """Writes lines to a file (or stdout), buffered, flushed every second and on stop."""
 
-    def __init__(self, path: str, clock: Any) -> None:
+    def __init__(self, path: str, clock: IReactorTime) -> None:
         self.path = path
         self._file: IO[str] = (
             sys.stdout if path == "-" else open(path, "a", encoding="utf-8", buffering=1 << 16)
@@ -238,7 +239,7 @@ class AccessLog:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         *,
         sink: FileSink | None = None,
         fmt: str = "combined",

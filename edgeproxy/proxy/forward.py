@@ -18,6 +18,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -76,7 +77,7 @@ class Forwarder:
         upstream: UpstreamClient,
         *,
         via: bytes,
-        clock: Any,
+        clock: IReactorTime,
         rng: random.Random | None = None,
     ) -> None:
         self.upstream = upstream

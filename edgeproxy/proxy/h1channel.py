@@ -56,7 +56,12 @@ from httptools import (
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -706,7 +711,7 @@ class ProxyFactory(ServerFactory):
         tls: bool,
         settings: Settings,
         access_log: AccessSink,
-        clock: Any,
+        clock: IReactorTime,
         metrics: ProxyMetrics | None = None,
         connections: ConnectionTracker | None = None,
     ) -> None:
