@@ -1,10 +1,11 @@
 """
-The certificate index (pure) and the SNI server connection creator.
+Loaded certificates, their OpenSSL contexts and the SNI server connection creator.
 
 A certificate file is parsed and its OpenSSL context built exactly once, when
 it is loaded (off the hot path, by :mod:`edgeproxy.tls.certwatch`).  The
-:class:`CertificateIndex` built from the loaded certificates is immutable; a
-reload builds a new one and swaps the reference.  At handshake time the SNI
+:class:`CertificateIndex` built from the loaded certificates (the pure
+:mod:`edgeproxy.core.certindex` over :class:`LoadedCertificate`) is immutable;
+a reload builds a new one and swaps the reference.  At handshake time the SNI
 callback of :class:`SNIConnectionCreator` does one dict lookup (then one
 wildcard lookup, then the default) in the current index and switches the
 connection to the winner's long-lived context: no disk I/O, no parsing, no
@@ -32,7 +33,7 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -52,6 +53,7 @@ from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersi
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from edgeproxy.core import certindex
 from edgeproxy.core.hostnames import normalise_name, wildcard_of
 
 __all__ = [
@@ -449,108 +451,11 @@ def _read(path: str) -> bytes:
         raise CertificateFileError(path, f"cannot read: {e.strerror or e}") from None
 
 
-def _preference(now: datetime.datetime) -> Callable[[LoadedCertificate], tuple[Any, ...]]:
-    # Currently valid beats not valid; then the later expiry; then a stable tie-break.
-    def key(c: LoadedCertificate) -> tuple[Any, ...]:
-        return (c.is_valid_at(now), c.not_after, c.not_before, c.source)
+class CertificateIndex(certindex.CertificateIndex[LoadedCertificate]):
+    """The pure :class:`edgeproxy.core.certindex.CertificateIndex` over loaded
+    certificates, plus the OpenSSL context lookup of the SNI callback."""
 
-    return key
-
-
-def _describe_invalid(c: LoadedCertificate, now: datetime.datetime) -> str:
-    if now < c.not_before:
-        return f"not valid before {c.not_before.isoformat()}"
-    return f"expired at {c.not_after.isoformat()}"
-
-
-@attrs.frozen
-class CertificateIndex:
-    """Immutable name -> certificate map, built off the hot path.
-
-    Selection among several certificates for the same name: a certificate
-    valid now (``not_before <= now < not_after``) beats one that is not; among
-    those, the one that expires last wins.  If none is valid, the one that
-    expires last is served anyway (and :attr:`warnings` says so): a client
-    gets a clear certificate error rather than a refused handshake.
-    """
-
-    certificates: tuple[LoadedCertificate, ...]
-    default: LoadedCertificate | None
-    #: The next not_before/not_after boundary after the build time, or None.
-    next_change: datetime.datetime | None
-    #: Human-readable notes, e.g. a name served by an expired certificate.
-    warnings: tuple[str, ...] = ()
-    _exact: Mapping[str, LoadedCertificate] = attrs.field(factory=dict, repr=False)
-    _wildcards: Mapping[str, LoadedCertificate] = attrs.field(factory=dict, repr=False)
-
-    @classmethod
-    def empty(cls) -> CertificateIndex:
-        return cls(certificates=(), default=None, next_change=None)
-
-    @classmethod
-    def build(
-        cls, certificates: Iterable[LoadedCertificate], now: datetime.datetime
-    ) -> CertificateIndex:
-        certs = tuple(sorted(certificates, key=lambda c: (c.source, c.fingerprint)))
-        prefer = _preference(now)
-        by_name: dict[str, list[LoadedCertificate]] = {}
-        for cert in certs:
-            for name in cert.names:
-                by_name.setdefault(name, []).append(cert)
-        exact: dict[str, LoadedCertificate] = {}
-        wildcards: dict[str, LoadedCertificate] = {}
-        stale: dict[LoadedCertificate, list[str]] = {}
-        for name, candidates in sorted(by_name.items()):
-            winner = max(candidates, key=prefer)
-            (wildcards if name.startswith("*.") else exact)[name] = winner
-            if not winner.is_valid_at(now):
-                stale.setdefault(winner, []).append(name)
-        defaults = [c for c in certs if c.is_default]
-        default = max(defaults, key=prefer) if defaults else None
-        warnings = [
-            f"{c.source}: {_describe_invalid(c, now)}, but it is the only certificate "
-            f"for {', '.join(names)}; serving it anyway"
-            for c, names in stale.items()
-        ]
-        if default is not None and not default.is_valid_at(now):
-            warnings.append(
-                f"{default.source}: default certificate {_describe_invalid(default, now)}; "
-                "serving it anyway"
-            )
-        boundaries = [
-            t for c in certs for t in (c.not_before, c.not_after) if t > now
-        ]
-        return cls(
-            certificates=certs,
-            default=default,
-            next_change=min(boundaries) if boundaries else None,
-            warnings=tuple(warnings),
-            exact=exact,
-            wildcards=wildcards,
-        )
-
-    @property
-    def names(self) -> frozenset[str]:
-        """Every name served (exact and wildcard)."""
-        return frozenset(self._exact) | frozenset(self._wildcards)
-
-    def select(self, server_name: bytes | str | None) -> LoadedCertificate | None:
-        """The certificate for an SNI name: exact, then one-label wildcard,
-        then the default, else ``None``.  Never raises, no I/O."""
-        if server_name is None:
-            return self.default
-        name = normalise_name(server_name)
-        if name is None:
-            return self.default
-        found = self._exact.get(name)
-        if found is not None:
-            return found
-        wildcard = wildcard_of(name)
-        if wildcard is not None:
-            found = self._wildcards.get(wildcard)
-            if found is not None:
-                return found
-        return self.default
+    __slots__ = ()
 
     def lookup(self, server_name: bytes | None) -> SSL.Context | None:
         """The OpenSSL context for an SNI name (see :meth:`select`)."""
