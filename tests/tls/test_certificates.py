@@ -1,4 +1,5 @@
-"""Tests for edgeproxy.tls.certificates: parsing, the index, and real in-memory TLS handshakes."""
+"""Tests for edgeproxy.tls.certificates: parsing, the context lookup, and real in-memory TLS
+handshakes (the pure index has its own tests, tests/core/test_certindex.py)."""
 
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ def test_unreadable_file(tmp_path) -> None:
     assert info.value.path == str(tmp_path / "nope.pem")
 
 
-# --- the index (pure; contexts are placeholders) --------------------------------
+# --- the index over loaded certificates (contexts are placeholders) --------------
+# Which certificate wins a name: tests/core/test_certindex.py.
 
 
 def fake(
@@ -204,42 +206,24 @@ def fake(
     )
 
 
-def test_exact_beats_wildcard() -> None:
+def test_valid_from_not_before_until_just_before_not_after() -> None:
+    cert = fake("shop.pem", "shop.example")
+    assert not cert.is_valid_at(NOT_BEFORE - datetime.timedelta(microseconds=1))
+    assert cert.is_valid_at(NOT_BEFORE)
+    assert cert.is_valid_at(NOT_AFTER - datetime.timedelta(microseconds=1))
+    assert not cert.is_valid_at(NOT_AFTER)
+
+
+def test_lookup_gives_the_selected_certificates_context() -> None:
     wild = fake("wild.pem", "*.shop.example")
     exact = fake("exact.pem", "api.shop.example")
-    index = CertificateIndex.build([wild, exact], NOW)
-    assert index.select(b"api.shop.example") is exact
+    default = fake("default.pem", is_default=True)
+    index = CertificateIndex.build([wild, exact, default], NOW)
+    assert isinstance(index, CertificateIndex)
     assert index.lookup(b"api.shop.example") is exact.context
-    assert index.select(b"www.shop.example") is wild
-
-
-def test_one_label_wildcard() -> None:
-    wild = fake("wild.pem", "*.example.com")
-    index = CertificateIndex.build([wild], NOW)
-    assert index.select(b"a.example.com") is wild
-    assert index.select(b"example.com") is None
-    assert index.select(b"a.b.example.com") is None
-    assert index.lookup(b"example.com") is None
-
-
-def test_lookup_normalises() -> None:
-    cert = fake("shop.pem", "shop.example", "127.0.0.1", "::1")
-    index = CertificateIndex.build([cert], NOW)
-    for name in (b"SHOP.example", b"shop.example.", b"127.0.0.1", b"::1"):
-        assert index.select(name) is cert, name
-
-
-def test_default_for_no_sni_unknown_and_invalid_names() -> None:
-    shop = fake("shop.pem", "shop.example")
-    default = fake("default.pem", "fallback.example", is_default=True)
-    index = CertificateIndex.build([shop, default], NOW)
-    assert index.default is default
-    assert index.select(None) is default
-    assert index.select(b"unknown.example") is default
-    assert index.select(b"\xff\xfe") is default
-    assert index.select(b"bad name!") is default
-    assert index.select(b"fallback.example") is default  # served by its own names too
-    assert index.select(b"shop.example") is shop
+    assert index.lookup(b"www.shop.example") is wild.context
+    assert index.lookup(b"a.b.shop.example") is default.context
+    assert index.lookup(None) is default.context
 
 
 def test_no_default_lookup_none() -> None:
@@ -247,49 +231,6 @@ def test_no_default_lookup_none() -> None:
     assert index.lookup(None) is None
     assert index.lookup(b"other.example") is None
     assert CertificateIndex.empty().lookup(b"shop.example") is None
-
-
-def test_valid_and_later_expiry_wins() -> None:
-    early = fake("a.pem", "shop.example", not_after=utc(2030, 9, 1))
-    late = fake("b.pem", "shop.example", not_after=utc(2030, 12, 1))
-    expired = fake("c.pem", "shop.example", not_before=utc(2020, 1, 1), not_after=utc(2030, 5, 1))
-    index = CertificateIndex.build([late, early, expired], NOW)
-    assert index.select(b"shop.example") is late
-    assert index.warnings == ()
-
-
-def test_not_yet_valid_loses_even_with_later_expiry() -> None:
-    current = fake("current.pem", "shop.example", not_after=utc(2030, 7, 1))
-    future = fake(
-        "future.pem", "shop.example", not_before=utc(2030, 6, 15), not_after=utc(2031, 6, 1)
-    )
-    index = CertificateIndex.build([current, future], NOW)
-    assert index.select(b"shop.example") is current
-    assert index.next_change == utc(2030, 6, 15)
-    # At the boundary, the renewed one takes over.
-    later = CertificateIndex.build([current, future], utc(2030, 6, 15))
-    assert later.select(b"shop.example") is future
-    assert later.next_change == utc(2030, 7, 1)
-
-
-def test_nothing_valid_serves_latest_expiry_with_warning() -> None:
-    old = fake("old.pem", "shop.example", not_before=utc(2020, 1, 1), not_after=utc(2029, 1, 1))
-    older = fake("older.pem", "shop.example", not_before=utc(2019, 1, 1), not_after=utc(2028, 1, 1))
-    index = CertificateIndex.build([older, old], NOW)
-    assert index.select(b"shop.example") is old
-    assert len(index.warnings) == 1
-    assert "old.pem" in index.warnings[0] and "expired" in index.warnings[0]
-    assert index.next_change is None
-
-
-def test_index_exposes_certificates_and_names() -> None:
-    a = fake("a.pem", "a.example", "*.a.example")
-    b = fake("b.pem", "b.example")
-    index = CertificateIndex.build([b, a], NOW)
-    assert index.certificates == (a, b)
-    assert index.names == {"a.example", "*.a.example", "b.example"}
-    assert index.default is None
-    assert index.next_change == utc(2031, 1, 1)
 
 
 # --- real TLS handshakes, in memory --------------------------------------------
