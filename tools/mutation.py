@@ -84,8 +84,8 @@ def _resolve(names: list[str], modules: dict[str, list[str]]) -> list[str]:
     return chosen
 
 
-def prepare(module: str, tests: list[str], pyproject: dict[str, Any], workdir: Path) -> None:
-    """A fresh scratch copy in which mutmut mutates ``module`` against ``tests`` only."""
+def prepare(module: str, workdir: Path) -> None:
+    """A fresh scratch copy of the package and the tests."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -94,6 +94,10 @@ def prepare(module: str, tests: list[str], pyproject: dict[str, Any], workdir: P
     shutil.copytree(REPO / "tests", workdir / "tests", ignore=ignore)
     source = workdir / module
     source.write_text(_CACHE_DECORATOR.sub("", source.read_text()))
+
+
+def configure(module: str, tests: list[str], pyproject: dict[str, Any], workdir: Path) -> None:
+    """The scratch copy's pyproject.toml: mutate ``module`` against ``tests`` only."""
     mutmut = dict(pyproject["tool"]["mutmut"])
     mutmut["only_mutate"] = [module]
     mutmut["pytest_add_cli_args_test_selection"] = list(tests)
@@ -153,10 +157,18 @@ def _survivors(workdir: Path, log: Path) -> list[str]:
 
 
 def run_module(
-    module: str, tests: list[str], pyproject: dict[str, Any], *, max_children: int, timeout: float
+    module: str,
+    tests: list[str],
+    pyproject: dict[str, Any],
+    *,
+    max_children: int,
+    timeout: float,
+    resume: bool = False,
 ) -> dict[str, Any]:
     workdir = SCRATCH / Path(module).stem
-    prepare(module, tests, pyproject, workdir)
+    if not (resume and (workdir / "mutants").is_dir()):
+        prepare(module, workdir)
+    configure(module, tests, pyproject, workdir)
     log = workdir / "mutmut.log"
     started = time.monotonic()
     finished = _mutmut(
@@ -203,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=15 * 60, help="seconds per module before it is cut off"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scratch copy and mutmut's results, check only the mutants not checked yet"
+        " (after a cut-off run); a changed source or test needs a fresh run, a changed timeout"
+        " setting rechecks the timed-out mutants",
+    )
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -213,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     for module in _resolve(args.modules, modules):
         print(f"mutating {module} against {' '.join(modules[module])} ...", file=sys.stderr)
         result = run_module(
-            module, modules[module], pyproject, max_children=args.max_children, timeout=args.timeout
+            module,
+            modules[module],
+            pyproject,
+            max_children=args.max_children,
+            timeout=args.timeout,
+            resume=args.resume,
         )
         results.append(result)
         if not result["complete"]:
