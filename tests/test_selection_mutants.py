@@ -100,6 +100,23 @@ def test_maglev_size_that_is_not_prime_fixed_lookups() -> None:
     assert lookups_digest(table) == "e7feac5b1e751340"
 
 
+@pytest.mark.parametrize(
+    ("size", "digest"),
+    [(4, "a3828494d8b26894"), (6, "78bd349d2f52fe43"), (12, "93e1d38b0b03fc9c")],
+)
+def test_maglev_small_even_sizes_fixed_lookups(size: int, digest: str) -> None:
+    # Most skips share a factor with these sizes: the fix-up's choice of the
+    # next coprime skip decides the table.
+    assert lookups_digest(MaglevTable(FIVE, size)) == digest
+
+
+def test_maglev_between_128_and_255_endpoints_fixed_lookups() -> None:
+    # Indices above 127: the slots must be unsigned bytes.
+    table = MaglevTable([Endpoint(f"10.3.0.{i}", 80) for i in range(1, 201)], 2003)
+    assert lookups(table, 4) == ["10.3.0.30:80", "10.3.0.90:80", "10.3.0.111:80", "10.3.0.79:80"]
+    assert lookups_digest(table) == "a766480604c27579"
+
+
 def test_maglev_more_than_255_endpoints_fixed_lookups() -> None:
     table = MaglevTable(MANY, 3001)
     assert lookups(table, 6) == [
