@@ -16,10 +16,10 @@ directory, so each module gets a scratch copy of the package and the tests in
 that module.  The copy stays after the run: ``cd .mutation/<stem> && ../../.venv/bin/mutmut
 show <mutant>`` (or ``mutmut browse``) shows a mutant's diff.
 
-mutmut does not mutate decorated functions (a decorator runs at import, and its copies
-would be wrapped twice), so in the scratch copy the ``functools`` cache decorators of the
-mutated module are removed: caching is not behaviour, and a cache warmed by one test would
-also hide a mutant from the next.
+mutmut does not mutate decorated functions (a decorator runs at import, before any mutant
+is switched on), so in the scratch copy the ``functools`` cache decorators of the mutated
+module are removed: caching is not behaviour, and a cache filled before the mutant was
+switched on would answer in its place.  ``--resume`` continues a module that was cut off.
 
 Prints killed / survived / no tests / timeout / total and the kill rate per module: killed
 and timed-out mutants over all mutants (a mutant no selected test reaches counts as
