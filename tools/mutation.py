@@ -84,14 +84,25 @@ def _resolve(names: list[str], modules: dict[str, list[str]]) -> list[str]:
     return chosen
 
 
+def pyproject_also_copy() -> list[str]:
+    """What mutmut copies beside the package and the tests (``also_copy``)."""
+    return list(_load_pyproject()["tool"]["mutmut"].get("also_copy", []))
+
+
 def prepare(module: str, workdir: Path) -> None:
-    """A fresh scratch copy of the package and the tests."""
+    """A fresh scratch copy of the package, the tests and ``also_copy``."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
     shutil.copytree(REPO / "edgeproxy", workdir / "edgeproxy", ignore=ignore)
     shutil.copytree(REPO / "tests", workdir / "tests", ignore=ignore)
+    for extra in pyproject_also_copy():
+        source_path = REPO / extra
+        if source_path.is_dir():
+            shutil.copytree(source_path, workdir / extra, ignore=ignore)
+        elif source_path.exists():
+            shutil.copy2(source_path, workdir / extra)
     source = workdir / module
     source.write_text(_CACHE_DECORATOR.sub("", source.read_text()))
 
@@ -182,6 +193,10 @@ def run_module(
     stats = json.loads(stats_file.read_text())
     counts = {key: int(stats.get(key, 0)) for key in _COUNTS}
     total = int(stats["total"])
+    if total and not sum(counts.values()):
+        # mutmut stops before the first mutant when the clean tests fail (a file
+        # the tests read that is not in the scratch copy, say).
+        raise SystemExit(f"{module}: mutmut checked no mutant; see {log}")
     detected = counts["killed"] + counts["timeout"]
     return {
         "module": module,
