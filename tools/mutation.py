@@ -180,8 +180,11 @@ def run_module(
 ) -> dict[str, Any]:
     workdir = SCRATCH / Path(module).stem
     if not (resume and (workdir / "mutants").is_dir()):
+        # On --resume the scratch copy stays as it is, its pyproject.toml included:
+        # rewriting it makes mutmut collect its stats again, and that second
+        # collection credits no test with any function.
         prepare(module, workdir)
-    configure(module, tests, pyproject, workdir)
+        configure(module, tests, pyproject, workdir)
     log = workdir / "mutmut.log"
     started = time.monotonic()
     finished = _mutmut(
@@ -251,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "--resume",
         action="store_true",
         help="keep the scratch copy and mutmut's results, check only the mutants not checked yet"
-        " (after a cut-off run); a changed source or test needs a fresh run, a changed timeout"
-        " setting rechecks the timed-out mutants",
+        " (after a cut-off run); a changed source, test or setting needs a fresh run",
     )
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
