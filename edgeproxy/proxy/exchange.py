@@ -623,12 +623,9 @@ class Exchange:
         if isinstance(error, BadRequest):
             # Whatever follows a malformed request cannot be trusted to be framed right.
             self.persistent = False
-        body = _error_body(error)
         headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
         headers.extend(error.extra_headers())
-        self.send_head(error.status_hint, _reason(error.status_hint), headers, len(body))
-        self.write(body)
-        self.finish()
+        self.respond(error.status_hint, headers, _error_body(error), outcome)
 
     def respond(
         self,
