@@ -52,8 +52,9 @@ class ClusterCounters:
 
     def admit(self) -> bool:
         """Count one more request in flight; or, at ``max_requests``, count the overflow."""
-        if self.in_flight >= self.limits.max_requests:
-            self.count_overflow(Reason.MAX_REQUESTS)
+        overflow = self.request_overflow()
+        if overflow is not None:
+            self.count_overflow(overflow)
             return False
         self.in_flight += 1
         return True
@@ -64,8 +65,9 @@ class ClusterCounters:
 
     def queue(self) -> bool:
         """Count one more request waiting for a slot; or, at ``max_pending``, count the overflow."""
-        if self.pending >= self.limits.max_pending:
-            self.count_overflow(Reason.MAX_PENDING)
+        overflow = self.pending_overflow()
+        if overflow is not None:
+            self.count_overflow(overflow)
             return False
         self.pending += 1
         return True
