@@ -105,6 +105,7 @@ def test_every_layer_says_what_it_may_import() -> None:
     layers = sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
     assert [p.name for p in layers] == [
         "app",
+        "cache",
         "cluster",
         "config",
         "core",

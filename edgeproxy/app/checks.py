@@ -34,9 +34,11 @@ from edgeproxy.tls.certificates import CertificateIndex, LoadedCertificate
 from edgeproxy.tls.certwatch import NO_DEFAULT_CERTIFICATE, check_directory
 
 __all__ = [
+    "CACHE_MEMORY_SHARE",
     "EXPIRY_WARNING",
     "REDIRECT",
     "CheckReport",
+    "check_cache_memory",
     "check_certificate_coverage",
     "check_certificate_validity",
     "check_default_certificate",
@@ -45,6 +47,7 @@ __all__ = [
     "check_shadowed_routes",
     "check_unused_clusters",
     "count_problems",
+    "describe_caches",
     "format_report",
     "run_check",
     "run_semantic_check",
@@ -52,6 +55,11 @@ __all__ = [
 
 #: A certificate in use that expires within this is reported.
 EXPIRY_WARNING = datetime.timedelta(days=14)
+
+#: The share of the machine's memory the memory caches' ``max_bytes``, over
+#: every route and ``--workers`` process, may add up to before ``--check``
+#: warns (the rest is for the processes themselves, the page cache, the OS).
+CACHE_MEMORY_SHARE = 0.5
 
 #: The expected "cluster" of an ``http://`` URL that is redirected to https.
 REDIRECT = "redirect"
@@ -418,6 +426,65 @@ def check_unused_clusters(config: LoadedConfig) -> CheckReport:
     return CheckReport(warnings=tuple(warnings))
 
 
+# -- caches -------------------------------------------------------------------
+
+
+def _cached_routes(config: LoadedConfig) -> list[tuple[VirtualHost, Route, str]]:
+    return [
+        (vhost, route, path)
+        for vhost, path in _vhost_files(config)
+        for route in vhost.routes
+        if route.cache is not None
+    ]
+
+
+def describe_caches(config: LoadedConfig) -> list[str]:
+    """One line per cached route: where, its store and its bounds."""
+    lines = []
+    for vhost, route, _path in _cached_routes(config):
+        cache = route.cache
+        assert cache is not None
+        lines.append(
+            f"cache: {vhost.names[0]}{route.prefix} -> {cache.store}, "
+            f"max_bytes {_size(cache.max_bytes)}, max_object_bytes {_size(cache.max_object_bytes)}"
+        )
+    return lines
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor and n % (factor // 16 or 1) == 0:
+            return f"{n / factor:g} {unit}"
+    return f"{n} bytes"
+
+
+def check_cache_memory(
+    config: LoadedConfig, workers: int, memory_bytes: int | None
+) -> CheckReport:
+    """A warning when the memory caches may take more than
+    :data:`CACHE_MEMORY_SHARE` of ``memory_bytes``: each worker process has
+    its own memory store per route, so their ``max_bytes`` add up over routes
+    and multiply by ``workers`` (disk stores are not counted: they live in the
+    page cache, which the kernel gives back)."""
+    if not memory_bytes:
+        return CheckReport()
+    routes = [
+        (vhost, route, path)
+        for vhost, route, path in _cached_routes(config)
+        if route.cache is not None and route.cache.disk_directory is None
+    ]
+    total = sum(route.cache.max_bytes for _v, route, _p in routes if route.cache is not None)
+    if total * workers <= memory_bytes * CACHE_MEMORY_SHARE:
+        return CheckReport()
+    vhost, _route, path = routes[0]
+    message = (
+        f"the memory caches may hold {_size(total)} per process, {_size(total * workers)} "
+        f"with --workers {workers}: more than {CACHE_MEMORY_SHARE:.0%} of this machine's "
+        f"{_size(memory_bytes)}; lower their max_bytes or use a disk store"
+    )
+    return CheckReport(warnings=(_problem(config, path, message, vhost.names[0]),))
+
+
 # -- certificates -----------------------------------------------------------
 
 
@@ -582,6 +649,7 @@ def run_check(settings: Settings, out: Any = None, err: Any = None, *, strict: b
     if config is not None:
         summary.append(config.summary())
         report += run_semantic_check(config, scan.index, now)
+        report += check_cache_memory(config, settings.workers, _memory_bytes())
     report += check_default_certificate(scan.index, settings.certs)
     lines, code = format_report(report, strict)
     for line in lines:
@@ -590,7 +658,22 @@ def run_check(settings: Settings, out: Any = None, err: Any = None, *, strict: b
         print(f"edgeproxy: {count_problems(report)}", file=err)
     if code:
         return 1
+    if config is not None:
+        for line in describe_caches(config):
+            print(f"edgeproxy: {line}", file=out)
     count = len(scan.index.certificates)
     summary.append(f"{count} certificate" + ("" if count == 1 else "s"))
     print("edgeproxy: configuration OK: " + ", ".join(summary), file=out)
     return 0
+
+
+def _memory_bytes() -> int | None:
+    """The machine's memory (``MemTotal``), None where /proc says nothing."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None

@@ -128,7 +128,7 @@ class Options(usage.Options):
          "certbot's live/NAME/); re-scanned every 2 s."],
         # The paths must match edgeproxy.ops.admin.admin_site (a test compares them).
         ["admin", None, _DEFAULT_ADMIN, "Admin listener endpoint (/ page, /healthz, /readyz, "
-         "/status, /metrics); 'none' to disable."],
+         "/status, /metrics, /cache/purge); 'none' to disable."],
         ["max-body-size", None, DEFAULT_MAX_BODY_SIZE, "Default request body limit in bytes "
          "(413 above it); Route(max_body_size=...) overrides it per route.", _non_negative_int],
         ["redirect-port", None, None, "Port to put in http->https redirects (default: the "

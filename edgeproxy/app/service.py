@@ -166,7 +166,10 @@ class EdgeProxyService(MultiService):
         creator = SNIConnectionCreator(lambda: self.certificate_index, settings.tls_profile)
         self.metrics = Metrics()
         self.metrics.watch(
-            lambda: self.pipeline.snapshot, lambda: self.certificate_index, lambda: self.generation
+            lambda: self.pipeline.snapshot,
+            lambda: self.certificate_index,
+            lambda: self.generation,
+            caches=self.pipeline.caches.figures,
         )
         path = settings.access_log
         self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
@@ -328,6 +331,7 @@ class EdgeProxyService(MultiService):
         d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
         d.addBoth(lambda _: self.upstream.close())
         d.addBoth(lambda _: self.pipeline.snapshot.stop())
+        d.addBoth(lambda _: self.pipeline.caches.close())
         if self.access_sink is not None:
             d.addBoth(lambda _: self.access_sink.stop() if self.access_sink else None)
         return d

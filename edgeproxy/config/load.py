@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from edgeproxy.config import Cluster, VirtualHost
+from edgeproxy.config import Cache, Cluster, VirtualHost
 from edgeproxy.config.routing import RoutingTable
 from edgeproxy.core.errors import ConfigError, ConfigProblem
 from edgeproxy.core.hostnames import normalise_pattern
@@ -544,6 +544,7 @@ def _cross_check(loaded: Sequence[_LoadedFile]) -> list[ConfigProblem]:
     claimed: dict[str, tuple[str, VirtualHost]] = {}
     clusters: dict[str, tuple[str, Cluster]] = {}
     conflicts: set[tuple[str, Cluster, Cluster]] = set()
+    disk_stores: dict[str, tuple[str, Cache]] = {}
     for f in loaded:
         for vhost in f.virtual_hosts:
             for name in vhost.names:
@@ -574,6 +575,21 @@ def _cross_check(loaded: Sequence[_LoadedFile]) -> list[ConfigProblem]:
                         )
                     )
                 prefixes.add(route.prefix)
+
+                cache = route.cache
+                directory = None if cache is None else cache.disk_directory
+                if cache is not None and directory is not None:
+                    first_store = disk_stores.setdefault(directory, (f.path, cache))
+                    if first_store[1] != cache:
+                        problems.append(
+                            ConfigProblem(
+                                f.path,
+                                f"cache directory {directory!r} is given two different Cache "
+                                f"settings (also in {first_store[0]}); routes sharing a disk "
+                                "store share one Cache object",
+                                line_of(f.path, cache.store),
+                            )
+                        )
 
                 for cluster in route.clusters:
                     seen = clusters.get(cluster.name)

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_RESPONSE_TIMEOUT",
+    "Cache",
     "Cluster",
     "ConsistentHash",
     "Endpoint",
@@ -524,6 +525,56 @@ def _validate_body_size(
         raise ValueError(f"max_body_size must not be negative, not {value}")
 
 
+def _validate_store(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"cache store must be a string, not {value!r}")
+    if value == "memory":
+        return
+    if not value.startswith("disk:"):
+        raise ValueError(f"cache store must be 'memory' or 'disk:<directory>', not {value!r}")
+    directory = value[len("disk:") :]
+    if not directory.startswith("/") or "\x00" in directory:
+        raise ValueError(f"a disk cache store needs an absolute directory, not {value!r}")
+
+
+def _validate_object_bytes(instance: Cache, attribute: attrs.Attribute[int], value: int) -> None:
+    _positive_int(instance, attribute, value)
+    if value > instance.max_bytes:
+        raise ValueError(
+            f"max_object_bytes ({value}) must not be more than max_bytes ({instance.max_bytes})"
+        )
+
+
+@attrs.frozen
+class Cache:
+    """``Cache(max_bytes=256 * 2**20, max_object_bytes=8 * 2**20)``: an RFC 9111
+    shared cache on a route (docs/caching.md).
+
+    ``max_bytes`` bounds the store (least recently used objects are evicted);
+    a response over ``max_object_bytes`` streams through uncached.  ``store``
+    is ``"memory"`` (each worker process its own) or ``"disk:/directory"``
+    (kept across restarts, shared by every ``--workers`` process).
+    Concurrent misses for one URL wait for the first one's response, at most
+    ``collapse_timeout`` seconds and ``collapse_max_waiters`` of them; after
+    that they go upstream themselves.  ``heuristic_max`` caps the freshness
+    guessed from ``Last-Modified`` for responses without an explicit one.
+    """
+
+    max_bytes: int = attrs.field(default=256 * 2**20, validator=_positive_int, kw_only=True)
+    max_object_bytes: int = attrs.field(
+        default=8 * 2**20, validator=_validate_object_bytes, kw_only=True
+    )
+    store: str = attrs.field(default="memory", validator=_validate_store, kw_only=True)
+    collapse_timeout: float = attrs.field(default=5.0, validator=_positive_finite, kw_only=True)
+    collapse_max_waiters: int = attrs.field(default=1024, validator=_non_negative_int, kw_only=True)
+    heuristic_max: float = attrs.field(default=86400.0, validator=_positive_finite, kw_only=True)
+
+    @property
+    def disk_directory(self) -> str | None:
+        """The directory of a disk store, None for the memory store."""
+        return self.store[len("disk:") :] if self.store.startswith("disk:") else None
+
+
 @attrs.frozen
 class Route:
     """``Route("/api/", cluster)``: requests whose path starts with the prefix.
@@ -533,6 +584,8 @@ class Route:
     ``max_body_size`` caps the request body in bytes (413 above it; ``None``
     takes the process default ``--max-body-size``).  ``plain_http`` serves
     the route on the plain HTTP listener instead of redirecting it to https.
+    ``cache`` puts an RFC 9111 shared cache in front of the target
+    (:class:`Cache`; None, the default, caches nothing).
     """
 
     prefix: str = attrs.field(validator=_validate_prefix)
@@ -542,6 +595,9 @@ class Route:
         default=None, validator=_validate_body_size, kw_only=True
     )
     plain_http: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+    cache: Cache | None = attrs.field(
+        default=None, validator=_optional(Cache, "Cache"), kw_only=True
+    )
 
     @property
     def clusters(self) -> tuple[Cluster, ...]:

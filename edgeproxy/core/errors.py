@@ -25,6 +25,7 @@ __all__ = [
     "NoHealthyUpstream",
     "NoRoute",
     "NoVirtualHost",
+    "NotCached",
     "NotImplementedCoding",
     "NotImplementedMethod",
     "Outcome",
@@ -77,6 +78,8 @@ class Reason(StrEnum):
     HEADER_TOO_LARGE = "header_too_large"
     BODY_TOO_LARGE = "body_too_large"
     METHOD_NOT_IMPLEMENTED = "method_not_implemented"
+    #: ``Cache-Control: only-if-cached`` and nothing usable stored (504).
+    NOT_CACHED = "not_cached"
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
     MISDIRECTED_REQUEST = "misdirected_request"
@@ -207,6 +210,16 @@ class BodyTooLarge(EdgeProxyError):
     public_message = "request body too large"
     outcome = Outcome.REJECTED
     reason = Reason.BODY_TOO_LARGE
+
+
+class NotCached(EdgeProxyError):
+    """A request with ``Cache-Control: only-if-cached`` that the cache cannot
+    answer (RFC 9111 5.2.1.7: 504)."""
+
+    status_hint = 504
+    public_message = "not in cache"
+    outcome = Outcome.REJECTED
+    reason = Reason.NOT_CACHED
 
 
 class UpstreamError(EdgeProxyError):

@@ -7,6 +7,9 @@ The admin listener (loopback by default).
   otherwise 503 with the reasons, one a line.  For readiness probes.
 - ``/status``: everything below as JSON (see :func:`status`).
 - ``/metrics``: Prometheus text format.
+- ``POST /cache/purge?url=<absolute URL>`` or ``?prefix=<absolute URL prefix>``:
+  remove what the caches store for that URL (every variant) or under that
+  prefix; answers ``{"purged": <objects removed>}``.
 - ``/``: a small HTML page rendered from ``/status``
   (:func:`edgeproxy.ops.adminpage.render_page`), refreshed every few seconds.
 """
@@ -21,6 +24,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -31,11 +35,21 @@ from edgeproxy.ops.adminpage import render_page
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IReactorTime
 
+    from edgeproxy.cache.registry import CacheCounters
+    from edgeproxy.cache.store import StoreFigures
     from edgeproxy.cluster.snapshot import Snapshot
     from edgeproxy.ops.metrics import Metrics
     from edgeproxy.tls.certificates import CertificateIndex
 
-__all__ = ["PAGE_CSP", "ListenerView", "ServiceView", "admin_site", "readiness", "status"]
+__all__ = [
+    "PAGE_CSP",
+    "CacheView",
+    "ListenerView",
+    "ServiceView",
+    "admin_site",
+    "readiness",
+    "status",
+]
 
 
 class ListenerView(Protocol):
@@ -49,9 +63,20 @@ class ListenerView(Protocol):
     def port(self) -> IListeningPort | None: ...
 
 
+class CacheView(Protocol):
+    """What the admin listener does with the caches
+    (:class:`edgeproxy.cache.registry.CacheStores`)."""
+
+    def figures(self) -> list[tuple[str, StoreFigures, CacheCounters]]: ...
+    def purge_url(self, url: str) -> int: ...
+    def purge_prefix(self, prefix: str) -> int: ...
+
+
 class _HasSnapshot(Protocol):
     @property
     def snapshot(self) -> Snapshot: ...
+    @property
+    def caches(self) -> CacheView: ...
 
 
 class _HasProblems(Protocol):
@@ -211,6 +236,7 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
                         "split": _route_split(route.target),
                         "strip_prefix": route.strip_prefix,
                         "plain_http": route.plain_http,
+                        "cache": None if route.cache is None else route.cache.store,
                     }
                     for route in vhost.routes
                 ],
@@ -236,6 +262,24 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
             for cert in index.certificates
         ],
         "certificate_problems": problems + list(index.warnings),
+        "caches": [
+            {
+                "name": name,
+                "objects": figures.objects,
+                "bytes": figures.bytes,
+                "max_bytes": figures.max_bytes,
+                "evictions": figures.evictions,
+                "hits": counters.hits,
+                "stale": counters.stale,
+                "misses": counters.misses,
+                "collapsed": counters.collapsed,
+                "revalidations": counters.revalidations,
+                "not_modified": counters.revalidated,
+                "stored": counters.stored,
+                "not_stored": counters.not_stored,
+            }
+            for name, figures, counters in proxy.pipeline.caches.figures()
+        ],
     }
 
 
@@ -283,6 +327,45 @@ class _Metrics(Resource):
         return generate_latest(self._registry)
 
 
+class _Purge(Resource):
+    """``POST /cache/purge?url=...`` or ``?prefix=...``."""
+
+    isLeaf = True
+    log = Logger(namespace="edgeproxy.admin")
+
+    def __init__(self, proxy: ServiceView) -> None:
+        super().__init__()
+        self._proxy = proxy
+
+    def render_POST(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        _no_store(request)
+        args = request.args or {}
+        urls = args.get(b"url", [])
+        prefixes = args.get(b"prefix", [])
+        if len(urls) + len(prefixes) != 1:
+            return _bad_purge(request, "give one url= or one prefix=")
+        caches = self._proxy.pipeline.caches
+        try:
+            if urls:
+                what, value = "url", urls[0].decode("utf-8")
+                purged = caches.purge_url(value)
+            else:
+                what, value = "prefix", prefixes[0].decode("utf-8")
+                purged = caches.purge_prefix(value)
+        except (UnicodeDecodeError, ValueError) as e:
+            return _bad_purge(request, str(e))
+        self.log.info(
+            "cache purge by {what} {value}: {purged} objects", what=what, value=value, purged=purged
+        )
+        return json.dumps({"purged": purged}).encode("ascii") + b"\n"
+
+
+def _bad_purge(request: Request, why: str) -> bytes:
+    request.setResponseCode(400)
+    return json.dumps({"error": why}).encode("utf-8") + b"\n"
+
+
 def admin_site(proxy: ServiceView) -> Site:
     started = float(proxy.reactor.seconds())
     root = Resource()
@@ -291,6 +374,9 @@ def admin_site(proxy: ServiceView) -> Site:
     root.putChild(b"readyz", _Readyz(proxy))
     root.putChild(b"status", _Status(proxy, started))
     root.putChild(b"metrics", _Metrics(proxy.metrics.registry))
+    cache = Resource()
+    cache.putChild(b"purge", _Purge(proxy))
+    root.putChild(b"cache", cache)
     site = Site(root)
     site.noisy = False
     return site

@@ -174,6 +174,8 @@ def _virtual_hosts(status: Mapping[str, Any]) -> str:
                 for key, label in (("strip_prefix", "strip prefix"), ("plain_http", "plain http"))
                 if route.get(key)
             ]
+            if route.get("cache"):
+                options.append(f"cache ({route['cache']})")
             cells = []
             if i == 0:
                 cells.append(f'<td rowspan="{len(routes)}">{names}</td>')
@@ -333,6 +335,42 @@ def _certificates(status: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _mib(value: object) -> str:
+    return f"{float(value) / 2**20:.1f} MiB" if isinstance(value, int | float) else "?"
+
+
+def _caches(status: Mapping[str, Any]) -> str:
+    caches = status.get("caches") or []
+    if not caches:
+        return ""
+    rows = []
+    for cache in caches:
+        hits, misses = int(cache.get("hits", 0)), int(cache.get("misses", 0))
+        served = hits + int(cache.get("stale", 0))
+        ratio = f"{100 * served / (served + misses):.0f} %" if served + misses else "&ndash;"
+        rows.append(
+            _row(
+                [
+                    _td(_code(cache.get("name", ""))),
+                    _td(_num(cache.get("objects")), "n"),
+                    _td(f"{_mib(cache.get('bytes'))} of {_mib(cache.get('max_bytes'))}", "n"),
+                    _td(ratio, "n"),
+                    _td(_num(hits), "n"),
+                    _td(_num(cache.get("stale")), "n"),
+                    _td(_num(misses), "n"),
+                    _td(_num(cache.get("collapsed")), "n"),
+                    _td(_num(cache.get("not_modified")), "n"),
+                    _td(_num(cache.get("evictions")), "n"),
+                ]
+            )
+        )
+    headers = [
+        "store", "objects", "size", "served from cache", "hits", "stale", "misses",
+        "collapsed", "304 refreshes", "evictions",
+    ]
+    return "<h2>Caches</h2>" + _table(headers, rows)
+
+
 def render_page(status: Mapping[str, Any]) -> str:
     """The whole page for one ``/status`` document."""
     process = status.get("process") or {}
@@ -343,6 +381,7 @@ def render_page(status: Mapping[str, Any]) -> str:
             _summary(status),
             _virtual_hosts(status),
             _clusters(status),
+            _caches(status),
             _certificates(status),
             f'<p class="muted small">Refreshes every {REFRESH_SECONDS} s. '
             'JSON: <a href="/status">/status</a> · <a href="/metrics">/metrics</a> · '

@@ -25,6 +25,8 @@ from prometheus_client.utils import floatToGoString
 from edgeproxy.core.errors import Outcome, Reason
 
 if TYPE_CHECKING:
+    from edgeproxy.cache.registry import CacheCounters
+    from edgeproxy.cache.store import StoreFigures
     from edgeproxy.cluster.snapshot import Snapshot
     from edgeproxy.tls.certificates import CertificateIndex
 
@@ -87,9 +89,11 @@ class Metrics:
         snapshot: Callable[[], Snapshot],
         certificates: Callable[[], CertificateIndex],
         generation: Callable[[], int],
+        caches: Callable[[], list[tuple[str, StoreFigures, CacheCounters]]] = list,
     ) -> None:
         """Where the scrape-time collector reads the live state from."""
         self._state.sources = (snapshot, certificates, generation)
+        self._state.caches = caches
 
     def observe(
         self,
@@ -268,6 +272,7 @@ class _StateCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self.sources: tuple[Callable[[], Any], Callable[[], Any], Callable[[], int]] | None = None
+        self.caches: Callable[[], list[Any]] = list
 
     def describe(self) -> list[Any]:
         # Dynamic families: let the registry ask collect() (auto_describe)
@@ -294,6 +299,7 @@ class _StateCollector(Collector):
         )
         generation.add_metric([], generation_of())
         yield generation
+        yield from _cache_families(self.caches())
 
 
 def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
@@ -357,3 +363,52 @@ def _certificate_families(index: CertificateIndex) -> Iterator[Any]:
     for certificate in index.certificates:
         expiry.add_metric([certificate.source], certificate.not_after.timestamp())
     yield expiry
+
+
+def _cache_families(caches: list[tuple[str, StoreFigures, CacheCounters]]) -> Iterator[Any]:
+    """Each cache store's counters and size, labelled by the store's name
+    (``memory:<host><prefix>`` or ``disk:<directory>``: bounded by the configuration)."""
+    requests = CounterMetricFamily(
+        "edgeproxy_cache_requests",
+        "Requests a cache answered or forwarded, by result: hit (fresh, or stale as the "
+        "request allowed), stale (stale-while-revalidate, stale-if-error), miss (forwarded), "
+        "collapsed (waited for another request's response).",
+        labels=["cache", "result"],
+    )
+    revalidations = CounterMetricFamily(
+        "edgeproxy_cache_revalidations",
+        "Conditional requests a cache sent to refresh a stored response, by the origin's answer "
+        "(not_modified: 304; replaced: anything else).",
+        labels=["cache", "result"],
+    )
+    stored = CounterMetricFamily(
+        "edgeproxy_cache_responses",
+        "Forwarded responses a cache stored or could not store.",
+        labels=["cache", "result"],
+    )
+    evictions = CounterMetricFamily(
+        "edgeproxy_cache_evictions",
+        "Objects removed to stay within max_bytes.",
+        labels=["cache"],
+    )
+    size = GaugeMetricFamily("edgeproxy_cache_bytes", "Bytes stored.", labels=["cache"])
+    objects = GaugeMetricFamily("edgeproxy_cache_objects", "Objects stored.", labels=["cache"])
+    bound = GaugeMetricFamily(
+        "edgeproxy_cache_max_bytes", "The store's max_bytes.", labels=["cache"]
+    )
+    for name, figures, counters in caches:
+        requests.add_metric([name, "hit"], counters.hits)
+        requests.add_metric([name, "stale"], counters.stale)
+        requests.add_metric([name, "miss"], counters.misses)
+        requests.add_metric([name, "collapsed"], counters.collapsed)
+        revalidations.add_metric([name, "not_modified"], counters.revalidated)
+        revalidations.add_metric(
+            [name, "replaced"], max(0, counters.revalidations - counters.revalidated)
+        )
+        stored.add_metric([name, "stored"], counters.stored)
+        stored.add_metric([name, "not_stored"], counters.not_stored)
+        evictions.add_metric([name], figures.evictions)
+        size.add_metric([name], figures.bytes)
+        objects.add_metric([name], figures.objects)
+        bound.add_metric([name], figures.max_bytes)
+    yield from (requests, revalidations, stored, evictions, size, objects, bound)

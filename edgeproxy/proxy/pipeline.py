@@ -8,8 +8,9 @@ A route's chain, in order (docs/architecture.md has the table):
 
 1. :class:`~.stages.BodyLimit` (head time): the route's ``max_body_size``,
    or ``--max-body-size``.
-2. What the route configures (none yet; the cache, rate limits, access rules
-   and forward authentication come here).
+2. What the route configures: :class:`~.cache.CacheStage` for a route with
+   ``cache`` (rate limits, access rules and forward authentication come here
+   too).
 3. The last stage: on a plain-HTTP listener, for a route without
    ``plain_http``, :class:`~.stages.HttpsRedirect`; otherwise
    :class:`~.forward.ForwardStage` (a cluster) or
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from edgeproxy.cache.registry import CacheStores, store_name
 from edgeproxy.cluster.snapshot import Snapshot
-from edgeproxy.config import Route, Split
+from edgeproxy.config import Route, Split, VirtualHost
 from edgeproxy.config.settings import Settings
+from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.exchange import Plan, RouteChain, Stage
 from edgeproxy.proxy.forward import Forwarder, ForwardStage, SplitStage
 from edgeproxy.proxy.stages import BodyLimit, HttpsRedirect
@@ -38,14 +41,24 @@ def route_stages(
     tls: bool,
     max_body_size: int,
     https_port: Callable[[], int | None],
+    vhost: VirtualHost | None = None,
+    caches: CacheStores | None = None,
 ) -> list[Stage]:
-    """The stages of ``route`` on a listener that is TLS or not, fresh (a
-    stage belongs to one chain)."""
+    """The stages of ``route`` (of ``vhost``) on a listener that is TLS or
+    not, fresh (a stage belongs to one chain)."""
     limit = route.max_body_size if route.max_body_size is not None else max_body_size
     stages: list[Stage] = [BodyLimit(limit)]
     if not tls and not route.plain_http:
         stages.append(HttpsRedirect(https_port))
         return stages
+    cache = route.cache
+    if cache is not None and caches is not None and vhost is not None:
+        store, counters = caches.store_for(store_name(vhost, route, cache), cache)
+        stages.append(
+            CacheStage(
+                cache, store, counters, clock=forwarder.clock, invalidate=caches.invalidate
+            )
+        )
     target = route.target
     if isinstance(target, Split):
         stages.append(SplitStage(forwarder, target, snapshot.splits[id(target)], snapshot))
@@ -60,12 +73,14 @@ def build_plan(
     *,
     max_body_size: int,
     https_port: Callable[[], int | None],
+    caches: CacheStores | None = None,
 ) -> Plan:
-    """Every route's chain, for plain and TLS listeners."""
+    """Every route's chain, for plain and TLS listeners.  The routes' cache
+    stores come from ``caches`` (which then closes those no route uses)."""
     chains: tuple[dict[int, RouteChain], dict[int, RouteChain]] = ({}, {})
-    routes = [route for vhost in snapshot.config.virtual_hosts for route in vhost.routes]
+    routes = [(vhost, route) for vhost in snapshot.config.virtual_hosts for route in vhost.routes]
     for tls in (False, True):
-        for route in routes:
+        for vhost, route in routes:
             stages = route_stages(
                 route,
                 snapshot,
@@ -73,8 +88,16 @@ def build_plan(
                 tls=tls,
                 max_body_size=max_body_size,
                 https_port=https_port,
+                vhost=vhost,
+                caches=caches,
             )
             chains[tls][id(route)] = RouteChain(stages)
+    if caches is not None:
+        caches.keep_only(
+            store_name(vhost, route, route.cache)
+            for vhost, route in routes
+            if route.cache is not None
+        )
     return Plan(snapshot, chains[False], chains[True], (BodyLimit(max_body_size),))
 
 
@@ -89,8 +112,11 @@ class Pipeline:
         *,
         settings: Settings,
         https_port: Callable[[], int | None] = lambda: None,
+        caches: CacheStores | None = None,
     ) -> None:
         self.forwarder = forwarder
+        #: Every route's cache store, kept across reloads.
+        self.caches = caches or CacheStores(clock=forwarder.clock.seconds)
         self._max_body_size = settings.max_body_size
         self._https_port = https_port
         self.plan = self._build(snapshot)
@@ -109,4 +135,5 @@ class Pipeline:
             self.forwarder,
             max_body_size=self._max_body_size,
             https_port=self._https_port,
+            caches=self.caches,
         )

@@ -21,28 +21,35 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def served_paths() -> set[str]:
-    """The paths of the admin resource tree, as a client spells them."""
+    """The paths of the admin resource tree that answer, as a client spells them."""
     proxy = types.SimpleNamespace(reactor=MemoryReactorClock(), metrics=Metrics())
     site = admin_site(cast(Any, proxy))
-    return {"/" + name.decode("ascii") for name in site.resource.children}
+    paths = set()
+    for name, child in site.resource.children.items():
+        path = "/" + name.decode("ascii")
+        if child.children:  # a directory: only its leaves answer
+            paths.update(f"{path}/{leaf.decode('ascii')}" for leaf in child.children)
+        else:
+            paths.add(path)
+    return paths
 
 
 def test_the_admin_tree_serves_the_page_and_the_probes() -> None:
-    assert served_paths() == {"/", "/healthz", "/readyz", "/status", "/metrics"}
+    assert served_paths() == {"/", "/healthz", "/readyz", "/status", "/metrics", "/cache/purge"}
 
 
 def test_admin_help_lists_every_served_path() -> None:
     help_text = " ".join(str(Options()).split())
     match = re.search(r"--admin=\s*Admin listener endpoint \(([^)]*)\)", help_text)
     assert match is not None, help_text
-    listed = set(re.findall(r"/[a-z]*", match.group(1)))
+    listed = set(re.findall(r"/(?:[a-z]+(?:/[a-z]+)*)?", match.group(1)))
     assert listed == served_paths()
 
 
 def test_operations_doc_lists_every_served_path() -> None:
     text = (DOCS / "operations.md").read_text()
     section = text.split("## Admin listener", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| `(/[a-z]*)` \|", section, re.M))
+    listed = set(re.findall(r"^\| `(/(?:[a-z]+(?:/[a-z]+)*)?)` \|", section, re.M))
     assert listed == served_paths()
 
 
