@@ -407,7 +407,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             port = backend.ports["http"]
             edge = start_edgeproxy(procs, tmp / "edgeproxy", PROXY_CPU,
                                    cache_config(port, with_cache), pem,
-                                   extra_args=("--access-log", "off"))
+                                   pem_name="default.pem", extra_args=("--access-log", "off"))
             proxy = start_nginx_proxy(procs, nginx, tmp / "nginx", PROXY_CPU, port, pem,
                                       access_log=False, name="nginx-cache",
                                       template=_NGINX_CACHE_PROXY)
