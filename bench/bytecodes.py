@@ -13,9 +13,15 @@ With ``--tls`` the channel sits on edgeproxy's TLS layer (a self-signed
 certificate, a Python ``ssl`` client over memory BIOs, TLS 1.3), so the count
 includes the TLS layer's Python per request; the client's work is left out.
 
+With ``--cached`` the route has ``cache=Cache()`` and the upstream response
+``Cache-Control: max-age=3600``: the warm-up's first request fills the cache and
+every counted request must be a hit (``Cache-Status: edgeproxy; hit``), so the
+count is what a cache hit costs, nothing going upstream.
+
 Run from the repository root: ``.venv/bin/python bench/bytecodes.py [--requests 500]``
 (add ``--access-log`` to count the access log's share too, ``--tls`` for https,
-``--by-function`` for each function's share, to see where a change went).
+``--cached`` for cache hits, ``--by-function`` for each function's share, to see where
+a change went).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from edgeproxy.config import Cluster, Route, VirtualHost
+from edgeproxy.config import Cache, Cluster, Route, VirtualHost
 from tests.memproxy import make_config, proxy_factory
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -43,6 +49,11 @@ RESPONSE = (
     + b"x"
     * 1000
 )
+#: --cached: the same response, fresh for an hour to a shared cache.
+CACHED_RESPONSE = RESPONSE.replace(
+    b"Connection: keep-alive\r\n", b"Connection: keep-alive\r\nCache-Control: max-age=3600\r\n"
+)
+HIT = b"Cache-Status: edgeproxy; hit"
 
 
 class _TCPTransport(StringTransport):
@@ -113,10 +124,11 @@ def _tls_creator() -> Any:
 
 
 class _Rig:
-    def __init__(self, access_log: bool, tls: bool = False) -> None:
+    def __init__(self, access_log: bool, tls: bool = False, cache: Cache | None = None) -> None:
         self.reactor = MemoryReactorClock()
         web = Cluster("web", endpoints=["10.0.0.1:80"])
-        config = make_config(VirtualHost(["shop.example"], routes=[Route("/", web)]))
+        route = Route("/", web) if cache is None else Route("/", web, cache=cache)
+        config = make_config(VirtualHost(["shop.example"], routes=[route]))
         self.factory, _ = proxy_factory(self.reactor, config, tls=True)
         if not access_log:
             self.factory.access_log.log_request = lambda *a, **k: None  # type: ignore[method-assign]
@@ -133,6 +145,8 @@ class _Rig:
         else:
             self.channel.makeConnection(self.client)
         self.upstream: tuple[Any, StringTransport] | None = None
+        #: Answers that were not cache hits (--cached).
+        self.misses = 0
 
     def request(self) -> None:
         self.client.clear()
@@ -155,12 +169,45 @@ class _Rig:
             raise SystemExit("bytecodes.py: the proxied response did not arrive whole")
 
 
+class _CachedRig(_Rig):
+    """--cached: the upstream connection answers only what reached it (the
+    first request's fill); every other request must be a hit."""
+
+    def __init__(self, access_log: bool, tls: bool = False) -> None:
+        super().__init__(access_log, tls, Cache())
+
+    def request(self) -> None:
+        self.client.clear()
+        if self.tls is not None:
+            self.tls.send(REQUEST)
+        else:
+            self.channel.dataReceived(REQUEST)
+        if self.upstream is None:
+            host, port, factory, _, _ = self.reactor.tcpClients[0]
+            protocol: Any = factory.buildProtocol(IPv4Address("TCP", host, port))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            self.upstream = (protocol, transport)
+        _deliver_cached(self)
+        answer = self.tls.received() if self.tls is not None else self.client.value()
+        if not answer.endswith(b"x" * 1000):
+            raise SystemExit("bytecodes.py: the response did not arrive whole")
+        if HIT not in answer:
+            self.misses += 1
+
+
 def count(
-    requests: int, access_log: bool, tls: bool = False, by_function: Counter[str] | None = None
+    requests: int,
+    access_log: bool,
+    tls: bool = False,
+    by_function: Counter[str] | None = None,
+    cached: bool = False,
 ) -> float:
-    rig = _Rig(access_log, tls)
-    for _ in range(20):  # warm: pool connection, caches
+    rig = _CachedRig(access_log, tls) if cached else _Rig(access_log, tls)
+    deliver = _deliver_cached if cached else _deliver_upstream
+    for _ in range(20):  # warm: pool connection, caches (and, with --cached, the fill)
         rig.request()
+    rig.misses = 0
     opcodes = 0
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
@@ -183,10 +230,13 @@ def count(
             rig.client.clear()
             sys.settrace(tracer)
             tls_client.server.dataReceived(data)
-            _deliver_upstream(rig)
+            deliver(rig)
             sys.settrace(None)
-            if not tls_client.received().endswith(b"x" * 1000):
+            answer = tls_client.received()
+            if not answer.endswith(b"x" * 1000):
                 raise SystemExit("bytecodes.py: the proxied response did not arrive whole")
+            if cached and HIT not in answer:
+                rig.misses += 1
         else:
             sys.settrace(tracer)
             rig.request()
@@ -197,6 +247,8 @@ def count(
             traced_request()
     finally:
         sys.settrace(None)
+    if rig.misses:
+        raise SystemExit(f"bytecodes.py: {rig.misses} counted requests were not cache hits")
     return opcodes / requests
 
 
@@ -208,18 +260,31 @@ def _deliver_upstream(rig: _Rig) -> None:
     rig.reactor.advance(0)
 
 
+def _deliver_cached(rig: _Rig) -> None:
+    assert rig.upstream is not None
+    protocol, transport = rig.upstream
+    if not transport.value():
+        return  # a hit: nothing went upstream
+    transport.clear()
+    protocol.dataReceived(CACHED_RESPONSE)
+    rig.reactor.advance(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--access-log", action="store_true", help="count the access log too")
     parser.add_argument("--tls", action="store_true", help="through edgeproxy's TLS layer")
     parser.add_argument(
+        "--cached", action="store_true", help="a route with cache=Cache(): count cache hits"
+    )
+    parser.add_argument(
         "--by-function", action="store_true", help="also list each function's share per request"
     )
     args = parser.parse_args()
     functions: Counter[str] | None = Counter() if args.by_function else None
-    per_request = count(args.requests, args.access_log, args.tls, functions)
-    kind = "https" if args.tls else "http"
+    per_request = count(args.requests, args.access_log, args.tls, functions, args.cached)
+    kind = ("https" if args.tls else "http") + (" cache-hit" if args.cached else "")
     if functions is not None:
         for name, n in sorted(functions.items(), key=lambda item: (-item[1], item[0])):
             print(f"{n / args.requests:8.1f}  {name}")

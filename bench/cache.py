@@ -51,10 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # bench/_common.py: processes, nginx, edgeproxy, wrk parsing
     _NGINX_CACHE_PROXY,
     CERT_NAMES,
+    CLK_TCK,
     HOST,
     Meter,
     Processes,
     Server,
+    _stat_fields,
     can_pin,
     connect,
     cpu_seconds,
@@ -154,26 +156,36 @@ def check(target: Target, obj: str, size: int) -> dict[str, Any]:
     """The target serves the object whole with the origin's max-age; a hit target says
     hit on the second GET, a pass target carries no cache status at all."""
     path = target.path(obj)
-    seen = []
+    where = f"{target.label} {target.scheme} {path}"
+    seen: list[dict[str, Any]] = []
+    headers: dict[str, str] = {}
     for _ in range(2 if target.mode == "hit" else 1):
         status, headers, length = get(target.port(), path, target.scheme == "https")
         seen.append({"status": status, "length": length, "headers": headers})
-        where = f"{target.label} {target.scheme} {path}"
         if status != 200 or length != size:
-            raise RuntimeError(f"{where}: status {status}, {length} body bytes "
-                               f"(expected 200 and {size})")
+            raise RuntimeError(
+                f"{where}: status {status}, {length} body bytes (expected 200 and {size})"
+            )
         if headers.get("cache-control") != "max-age=3600":
             raise RuntimeError(f"{where}: Cache-Control {headers.get('cache-control')!r}")
-    last = seen[-1]["headers"]
-    if target.mode == "hit" and not is_hit(target, last):
-        raise RuntimeError(f"{target.label} {target.scheme} {path}: the second GET was not a "
-                           f"cache hit: {last}")
-    if target.mode == "pass" and ("cache-status" in last or "x-cache-status" in last):
-        raise RuntimeError(f"{target.label} {target.scheme} {path}: a cache answered: {last}")
+    if target.mode == "hit" and not is_hit(target, headers):
+        raise RuntimeError(f"{where}: the second GET was not a cache hit: {headers}")
+    if target.mode == "pass" and ("cache-status" in headers or "x-cache-status" in headers):
+        raise RuntimeError(f"{where}: a cache answered: {headers}")
     return {"checks": seen}
 
 
 # --------------------------------------------------------------------------- measuring
+
+
+def kernel_seconds(pids: Sequence[int]) -> float:
+    """stime of the given processes: the kernel's share (sockets, TLS is user time)."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks += int(fields[12])
+    return ticks / CLK_TCK
 
 
 def measure(
@@ -191,12 +203,14 @@ def measure(
     meter = Meter(procs, pids)
     meter.start()
     backend0 = cpu_seconds(backend_pids)
+    kernel0 = kernel_seconds(pids)
     with subprocess.Popen(wrk_argv(procs, url, args.duration, args.connections, 1, CLIENT_CPU),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as wrk:
         peak = wait_sampling(wrk, pids, args.duration + 60)
         output = wrk.stdout.read() if wrk.stdout else ""
     usage = meter.stop()
     backend_used = cpu_seconds(backend_pids) - backend0
+    kernel = kernel_seconds(pids) - kernel0
     if wrk.returncode != 0:
         raise RuntimeError(f"wrk failed ({wrk.returncode}):\n{output}")
     if not target.server.alive():
@@ -218,6 +232,7 @@ def measure(
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,
         "cpu_us_per_request": cpu / requests * 1e6,
+        "kernel_share": kernel / cpu if cpu > 0 else 0.0,
         "backend_cpu_utilization": backend_used / usage["wall_seconds"],
         "backend_cpu_us_per_request": backend_used / requests * 1e6,
         "peak_rss_kib": peak,
@@ -254,10 +269,10 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def results_table(medians: dict[Key, dict[str, Any]], targets: list[Target]) -> str:
     lines = [
-        "| object | target | scheme | req/s | p50 ms | p99 ms | CPU µs/req | req/s per core "
-        "| hit ÷ pass (per core) | proxy CPU % | backend CPU % | peak RSS MiB | errors "
-        "| other CPU % |",
-        "|---|---|---|" + "---:|" * 11,
+        "| object | target | scheme | req/s | p50 ms | p99 ms | CPU µs/req | of which kernel % "
+        "| req/s per core | hit ÷ pass (per core) | proxy CPU % | backend CPU % | peak RSS MiB "
+        "| errors | other CPU % |",
+        "|---|---|---|" + "---:|" * 12,
     ]
     for obj in OBJECTS:
         for t in targets:
@@ -272,7 +287,8 @@ def results_table(medians: dict[Key, dict[str, Any]], targets: list[Target]) -> 
             lines.append("| " + " | ".join([
                 obj, t.label, t.scheme,
                 f"{m['requests_per_s']:.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}",
-                f"{m['cpu_us_per_request']:.0f}", f"{m['requests_per_core_s']:.0f}",
+                f"{m['cpu_us_per_request']:.0f}", f"{m['kernel_share'] * 100:.0f}",
+                f"{m['requests_per_core_s']:.0f}",
                 hit_vs_pass,
                 f"{m['cpu_utilization'] * 100:.0f}",
                 f"{m['backend_cpu_utilization'] * 100:.0f}",
@@ -283,7 +299,9 @@ def results_table(medians: dict[Key, dict[str, Any]], targets: list[Target]) -> 
     return "\n".join(lines)
 
 
-def ratio_table(medians: dict[Key, dict[str, Any]], schemes: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
+def ratio_table(
+    medians: dict[Key, dict[str, Any]], schemes: Sequence[str]
+) -> tuple[str, list[dict[str, Any]]]:
     """edgeproxy hit ÷ nginx hit per core (the goal) and each proxy's hit ÷ pass."""
     lines = [
         "| object | scheme | edgeproxy hit req/s per core | nginx hit req/s per core "
@@ -294,38 +312,39 @@ def ratio_table(medians: dict[Key, dict[str, Any]], schemes: Sequence[str]) -> t
     rows = []
     for obj in OBJECTS:
         for scheme in schemes:
-            def get_m(label: str, s: str = scheme, o: str = obj) -> dict[str, Any] | None:
-                return medians.get((o, label, s))
-
-            e_hit, n_hit = get_m("edgeproxy hit"), get_m("nginx hit")
-            e_pass, n_pass = get_m("edgeproxy pass"), get_m("nginx pass")
-            if e_hit is None and n_hit is None:
-                continue
-
-            def per_core(m: dict[str, Any] | None) -> float | None:
-                return m["requests_per_core_s"] if m else None
-
-            def rps(m: dict[str, Any] | None) -> float | None:
-                return m["requests_per_s"] if m else None
-
-            ratio = (per_core(e_hit) or 0) / per_core(n_hit) if per_core(n_hit) else None
-            row = {
-                "object": obj, "scheme": scheme,
-                "edgeproxy_hit_per_core": per_core(e_hit),
-                "nginx_hit_per_core": per_core(n_hit),
-                "edgeproxy_over_nginx": ratio if e_hit else None,
-                "meets_goal": (ratio >= GOAL) if (ratio is not None and e_hit) else None,
+            found = {
+                label: medians.get((obj, label, scheme))
+                for label in ("edgeproxy hit", "nginx hit", "edgeproxy pass", "nginx pass")
             }
-            rows.append(row)
-            verdict = "-" if row["edgeproxy_over_nginx"] is None else (
-                f"**{ratio:.2f}** ({'meets' if ratio >= GOAL else 'below'})")
+            core = {k: m["requests_per_core_s"] if m else None for k, m in found.items()}
+            rps = {k: m["requests_per_s"] if m else None for k, m in found.items()}
+            edge, nginx = core["edgeproxy hit"], core["nginx hit"]
+            if edge is None and nginx is None:
+                continue
+            ratio = edge / nginx if edge is not None and nginx else None
+            rows.append({
+                "object": obj,
+                "scheme": scheme,
+                "edgeproxy_hit_per_core": edge,
+                "nginx_hit_per_core": nginx,
+                "edgeproxy_over_nginx": ratio,
+                "meets_goal": None if ratio is None else ratio >= GOAL,
+            })
+            verdict = "-" if ratio is None else (
+                f"**{ratio:.2f}** ({'meets' if ratio >= GOAL else 'below'})"
+            )
+            hit_over_pass = [
+                f"{_ratio(core[f'{kind} hit'], core[f'{kind} pass'])} / "
+                f"{_ratio(rps[f'{kind} hit'], rps[f'{kind} pass'])}"
+                for kind in ("edgeproxy", "nginx")
+            ]
             lines.append("| " + " | ".join([
-                obj, scheme,
-                f"{per_core(e_hit):.0f}" if e_hit else "-",
-                f"{per_core(n_hit):.0f}" if n_hit else "-",
+                obj,
+                scheme,
+                "-" if edge is None else f"{edge:.0f}",
+                "-" if nginx is None else f"{nginx:.0f}",
                 verdict,
-                f"{_ratio(per_core(e_hit), per_core(e_pass))} / {_ratio(rps(e_hit), rps(e_pass))}",
-                f"{_ratio(per_core(n_hit), per_core(n_pass))} / {_ratio(rps(n_hit), rps(n_pass))}",
+                *hit_over_pass,
             ]) + " |")
     return "\n".join(lines), rows
 
@@ -432,10 +451,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 log(f"run {round_no}/{args.runs}, load {loadavg()}")
                 for obj, t in jobs:
                     label = f"{obj} {t.label} {t.scheme}"
-                    result = measure_quietly(
-                        procs, args, label,
-                        lambda t=t, obj=obj: measure(procs, t, backend, obj, OBJECTS[obj], args),
-                    )
+
+                    def one(t: Target = t, obj: str = obj) -> dict[str, Any]:
+                        return measure(procs, t, backend, obj, OBJECTS[obj], args)
+
+                    result = measure_quietly(procs, args, label, one)
                     result["round"] = round_no
                     runs.setdefault((obj, t.label, t.scheme), []).append(result)
                     log(f"  {label:<26} {result['requests_per_s']:>8.0f} req/s  "
@@ -478,9 +498,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         print(note, file=out)
     print("\n### Every target\n", file=out)
     print(table, file=out)
-    print("\nreq/s per core = requests ÷ CPU seconds of the server under test (the backend "
-          "for direct); backend CPU % during a hit run is ~0 when the cache answered.",
-          file=out)
+    print("\nreq/s per core = requests ÷ CPU seconds (user + kernel) of the server under test "
+          "(the backend for direct); backend CPU % during a hit run is ~0 when the cache "
+          "answered.", file=out)
     print("\n### Hits per core: edgeproxy ÷ nginx\n", file=out)
     print(ratios, file=out)
     summary = report.get("edgeproxy_output", {})
