@@ -508,7 +508,7 @@ def test_rfc5861_stale_windows() -> None:
 def test_stored_head_is_immutable() -> None:
     head = stored(b"X: 1")
     with pytest.raises(AttributeError):
-        head.status = 404  # type: ignore[misc]
+        head.status = 404
     with pytest.raises(AttributeError):
         del head.lines
 
@@ -1026,58 +1026,64 @@ DIRECTIVES = st.fixed_dictionaries(
         "must-revalidate": st.none(),
         "private": st.none(),
         "public": st.none(),
+        "stale-while-revalidate": st.integers(0, 10**6),
     },
 )
 OFFSET = st.integers(-(10**6), 10**6)
+INVALID = "invalid"
+INVALID_EXPIRES = -(2**40)  # how the model is told of an Expires that is not a date
 
 
-def delta(argument: int | str) -> int:
+def delta(argument: int | str | None) -> int:
     """RFC 9111 1.2.2, and 4.2.1's 'invalid freshness information is stale'."""
     if isinstance(argument, int):
         return min(argument, 2**31)
-    return 0 if argument != '"5"' else 5  # a quoted-string argument is its content
+    return 5 if argument == '"5"' else 0  # a quoted-string argument is its content
 
 
 def model(
     status: int,
     directives: dict[str, int | str | None],
-    expires: int | str | None,
+    expires: int | None,
     date: int | None,
-    age: int | str | None,
+    age: int | None,
     last_modified: int | None,
     request_time: int,
     response_time: int,
     now: int,
-) -> tuple[float, float, float, bool]:
-    """(freshness_lifetime, corrected_initial_age, current_age, is fresh) from RFC 9111."""
+) -> tuple[float, float, float]:
+    """(freshness_lifetime, corrected_initial_age, current_age) as RFC 9111 4.2.1-4.2.3
+    compute them for a shared cache.  ``None``: the field is absent or, for Age,
+    invalid; an invalid Expires comes as ``INVALID_EXPIRES`` (RFC 9111 5.3:
+    already expired)."""
     date_value = response_time if date is None else date
-    if "s-maxage" in directives:  # a shared cache
-        lifetime: float = delta(directives["s-maxage"])  # type: ignore[arg-type]
+    if "s-maxage" in directives:
+        lifetime: float = delta(directives["s-maxage"])
     elif "max-age" in directives:
-        lifetime = delta(directives["max-age"])  # type: ignore[arg-type]
+        lifetime = delta(directives["max-age"])
     elif expires is not None:
-        lifetime = max(0, expires - date_value) if isinstance(expires, int) else 0
+        lifetime = 0 if expires == INVALID_EXPIRES else max(0, expires - date_value)
     elif (status in HEURISTIC_STATUSES or "public" in directives) and last_modified is not None:
         lifetime = min(86400, max(0, (date_value - last_modified) / 10))
     else:
         lifetime = 0
-    age_value = min(age, 2**31) if isinstance(age, int) else 0
+    age_value = 0 if age is None else min(age, 2**31)
     apparent_age = max(0, response_time - date_value)
     response_delay = response_time - request_time
     corrected_age_value = age_value + response_delay
     corrected_initial_age = max(apparent_age, corrected_age_value)
     resident_time = now - response_time
     current_age = corrected_initial_age + resident_time
-    return lifetime, corrected_initial_age, current_age, lifetime > current_age
+    return lifetime, corrected_initial_age, current_age
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     status=st.sampled_from([200, 203, 301, 302, 404, 500, 599]),
     directives=DIRECTIVES,
-    expires=st.one_of(st.none(), OFFSET, st.just("0")),
+    expires=st.one_of(st.none(), OFFSET, st.just(INVALID)),
     date=st.one_of(st.none(), OFFSET),
-    age=st.one_of(st.none(), st.integers(0, 2**32), st.just("abc")),
+    age=st.one_of(st.none(), st.integers(0, 2**32), st.just(INVALID)),
     last_modified=st.one_of(st.none(), OFFSET),
     request_delay=st.integers(0, 100),
     resident=st.integers(0, 10**6),
@@ -1095,31 +1101,32 @@ def test_rfc9111_4_2_freshness_and_age_match_the_reference_model(
     response_time = int(T)
     request_time = response_time - request_delay
     now = response_time + resident
-    absolute = {
-        "expires": expires + response_time if isinstance(expires, int) else expires,
-        "date": None if date is None else date + response_time,
-        "last_modified": None if last_modified is None else last_modified + response_time,
-    }
     members = [name if arg is None else f"{name}={arg}" for name, arg in directives.items()]
     lines = [b"Cache-Control: " + ", ".join(members).encode()] if members else []
-    if absolute["expires"] is not None:
-        value = absolute["expires"]
-        lines.append(b"Expires: " + (http_date(value) if isinstance(value, int) else b"0"))
-    if absolute["date"] is not None:
-        lines.append(b"Date: " + http_date(absolute["date"]))
+    expires_at: int | None = None
+    if isinstance(expires, int):
+        expires_at = response_time + expires
+        lines.append(b"Expires: " + http_date(expires_at))
+    elif expires == INVALID:
+        expires_at = INVALID_EXPIRES
+        lines.append(b"Expires: 0")
+    date_at = None if date is None else response_time + date
+    if date_at is not None:
+        lines.append(b"Date: " + http_date(date_at))
     if age is not None:
         lines.append(b"Age: " + str(age).encode())
-    if absolute["last_modified"] is not None:
-        lines.append(b"Last-Modified: " + http_date(absolute["last_modified"]))
+    modified_at = None if last_modified is None else response_time + last_modified
+    if modified_at is not None:
+        lines.append(b"Last-Modified: " + http_date(modified_at))
 
     head = StoredHead(status, b"", lines, request_time, response_time, (), 0)
-    lifetime, initial_age, current_age, fresh = model(
+    lifetime, initial_age, current_age = model(
         status,
         directives,
-        absolute["expires"],
-        absolute["date"],
-        age,
-        absolute["last_modified"],
+        expires_at,
+        date_at,
+        age if isinstance(age, int) else None,
+        modified_at,
         request_time,
         response_time,
         now,
@@ -1127,13 +1134,50 @@ def test_rfc9111_4_2_freshness_and_age_match_the_reference_model(
     assert head.lifetime == lifetime
     assert head.initial_age == initial_age
     assert head.age(now) == current_age
+    fresh = lifetime > current_age  # RFC 9111 4.2
     assert (head.ttl(now) > 0) is fresh
-    expected = Use.FRESH if fresh and "no-cache" not in directives else Use.REVALIDATE
+
+    # RFC 9111 4.2.4, 5.2.2.2, 5.2.2.4, 5.2.2.10; RFC 5861 3
+    stale_forbidden = {"must-revalidate", "s-maxage"} & directives.keys()
+    window = delta(directives.get("stale-while-revalidate"))
+    if "no-cache" in directives:
+        expected = Use.REVALIDATE
+    elif fresh:
+        expected = Use.FRESH
+    elif not stale_forbidden and 0 < window and current_age - lifetime <= window:
+        expected = Use.STALE_WHILE_REVALIDATE
+    else:
+        expected = Use.REVALIDATE
     assert usable(head, PLAIN, now) is expected
-    assert usable(head, cc(b"min-fresh=0"), now) is expected
+    assert usable(head, RequestPolicy(), now) is expected
+    asks_fresh = Use.FRESH if fresh and "no-cache" not in directives else Use.REVALIDATE
+    assert usable(head, cc(b"min-fresh=0"), now) is asks_fresh
+
     if "no-store" in directives:
         assert storable(b"GET", status, lines, PLAIN, False) == "no-store"
     elif "private" in directives:
         assert storable(b"GET", status, lines, PLAIN, False) == "private"
     again = StoredHead.from_json(json.loads(json.dumps(head.to_json())))
     assert (again.lifetime, again.initial_age) == (head.lifetime, head.initial_age)
+
+
+HEADER_VALUE = st.sampled_from([b"1", b"2", b"1,2", b" 1, 2 ", b"1, 2", b"", b"gzip"])
+REQUEST = st.lists(
+    st.tuples(st.sampled_from([b"Foo", b"foo", b"Bar", b"BAR", b"Other"]), HEADER_VALUE),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"Vary: Foo", b"Vary: bar", b"Vary: Foo, Bar", b"X: 1"])),
+    REQUEST,
+    REQUEST,
+)
+def test_rfc9111_4_1_a_variant_matches_the_requests_with_the_same_key(
+    lines: list[bytes], first: list[tuple[bytes, bytes]], second: list[tuple[bytes, bytes]]
+) -> None:
+    key = vary_key(lines, first)
+    assert key is not None
+    assert vary_matches(key, first)
+    assert vary_matches(key, second) is (key == vary_key(lines, second))
