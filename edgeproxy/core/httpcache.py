@@ -768,9 +768,9 @@ def storable(
     dropped = _unstored_fields(directives)
     if not shared_ok and any(name == b"set-cookie" and name not in dropped for name, _ in named):
         return "set-cookie"
-    first: dict[bytes, bytes] = {}
+    first: dict[bytes, bytes] = {}  # as StoredHead will see them
     for name, line in named:
-        if name not in first:
+        if name not in first and name not in dropped:
             first[name] = line.partition(b":")[2].strip(_OWS)
     explicit = (
         b"public" in directives
