@@ -541,14 +541,15 @@ class DiskStore(Store):
         digest = _key_hash(key)
         base = self._path(digest)
         target = f"{base}.{_vary_hash(head.vary)}" if head.vary else base
-        previous = self._names_at(base, key)
+        found, previous = self._names_at(base, key)
         now = self._clock()
         try:
             os.utime(fd, (now, now))
             try:
-                replaced = os.stat(target).st_size
+                old_size = os.stat(target).st_size
+                replaced = True
             except FileNotFoundError:
-                replaced = -1
+                old_size, replaced = 0, False
             os.replace(temporary, target)
             st = os.fstat(fd)
         except OSError:
@@ -556,13 +557,15 @@ class DiskStore(Store):
             self._forget_temporary(temporary)
             return None
         self._writing.discard(temporary)
-        self._bytes += st.st_size - max(replaced, 0)
-        self._objects += replaced < 0
+        self._bytes += st.st_size - old_size
+        # What a marker was is no object (and a replaced variant or entry stays one).
+        if not replaced or (target == base and previous is not None):
+            self._objects += 1
         entry = _DiskEntry(key, head, fd, target, st)
         if head.vary:
             names = tuple(name for name, _ in head.vary)
             if previous != names:
-                self._write_marker(key, base, names)
+                self._write_marker(key, base, names, replacing_entry=found and previous is None)
                 if previous is not None:
                     # Other Vary names than before: their variants can no longer be reached.
                     self._remove_variants(digest, keep=target)
@@ -571,18 +574,21 @@ class DiskStore(Store):
         self._maybe_refresh(now, keep=(target, base))
         return entry
 
-    def _names_at(self, base: str, key: bytes) -> tuple[bytes, ...] | None:
+    def _names_at(self, base: str, key: bytes) -> tuple[bool, tuple[bytes, ...] | None]:
+        """Whether a sound file is at ``base``, and the Vary names if it is a marker."""
         found = self._open(base, key)
         if found is None:
-            return None
+            return False, None
         fd, header, body_length, _st = found
         os.close(fd)
         try:
-            return _marker_names(header, body_length)
+            return True, _marker_names(header, body_length)
         except _Corrupt:
-            return None
+            return False, None
 
-    def _write_marker(self, key: bytes, base: str, names: tuple[bytes, ...]) -> None:
+    def _write_marker(
+        self, key: bytes, base: str, names: tuple[bytes, ...], *, replacing_entry: bool
+    ) -> None:
         made = self._temporary(os.path.basename(base))
         if made is None:
             return
@@ -596,13 +602,20 @@ class DiskStore(Store):
             )
             now = self._clock()
             os.utime(fd, (now, now))
+            try:
+                old = os.stat(base).st_size
+            except FileNotFoundError:
+                old = 0
             os.replace(path, base)
+            self._bytes += os.fstat(fd).st_size - old
         except (OSError, _Corrupt):
             self._forget_temporary(path)
             return
         finally:
             os.close(fd)
         self._writing.discard(path)
+        if replacing_entry:
+            self._objects -= 1
 
     def _remove_variants(self, digest: str, keep: str | None) -> int:
         directory = os.path.dirname(self._path(digest))
