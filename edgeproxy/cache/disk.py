@@ -86,12 +86,16 @@ def _key_hash(key: bytes) -> str:
 
 
 def _vary_hash(vary: Vary) -> str:
-    text = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in vary])
+    # Sorted, as vary_key gives a selection at lookup, whatever order the head keeps it in.
+    text = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in sorted(vary)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _trailer(header: dict[str, object]) -> bytes:
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    try:
+        raw = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as e:  # a head that cannot be kept is not kept
+        raise _Corrupt("unserialisable header") from e
     if len(raw) > MAX_HEADER:
         raise _Corrupt("header too long")
     return raw + _TRAILER.pack(len(raw), MAGIC)
@@ -143,9 +147,9 @@ def _marker_names(header: dict[str, Any], body_length: int) -> tuple[bytes, ...]
     return tuple(n.encode("latin-1") for n in names)
 
 
-def _entry_head(header: dict[str, Any], body_length: int) -> StoredHead:
+def _entry_head(header: dict[str, Any], body_length: int, heuristic_max: float) -> StoredHead:
     try:
-        head = StoredHead.from_json(header["head"])
+        head = StoredHead.from_json(header["head"], heuristic_max=heuristic_max)
     except Exception as e:  # whatever from_json makes of a damaged header
         raise _Corrupt("head") from e
     if head.body_length != body_length:
@@ -179,7 +183,14 @@ class _BodyReader(io.RawIOBase):
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        if whence == io.SEEK_SET:
+            base = 0
+        elif whence == io.SEEK_CUR:
+            base = self._position
+        elif whence == io.SEEK_END:
+            base = self._length
+        else:
+            raise ValueError(f"invalid whence {whence}")
         if base + offset < 0:
             raise ValueError("negative seek position")
         self._position = base + offset
@@ -298,9 +309,14 @@ class _DiskWriter(Writer):
         os.close(self._fd)
         self._store._forget_temporary(self._path)
 
+    def __del__(self) -> None:
+        # A writer dropped without commit or discard (an exchange torn down) keeps nothing.
+        self.discard()
+
 
 class DiskStore(Store):
-    """One file per variant in ``directory``, shared by every process that opens it."""
+    """One file per variant in ``directory``, shared by every process that opens it.
+    ``heuristic_max`` is given to ``StoredHead.from_json`` for the heads it reads back."""
 
     def __init__(
         self,
@@ -309,8 +325,11 @@ class DiskStore(Store):
         max_object_bytes: int,
         *,
         clock: Callable[[], float] = time.time,
+        heuristic_max: float = 86400.0,
     ) -> None:
         self.directory = directory
+        # Given to StoredHead.from_json: a head read back derives what the policy would have.
+        self.heuristic_max = heuristic_max
         self.max_bytes = max_bytes
         self.max_object_bytes = max_object_bytes
         self._clock = clock
@@ -352,7 +371,7 @@ class DiskStore(Store):
                 return None
             fd, header, body_length, st = found
         try:
-            head = _entry_head(header, body_length)
+            head = _entry_head(header, body_length, self.heuristic_max)
         except _Corrupt:
             os.close(fd)
             self._remove_corrupt(path, st)
@@ -435,7 +454,10 @@ class DiskStore(Store):
             try:
                 header, body_length, st = _read_header(fd)
                 names = _marker_names(header, body_length)
-            except (OSError, _Corrupt):
+            except _Corrupt:
+                self._remove_corrupt(path, os.fstat(fd))
+                continue
+            except OSError:
                 continue
             finally:
                 os.close(fd)

@@ -260,9 +260,10 @@ def test_over_size_bodies_are_refused(tmp_path: pathlib.Path) -> None:
     assert writer is not None
     assert writer.write(b"a" * 20_000)
     assert not writer.write(b"a")
+    assert files(tmp_path) == []  # the temporary file goes at once
     assert not writer.write(b"a")
     assert writer.commit(head(20_001)) is None
-    assert files(tmp_path) == []  # the temporary file went with the writer
+    assert files(tmp_path) == []
     # The body fits max_bytes, the file with its header does not.
     tiny = store(tmp_path, Clock(), max_bytes=100, max_object_bytes=1_000)
     writer = tiny.begin(KEY, None)
@@ -613,3 +614,63 @@ def test_invalidate_counts_variants_not_the_marker(tmp_path: pathlib.Path) -> No
     assert s.invalidate(b"https://a.test/y") == 1
     assert files(tmp_path) == []
     assert s.figures() == StoreFigures(0, 0, 0, 1_000_000)
+
+
+def test_a_writer_dropped_unfinished_keeps_nothing(tmp_path: pathlib.Path) -> None:
+    s = store(tmp_path, Clock())
+    writer = s.begin(KEY, None)
+    assert writer is not None
+    assert writer.write(b"the exchange went away")
+    del writer
+    assert files(tmp_path) == []
+    assert s.lookup(KEY, []) is None
+
+
+def test_a_selection_is_found_whatever_order_the_head_keeps_it_in(
+    tmp_path: pathlib.Path,
+) -> None:
+    s = store(tmp_path, Clock())
+    put(s, KEY, b"fr gz", vary=((b"accept-language", b"fr"), (b"accept-encoding", b"gzip")))
+    request = [(b"Accept-Language", b"fr"), (b"Accept-Encoding", b"gzip")]
+    assert body_of(s, KEY, request) == b"fr gz"
+    assert body_of(s, KEY, request[:1]) is None
+
+
+def test_purge_removes_corrupt_files_it_reads(tmp_path: pathlib.Path) -> None:
+    s = store(tmp_path, Clock())
+    put(s, KEY, b"x")
+    put(s, b"https://b.test/y", b"y")
+    path = path_of(tmp_path, KEY)
+    path.write_bytes(path.read_bytes()[:-1])
+    assert s.purge_prefix(b"https://b.test/") == 1
+    assert files(tmp_path) == []
+
+
+def test_request_headers_may_be_a_one_shot_iterable(tmp_path: pathlib.Path) -> None:
+    s = store(tmp_path, Clock())
+    put(s, KEY, b"gz", vary=GZIP)
+    entry = s.lookup(KEY, iter([(b"Accept-Encoding", b"gzip")]))
+    assert entry is not None and entry.body() == b"gz"
+    entry.close()
+
+
+def test_a_new_entry_near_the_bound_evicts_the_others_but_stays(tmp_path: pathlib.Path) -> None:
+    one = sized(tmp_path)
+    clock = Clock()
+    directory = tmp_path / "cache"
+    s = store(directory, clock, max_bytes=10 * one)
+    for i in range(3):
+        put(s, keyed(i), b"x" * 1_000)  # all at the same time as the new one
+    big = b"y" * (9 * one)
+    put(s, keyed(3), big)
+    assert [body_of(s, keyed(i)) for i in range(4)] == [None, None, None, big]
+    assert s.figures().objects == 1
+
+
+def test_a_variant_under_another_selections_name_is_not_served(tmp_path: pathlib.Path) -> None:
+    s = store(tmp_path, Clock())
+    put(s, KEY, b"gz", vary=GZIP)
+    marker = path_of(tmp_path, KEY)
+    (variant,) = [p for p in marker.parent.iterdir() if p.name.startswith(marker.name + ".")]
+    variant.rename(marker.parent / f"{marker.name}.{disk._vary_hash(PLAIN)}")
+    assert s.lookup(KEY, []) is None
