@@ -31,7 +31,7 @@ from zope.interface import implementer
 from edgeproxy.cache.registry import CacheCounters
 from edgeproxy.cache.store import Entry, Store, Writer
 from edgeproxy.config import Cache
-from edgeproxy.core.conditional import bypasses_cache, not_modified
+from edgeproxy.core.conditional import bypasses_cache, not_modified, updates_stored
 from edgeproxy.core.errors import EdgeProxyError, NotCached, Outcome
 from edgeproxy.core.httpcache import (
     RequestPolicy,
@@ -39,6 +39,7 @@ from edgeproxy.core.httpcache import (
     Use,
     cache_key,
     cache_status,
+    format_http_date,
     invalidated_keys,
     may_serve_stale_on_error,
     not_modified_lines,
@@ -396,12 +397,22 @@ class _Fill(Exchange):
         self._status = code
         entry = self.entry
         if entry is not None and code == 304:
+            if not updates_stored(entry.head, lines):
+                # A 304 for some other response (RFC 9111 4.3.4): the stored
+                # one cannot be refreshed by it; it goes, and the request is
+                # sent again without validators once this exchange is over.
+                stage.store.invalidate(self.key)
+                self._serve_stored = "again"
+                return
             stage.counters.not_modified()
             head = refreshed(entry.head, lines, self.started, now)
             updated = stage.store.update(entry, head)
             self.entry = updated if updated is not None else _Detached(entry, head)
             self._serve_stored = "refreshed"
             return
+        if not any(line[:5].lower() == b"date:" for line in lines):
+            # RFC 9110 6.6.1: a cache records when a response without Date came.
+            lines.append(b"Date: " + format_http_date(now))
         if (
             entry is not None
             and code in _ERROR_STATUSES
@@ -531,6 +542,8 @@ class _Fill(Exchange):
         if client is not None:
             if serve is None:
                 client.finish()
+            elif serve == "again":
+                stage.fill(client, self.key, self.policy, None, "miss", collapse=False)
             else:
                 self._answer_from_store(client, serve)
         self._release_waiters()
