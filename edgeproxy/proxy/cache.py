@@ -102,6 +102,7 @@ class CacheStage(Stage):
     def handle(self, exchange: Exchange) -> None:
         method = exchange.method
         if method != _GET and method != _HEAD:
+            exchange.record.cache = "bypass"
             if method not in _SAFE:
                 exchange.observe_response(_Invalidation(self, exchange))
             else:
@@ -110,6 +111,7 @@ class CacheStage(Stage):
             return
         headers = exchange.headers
         if bypasses_cache(headers):
+            exchange.record.cache = "bypass"
             exchange.observe_response(_Labelled(cache_status(fwd="bypass")))
             self.next(exchange)
             return
@@ -124,16 +126,19 @@ class CacheStage(Stage):
             if fill is not None and fill.wait(exchange):
                 self.counters.waited()
                 return
+            exchange.record.cache = "miss"
             self.counters.miss()
             self.fill(exchange, key, policy, None, "miss")
             return
         now = self.clock.seconds()
         use = usable(entry.head, policy, now)
         if use is Use.FRESH or use is Use.STALE_ALLOWED:
+            exchange.record.cache = "hit"
             self.counters.hit()
             self.serve(exchange, entry, now, cache_status(hit=True, ttl=entry.head.ttl(now)))
             return
         if use is Use.STALE_WHILE_REVALIDATE:
+            exchange.record.cache = "stale"
             self.counters.served_stale()
             self.serve(
                 exchange,
@@ -150,6 +155,7 @@ class CacheStage(Stage):
         if fill is not None and fill.wait(exchange):
             self.counters.waited()
             return
+        exchange.record.cache = "miss"
         self.counters.revalidating()
         self.fill(exchange, key, policy, entry, "request" if policy.no_cache else "stale")
 
@@ -225,6 +231,7 @@ class CacheStage(Stage):
     def passed_through(self, exchange: Exchange, key: bytes, policy: RequestPolicy) -> None:
         """A waiter that could not be answered from the fill it waited for:
         upstream on its own, not stored (nginx's proxy_cache_lock timeout)."""
+        exchange.record.cache = "miss"
         fill = _Fill(self, exchange, exchange, key, policy, None, "miss", store=False)
         self.next(fill)
 
@@ -237,17 +244,19 @@ class CacheStage(Stage):
         entry = self.store.lookup(key, headers)
         now = self.clock.seconds()
         if entry is not None and usable(entry.head, policy, now) is Use.FRESH:
+            exchange.record.cache = "collapsed"
             self.counters.hit()
             status = cache_status(hit=True, collapsed=True, ttl=entry.head.ttl(now))
             self.serve(exchange, entry, now, status)
             return
+        exchange.record.cache = "miss"
         self.counters.miss()
         self.fill(exchange, key, policy, entry, "miss", collapse=False)
 
     def fill_over(self, fill: _Fill) -> None:
         if fill.leading and self.fills.get(fill.key) is fill:
             del self.fills[fill.key]
-        if fill.client is None:
+        if fill.background:
             self.refreshing.discard(fill.key)
 
 
@@ -279,6 +288,8 @@ class _Fill(Exchange):
         self.entry = entry
         self.fwd = fwd
         self.may_store = store
+        #: A stale-while-revalidate refresh: no client at all.
+        self.background = client is None
         self.channel = template.channel
         self.factory = template.factory
         self.started = stage.clock.seconds()
@@ -554,8 +565,10 @@ class _Fill(Exchange):
         stage = self.stage
         now = stage.clock.seconds()
         if why == "refreshed":
+            client.record.cache = "revalidated"
             status = cache_status(fwd=self.fwd, fwd_status=304, ttl=entry.head.ttl(now))
         else:
+            client.record.cache = "stale"
             stage.counters.served_stale()
             status = cache_status(
                 fwd=self.fwd,

@@ -713,3 +713,14 @@ def raw_get(setup: Setup, path: str) -> bytes:
     finally:
         sock.close()
 
+
+
+def test_the_access_log_says_what_the_cache_did(setup: Setup) -> None:
+    setup.origin.script("/c/logged", fresh())
+    setup.get("/c/logged")
+    setup.get("/c/logged")
+    setup.get("/c/logged", method="POST", body=b"x")
+    start = 0
+    for outcome in ("miss", "hit", "bypass"):
+        line = setup.proxy.wait_for_output(rf'"\w+ /c/logged HTTP/1.1" .* cache={outcome}$', start=start)
+        start = setup.proxy.output.index(line) + 1
