@@ -119,16 +119,7 @@ class CacheStage(Stage):
         policy = request_policy(headers)
         entry = self.store.lookup(key, headers)
         if entry is None:
-            if policy.only_if_cached:
-                self._not_cached(exchange, "uri-miss")
-                return
-            fill = self.fills.get(key)
-            if fill is not None and fill.wait(exchange):
-                self.counters.waited()
-                return
-            exchange.record.cache = "miss"
-            self.counters.miss()
-            self.fill(exchange, key, policy, None, "miss")
+            self._upstream(exchange, key, policy, None)
             return
         now = self.clock.seconds()
         use = usable(entry.head, policy, now)
@@ -148,16 +139,29 @@ class CacheStage(Stage):
             )
             self.refresh(exchange, key, entry)
             return
+        self._upstream(exchange, key, policy, entry)
+
+    def _upstream(
+        self, exchange: Exchange, key: bytes, policy: RequestPolicy, entry: Entry | None
+    ) -> None:
+        """Nothing stored (``entry`` None), or a stored response to revalidate:
+        wait for the fill in flight for ``key``, if any may be waited for, or
+        be that fill."""
         if policy.only_if_cached:
-            self._not_cached(exchange, "stale")
+            self._not_cached(exchange, "uri-miss" if entry is None else "stale")
             return
         fill = self.fills.get(key)
         if fill is not None and fill.wait(exchange):
             self.counters.waited()
             return
         exchange.record.cache = "miss"
-        self.counters.revalidating()
-        self.fill(exchange, key, policy, entry, "request" if policy.no_cache else "stale")
+        if entry is None:
+            self.counters.miss()
+            fwd = "miss"
+        else:
+            self.counters.revalidating()
+            fwd = "request" if policy.no_cache else "stale"
+        self.fill(exchange, key, policy, entry, fwd)
 
     def key_of(self, exchange: Exchange) -> bytes:
         scheme = b"https" if exchange.tls else b"http"
