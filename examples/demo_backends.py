@@ -68,6 +68,10 @@ class EchoResource(Resource):
         }
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-demo-backend", self.name.encode("ascii"))
+        if request.path.startswith(b"/static/"):
+            # What a static file server would say: anyone may keep this for a
+            # minute (the example caches /static/ at the proxy).
+            request.setHeader(b"cache-control", b"public, max-age=60")
         # Returning bytes makes twisted.web set Content-Length, so the
         # connection stays open for the proxy's next request (keep-alive).
         return (json.dumps(answer, indent=2) + "\n").encode("utf-8")

@@ -452,7 +452,7 @@ def describe_caches(config: LoadedConfig) -> list[str]:
 
 
 def _size(n: int) -> str:
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= factor and n % (factor // 16 or 1) == 0:
             return f"{n / factor:g} {unit}"
     return f"{n} bytes"

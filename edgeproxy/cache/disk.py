@@ -86,12 +86,16 @@ def _key_hash(key: bytes) -> str:
 
 
 def _vary_hash(vary: Vary) -> str:
-    text = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in vary])
+    # Sorted, as vary_key gives a selection at lookup, whatever order the head keeps it in.
+    text = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in sorted(vary)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _trailer(header: dict[str, object]) -> bytes:
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    try:
+        raw = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as e:  # a head that cannot be kept is not kept
+        raise _Corrupt("unserialisable header") from e
     if len(raw) > MAX_HEADER:
         raise _Corrupt("header too long")
     return raw + _TRAILER.pack(len(raw), MAGIC)
@@ -143,9 +147,9 @@ def _marker_names(header: dict[str, Any], body_length: int) -> tuple[bytes, ...]
     return tuple(n.encode("latin-1") for n in names)
 
 
-def _entry_head(header: dict[str, Any], body_length: int) -> StoredHead:
+def _entry_head(header: dict[str, Any], body_length: int, heuristic_max: float) -> StoredHead:
     try:
-        head = StoredHead.from_json(header["head"])
+        head = StoredHead.from_json(header["head"], heuristic_max=heuristic_max)
     except Exception as e:  # whatever from_json makes of a damaged header
         raise _Corrupt("head") from e
     if head.body_length != body_length:
@@ -179,7 +183,14 @@ class _BodyReader(io.RawIOBase):
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        if whence == io.SEEK_SET:
+            base = 0
+        elif whence == io.SEEK_CUR:
+            base = self._position
+        elif whence == io.SEEK_END:
+            base = self._length
+        else:
+            raise ValueError(f"invalid whence {whence}")
         if base + offset < 0:
             raise ValueError("negative seek position")
         self._position = base + offset
@@ -298,9 +309,14 @@ class _DiskWriter(Writer):
         os.close(self._fd)
         self._store._forget_temporary(self._path)
 
+    def __del__(self) -> None:
+        # A writer dropped without commit or discard (an exchange torn down) keeps nothing.
+        self.discard()
+
 
 class DiskStore(Store):
-    """One file per variant in ``directory``, shared by every process that opens it."""
+    """One file per variant in ``directory``, shared by every process that opens it.
+    ``heuristic_max`` is given to ``StoredHead.from_json`` for the heads it reads back."""
 
     def __init__(
         self,
@@ -309,8 +325,11 @@ class DiskStore(Store):
         max_object_bytes: int,
         *,
         clock: Callable[[], float] = time.time,
+        heuristic_max: float = 86400.0,
     ) -> None:
         self.directory = directory
+        # Given to StoredHead.from_json: a head read back derives what the policy would have.
+        self.heuristic_max = heuristic_max
         self.max_bytes = max_bytes
         self.max_object_bytes = max_object_bytes
         self._clock = clock
@@ -352,7 +371,7 @@ class DiskStore(Store):
                 return None
             fd, header, body_length, st = found
         try:
-            head = _entry_head(header, body_length)
+            head = _entry_head(header, body_length, self.heuristic_max)
         except _Corrupt:
             os.close(fd)
             self._remove_corrupt(path, st)
@@ -435,7 +454,10 @@ class DiskStore(Store):
             try:
                 header, body_length, st = _read_header(fd)
                 names = _marker_names(header, body_length)
-            except (OSError, _Corrupt):
+            except _Corrupt:
+                self._remove_corrupt(path, os.fstat(fd))
+                continue
+            except OSError:
                 continue
             finally:
                 os.close(fd)
@@ -541,14 +563,15 @@ class DiskStore(Store):
         digest = _key_hash(key)
         base = self._path(digest)
         target = f"{base}.{_vary_hash(head.vary)}" if head.vary else base
-        previous = self._names_at(base, key)
+        found, previous = self._names_at(base, key)
         now = self._clock()
         try:
             os.utime(fd, (now, now))
             try:
-                replaced = os.stat(target).st_size
+                old_size = os.stat(target).st_size
+                replaced = True
             except FileNotFoundError:
-                replaced = -1
+                old_size, replaced = 0, False
             os.replace(temporary, target)
             st = os.fstat(fd)
         except OSError:
@@ -556,13 +579,15 @@ class DiskStore(Store):
             self._forget_temporary(temporary)
             return None
         self._writing.discard(temporary)
-        self._bytes += st.st_size - max(replaced, 0)
-        self._objects += replaced < 0
+        self._bytes += st.st_size - old_size
+        # What a marker was is no object (and a replaced variant or entry stays one).
+        if not replaced or (target == base and previous is not None):
+            self._objects += 1
         entry = _DiskEntry(key, head, fd, target, st)
         if head.vary:
             names = tuple(name for name, _ in head.vary)
             if previous != names:
-                self._write_marker(key, base, names)
+                self._write_marker(key, base, names, replacing_entry=found and previous is None)
                 if previous is not None:
                     # Other Vary names than before: their variants can no longer be reached.
                     self._remove_variants(digest, keep=target)
@@ -571,18 +596,21 @@ class DiskStore(Store):
         self._maybe_refresh(now, keep=(target, base))
         return entry
 
-    def _names_at(self, base: str, key: bytes) -> tuple[bytes, ...] | None:
+    def _names_at(self, base: str, key: bytes) -> tuple[bool, tuple[bytes, ...] | None]:
+        """Whether a sound file is at ``base``, and the Vary names if it is a marker."""
         found = self._open(base, key)
         if found is None:
-            return None
+            return False, None
         fd, header, body_length, _st = found
         os.close(fd)
         try:
-            return _marker_names(header, body_length)
+            return True, _marker_names(header, body_length)
         except _Corrupt:
-            return None
+            return False, None
 
-    def _write_marker(self, key: bytes, base: str, names: tuple[bytes, ...]) -> None:
+    def _write_marker(
+        self, key: bytes, base: str, names: tuple[bytes, ...], *, replacing_entry: bool
+    ) -> None:
         made = self._temporary(os.path.basename(base))
         if made is None:
             return
@@ -596,13 +624,20 @@ class DiskStore(Store):
             )
             now = self._clock()
             os.utime(fd, (now, now))
+            try:
+                old = os.stat(base).st_size
+            except FileNotFoundError:
+                old = 0
             os.replace(path, base)
+            self._bytes += os.fstat(fd).st_size - old
         except (OSError, _Corrupt):
             self._forget_temporary(path)
             return
         finally:
             os.close(fd)
         self._writing.discard(path)
+        if replacing_entry:
+            self._objects -= 1
 
     def _remove_variants(self, digest: str, keep: str | None) -> int:
         directory = os.path.dirname(self._path(digest))

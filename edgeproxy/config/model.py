@@ -551,7 +551,8 @@ class Cache:
     shared cache on a route (docs/caching.md).
 
     ``max_bytes`` bounds the store (least recently used objects are evicted);
-    a response over ``max_object_bytes`` streams through uncached.  ``store``
+    a response over ``max_object_bytes`` (8 MiB, or ``max_bytes`` if that is
+    less) streams through uncached.  ``store``
     is ``"memory"`` (each worker process its own) or ``"disk:/directory"``
     (kept across restarts, shared by every ``--workers`` process).
     Concurrent misses for one URL wait for the first one's response, at most
@@ -562,7 +563,9 @@ class Cache:
 
     max_bytes: int = attrs.field(default=256 * 2**20, validator=_positive_int, kw_only=True)
     max_object_bytes: int = attrs.field(
-        default=8 * 2**20, validator=_validate_object_bytes, kw_only=True
+        default=attrs.Factory(lambda self: min(8 * 2**20, self.max_bytes), takes_self=True),
+        validator=_validate_object_bytes,
+        kw_only=True,
     )
     store: str = attrs.field(default="memory", validator=_validate_store, kw_only=True)
     collapse_timeout: float = attrs.field(default=5.0, validator=_positive_finite, kw_only=True)

@@ -40,6 +40,7 @@ _ETAG = re.compile(rb"(W/)?(" + _OPAQUE + rb")")
 # One If-None-Match member with the separators before it and the OWS after it.
 _MEMBER = re.compile(rb"[ \t,]*(?:(\*)|(W/)?(" + _OPAQUE + rb"))[ \t]*(?:,|\Z)")
 _BYPASS = frozenset((b"range", b"if-range", b"if-match", b"if-unmodified-since"))
+_BYPASS_SIZES = frozenset(len(name) for name in _BYPASS)
 
 
 def parse_etag(value: bytes) -> tuple[bool, bytes] | None:
@@ -121,7 +122,10 @@ def not_modified(
 def bypasses_cache(request_headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Does the request carry ``Range``, ``If-Range``, ``If-Match`` or
     ``If-Unmodified-Since``?  The cache passes such a request through."""
-    return any(name.lower() in _BYPASS for name, _ in request_headers)
+    for name, _ in request_headers:
+        if len(name) in _BYPASS_SIZES and name.lower() in _BYPASS:
+            return True
+    return False
 
 
 def updates_stored(head: StoredHead, lines_304: Sequence[bytes]) -> bool:

@@ -387,13 +387,33 @@ def vary_matches(
     """Does this request select the variant stored with ``vary``?"""
     if not vary:
         return True
-    wanted = {name for name, _ in vary}
-    found: dict[bytes, list[bytes]] = {}
+    if len(vary) == 1:  # the usual Vary: Accept-Encoding, on every hit: kept cheap
+        wanted, stored = vary[0]
+        size = len(wanted)
+        found: list[bytes] | None = None
+        for name, value in request_headers:
+            if len(name) == size and name.lower() == wanted:
+                if found is None:
+                    found = [value]
+                else:
+                    found.append(value)
+        if found is not None and len(found) == 1 and found[0] == stored:
+            return True  # already normalised (stored is) and equal
+        return _normalised(found) == stored
+    names = {name for name, _ in vary}
+    sizes = {len(name) for name in names}
+    values: dict[bytes, list[bytes]] = {}
     for name, value in request_headers:
-        lower = name.lower()
-        if lower in wanted:
-            found.setdefault(lower, []).append(value)
-    return all(_normalised(found.get(name)) == value for name, value in vary)
+        if len(name) in sizes:
+            lower = name.lower()
+            if lower in names:
+                values.setdefault(lower, []).append(value)
+    for name, stored in vary:
+        found = values.get(name)
+        if found is None or len(found) != 1 or found[0] != stored:
+            if _normalised(found) != stored:
+                return False
+    return True
 
 
 # -- the stored response ---------------------------------------------------------------------
@@ -748,9 +768,9 @@ def storable(
     dropped = _unstored_fields(directives)
     if not shared_ok and any(name == b"set-cookie" and name not in dropped for name, _ in named):
         return "set-cookie"
-    first: dict[bytes, bytes] = {}
+    first: dict[bytes, bytes] = {}  # as StoredHead will see them
     for name, line in named:
-        if name not in first:
+        if name not in first and name not in dropped:
             first[name] = line.partition(b":")[2].strip(_OWS)
     explicit = (
         b"public" in directives

@@ -103,6 +103,7 @@ class AccessRecord:
     tls_version: str | None
     sni: str | None
     request_id: str | None
+    cache: str | None
 
 
 def _referer_and_agent(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
@@ -150,6 +151,7 @@ def access_record(request: ExchangeView, now: float, duration: float) -> AccessR
         tls_version=tls_version,
         sni=sni,
         request_id=record.request_id,
+        cache=record.cache,
     )
 
 
@@ -164,7 +166,7 @@ def format_combined(r: AccessRecord) -> str:
         f"upstream_time={upstream_time} attempts={r.attempts} outcome={r.outcome} "
         f"reason={r.reason or '-'} "
         f"duration={r.duration:.4f} tls={r.tls_version or '-'} sni={r.sni or '-'} "
-        f"request_id={r.request_id or '-'}"
+        f"request_id={r.request_id or '-'} cache={r.cache or '-'}"
     )
 
 

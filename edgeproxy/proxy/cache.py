@@ -31,7 +31,7 @@ from zope.interface import implementer
 from edgeproxy.cache.registry import CacheCounters
 from edgeproxy.cache.store import Entry, Store, Writer
 from edgeproxy.config import Cache
-from edgeproxy.core.conditional import bypasses_cache, not_modified
+from edgeproxy.core.conditional import bypasses_cache, not_modified, updates_stored
 from edgeproxy.core.errors import EdgeProxyError, NotCached, Outcome
 from edgeproxy.core.httpcache import (
     RequestPolicy,
@@ -39,6 +39,7 @@ from edgeproxy.core.httpcache import (
     Use,
     cache_key,
     cache_status,
+    format_http_date,
     invalidated_keys,
     may_serve_stale_on_error,
     not_modified_lines,
@@ -101,6 +102,7 @@ class CacheStage(Stage):
     def handle(self, exchange: Exchange) -> None:
         method = exchange.method
         if method != _GET and method != _HEAD:
+            exchange.record.cache = "bypass"
             if method not in _SAFE:
                 exchange.observe_response(_Invalidation(self, exchange))
             else:
@@ -109,6 +111,7 @@ class CacheStage(Stage):
             return
         headers = exchange.headers
         if bypasses_cache(headers):
+            exchange.record.cache = "bypass"
             exchange.observe_response(_Labelled(cache_status(fwd="bypass")))
             self.next(exchange)
             return
@@ -116,23 +119,17 @@ class CacheStage(Stage):
         policy = request_policy(headers)
         entry = self.store.lookup(key, headers)
         if entry is None:
-            if policy.only_if_cached:
-                self._not_cached(exchange, "uri-miss")
-                return
-            fill = self.fills.get(key)
-            if fill is not None and fill.wait(exchange):
-                self.counters.waited()
-                return
-            self.counters.miss()
-            self.fill(exchange, key, policy, None, "miss")
+            self._upstream(exchange, key, policy, None)
             return
         now = self.clock.seconds()
         use = usable(entry.head, policy, now)
         if use is Use.FRESH or use is Use.STALE_ALLOWED:
+            exchange.record.cache = "hit"
             self.counters.hit()
             self.serve(exchange, entry, now, cache_status(hit=True, ttl=entry.head.ttl(now)))
             return
         if use is Use.STALE_WHILE_REVALIDATE:
+            exchange.record.cache = "stale"
             self.counters.served_stale()
             self.serve(
                 exchange,
@@ -142,15 +139,29 @@ class CacheStage(Stage):
             )
             self.refresh(exchange, key, entry)
             return
+        self._upstream(exchange, key, policy, entry)
+
+    def _upstream(
+        self, exchange: Exchange, key: bytes, policy: RequestPolicy, entry: Entry | None
+    ) -> None:
+        """Nothing stored (``entry`` None), or a stored response to revalidate:
+        wait for the fill in flight for ``key``, if any may be waited for, or
+        be that fill."""
         if policy.only_if_cached:
-            self._not_cached(exchange, "stale")
+            self._not_cached(exchange, "uri-miss" if entry is None else "stale")
             return
         fill = self.fills.get(key)
         if fill is not None and fill.wait(exchange):
             self.counters.waited()
             return
-        self.counters.revalidating()
-        self.fill(exchange, key, policy, entry, "request" if policy.no_cache else "stale")
+        exchange.record.cache = "miss"
+        if entry is None:
+            self.counters.miss()
+            fwd = "miss"
+        else:
+            self.counters.revalidating()
+            fwd = "request" if policy.no_cache else "stale"
+        self.fill(exchange, key, policy, entry, fwd)
 
     def key_of(self, exchange: Exchange) -> bytes:
         scheme = b"https" if exchange.tls else b"http"
@@ -224,6 +235,7 @@ class CacheStage(Stage):
     def passed_through(self, exchange: Exchange, key: bytes, policy: RequestPolicy) -> None:
         """A waiter that could not be answered from the fill it waited for:
         upstream on its own, not stored (nginx's proxy_cache_lock timeout)."""
+        exchange.record.cache = "miss"
         fill = _Fill(self, exchange, exchange, key, policy, None, "miss", store=False)
         self.next(fill)
 
@@ -236,17 +248,19 @@ class CacheStage(Stage):
         entry = self.store.lookup(key, headers)
         now = self.clock.seconds()
         if entry is not None and usable(entry.head, policy, now) is Use.FRESH:
+            exchange.record.cache = "collapsed"
             self.counters.hit()
             status = cache_status(hit=True, collapsed=True, ttl=entry.head.ttl(now))
             self.serve(exchange, entry, now, status)
             return
+        exchange.record.cache = "miss"
         self.counters.miss()
         self.fill(exchange, key, policy, entry, "miss", collapse=False)
 
     def fill_over(self, fill: _Fill) -> None:
         if fill.leading and self.fills.get(fill.key) is fill:
             del self.fills[fill.key]
-        if fill.client is None:
+        if fill.background:
             self.refreshing.discard(fill.key)
 
 
@@ -278,6 +292,8 @@ class _Fill(Exchange):
         self.entry = entry
         self.fwd = fwd
         self.may_store = store
+        #: A stale-while-revalidate refresh: no client at all.
+        self.background = client is None
         self.channel = template.channel
         self.factory = template.factory
         self.started = stage.clock.seconds()
@@ -396,12 +412,22 @@ class _Fill(Exchange):
         self._status = code
         entry = self.entry
         if entry is not None and code == 304:
+            if not updates_stored(entry.head, lines):
+                # A 304 for some other response (RFC 9111 4.3.4): the stored
+                # one cannot be refreshed by it; it goes, and the request is
+                # sent again without validators once this exchange is over.
+                stage.store.invalidate(self.key)
+                self._serve_stored = "again"
+                return
             stage.counters.not_modified()
             head = refreshed(entry.head, lines, self.started, now)
             updated = stage.store.update(entry, head)
             self.entry = updated if updated is not None else _Detached(entry, head)
             self._serve_stored = "refreshed"
             return
+        if not any(line[:5].lower() == b"date:" for line in lines):
+            # RFC 9110 6.6.1: a cache records when a response without Date came.
+            lines.append(b"Date: " + format_http_date(now))
         if (
             entry is not None
             and code in _ERROR_STATUSES
@@ -531,6 +557,8 @@ class _Fill(Exchange):
         if client is not None:
             if serve is None:
                 client.finish()
+            elif serve == "again":
+                stage.fill(client, self.key, self.policy, None, "miss", collapse=False)
             else:
                 self._answer_from_store(client, serve)
         self._release_waiters()
@@ -541,8 +569,10 @@ class _Fill(Exchange):
         stage = self.stage
         now = stage.clock.seconds()
         if why == "refreshed":
+            client.record.cache = "revalidated"
             status = cache_status(fwd=self.fwd, fwd_status=304, ttl=entry.head.ttl(now))
         else:
+            client.record.cache = "stale"
             stage.counters.served_stale()
             status = cache_status(
                 fwd=self.fwd,

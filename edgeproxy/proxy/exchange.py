@@ -256,6 +256,9 @@ class ExchangeRecord:
     #: Why, when something went wrong (None while nothing did).
     reason: Reason | None = None
     request_id: str | None = None
+    #: What a route's cache did (hit, stale, collapsed, revalidated, miss,
+    #: bypass); None on a route without one.
+    cache: str | None = None
 
 
 class Exchange:

@@ -11,7 +11,7 @@
 #
 # The full reference is docs/configuration.md.
 
-from edgeproxy.config import Cluster, Route, Split, VirtualHost
+from edgeproxy.config import Cache, Cluster, Route, Split, VirtualHost
 
 # A Cluster is a named group of upstream servers ("host:port").  The proxy keeps
 # pooled connections to them and spreads requests over the endpoints.  The name
@@ -41,6 +41,11 @@ virtual_hosts = [
             # through to "/").  The path is forwarded unchanged; pass
             # strip_prefix=True to send /api/hello upstream as /hello.
             Route("/api/", api),
+            # Static files, cached at the proxy (docs/caching.md): what the
+            # backend allows to be kept (here "Cache-Control: public,
+            # max-age=60") is answered from memory without reaching it, at
+            # most 64 MiB of it; the Cache-Status header says what happened.
+            Route("/static/", web_v1, cache=Cache(max_bytes=64 * 2**20)),
             # Everything else: a canary split.  Each request picks web-v1 about
             # 90% of the time and web-v2 about 10% (weights are relative; a
             # weight of 0 takes a cluster out, e.g. for a blue/green switch).

@@ -305,6 +305,34 @@ virtual_hosts = [
     )
 
 
+def test_one_cache_directory_with_two_different_caches(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "a.py",
+        HEADER
+        + """\
+from edgeproxy.config import Cache
+api = Cluster("api", endpoints=["h:1"])
+virtual_hosts = [
+    VirtualHost(["a.example"], routes=[
+        Route("/x/", api, cache=Cache(store="disk:/var/cache/e")),
+        Route("/y/", api, cache=Cache(store="disk:/var/cache/e", max_bytes=2**20)),
+        Route("/z/", api, cache=Cache(store="disk:/var/cache/other", max_bytes=2**20)),
+        Route("/w/", api, cache=Cache(max_bytes=2**20)),
+    ]),
+]
+""",
+    )
+    assert problems_of(str(tmp_path)) == (
+        ConfigProblem(
+            path,
+            "cache directory '/var/cache/e' is given two different Cache settings (also in "
+            f"{path}); routes sharing a disk store share one Cache object",
+            6,
+        ),
+    )
+
+
 def test_equal_clusters_may_be_defined_twice(tmp_path: Path) -> None:
     write(tmp_path, "a.py", site('["a.example"]', cluster='Cluster("api", endpoints=["h:1"])'))
     write(tmp_path, "b.py", site('["b.example"]', cluster='Cluster("api", endpoints=["h:1"])'))

@@ -10,6 +10,7 @@ import pytest
 from edgeproxy.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
+    Cache,
     Cluster,
     Endpoint,
     OutlierDetection,
@@ -292,3 +293,44 @@ def test_virtual_host_validation(
     with pytest.raises(error) as caught:
         VirtualHost(names, routes=routes)
     assert message in str(caught.value)
+
+
+def test_cache_defaults() -> None:
+    cache = Cache()
+    assert (cache.max_bytes, cache.max_object_bytes, cache.store) == (256 * 2**20, 8 * 2**20, "memory")
+    assert (cache.collapse_timeout, cache.collapse_max_waiters, cache.heuristic_max) == (
+        5.0,
+        1024,
+        86400.0,
+    )
+    assert cache.disk_directory is None
+    assert Cache(store="disk:/var/cache/e").disk_directory == "/var/cache/e"
+    # A store smaller than the default object bound bounds its objects too.
+    assert Cache(max_bytes=2**20).max_object_bytes == 2**20
+    assert Route("/s/", A).cache is None
+    assert Route("/s/", A, cache=cache).cache is cache
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_bytes": 0}, ValueError, "max_bytes must be at least 1"),
+        ({"max_bytes": 1.5}, TypeError, "max_bytes must be an int"),
+        ({"max_object_bytes": 2**30}, ValueError, "must not be more than max_bytes"),
+        ({"store": "redis"}, ValueError, "cache store must be 'memory' or 'disk:<directory>'"),
+        ({"store": "disk:relative"}, ValueError, "a disk cache store needs an absolute directory"),
+        ({"store": 1}, TypeError, "cache store must be a string"),
+        ({"collapse_timeout": 0}, ValueError, "collapse_timeout must be a positive number"),
+        ({"collapse_max_waiters": -1}, ValueError, "collapse_max_waiters must not be negative"),
+        ({"heuristic_max": float("inf")}, ValueError, "heuristic_max must be a positive number"),
+    ],
+)
+def test_cache_validation(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as caught:
+        Cache(**kwargs)
+    assert message in str(caught.value)
+
+
+def test_route_cache_must_be_a_cache() -> None:
+    with pytest.raises(TypeError, match="cache must be a Cache or None"):
+        Route("/", A, cache={"max_bytes": 1})  # type: ignore[arg-type]

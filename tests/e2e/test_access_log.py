@@ -24,7 +24,7 @@ virtual_hosts = [VirtualHost(["app.example"], routes=[Route("/", Cluster("app", 
 KEYS = {
     "time", "client", "method", "host", "path", "status", "bytes", "duration", "vhost", "route",
     "cluster", "endpoint", "upstream_status", "upstream_time", "attempts", "tls_version", "sni",
-    "request_id",
+    "request_id", "cache",
 }
 
 

@@ -252,6 +252,45 @@ def test_no_cache_response_is_stored_but_revalidated_on_every_use_5_2_2_4(setup:
     assert setup.origin.requests("/c/nocache")[1].headers["if-none-match"] == '"v1"'
 
 
+def test_no_cache_with_field_names_revalidates_and_never_stores_those_fields_5_2_2_4(
+    setup: Setup,
+) -> None:
+    setup.origin.script(
+        "/c/nocache-field",
+        Reply(
+            headers=[
+                ("Cache-Control", 'max-age=600, no-cache="X-Session"'),
+                ("ETag", '"f1"'),
+                ("X-Session", "visitor-1"),
+            ],
+            body=b"shared",
+        ),
+        Reply(status=304, headers=[("ETag", '"f1"')]),
+    )
+    _, first, _ = setup.get("/c/nocache-field")
+    assert first["X-Session"] == "visitor-1"
+    status, headers, body = setup.get("/c/nocache-field")
+    assert (status, body) == (200, b"shared")
+    assert "fwd=stale; fwd-status=304" in cache_status(headers)
+    assert headers["X-Session"] is None
+    assert setup.origin.requests("/c/nocache-field")[1].headers["if-none-match"] == '"f1"'
+
+
+def test_proxy_revalidate_forbids_serving_stale_5_2_2_8(setup: Setup) -> None:
+    setup.origin.script(
+        "/c/proxy-reval",
+        Reply(
+            headers=[("Cache-Control", "max-age=60, proxy-revalidate"), ("Age", "100")],
+            body=b"old",
+        ),
+        Reply(headers=[("Cache-Control", "max-age=60")], body=b"new"),
+    )
+    setup.get("/c/proxy-reval")
+    status, _, body = setup.get("/c/proxy-reval", {"Cache-Control": "max-stale=1000"})
+    assert (status, body) == (200, b"new")
+    assert setup.origin.count("/c/proxy-reval") == 2
+
+
 def test_a_request_with_authorization_is_not_stored_without_public_3_5(setup: Setup) -> None:
     setup.origin.script("/c/auth", fresh())
     setup.get("/c/auth", {"Authorization": "Bearer a"})
@@ -713,3 +752,14 @@ def raw_get(setup: Setup, path: str) -> bytes:
     finally:
         sock.close()
 
+
+
+def test_the_access_log_says_what_the_cache_did(setup: Setup) -> None:
+    setup.origin.script("/c/logged", fresh())
+    setup.get("/c/logged")
+    setup.get("/c/logged")
+    setup.get("/c/logged", method="POST", body=b"x")
+    start = 0
+    for outcome in ("miss", "hit", "bypass"):
+        line = setup.proxy.wait_for_output(rf'"\w+ /c/logged HTTP/1.1" .* cache={outcome}$', start=start)
+        start = setup.proxy.output.index(line) + 1

@@ -225,6 +225,18 @@ def test_example_serves_https_and_cleans_up(example: Example, tmp_path: Path) ->
         assert status == 200 and answer["backend"] in ("api-1", "api-2"), answer
         assert answer["host"] == f"{name}:{https_port}"
 
+    # "/static/" is cached: the second answer comes from the proxy's cache.
+    conn, status, answer = _get(https_port, "localhost", "/static/logo.svg", ctx, None)
+    assert status == 200 and answer["backend"] == "web-v1"
+    statuses = []
+    for _ in range(2):
+        conn.request("GET", "/static/logo.svg", headers={"Host": f"localhost:{https_port}"})
+        response = conn.getresponse()
+        assert json.loads(response.read()) == answer
+        statuses.append(response.getheader("Cache-Status") or "")
+    conn.close()
+    assert all(s.startswith("edgeproxy; hit; ttl=") for s in statuses), statuses
+
     # Plain http redirects to https on the proxy's https port.
     plain = http.client.HTTPConnection("127.0.0.1", listeners["http"], timeout=10)
     plain.request("GET", "/api/hello?x=1", headers={"Host": "localhost"})

@@ -28,7 +28,9 @@ def test_combined_line_is_combined_format_then_fields() -> None:
     line = format_combined(record(time=1_800_000_000.0))
     assert line.startswith('192.0.2.1 - - [15/Jan/2027:08:00:00 +0000] "GET /api/x HTTP/1.1" 200 5 "-" "-" ')
     assert "vhost=shop.example route=/api/ cluster=api endpoint=10.0.0.1:80" in line
-    assert line.endswith("request_id=abc")
+    assert line.endswith("request_id=abc cache=-")
+    assert format_combined(record(cache="hit")).endswith("request_id=abc cache=hit")
+    assert json.loads(format_json(record(cache="hit")))["cache"] == "hit"
 
 
 def test_combined_time_is_cached_per_second() -> None:

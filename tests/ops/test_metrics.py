@@ -14,6 +14,7 @@ def record(**overrides: object) -> AccessRecord:
         referer="-", user_agent="-", vhost="shop.example", route="/api/", cluster="api",
         endpoint="10.0.0.1:80", upstream_status=200, upstream_time=0.005, attempts=1,
         outcome="ok", reason=None, tls_version="TLSv1.3", sni="shop.example", request_id="abc",
+        cache=None,
     )
     fields.update(overrides)
     return AccessRecord(**fields)  # type: ignore[arg-type]

@@ -207,6 +207,37 @@ def test_a_truncated_upstream_body_is_not_stored() -> None:
     assert rig.stage.store.figures().objects == 0
 
 
+def test_a_304_for_another_response_makes_the_request_again_without_validators() -> None:
+    rig = Rig()
+    rig.client()
+    rig.answer(response(b"no-cache", b"old", extra=b'ETag: "a"\r\n'))
+    _, transport = rig.client()
+    rig.answer(b'HTTP/1.1 304 Not Modified\r\nETag: "b"\r\n\r\n')
+    assert b"If-None-Match" not in rig._waiting()[0][1].value()
+    rig.answer(response(b"max-age=60", b"new"))
+    assert transport.value().endswith(b"new")
+    assert rig.asked() == 3
+
+
+def test_a_response_without_date_is_stored_with_the_time_it_came() -> None:
+    rig = Rig()
+    rig.client()
+    rig.answer(response())
+    _, transport = rig.client()
+    assert b"\r\nDate: " in transport.value().split(b"\r\n\r\n")[0]
+
+
+def test_a_304_refreshes_the_stored_head_and_the_client_gets_the_stored_body() -> None:
+    rig = Rig()
+    rig.client()
+    rig.answer(response(b"no-cache", b"kept", extra=b'ETag: "a"\r\nX-V: 1\r\n'))
+    _, transport = rig.client()
+    assert b'If-None-Match: "a"' in rig._waiting()[0][1].value()
+    rig.answer(b'HTTP/1.1 304 Not Modified\r\nETag: "a"\r\nX-V: 2\r\n\r\n')
+    head, body = transport.value().split(b"\r\n\r\n", 1)
+    assert body == b"kept" and b"X-V: 2" in head and b"X-V: 1" not in head
+
+
 def cache_scenario(name: str) -> list[str]:
     """The cyclic garbage of repeated cache exchanges of one kind."""
     rig = Rig()
