@@ -25,9 +25,13 @@ from collections.abc import Iterable, Sequence
 from edgeproxy.core.httpcache import StoredHead, parse_http_date
 
 __all__ = [
+    "BYPASS",
+    "CONDITIONAL",
+    "DIRECTIVES",
     "bypasses_cache",
     "not_modified",
     "parse_etag",
+    "request_flags",
     "strong_match",
     "updates_stored",
     "weak_match",
@@ -41,6 +45,20 @@ _ETAG = re.compile(rb"(W/)?(" + _OPAQUE + rb")")
 _MEMBER = re.compile(rb"[ \t,]*(?:(\*)|(W/)?(" + _OPAQUE + rb"))[ \t]*(?:,|\Z)")
 _BYPASS = frozenset((b"range", b"if-range", b"if-match", b"if-unmodified-since"))
 _BYPASS_SIZES = frozenset(len(name) for name in _BYPASS)
+
+#: :func:`request_flags`: the request must pass the cache by (``Range``, a precondition) ...
+BYPASS = 1
+#: ... it has caching directives (``Cache-Control``, ``Pragma``) ...
+DIRECTIVES = 2
+#: ... it has validators of its own (``If-None-Match``, ``If-Modified-Since``).
+CONDITIONAL = 4
+_FLAGS = {name: BYPASS for name in _BYPASS} | {
+    b"cache-control": DIRECTIVES,
+    b"pragma": DIRECTIVES,
+    b"if-none-match": CONDITIONAL,
+    b"if-modified-since": CONDITIONAL,
+}
+_FLAG_SIZES = frozenset(len(name) for name in _FLAGS)
 
 
 def parse_etag(value: bytes) -> tuple[bool, bytes] | None:
@@ -117,6 +135,18 @@ def not_modified(
         return head.date_value <= since
     modified = parse_http_date(head.last_modified)
     return modified is not None and modified <= since
+
+
+def request_flags(request_headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """What of the request's headers matters to the cache, in one pass:
+    :data:`BYPASS`, :data:`DIRECTIVES` and :data:`CONDITIONAL` or'ed (0 for
+    most requests, which then need no :func:`bypasses_cache`,
+    ``request_policy`` or :func:`not_modified`)."""
+    flags = 0
+    for name, _ in request_headers:
+        if len(name) in _FLAG_SIZES:
+            flags |= _FLAGS.get(name.lower(), 0)
+    return flags
 
 
 def bypasses_cache(request_headers: Iterable[tuple[bytes, bytes]]) -> bool:

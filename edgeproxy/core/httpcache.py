@@ -67,6 +67,7 @@ import attrs
 __all__ = [
     "CONFLICT",
     "HEURISTIC_STATUSES",
+    "PLAIN_REQUEST",
     "UNDERSTOOD_STATUSES",
     "Directives",
     "RequestPolicy",
@@ -79,6 +80,7 @@ __all__ = [
     "invalidated_keys",
     "may_serve_stale_on_error",
     "not_modified_lines",
+    "origin_key",
     "parse_cache_control",
     "parse_http_date",
     "refreshed",
@@ -284,6 +286,8 @@ class RequestPolicy:
 
 
 _PLAIN_REQUEST = RequestPolicy()
+#: The policy of a request without ``Cache-Control`` or ``Pragma`` (most).
+PLAIN_REQUEST = _PLAIN_REQUEST
 _PRAGMA_NO_CACHE = RequestPolicy(no_cache=True)
 
 
@@ -932,8 +936,14 @@ def _authority(scheme: bytes, authority: bytes) -> bytes:
 def cache_key(scheme: bytes, authority: bytes, target: bytes) -> bytes:
     """``b"https://example.com/a?b"``: scheme and authority lower-cased, the
     scheme's default port dropped, the target as it came."""
+    return origin_key(scheme, authority) + target
+
+
+def origin_key(scheme: bytes, authority: bytes) -> bytes:
+    """The start of every :func:`cache_key` of one origin (``b"https://example.com"``):
+    a caller that sees few origins may keep it and add the target."""
     scheme = scheme.lower()
-    return scheme + b"://" + _authority(scheme, authority) + target
+    return scheme + b"://" + _authority(scheme, authority)
 
 
 def invalidated_keys(key: bytes, location_lines: Sequence[bytes]) -> list[bytes]:

@@ -19,6 +19,7 @@ says what the cache did in ``Cache-Status`` (RFC 9211).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -31,18 +32,26 @@ from zope.interface import implementer
 from edgeproxy.cache.registry import CacheCounters
 from edgeproxy.cache.store import Entry, Store, Writer
 from edgeproxy.config import Cache
-from edgeproxy.core.conditional import bypasses_cache, not_modified, updates_stored
+from edgeproxy.core.conditional import (
+    BYPASS,
+    CONDITIONAL,
+    DIRECTIVES,
+    not_modified,
+    request_flags,
+    updates_stored,
+)
 from edgeproxy.core.errors import EdgeProxyError, NotCached, Outcome
 from edgeproxy.core.httpcache import (
+    PLAIN_REQUEST,
     RequestPolicy,
     StoredHead,
     Use,
-    cache_key,
     cache_status,
     format_http_date,
     invalidated_keys,
     may_serve_stale_on_error,
     not_modified_lines,
+    origin_key,
     refreshed,
     request_policy,
     served_lines,
@@ -64,10 +73,15 @@ _SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _CLIENT_CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since"})
 #: Statuses that count as the origin failing, for stale-if-error (RFC 5861 4).
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
-#: Bodies up to this size are written in one piece; larger ones are read
-#: from the store in chunks of this size, as fast as the client takes them.
+#: Bodies up to this size are written in one piece (one copy into the
+#: socket, at most this much left in the transport's buffer for a slow
+#: client); larger ones are read from the store in chunks of _CHUNK, as fast
+#: as the client takes them.
+_WHOLE = 256 * 1024
 _CHUNK = 64 * 1024
 _CACHE_STATUS = b"Cache-Status: "
+#: Bound of the stage's small memos (their keys are Host values and seconds).
+_MEMO_SIZE = 1024
 _NOT_MODIFIED = b"Not Modified"
 
 
@@ -95,6 +109,10 @@ class CacheStage(Stage):
         self.fills: dict[bytes, _Fill] = {}
         #: Keys being refreshed in the background (stale-while-revalidate).
         self.refreshing: set[bytes] = set()
+        # Per-request work done once: the key's start per listener kind and
+        # Host, the Cache-Status of a hit per second of ttl (both bounded).
+        self._origins: dict[tuple[bool, bytes], bytes] = {}
+        self._hit_statuses: dict[int, bytes] = {}
 
     def __repr__(self) -> str:
         return f"<CacheStage {self.cache.store} {self.cache.max_bytes}>"
@@ -110,23 +128,25 @@ class CacheStage(Stage):
             self.next(exchange)
             return
         headers = exchange.headers
-        if bypasses_cache(headers):
+        flags = request_flags(headers)
+        if flags & BYPASS:
             exchange.record.cache = "bypass"
             exchange.observe_response(_Labelled(cache_status(fwd="bypass")))
             self.next(exchange)
             return
         key = self.key_of(exchange)
-        policy = request_policy(headers)
+        policy = request_policy(headers) if flags & DIRECTIVES else PLAIN_REQUEST
         entry = self.store.lookup(key, headers)
         if entry is None:
             self._upstream(exchange, key, policy, None)
             return
         now = self.clock.seconds()
-        use = usable(entry.head, policy, now)
+        head = entry.head
+        use = usable(head, policy, now)
         if use is Use.FRESH or use is Use.STALE_ALLOWED:
             exchange.record.cache = "hit"
             self.counters.hit()
-            self.serve(exchange, entry, now, cache_status(hit=True, ttl=entry.head.ttl(now)))
+            self.serve(exchange, entry, now, self._hit_status(head.ttl(now)), flags)
             return
         if use is Use.STALE_WHILE_REVALIDATE:
             exchange.record.cache = "stale"
@@ -164,16 +184,42 @@ class CacheStage(Stage):
         self.fill(exchange, key, policy, entry, fwd)
 
     def key_of(self, exchange: Exchange) -> bytes:
-        scheme = b"https" if exchange.tls else b"http"
-        return cache_key(scheme, exchange.host or b"", exchange.target)
+        host = exchange.host or b""
+        tls = exchange.tls
+        origin = self._origins.get((tls, host))
+        if origin is None:
+            if len(self._origins) >= _MEMO_SIZE:
+                self._origins.clear()
+            origin = self._origins[tls, host] = origin_key(b"https" if tls else b"http", host)
+        return origin + exchange.target
+
+    def _hit_status(self, ttl: float) -> bytes:
+        """``Cache-Status`` of a hit (made once per second of ttl)."""
+        if not -1e9 < ttl < 1e9:
+            return cache_status(hit=True, ttl=ttl)
+        seconds = math.floor(ttl)
+        status = self._hit_statuses.get(seconds)
+        if status is None:
+            if len(self._hit_statuses) >= _MEMO_SIZE:
+                self._hit_statuses.clear()
+            status = self._hit_statuses[seconds] = cache_status(hit=True, ttl=ttl)
+        return status
 
     # -- answers from the store ----------------------------------------------------
 
-    def serve(self, exchange: Exchange, entry: Entry, now: float, status: bytes) -> None:
+    def serve(
+        self,
+        exchange: Exchange,
+        entry: Entry,
+        now: float,
+        status: bytes,
+        flags: int = CONDITIONAL,
+    ) -> None:
         """Answer ``exchange`` with a stored response (or a 304 when the
-        client's own validators match it)."""
+        client's own validators match it; ``flags`` without
+        :data:`CONDITIONAL` says it has none)."""
         head = entry.head
-        if not_modified(exchange.method, exchange.headers, head):
+        if flags & CONDITIONAL and not_modified(exchange.method, exchange.headers, head):
             lines = not_modified_lines(head, now)
             lines.append(_CACHE_STATUS + status)
             exchange.record.outcome = Outcome.OK
@@ -191,7 +237,7 @@ class CacheStage(Stage):
             exchange.finish()
             return
         exchange.send_head_lines(head.status, head.phrase, lines, length)
-        if length <= _CHUNK:
+        if length <= _WHOLE:
             if length:
                 exchange.write(entry.body())
             exchange.finish()

@@ -35,7 +35,7 @@ virtual_hosts = [
     VirtualHost(
         ["{host}"],
         routes=[
-            Route("/c/", origin, cache=Cache(max_bytes=4 * 2**20, max_object_bytes=256 * 2**10)),
+            Route("/c/", origin, cache=Cache(max_bytes=4 * 2**20, max_object_bytes=2**20)),
             Route("/tiny/", origin, cache=Cache(max_bytes=6500, max_object_bytes=2000)),
             Route("/lock/", origin, cache=Cache(collapse_timeout=1.0, collapse_max_waiters=3)),
             Route("/plain/", origin),
@@ -690,7 +690,7 @@ def test_a_truncated_upstream_body_is_never_stored(setup: Setup) -> None:
 
 
 def test_a_body_over_max_object_bytes_streams_through_uncached(setup: Setup) -> None:
-    big = b"z" * (300 * 1024)
+    big = b"z" * (1100 * 1024)
     setup.origin.script("/c/big", Reply(headers=[("Cache-Control", "max-age=600")], body=big))
     status, headers, body = setup.get("/c/big")
     assert body == big and "detail=too-large" in cache_status(headers)
@@ -699,7 +699,7 @@ def test_a_body_over_max_object_bytes_streams_through_uncached(setup: Setup) -> 
 
 
 def test_a_large_stored_body_is_served_whole(setup: Setup) -> None:
-    body = bytes(range(256)) * 800  # 200 KiB: sent from the store in chunks
+    body = bytes(range(256)) * 2400  # 600 KiB: sent from the store in chunks
     setup.origin.script("/c/large", Reply(headers=[("Cache-Control", "max-age=600")], body=body))
     assert setup.get("/c/large")[2] == body
     _, headers, again = setup.get("/c/large")

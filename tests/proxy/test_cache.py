@@ -28,7 +28,7 @@ from tests.proxy.test_no_cycles import SocketLike, garbage_of
 ROOT = Path(__file__).resolve().parents[2]
 
 ORIGIN = Cluster("origin", endpoints=["10.0.0.1:80"])
-CACHE = Cache(max_bytes=2**20, max_object_bytes=2**16, collapse_timeout=2.0, collapse_max_waiters=2)
+CACHE = Cache(max_bytes=2**21, max_object_bytes=2**20, collapse_timeout=2.0, collapse_max_waiters=2)
 CONFIG = make_config(
     VirtualHost(
         ["shop.example"],
@@ -53,12 +53,17 @@ class Rig:
         assert isinstance(stage, CacheStage)
         return stage
 
-    def client(self, path: str = "/c/a", extra: bytes = b"") -> tuple[Any, StringTransport]:
+    def client(
+        self, path: str = "/c/a", extra: bytes = b"", *, send: bool = True
+    ) -> tuple[Any, StringTransport]:
         address = IPv4Address("TCP", "192.0.2.9", 5555)
         channel: Any = self.factory.buildProtocol(address)
         transport = SocketLike(self.reactor, channel, peerAddress=address)
         channel.makeConnection(transport)
-        channel.dataReceived(b"GET %s HTTP/1.1\r\nHost: shop.example\r\n%s\r\n" % (path.encode(), extra))
+        if send:
+            channel.dataReceived(
+                b"GET %s HTTP/1.1\r\nHost: shop.example\r\n%s\r\n" % (path.encode(), extra)
+            )
         return channel, transport
 
     def close(self, channel: Any) -> None:
@@ -236,6 +241,21 @@ def test_a_304_refreshes_the_stored_head_and_the_client_gets_the_stored_body() -
     rig.answer(b'HTTP/1.1 304 Not Modified\r\nETag: "a"\r\nX-V: 2\r\n\r\n')
     head, body = transport.value().split(b"\r\n\r\n", 1)
     assert body == b"kept" and b"X-V: 2" in head and b"X-V: 1" not in head
+
+
+def test_a_large_stored_body_is_sent_as_fast_as_the_client_takes_it() -> None:
+    rig = Rig()
+    body = bytes(range(256)) * 2000  # 500 KiB: past the one-piece bound, sent in chunks
+    rig.client("/c/big")
+    rig.answer(response(b"max-age=60", body))
+    channel, transport = rig.client("/c/big", send=False)
+    channel.pauseProducing()  # the client's socket is full
+    channel.dataReceived(b"GET /c/big HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+    assert not transport.value().endswith(body[-100:])
+    held = len(transport.value())
+    assert held < 200 * 1024
+    channel.resumeProducing()
+    assert transport.value().endswith(body) and b"Cache-Status: edgeproxy; hit" in transport.value()
 
 
 def cache_scenario(name: str) -> list[str]:
