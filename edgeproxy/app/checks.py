@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import sys
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -38,6 +39,7 @@ __all__ = [
     "EXPIRY_WARNING",
     "REDIRECT",
     "CheckReport",
+    "check_cache_directories",
     "check_cache_memory",
     "check_certificate_coverage",
     "check_certificate_validity",
@@ -485,6 +487,40 @@ def check_cache_memory(
     return CheckReport(warnings=(_problem(config, path, message, vhost.names[0]),))
 
 
+def check_cache_directories(
+    config: LoadedConfig, unusable: Callable[[str], str | None]
+) -> CheckReport:
+    """Disk stores whose directory cannot be used (errors): ``unusable(directory)``
+    says why not, or None (:func:`directory_problem` on the real file system)."""
+    errors = []
+    seen: set[str] = set()
+    for _vhost, route, path in _cached_routes(config):
+        directory = route.cache.disk_directory if route.cache is not None else None
+        if directory is None or directory in seen:
+            continue
+        seen.add(directory)
+        why = unusable(directory)
+        if why is not None:
+            message = f"cache directory {directory!r} cannot be used: {why}"
+            errors.append(_problem(config, path, message, f"disk:{directory}"))
+    return CheckReport(errors=tuple(errors))
+
+
+def directory_problem(directory: str) -> str | None:
+    """Why a cache directory cannot be used (made if missing, written to), or None."""
+    probe = directory
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
 # -- certificates -----------------------------------------------------------
 
 
@@ -650,6 +686,7 @@ def run_check(settings: Settings, out: Any = None, err: Any = None, *, strict: b
         summary.append(config.summary())
         report += run_semantic_check(config, scan.index, now)
         report += check_cache_memory(config, settings.workers, _memory_bytes())
+        report += check_cache_directories(config, directory_problem)
     report += check_default_certificate(scan.index, settings.certs)
     lines, code = format_report(report, strict)
     for line in lines:

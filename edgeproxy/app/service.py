@@ -26,6 +26,7 @@ from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config.load import LoadedConfig, load_config
 from edgeproxy.config.settings import Settings
 from edgeproxy.config.watch import BackgroundLoader, ConfigWatcher, in_daemon_thread
+from edgeproxy.core.errors import ConfigError
 from edgeproxy.net import heap
 from edgeproxy.net.endpoints import DirectEndpointFactory
 from edgeproxy.ops.accesslog import AccessLog, FileSink
@@ -246,7 +247,13 @@ class EdgeProxyService(MultiService):
     def _install_config(self, config: LoadedConfig, at: float) -> bool:
         old = self.pipeline.snapshot
         new = Snapshot.build(config, self.reactor, self._rng, previous=old)
-        self.pipeline.swap(new)
+        try:
+            self.pipeline.swap(new)
+        except ConfigError as e:
+            # A cache directory that cannot be used: the old plan keeps serving.
+            new.stop()
+            self._reject_config([str(problem) for problem in e.problems], at)
+            return False
         for runtime in old.retired_by(new):
             checker = self._health_checkers.pop(id(runtime), None)
             if checker is not None:

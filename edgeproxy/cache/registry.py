@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from edgeproxy.cache.disk import DiskStore
 from edgeproxy.cache.store import MemoryStore, Store, StoreFigures
 from edgeproxy.config import Cache, Route, VirtualHost
+from edgeproxy.core.errors import ConfigError, ConfigProblem
 from edgeproxy.core.httpcache import cache_key
 
 __all__ = ["CacheCounters", "CacheStores", "store_name"]
@@ -119,11 +120,22 @@ class CacheStores:
             store.close()
 
     def _make(self, cache: Cache) -> Store:
+        """Raises :class:`ConfigError` naming a directory that cannot be used."""
         directory = cache.disk_directory
         if directory is not None:
-            return DiskStore(
-                directory, cache.max_bytes, cache.max_object_bytes, clock=self._clock
-            )
+            try:
+                return DiskStore(
+                    directory,
+                    cache.max_bytes,
+                    cache.max_object_bytes,
+                    clock=self._clock,
+                    heuristic_max=cache.heuristic_max,
+                )
+            except OSError as e:
+                why = e.strerror or type(e).__name__
+                raise ConfigError(
+                    [ConfigProblem(directory, f"cannot use it as a cache directory: {why}")]
+                ) from None
         return MemoryStore(cache.max_bytes, cache.max_object_bytes)
 
     def invalidate(self, key: bytes) -> int:

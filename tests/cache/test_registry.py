@@ -11,6 +11,7 @@ from edgeproxy.cache.disk import DiskStore
 from edgeproxy.cache.registry import CacheStores, store_name, url_key
 from edgeproxy.cache.store import MemoryStore, Store
 from edgeproxy.config import Cache, Cluster, Route, VirtualHost
+from edgeproxy.core.errors import ConfigError
 from edgeproxy.core.httpcache import StoredHead
 
 ORIGIN = Cluster("origin", endpoints=["10.0.0.1:80"])
@@ -82,3 +83,15 @@ def test_url_keys_are_the_keys_the_stage_makes(url: str, key: bytes) -> None:
 def test_url_key_refuses_what_is_not_an_absolute_http_url(url: str) -> None:
     with pytest.raises(ValueError):
         url_key(url)
+
+
+def test_a_directory_that_cannot_be_used_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    stores = CacheStores(clock=lambda: 0.0)
+    directory = str(blocker / "cache")
+    with pytest.raises(ConfigError) as raised:
+        stores.store_for(f"disk:{directory}", Cache(store=f"disk:{directory}"))
+    (problem,) = raised.value.problems
+    assert problem.path == directory
+    assert problem.message.startswith("cannot use it as a cache directory: ")

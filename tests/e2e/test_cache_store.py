@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -233,3 +234,56 @@ def test_check_lists_cached_routes_and_warns_when_memory_caches_outgrow_the_mach
     assert any(
         line.startswith("warning: ") and warning in line for line in done.stderr.splitlines()
     ), done.stderr
+
+
+def test_an_unusable_cache_directory_is_a_clear_error_at_start_and_a_rejected_reload(
+    tmp_path: Path, certs: tuple[Path, trustme.CA], origin: ScriptedBackend
+) -> None:
+    certs_dir, ca = certs
+    config = write_config(tmp_path, origin)
+    good = config.read_text()
+    bad = good.replace(f"disk:{tmp_path / 'cache'}", "disk:/proc/edgeproxy-cache")
+    config.write_text(bad)
+    args = [TWISTD, "--pidfile=", "-n", "edgeproxy", "--config", str(config)]
+    args += ["--certs", str(certs_dir), "--https", "tcp:0:interface=127.0.0.1", "--http", "none"]
+    args += ["--admin", "none"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode != 0
+    problem = "/proc/edgeproxy-cache: cannot use it as a cache directory: No such file or directory"
+    assert problem in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+    config.write_text(good)
+    origin.script("/mem/r", FRESH)
+    proxy = ProxyProcess(tmp_path, config, certs_dir).start()
+    try:
+        get(proxy, ca, "/mem/r")
+        start = len(proxy.output)
+        config.write_text(bad)
+        assert proxy.process is not None
+        proxy.process.send_signal(signal.SIGHUP)
+        line = proxy.wait_for_output(r"reload rejected", start=start)
+        assert problem in line
+        status, cache_status, body = get(proxy, ca, "/mem/r")
+        assert (status, body) == (200, b"stored once")
+        assert cache_status.startswith("edgeproxy; hit")
+    finally:
+        proxy.stop()
+
+
+def test_check_refuses_a_cache_directory_that_cannot_be_made(
+    tmp_path: Path, certs: tuple[Path, trustme.CA], origin: ScriptedBackend
+) -> None:
+    certs_dir, _ = certs
+    config = write_config(tmp_path, origin)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    config.write_text(config.read_text().replace(str(tmp_path / "cache"), str(blocker / "cache")))
+    args = [TWISTD, "--pidfile=", "edgeproxy", "--check", "--config", str(config)]
+    args += ["--certs", str(certs_dir)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 1
+    assert (
+        f"error: {config}:9: cache directory '{blocker / 'cache'}' cannot be used: "
+        f"{blocker} is not a directory"
+    ) in done.stderr
