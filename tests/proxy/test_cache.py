@@ -22,12 +22,13 @@ from edgeproxy.config import Cache, Cluster, Route, VirtualHost
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.forward import ForwardStage
 from edgeproxy.proxy.stages import BodyLimit
-from tests.memproxy import accept_upstream, make_config, proxy_factory
+from tests.memproxy import accept_upstream, make_config, proxy_factory, refuse_upstream
 from tests.proxy.test_no_cycles import SocketLike, garbage_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ORIGIN = Cluster("origin", endpoints=["10.0.0.1:80"])
+# No outlier detection: the garbage scenarios fail the same endpoint again and again.
+ORIGIN = Cluster("origin", endpoints=["10.0.0.1:80"], outlier_detection=None)
 CACHE = Cache(max_bytes=2**21, max_object_bytes=2**20, collapse_timeout=2.0, collapse_max_waiters=2)
 CONFIG = make_config(
     VirtualHost(
@@ -291,6 +292,36 @@ def cache_scenario(name: str) -> list[str]:
         assert b"fwd-status=304" in transport.value()
         rig.close(channel)
 
+    def refused() -> None:
+        channel, transport = rig.client(f"/c/{next(paths)}")
+        refuse_upstream(rig.reactor)
+        assert transport.value().startswith(b"HTTP/1.1 502 ")
+        rig.close(channel)
+
+    def stale_if_error() -> None:
+        channel, transport = rig.client("/c/sie")
+        rig.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+        assert transport.value().endswith(b"kept") and b"stale-if-error" in transport.value()
+        rig.close(channel)
+
+    def background() -> None:
+        channel, transport = rig.client("/c/swr")
+        assert transport.value().endswith(b"kept")
+        rig.answer(response(b"max-age=0, stale-while-revalidate=100000", b"kept"))
+        rig.close(channel)
+
+    if name == "refused":
+        return garbage_of(refused)
+    if name == "stale-if-error":
+        first = rig.client("/c/sie")[0]
+        rig.answer(response(b"max-age=0, stale-if-error=100000", b"kept", extra=b'ETag: "s"\r\n'))
+        rig.close(first)
+        return garbage_of(stale_if_error)
+    if name == "background":
+        first = rig.client("/c/swr")[0]
+        rig.answer(response(b"max-age=0, stale-while-revalidate=100000", b"kept"))
+        rig.close(first)
+        return garbage_of(background)
     if name == "hit":
         fill_path = rig.client("/c/hit")[0]
         rig.answer(response())
@@ -306,7 +337,10 @@ def cache_scenario(name: str) -> list[str]:
     return garbage_of(lambda: fill(abort=name == "abort"))
 
 
-@pytest.mark.parametrize("name", ["fill", "abort", "hit", "collapsed", "revalidated"])
+@pytest.mark.parametrize(
+    "name",
+    ["fill", "abort", "hit", "collapsed", "revalidated", "refused", "stale-if-error", "background"],
+)
 def test_cache_exchanges_leave_no_cyclic_garbage(name: str) -> None:
     code = (
         "import json; from tests.proxy.test_cache import cache_scenario; "
