@@ -70,6 +70,9 @@ _SCAN_SPACING = 50.0
 STALE_TEMP_AGE = 3600.0
 EVICT_TO = 0.9
 TEMP_PREFIX = ".tmp-"
+#: A process fetching a key to store it says so with an empty file of this
+#: prefix and the key's hash next to where the entry will be (see claim()).
+CLAIM_PREFIX = ".claim-"
 
 _FILE_NAME = re.compile(r"[0-9a-f]{64}(?:\.[0-9a-f]{32})?\Z")
 _FAN_OUT = re.compile(r"[0-9a-f]{2}\Z")
@@ -341,6 +344,8 @@ class DiskStore(Store):
         self._next_scan: float | None = None
         # This process's temporary files still being written (a scan leaves them alone).
         self._writing: set[str] = set()
+        # This process's claims: key -> claim file.
+        self._claims: dict[bytes, str] = {}
 
     # --- the Store interface ------------------------------------------------------------
 
@@ -478,8 +483,58 @@ class DiskStore(Store):
             max(self._objects, 0), max(self._bytes, 0), self._evictions, self.max_bytes
         )
 
+    def claim(self, key: bytes, seconds: float) -> bool:
+        """Claim ``key`` with a file made exclusively (``O_EXCL``): every process
+        sharing the directory sees it.  A claim older than ``seconds`` is a
+        process's that died or gave up: it is taken over.  Where the claim
+        cannot be made at all, the fetch goes ahead (a cache must not stop
+        requests)."""
+        if key in self._claims:
+            return True
+        digest = _key_hash(key)
+        path = os.path.join(os.path.dirname(self._path(digest)), CLAIM_PREFIX + digest)
+        for _ in range(2):
+            now = self._clock()
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                # Its age is read against the same clock that ages it.
+                os.utime(path, (now, now))
+            except FileNotFoundError:
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                except OSError:
+                    return True
+                continue
+            except FileExistsError:
+                try:
+                    age = now - os.stat(path).st_mtime
+                except FileNotFoundError:
+                    continue  # let go of just now: try again
+                except OSError:
+                    return True
+                if age < seconds:
+                    return False
+                try:
+                    os.utime(path, (now, now))
+                except OSError:
+                    return True
+            except OSError:
+                return True
+            self._claims[key] = path
+            return True
+        return True
+
+    def release(self, key: bytes) -> None:
+        path = self._claims.pop(key, None)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass  # taken over and let go by another process meanwhile
+
     def close(self) -> None:
-        pass  # nothing is held for the store itself: entries and writers hold their own files
+        for key in list(self._claims):
+            self.release(key)
 
     # --- files --------------------------------------------------------------------------
 
@@ -689,6 +744,11 @@ class DiskStore(Store):
                             item.path not in self._writing
                             and now - item.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE
                         ):
+                            os.unlink(item.path)
+                        continue
+                    if name.startswith(CLAIM_PREFIX):
+                        # A crashed process's claim (live ones are seconds old).
+                        if now - item.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE:
                             os.unlink(item.path)
                         continue
                     if not _FILE_NAME.match(name):

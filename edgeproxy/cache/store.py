@@ -121,6 +121,17 @@ class Store(Protocol):
         """Remove every variant of every key starting with ``prefix``; how many."""
         ...
 
+    def claim(self, key: bytes, seconds: float) -> bool:
+        """May this process fetch ``key`` to store it?  False while another process
+        sharing the store has claimed it within ``seconds`` (and not let go): it is
+        fetching it, so this one waits for it to appear instead (request collapsing
+        across ``--workers``).  A store no other process shares always says True."""
+        ...
+
+    def release(self, key: bytes) -> None:
+        """Let go of a claim (the fetch is over, stored or not); a no-op without one."""
+        ...
+
     def figures(self) -> StoreFigures: ...
 
     def close(self) -> None: ...
@@ -254,6 +265,12 @@ class MemoryStore(Store):
 
     def figures(self) -> StoreFigures:
         return StoreFigures(len(self._lru), self._bytes, self._evictions, self.max_bytes)
+
+    def claim(self, key: bytes, seconds: float) -> bool:
+        return True  # one process's own store: its stage collapses by itself
+
+    def release(self, key: bytes) -> None:
+        pass
 
     def close(self) -> None:
         self._lru.clear()

@@ -177,6 +177,15 @@ class CacheStage(Stage):
         if fill is not None and fill.wait(exchange):
             self.counters.waited()
             return
+        claimed = False
+        if entry is None and fill is None:
+            # A store shared with other processes (disk, --workers): one of
+            # them may be fetching it already; then this one waits for it.
+            if not self.store.claim(key, self.cache.collapse_timeout):
+                self.counters.waited()
+                _ElsewhereWait(self, exchange, key, policy).start()
+                return
+            claimed = True
         exchange.record.cache = "miss"
         if entry is None:
             self.counters.miss()
@@ -184,7 +193,7 @@ class CacheStage(Stage):
         else:
             self.counters.revalidating()
             fwd = "request" if policy.no_cache else "stale"
-        self.fill(exchange, key, policy, entry, fwd)
+        self.fill(exchange, key, policy, entry, fwd, claimed=claimed)
 
     def key_of(self, exchange: Exchange) -> bytes:
         host = exchange.host or b""
@@ -265,10 +274,13 @@ class CacheStage(Stage):
         fwd: str,
         *,
         collapse: bool = True,
+        claimed: bool = False,
     ) -> None:
         """Send the request upstream as a fill that stores the response (and
-        that later misses for ``key`` wait for, when ``collapse``)."""
+        that later misses for ``key`` wait for, when ``collapse``).  A fill
+        that ``claimed`` the key in the store lets go of it when it is over."""
         fill = _Fill(self, exchange, exchange, key, policy, entry, fwd, store=True)
+        fill.claimed = claimed
         if collapse and key not in self.fills:
             self.fills[key] = fill
             fill.leading = True
@@ -295,21 +307,32 @@ class CacheStage(Stage):
         """A waiter's fill is over: answer from the store or go upstream."""
         if exchange.finished or exchange._disconnected:
             return
-        headers = exchange.headers
-        policy = request_policy(headers)
-        entry = self.store.lookup(key, headers)
+        policy = request_policy(exchange.headers)
+        answered, entry = self.served_collapsed(exchange, key, policy)
+        if not answered:
+            exchange.record.cache = "miss"
+            self.counters.miss()
+            self.fill(exchange, key, policy, entry, "miss", collapse=False)
+
+    def served_collapsed(
+        self, exchange: Exchange, key: bytes, policy: RequestPolicy
+    ) -> tuple[bool, Entry | None]:
+        """Answer a request that waited for another's fill from what it
+        stored, if it can: whether it did, and what is stored for it."""
+        entry = self.store.lookup(key, exchange.headers)
         now = self.clock.seconds()
-        if entry is not None and usable(entry.head, policy, now) is Use.FRESH:
-            exchange.record.cache = "collapsed"
-            self.counters.hit()
-            status = cache_status(hit=True, collapsed=True, ttl=entry.head.ttl(now))
-            self.serve(exchange, entry, now, status)
-            return
-        exchange.record.cache = "miss"
-        self.counters.miss()
-        self.fill(exchange, key, policy, entry, "miss", collapse=False)
+        if entry is None or usable(entry.head, policy, now) is not Use.FRESH:
+            return False, entry
+        exchange.record.cache = "collapsed"
+        self.counters.hit()
+        status = cache_status(hit=True, collapsed=True, ttl=entry.head.ttl(now))
+        self.serve(exchange, entry, now, status)
+        return True, entry
 
     def fill_over(self, fill: _Fill) -> None:
+        if fill.claimed:
+            fill.claimed = False
+            self.store.release(fill.key)
         if fill.leading and self.fills.get(fill.key) is fill:
             del self.fills[fill.key]
         if fill.background:
@@ -323,6 +346,8 @@ class _Fill(Exchange):
 
     log = CacheStage.log
     leading = False
+    #: The key is claimed in the store (for other processes sharing it) until this is over.
+    claimed = False
 
     def __init__(
         self,
@@ -800,3 +825,57 @@ class _BodySender:
 
     def stopProducing(self) -> None:
         self._done()
+
+
+class _ElsewhereWait:
+    """A miss that another process sharing the store (a disk store, with
+    ``--workers``) is fetching: look for what it stores every
+    :attr:`POLL` seconds, for at most ``collapse_timeout``; fetch it here if
+    that process let go without storing it (or died), and after the time is
+    up go upstream unstored, as a waiter in this process would."""
+
+    POLL = 0.05
+
+    def __init__(
+        self, stage: CacheStage, exchange: Exchange, key: bytes, policy: RequestPolicy
+    ) -> None:
+        self._stage: CacheStage | None = stage
+        self._exchange: Exchange | None = exchange
+        self._key = key
+        self._policy = policy
+        self._deadline = stage.clock.seconds() + stage.cache.collapse_timeout
+        self._timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        assert self._exchange is not None
+        self._exchange.when_over(self._over)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._stage is not None
+        self._timer = self._stage.clock.callLater(self.POLL, self._poll)
+
+    def _over(self, failure: Failure | None) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._stage = self._exchange = None
+
+    def _poll(self) -> None:
+        self._timer = None
+        stage, exchange = self._stage, self._exchange
+        if stage is None or exchange is None:
+            return
+        key, policy = self._key, self._policy
+        if stage.served_collapsed(exchange, key, policy)[0]:
+            return
+        if stage.store.claim(key, stage.cache.collapse_timeout):
+            self._over(None)
+            exchange.record.cache = "miss"
+            stage.counters.miss()
+            stage.fill(exchange, key, policy, None, "miss", claimed=True)
+        elif stage.clock.seconds() >= self._deadline:
+            self._over(None)
+            stage.passed_through(exchange, key, policy)
+        else:
+            self._schedule()

@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -674,3 +675,54 @@ def test_a_variant_under_another_selections_name_is_not_served(tmp_path: pathlib
     (variant,) = [p for p in marker.parent.iterdir() if p.name.startswith(marker.name + ".")]
     variant.rename(marker.parent / f"{marker.name}.{disk._vary_hash(PLAIN)}")
     assert s.lookup(KEY, []) is None
+
+
+# -- claims: collapsing across the processes sharing a directory ------------------------------
+
+
+def test_a_claim_keeps_other_processes_from_fetching_until_let_go(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    clock.now = time.time()
+    one = DiskStore(str(tmp_path), 2**20, 2**16, clock=clock)
+    two = DiskStore(str(tmp_path), 2**20, 2**16, clock=clock)
+    assert one.claim(b"https://a/x", 5.0)
+    assert one.claim(b"https://a/x", 5.0)  # its own claim
+    assert not two.claim(b"https://a/x", 5.0)
+    assert two.claim(b"https://a/other", 5.0)
+    one.release(b"https://a/x")
+    assert two.claim(b"https://a/x", 5.0)
+    assert not one.claim(b"https://a/x", 5.0)
+
+
+def test_a_claim_older_than_the_wait_is_taken_over(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    clock.now = time.time()
+    dead = DiskStore(str(tmp_path), 2**20, 2**16, clock=clock)
+    live = DiskStore(str(tmp_path), 2**20, 2**16, clock=clock)
+    assert dead.claim(b"k", 5.0)
+    clock.now += 6.0  # the process that claimed it died without letting go
+    assert live.claim(b"k", 5.0)
+    assert not DiskStore(str(tmp_path), 2**20, 2**16, clock=clock).claim(b"k", 5.0)
+
+
+def test_claim_files_are_not_entries_and_old_ones_are_swept(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    clock.now = time.time()
+    store = DiskStore(str(tmp_path), 2**20, 2**16, clock=clock)
+    assert store.claim(b"https://a/x", 5.0)
+    claims = list(tmp_path.glob(f"*/{disk.CLAIM_PREFIX}*"))
+    assert len(claims) == 1
+    assert store.purge_prefix(b"https://a/") == 0 and store.invalidate(b"https://a/x") == 0
+    assert store.figures().objects == 0 and claims[0].exists()
+    clock.now += disk.STALE_TEMP_AGE + 1
+    other = DiskStore(str(tmp_path), 2**20, 2**16, clock=clock)
+    other.purge_prefix(b"none")  # a scan
+    assert not claims[0].exists()
+
+
+def test_the_memory_store_never_refuses_a_claim() -> None:
+    from edgeproxy.cache.store import MemoryStore
+
+    store = MemoryStore(2**20, 2**16)
+    assert store.claim(b"k", 5.0) and store.claim(b"k", 5.0)
+    store.release(b"k")

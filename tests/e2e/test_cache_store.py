@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,38 @@ def test_check_refuses_a_cache_directory_that_cannot_be_made(
         f"error: {config}:9: cache directory '{blocker / 'cache'}' cannot be used: "
         f"{blocker} is not a directory"
     ) in done.stderr
+
+
+def test_concurrent_misses_on_two_workers_reach_the_origin_once_with_a_disk_store(
+    tmp_path: Path, certs: tuple[Path, trustme.CA], origin: ScriptedBackend
+) -> None:
+    certs_dir, ca = certs
+    config = write_config(tmp_path, origin)
+    proxy = ProxyProcess(tmp_path, config, certs_dir, ["--workers", "2"]).start()
+    try:
+        # Until the kernel has spread one round's connections over both workers.
+        for attempt in range(6):
+            path = f"/disk/herd{attempt}"
+            origin.script(path, Reply(headers=[("Cache-Control", "max-age=600")], delay=1.0))
+            with ThreadPoolExecutor(max_workers=12) as pool:
+                results = list(pool.map(lambda _: get(proxy, ca, path), range(12)))
+            assert {(status, body) for status, _, body in results} == {(200, b"body")}
+            assert origin.count(path) == 1
+            deadline = time.monotonic() + 5
+            while len(list_served(proxy, path)) < 12 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if len(set(list_served(proxy, path))) == 2:
+                break
+        else:
+            raise AssertionError("the requests never reached both workers")
+    finally:
+        proxy.stop()
+
+
+def list_served(proxy: ProxyProcess, path: str) -> list[int]:
+    """The worker of each access-log line for ``path``."""
+    return [
+        int(m.group(1))
+        for line in list(proxy.output)
+        if f" {path} " in line and (m := _ACCESS.search(line))
+    ]

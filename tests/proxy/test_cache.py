@@ -6,6 +6,7 @@ once per key, freshness running out) is exact and needs no sleeps."""
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,13 @@ from edgeproxy.config import Cache, Cluster, Route, VirtualHost
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.forward import ForwardStage
 from edgeproxy.proxy.stages import BodyLimit
-from tests.memproxy import accept_upstream, make_config, proxy_factory, refuse_upstream
+from tests.memproxy import (
+    accept_upstream,
+    connect_client,
+    make_config,
+    proxy_factory,
+    refuse_upstream,
+)
 from tests.proxy.test_no_cycles import SocketLike, garbage_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,3 +362,48 @@ def test_cache_exchanges_leave_no_cyclic_garbage(name: str) -> None:
         check=True,
     ).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_two_processes_sharing_a_disk_store_fetch_a_miss_once(tmp_path: Path) -> None:
+    """Two pipelines on one directory stand in for two --workers processes."""
+    cache = Cache(store=f"disk:{tmp_path}", collapse_timeout=2.0)
+    config = make_config(VirtualHost(["shop.example"], routes=[Route("/d/", ORIGIN, cache=cache)]))
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())  # the claims' age is read against file times
+    one, _ = proxy_factory(reactor, config)
+    two, _ = proxy_factory(reactor, config)
+    request = b"GET /d/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    first, first_transport = connect_client(one)
+    first.dataReceived(request)
+    second, second_transport = connect_client(two)
+    second.dataReceived(request)
+    assert len(reactor.tcpClients) == 1  # the second one waits for the first one's fetch
+    protocol, _, _ = accept_upstream(reactor)
+    protocol.dataReceived(response(b"max-age=60", b"shared"))
+    assert first_transport.value().endswith(b"shared")
+    reactor.advance(0.05)
+    assert second_transport.value().endswith(b"shared")
+    assert b"Cache-Status: edgeproxy; hit; collapsed" in second_transport.value()
+    assert len(reactor.tcpClients) == 1
+
+
+def test_a_process_waiting_for_another_fetches_itself_when_that_one_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    cache = Cache(store=f"disk:{tmp_path}", collapse_timeout=2.0)
+    config = make_config(VirtualHost(["shop.example"], routes=[Route("/d/", ORIGIN, cache=cache)]))
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    one, _ = proxy_factory(reactor, config)
+    two, _ = proxy_factory(reactor, config)
+    request = b"GET /d/y HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    connect_client(one)[0].dataReceived(request)
+    second, second_transport = connect_client(two)
+    second.dataReceived(request)
+    protocol, _, _ = accept_upstream(reactor)
+    protocol.dataReceived(response(b"private", b"mine"))  # not stored: the claim is let go
+    reactor.advance(0.05)
+    assert len(reactor.tcpClients) == 2  # the second one went upstream itself
+    other, _, _ = accept_upstream(reactor)
+    other.dataReceived(response(b"max-age=60", b"theirs"))
+    assert second_transport.value().endswith(b"theirs")
