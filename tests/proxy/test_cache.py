@@ -6,9 +6,9 @@ once per key, freshness running out) is exact and needs no sleeps."""
 from __future__ import annotations
 
 import json
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
