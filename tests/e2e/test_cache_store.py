@@ -302,7 +302,7 @@ def test_concurrent_misses_on_two_workers_reach_the_origin_once_with_a_disk_stor
             path = f"/disk/herd{attempt}"
             origin.script(path, Reply(headers=[("Cache-Control", "max-age=600")], delay=1.0))
             with ThreadPoolExecutor(max_workers=12) as pool:
-                results = list(pool.map(lambda _: get(proxy, ca, path), range(12)))
+                results = list(pool.map(lambda p: get(proxy, ca, p), [path] * 12))
             assert {(status, body) for status, _, body in results} == {(200, b"body")}
             assert origin.count(path) == 1
             deadline = time.monotonic() + 5
