@@ -9,6 +9,7 @@ Not a script; the others import it with ``bench/`` on ``sys.path``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime
@@ -374,6 +375,19 @@ def sigterm_as_exit() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def add_noise_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that waits out and retries other load (compare.py, cache.py)."""
+    p.add_argument("--max-other-cpu", type=float, default=10.0,
+                   help="%% CPU of processes this script did not start above which a "
+                   "measurement is retried (this machine is shared)")
+    p.add_argument("--retries", type=int, default=1, help="retries of a noisy measurement")
+    p.add_argument("--quiet-wait", type=float, default=15.0,
+                   help="seconds to wait at most for the machine to quieten before each")
+    p.add_argument("--noise-budget", type=float, default=300.0,
+                   help="seconds spent at most, over the whole run, on waiting and retrying "
+                   "(then every measurement is taken as it comes and flagged if noisy)")
 
 
 def can_pin(requested: bool) -> bool:

@@ -68,6 +68,7 @@ from _common import (  # bench/_common.py: processes, nginx, edgeproxy, wrk pars
     Meter,
     Processes,
     Server,
+    add_noise_arguments,
     can_pin,
     cpu_model,
     cpu_seconds,
@@ -653,15 +654,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="skip the access-log-on comparison (nginx/haproxy/caddy logging)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 1 run of 3 s, 1 s warm-up, 3 s of handshakes")
-    p.add_argument("--max-other-cpu", type=float, default=10.0,
-                   help="%% CPU of processes this script did not start above which a "
-                   "measurement is retried (this machine is shared)")
-    p.add_argument("--retries", type=int, default=1, help="retries of a noisy measurement")
-    p.add_argument("--quiet-wait", type=float, default=15.0,
-                   help="seconds to wait at most for the machine to quieten before each")
-    p.add_argument("--noise-budget", type=float, default=300.0,
-                   help="seconds spent at most, over the whole run, on waiting and retrying "
-                   "(then every measurement is taken as it comes and flagged if noisy)")
+    add_noise_arguments(p)
     p.add_argument("--no-pin", dest="pin", action="store_false")
     p.add_argument("--keep-temp", action="store_true")
     args = p.parse_args(argv)
