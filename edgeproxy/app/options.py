@@ -10,6 +10,7 @@ import ipaddress
 import os
 import sys
 
+import attrs
 from twisted.python import usage
 
 from edgeproxy.config.settings import (
@@ -19,12 +20,14 @@ from edgeproxy.config.settings import (
     DEFAULT_RELOAD_TIMEOUT,
     Settings,
 )
+from edgeproxy.core.protocol import HTTPLimits
 
 __all__ = ["Options", "version_text"]
 
 _DEFAULT_HTTPS = "tcp:8443"
 _DEFAULT_HTTP = "tcp:8080"
 _DEFAULT_ADMIN = "tcp:9901:interface=127.0.0.1"
+_LIMITS = HTTPLimits()
 
 
 def _port_number(value: str) -> int:
@@ -38,6 +41,13 @@ def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
         raise ValueError(f"must not be negative: {value}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1: {value}")
     return number
 
 
@@ -135,6 +145,12 @@ class Options(usage.Options):
          "first --https listener's port; 443 is left out of the URL).", _port_number],
         ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT, "Seconds an idle client "
          "connection is kept open.", _positive_float],
+        ["max-request-line", None, _LIMITS.max_request_line, "Longest request-target (URL) "
+         "in bytes; 414 above it.", _positive_int],
+        ["max-header-bytes", None, _LIMITS.max_request_head_bytes, "Largest request header "
+         "block in bytes (each line counted as name, value and 4); 431 above it.", _positive_int],
+        ["max-headers", None, _LIMITS.max_request_headers, "Most header lines in a request; "
+         "431 above it.", _positive_int],
         ["workers", None, 1, "Worker processes sharing the listeners, or 'auto' (one per "
          "CPU); with more than 1 this process binds the listeners and supervises the "
          "workers (docs/scaling.md).", _workers],
@@ -206,6 +222,12 @@ class Options(usage.Options):
             reload_timeout=self["reload-timeout"],
             tls_profile=self["tls-profile"],
             fast_paths=not self["no-fast-paths"],
+            http_limits=attrs.evolve(
+                _LIMITS,
+                max_request_line=self["max-request-line"],
+                max_request_head_bytes=self["max-header-bytes"],
+                max_request_headers=self["max-headers"],
+            ),
         )
         if self["check"]:
             # --check must start nothing: not even twistd's pid file or logging.

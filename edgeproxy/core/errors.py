@@ -36,6 +36,7 @@ __all__ = [
     "UpstreamResponseFailed",
     "UpstreamTimeout",
     "UpstreamUnexpectedFailure",
+    "UriTooLong",
     "VersionNotSupported",
     "failure_words",
 ]
@@ -76,6 +77,7 @@ class Reason(StrEnum):
     BAD_HOST = "bad_host"
     BAD_TARGET = "bad_target"
     HEADER_TOO_LARGE = "header_too_large"
+    URI_TOO_LONG = "uri_too_long"
     BODY_TOO_LARGE = "body_too_large"
     METHOD_NOT_IMPLEMENTED = "method_not_implemented"
     #: ``Cache-Control: only-if-cached`` and nothing usable stored (504).
@@ -178,6 +180,14 @@ class HeadTooLarge(BadRequest):
     status_hint = 431
     public_message = "request header fields too large"
     reason = Reason.HEADER_TOO_LARGE
+
+
+class UriTooLong(BadRequest):
+    """The request line is longer than ``--max-request-line`` (RFC 9110 15.5.15: 414)."""
+
+    status_hint = 414
+    public_message = "uri too long"
+    reason = Reason.URI_TOO_LONG
 
 
 class VersionNotSupported(BadRequest):

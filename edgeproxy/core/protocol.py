@@ -23,11 +23,17 @@ def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> 
 class HTTPLimits:
     """Bounds on what one HTTP/1.1 message may make edgeproxy hold or do."""
 
-    #: Largest request head: the request line plus the header block, in bytes
-    #: (431 past it).  nginx allows 1 KiB + 4 x 8 KiB buffers.  While a head
-    #: is still arriving, what llhttp buffers of it is cut at four times this.
+    #: Longest request-target (the URL of the request line), in bytes (414
+    #: past it; ``--max-request-line``).  nginx's request line must fit one
+    #: 8 KiB buffer.
+    max_request_line: int = attrs.field(default=8 * 1024, validator=_positive)
+    #: Largest header block of a request: every header line, each counted as
+    #: name, value and 4 bytes of ``": "`` and CRLF (431 past it;
+    #: ``--max-header-bytes``).  nginx allows 4 x 8 KiB buffers.  While a head
+    #: is still arriving, what llhttp buffers of it is cut at four times the
+    #: two bounds together.
     max_request_head_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
-    #: Most header lines in one request (431 past it).
+    #: Most header lines in one request (431 past it; ``--max-headers``).
     max_request_headers: int = attrs.field(default=500, validator=_positive)
     #: Bytes read and held unparsed behind a pipelined request that waits for
     #: the one before it; past this the connection stops reading.

@@ -18,8 +18,9 @@ proxy together.  What it gave for free is done here explicitly:
   4xx/5xx about framing the connection closes, since whatever follows cannot
   be trusted to be framed right;
 - limits (:class:`~edgeproxy.core.protocol.HTTPLimits`, from the settings):
-  the request line plus headers at most ``max_request_head_bytes`` in
-  ``max_request_headers`` lines (else 431);
+  the request line at most ``max_request_line`` bytes (else 414), the
+  headers at most ``max_request_head_bytes`` in ``max_request_headers``
+  lines (else 431);
 - pipelining: requests are answered one at a time, in order; parsing stops
   while a complete request waits behind the one being answered, and what
   arrives meanwhile is held unparsed (reading stops past
@@ -73,6 +74,7 @@ from edgeproxy.core.errors import (
     HeadTooLarge,
     NotImplementedMethod,
     Reason,
+    UriTooLong,
 )
 from edgeproxy.core.framing import connection_tokens, request_keep_alive
 from edgeproxy.core.hostnames import covered_by, normalise_host
@@ -249,11 +251,14 @@ class ProxyChannel(Protocol):
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
         self.clock_seconds: Callable[[], float] = factory.clock.seconds
-        # The two limits checked per header line, read there without going
-        # through the factory.
+        # The limits checked per URL piece and header line, read there
+        # without going through the factory.
         limits = factory.limits
+        self._max_line = limits.max_request_line
         self._max_head_bytes = limits.max_request_head_bytes
         self._max_headers = limits.max_request_headers
+        # What llhttp may buffer of a head that is still arriving.
+        self._max_unparsed = 4 * (limits.max_request_line + limits.max_request_head_bytes)
         self._parser = HttpRequestParser(self)
         #: Requests whose head is in, oldest first; the first is the one being answered.
         self.requests: deque[H1Exchange] = deque()
@@ -404,7 +409,7 @@ class ProxyChannel(Protocol):
         except HttpParserError as e:
             self._reject(BadRequest(_parse_error_reason(e, self._in_head, self._url)))
             return
-        if self._in_head and self._unparsed > 4 * self._max_head_bytes:
+        if self._in_head and self._unparsed > self._max_unparsed:
             # llhttp keeps a header line being received in memory whole:
             # bound it even before the line ends.
             self._reject(HeadTooLarge())
@@ -459,15 +464,13 @@ class ProxyChannel(Protocol):
         self._in_head = True
         self._url = b""
         self._headers = []
-        # The request line's method, spaces and version, and the blank line
-        # (for GET): the callbacks below count the rest.
-        self._head_size = 17
+        # The header block's bytes (on_header counts them).
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_size += len(url)
-        if self._head_size > self._max_head_bytes:
-            raise RejectRequest(HeadTooLarge())
+        self._url = url = self._url + url
+        if len(url) > self._max_line:
+            raise RejectRequest(UriTooLong())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers

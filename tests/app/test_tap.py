@@ -11,9 +11,11 @@ from typing import Any, cast
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
 
 import edgeproxy
 from edgeproxy.app.options import Options, version_text
+from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.ops.admin import admin_site
 from edgeproxy.ops.metrics import Metrics
 
@@ -68,3 +70,22 @@ def test_version_option_prints_edgeproxys_version(capsys: pytest.CaptureFixture[
         Options().parseOptions(["--version"])
     assert raised.value.code == 0
     assert capsys.readouterr().out == version_text() + "\n"
+
+
+def test_the_request_head_limits_are_options() -> None:
+    options = Options()
+    options.parseOptions(
+        ["--max-request-line", "100", "--max-header-bytes", "2000", "--max-headers", "20"]
+    )
+    limits = options["settings"].http_limits
+    assert (limits.max_request_line, limits.max_request_head_bytes, limits.max_request_headers) == (
+        100,
+        2000,
+        20,
+    )
+    assert limits.spool_in_memory == 100_000  # the others keep their defaults
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults["settings"].http_limits == HTTPLimits()
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--max-headers", "0"])

@@ -33,6 +33,7 @@ from edgeproxy.core.errors import (
     UpstreamResponseFailed,
     UpstreamTimeout,
     UpstreamUnexpectedFailure,
+    UriTooLong,
     VersionNotSupported,
 )
 
@@ -87,6 +88,7 @@ TABLE = [
     (NoRoute, 404, Outcome.NO_ROUTE, Reason.NO_ROUTE, False),
     (BadRequest, 400, Outcome.REJECTED, Reason.BAD_REQUEST_LINE, False),
     (HeadTooLarge, 431, Outcome.REJECTED, Reason.HEADER_TOO_LARGE, False),
+    (UriTooLong, 414, Outcome.REJECTED, Reason.URI_TOO_LONG, False),
     (VersionNotSupported, 505, Outcome.REJECTED, Reason.VERSION_NOT_SUPPORTED, False),
     (NotImplementedCoding, 501, Outcome.REJECTED, Reason.CODING_NOT_IMPLEMENTED, False),
     (NotImplementedMethod, 501, Outcome.REJECTED, Reason.METHOD_NOT_IMPLEMENTED, False),

@@ -25,6 +25,7 @@ from tests.proxy.test_h1channel import HOST, Conn, final, ok, request
 from tests.upstream.test_h1client import OK, CountingFile, Rig, failure, fetch, started
 
 DEFAULTS = {
+    "max_request_line": 8 * 1024,
     "max_request_head_bytes": 16 * 1024,
     "max_request_headers": 500,
     "max_held_bytes": 64 * 1024,
@@ -70,22 +71,25 @@ def conn(**limits: int) -> Conn:
     return Conn(settings=Settings(http_limits=HTTPLimits(**limits)))
 
 
-def test_the_request_head_limit_is_the_settings() -> None:
-    bare = b"GET / HTTP/1.1\r\n" + HOST + b"\r\n"
-    c = conn(max_request_head_bytes=len(bare) + 10)
-    c.send(b"GET /" + b"a" * 10 + b" HTTP/1.1\r\n" + HOST + b"\r\n")
+def test_the_header_bytes_limit_is_the_settings() -> None:
+    host = len(b"Host") + len(b"shop.example") + 4
+    c = conn(max_request_head_bytes=host + len(b"X") + 4 + 10)
+    c.send(request(headers=b"X: " + b"v" * 10 + b"\r\n"))
     assert len(c.upstream_requests()) == 1
     c.respond(ok(b"x"))
-    c.send(b"GET /" + b"a" * 11 + b" HTTP/1.1\r\n" + HOST + b"\r\n")
+    c.send(request(headers=b"X: " + b"v" * 11 + b"\r\n"))
     assert final(c.responses())[-1].status == 431
     assert c.closing and len(c.upstream_requests()) == 1
 
 
-def test_a_long_target_alone_is_held_to_the_request_head_limit() -> None:
-    c = conn(max_request_head_bytes=100)
-    c.send(b"GET /" + b"a" * 100)
-    assert final(c.responses())[-1].status == 431
-    assert c.closing and c.attempts == 0
+def test_the_request_line_limit_is_the_settings() -> None:
+    c = conn(max_request_line=100)
+    c.send(b"GET /" + b"a" * 99 + b" HTTP/1.1\r\n" + HOST + b"\r\n")
+    assert len(c.upstream_requests()) == 1
+    c.respond(ok(b"x"))
+    c.send(b"GET /" + b"a" * 100)  # refused before the line even ends
+    assert final(c.responses())[-1].status == 414
+    assert c.closing and len(c.upstream_requests()) == 1
 
 
 def test_the_header_count_limit_is_the_settings() -> None:
@@ -98,10 +102,10 @@ def test_the_header_count_limit_is_the_settings() -> None:
     assert c.closing and len(c.upstream_requests()) == 1
 
 
-def test_a_head_still_arriving_is_cut_at_four_times_the_head_limit() -> None:
+def test_a_head_still_arriving_is_cut_at_four_times_the_two_limits() -> None:
     # llhttp strips whitespace before a value, so it is not counted; what is
     # buffered of an unfinished head is cut instead.
-    c = conn(max_request_head_bytes=1000)
+    c = conn(max_request_line=500, max_request_head_bytes=500)
     start = request()[:-2] + b"X-Pad:"
     c.send(start + b" " * (4000 - len(start)))
     assert c.responses() == []
