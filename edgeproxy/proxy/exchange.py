@@ -47,6 +47,7 @@ from edgeproxy.core.errors import (
 )
 from edgeproxy.core.framing import request_framing
 from edgeproxy.core.hostnames import normalise_host
+from edgeproxy.core.paths import has_dot_segment
 from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
 if TYPE_CHECKING:
@@ -405,16 +406,24 @@ class Exchange:
         if split is None:
             raise BadRequest(Reason.BAD_TARGET)
         authority, self.target = split
+        target = self.target
+        # Only a path with "/." or "%2" in it can hold a dot segment.
+        if (b"/." in target or b"%2" in target) and has_dot_segment(target.partition(b"?")[0]):
+            raise BadRequest(Reason.BAD_TARGET)
         if authority is None:
             if self.host is None:
                 raise NoVirtualHost()  # HTTP/1.0 without Host
             authority = self.host
-        elif authority != self.host:
-            # RFC 9112 3.2.2: the target's authority replaces Host, so the
-            # upstream sees the site the request was routed by.
-            self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+        elif self.host is None:
+            # HTTP/1.0 in absolute form without Host: the upstream gets the
+            # site the request was routed by.
             self.headers.append((b"Host", authority))
             self.host = authority
+        elif authority != self.host and normalise_host(authority) != normalise_host(self.host):
+            # Two hosts in one request: which one a cache, a backend or a
+            # log believes is a routing-confusion and poisoning vector
+            # (HAProxy refuses it too).
+            raise BadRequest(Reason.BAD_HOST)
         host = normalise_host(authority)
         if host is None:
             raise BadRequest(Reason.BAD_HOST)

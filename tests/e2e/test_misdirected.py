@@ -109,7 +109,7 @@ def test_host_not_covered_by_the_sni_certificate_is_421(site: Site) -> None:
         status, body, _ = get(conn, "app.test")
         assert (status, backend_of(body)) == (200, "app")
         # The absolute form's authority is the request's host too.
-        response, body = request(conn, "GET", "http://blog.test/x", "app.test")
+        response, body = request(conn, "GET", "http://blog.test/x", "blog.test")
         assert response.status == 421
         # So is a name on the same site the certificate does not list.
         assert get(conn, "www.app.test")[0] == 421

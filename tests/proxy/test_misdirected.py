@@ -99,7 +99,7 @@ def test_the_connection_goes_on_serving_the_covered_host() -> None:
 
 def test_absolute_form_authority_is_checked() -> None:
     h = Harness(b"app.example", _names("app.example"))
-    status = h.status(b"app.example", target=b"http://blog.example/")
+    status = h.status(b"blog.example", target=b"http://blog.example/")
     assert status == b"HTTP/1.1 421 Misdirected Request"
 
 
