@@ -655,9 +655,13 @@ class VirtualHost:
     Names are exact hostnames, one-label wildcards (``*.example.com`` matches
     ``a.example.com`` but neither ``example.com`` nor ``a.b.example.com``) or
     IP literals.  They are normalised (lower case, IDNA, no trailing dot).
+    ``hide_backend`` (the default) drops the upstream's ``Server`` and
+    ``X-Powered-By`` and rewrites a ``Location``, ``Content-Location`` or
+    ``Refresh`` that names an endpoint's address to the host the client used.
     """
 
     names: tuple[str, ...] = attrs.field(converter=_to_names, validator=_validate_names)
     routes: tuple[Route, ...] = attrs.field(
         converter=_to_routes, validator=_validate_routes, kw_only=True
     )
+    hide_backend: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from edgeproxy.cluster.runtime import FULL, ClusterRuntime, Lease, NoSlot
 from edgeproxy.config import Endpoint, Split
+from edgeproxy.core.backends import HIDDEN, REWRITTEN, hide_backend_line
 from edgeproxy.core.errors import (
     EdgeProxyError,
     LimitExceeded,
@@ -52,6 +53,9 @@ __all__ = ["Forwarder"]
 # (100 Continue) and the body is spooled; the request id is edgeproxy's.
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
 _NOT_RETURNED = frozenset({b"x-request-id"})
+# With hide_backend: also what says which backend answered, and what may name it.
+_NOT_RETURNED_HIDING = _NOT_RETURNED | HIDDEN
+_WATCHED = _NOT_RETURNED_HIDING | REWRITTEN
 _CONTROL = re.compile(rb"[\r\n\x00]")
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
@@ -104,16 +108,27 @@ class Forwarder:
 
 
 class ForwardStage(Stage):
-    """The last stage of a route whose target is a cluster."""
+    """The last stage of a route whose target is a cluster.  ``backends``
+    (the endpoints' authorities, :func:`~edgeproxy.core.backends.backend_authorities`)
+    hides them in responses; None leaves responses as they come."""
 
-    def __init__(self, forwarder: Forwarder, runtime: ClusterRuntime) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        runtime: ClusterRuntime,
+        *,
+        backends: frozenset[bytes] | None = None,
+    ) -> None:
         self._forwarder = forwarder
         self._runtime = runtime
         self._name = runtime.cluster.name
+        self._backends = backends
 
     def handle(self, exchange: Exchange) -> None:
         exchange.record.cluster = self._name
-        _Exchange(self._forwarder, exchange, self._runtime, None, None, 0.0).start()
+        _Exchange(
+            self._forwarder, exchange, self._runtime, None, None, 0.0, self._backends
+        ).start()
 
     def __repr__(self) -> str:
         return f"<ForwardStage {self._name}>"
@@ -125,12 +140,19 @@ class SplitStage(Stage):
     gives its share to the others (:meth:`SplitChooser.fallback`)."""
 
     def __init__(
-        self, forwarder: Forwarder, split: Split, chooser: SplitChooser, snapshot: Snapshot
+        self,
+        forwarder: Forwarder,
+        split: Split,
+        chooser: SplitChooser,
+        snapshot: Snapshot,
+        *,
+        backends: frozenset[bytes] | None = None,
     ) -> None:
         self._forwarder = forwarder
         self._split = split
         self._chooser = chooser
         self._snapshot = snapshot
+        self._backends = backends
 
     def handle(self, exchange: Exchange) -> None:
         chooser = self._chooser
@@ -142,7 +164,9 @@ class SplitStage(Stage):
         if not runtime.available():
             runtime = _split_fallback(snapshot, chooser, roll, runtime)
         exchange.record.cluster = runtime.cluster.name
-        _Exchange(self._forwarder, exchange, runtime, set_cookie, chooser, roll).start()
+        _Exchange(
+            self._forwarder, exchange, runtime, set_cookie, chooser, roll, self._backends
+        ).start()
 
     def __repr__(self) -> str:
         return f"<SplitStage {self._chooser!r}>"
@@ -178,8 +202,11 @@ class _Exchange:
         set_cookie: bytes | None,
         chooser: SplitChooser | None,
         roll: float,
+        backends: frozenset[bytes] | None = None,
     ) -> None:
         self._forwarder = forwarder
+        #: The endpoints' authorities to hide in the response (None: none hidden).
+        self._backends = backends
         self._request = request
         self._runtime = runtime
         self._cluster = runtime.cluster
@@ -463,10 +490,15 @@ class _Exchange:
         # Ours wins over an X-Request-Id the upstream may echo, so client and log agree.
         # h1client already left out the hop-by-hop headers.
         fields = response.header_fields
-        if _NOT_RETURNED.isdisjoint(map(_first, fields)):
+        backends = self._backends
+        if (_NOT_RETURNED if backends is None else _WATCHED).isdisjoint(map(_first, fields)):
             lines = list(map(_second, fields))
-        else:
+        elif backends is None:
             lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
+        elif REWRITTEN.isdisjoint(map(_first, fields)):
+            lines = [line for lname, line in fields if lname not in _NOT_RETURNED_HIDING]
+        else:
+            lines = self._hiding(fields, backends)
         if self._set_cookie is not None:
             lines.append(b"Set-Cookie: " + self._set_cookie)
         length = response.length
@@ -490,6 +522,21 @@ class _Exchange:
         response.deliverBody(relay)
         relay.arm()
         request.flush_head()
+
+    def _hiding(
+        self, fields: list[tuple[bytes, bytes]], backends: frozenset[bytes]
+    ) -> list[bytes]:
+        """The response's lines without what names the backends (hide_backend)."""
+        request = self._request
+        public = (b"https://" if request.tls else b"http://") + (request.host or b"")
+        lines = []
+        for lname, line in fields:
+            if lname in _NOT_RETURNED_HIDING:
+                continue
+            if lname in REWRITTEN:
+                line = hide_backend_line(lname, line, backends, public)
+            lines.append(line)
+        return lines
 
     def _on_body_done(self, broke_off: Reason | None) -> None:
         self._relay = None

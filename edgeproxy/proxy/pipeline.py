@@ -25,6 +25,7 @@ from edgeproxy.cache.registry import CacheStores, store_name
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import Route, Split, VirtualHost
 from edgeproxy.config.settings import Settings
+from edgeproxy.core.backends import backend_authorities
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.exchange import Plan, RouteChain, Stage
 from edgeproxy.proxy.forward import Forwarder, ForwardStage, SplitStage
@@ -59,11 +60,20 @@ def route_stages(
                 cache, store, counters, clock=forwarder.clock, invalidate=caches.invalidate
             )
         )
+    backends = None
+    if vhost is None or vhost.hide_backend:
+        backends = backend_authorities(
+            str(endpoint) for cluster in route.clusters for endpoint in cluster.endpoints
+        )
     target = route.target
     if isinstance(target, Split):
-        stages.append(SplitStage(forwarder, target, snapshot.splits[id(target)], snapshot))
+        stages.append(
+            SplitStage(
+                forwarder, target, snapshot.splits[id(target)], snapshot, backends=backends
+            )
+        )
     else:
-        stages.append(ForwardStage(forwarder, snapshot.clusters[target.name]))
+        stages.append(ForwardStage(forwarder, snapshot.clusters[target.name], backends=backends))
     return stages
 
 

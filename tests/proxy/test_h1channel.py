@@ -207,12 +207,14 @@ class Conn:
     settings: Settings = field(default_factory=Settings)
     reactor: MemoryReactorClock = field(default_factory=MemoryReactorClock)
     upstreams: list[Upstream] = field(default_factory=list)
+    hide_backend: bool = True
 
     def __post_init__(self) -> None:
         config = make_config(
             VirtualHost(
                 ["shop.example"],
                 routes=[Route("/", WEB), Route("/small/", WEB, max_body_size=10)],
+                hide_backend=self.hide_backend,
             )
         )
         rng = random.Random(1)
@@ -1721,3 +1723,32 @@ def test_upstream_100_continue_is_forwarded_when_edgeproxy_sent_none() -> None:
     c.send(request(b"POST", headers=b"Content-Length: 5\r\n", body=b"hello"))
     c.respond(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"done"))
     assert [r.status for r in c.responses()] == [100, 200]
+
+
+# -- hidden backends ----------------------------------------------------------------------
+
+REVEALING = (
+    b"Server: gunicorn/21\r\nX-Powered-By: PHP/8\r\nX-Kept: yes\r\n"
+    b"Location: http://10.0.0.1/login\r\nRefresh: 3; url=http://10.0.0.1:80/r\r\n"
+)
+
+
+def test_the_backend_is_hidden_by_default() -> None:
+    c = Conn()
+    c.send(request())
+    c.respond(ok(b"x", status=b"302 Found", headers=REVEALING))
+    [response] = c.responses()
+    assert response.values(b"server") == [] and response.values(b"x-powered-by") == []
+    assert response.values(b"x-kept") == [b"yes"]
+    assert response.values(b"location") == [b"https://shop.example/login"]
+    assert response.values(b"refresh") == [b"3; url=https://shop.example/r"]
+
+
+def test_hide_backend_false_passes_everything_on() -> None:
+    c = Conn(hide_backend=False)
+    c.send(request())
+    c.respond(ok(b"x", status=b"302 Found", headers=REVEALING))
+    [response] = c.responses()
+    assert response.values(b"server") == [b"gunicorn/21"]
+    assert response.values(b"x-powered-by") == [b"PHP/8"]
+    assert response.values(b"location") == [b"http://10.0.0.1/login"]
