@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_RESPONSE_TIMEOUT",
+    "HSTS",
     "Cache",
     "Cluster",
     "ConsistentHash",
@@ -607,6 +608,35 @@ class Route:
         return self.target.clusters if isinstance(self.target, Split) else (self.target,)
 
 
+@attrs.frozen
+class HSTS:
+    """``HSTS(max_age=31536000, include_subdomains=True, preload=False)``: the
+    ``Strict-Transport-Security`` header (RFC 6797) on every response of a
+    virtual host over TLS (never over plain http, where browsers ignore it).
+    ``preload`` asks to be in the browsers' preload lists, whose rules it
+    checks: ``include_subdomains`` and a ``max_age`` of a year or more."""
+
+    max_age: int = attrs.field(default=31536000, validator=_non_negative_int)
+    include_subdomains: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
+    preload: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.preload and not (self.include_subdomains and self.max_age >= 31536000):
+            raise ValueError(
+                "HSTS preload needs include_subdomains=True and max_age of at least 31536000"
+            )
+
+    @property
+    def value(self) -> str:
+        """The header's value (``max-age=31536000; includeSubDomains``)."""
+        parts = [f"max-age={self.max_age}"]
+        if self.include_subdomains:
+            parts.append("includeSubDomains")
+        if self.preload:
+            parts.append("preload")
+        return "; ".join(parts)
+
+
 def _to_names(value: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -658,6 +688,7 @@ class VirtualHost:
     ``hide_backend`` (the default) drops the upstream's ``Server`` and
     ``X-Powered-By`` and rewrites a ``Location``, ``Content-Location`` or
     ``Refresh`` that names an endpoint's address to the host the client used.
+    ``hsts`` (an :class:`HSTS`) sends ``Strict-Transport-Security`` over TLS.
     """
 
     names: tuple[str, ...] = attrs.field(converter=_to_names, validator=_validate_names)
@@ -665,3 +696,4 @@ class VirtualHost:
         converter=_to_routes, validator=_validate_routes, kw_only=True
     )
     hide_backend: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
+    hsts: HSTS | None = attrs.field(default=None, validator=_optional(HSTS, "HSTS"), kw_only=True)

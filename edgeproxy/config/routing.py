@@ -53,11 +53,16 @@ class RouteMatch(NamedTuple):
 class VirtualHostTable:
     """The routes of one virtual host: longest plain string prefix wins."""
 
-    __slots__ = ("_by_length", "_lengths", "vhost_name", "virtual_host")
+    __slots__ = ("_by_length", "_lengths", "hsts_line", "vhost_name", "virtual_host")
 
     def __init__(self, virtual_host: VirtualHost) -> None:
         self.virtual_host = virtual_host
         self.vhost_name = virtual_host.names[0]
+        hsts = virtual_host.hsts
+        #: The ``Strict-Transport-Security`` line its TLS responses carry, if any.
+        self.hsts_line = (
+            None if hsts is None else b"Strict-Transport-Security: " + hsts.value.encode("ascii")
+        )
         by_length: dict[int, dict[bytes, Route]] = {}
         for route in virtual_host.routes:
             prefix = prefix_bytes(route.prefix)

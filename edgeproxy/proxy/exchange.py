@@ -308,6 +308,8 @@ class Exchange:
     _watchers: list[Callable[[Failure | None], object]] | None = None
     #: Stages watching the response (None on the plain path: one test per write).
     observers: list[ResponseObserver] | None = None
+    #: ``Strict-Transport-Security`` for every response (its virtual host's ``hsts``, over TLS).
+    hsts_line: bytes | None = None
 
     def __init__(
         self,
@@ -433,6 +435,8 @@ class Exchange:
         self.vhost = vhost = plan.snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
+        if vhost.hsts_line is not None and self.factory.tls:
+            self.hsts_line = vhost.hsts_line
         self.match = match = vhost.match(self.target)
         if match is None:
             raise NoRoute()

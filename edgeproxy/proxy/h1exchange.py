@@ -16,6 +16,7 @@ __all__ = ["H1Exchange"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_STS = b"strict-transport-security:"
 
 
 class H1Exchange(Exchange):
@@ -59,6 +60,11 @@ class H1Exchange(Exchange):
         request_id = record.request_id
         if request_id is not None:
             lines.append(b"X-Request-Id: " + request_id.encode("ascii"))
+        hsts = self.hsts_line
+        if hsts is not None:
+            # The virtual host's policy, not whatever a backend says.
+            lines = [line for line in lines if line[:26].lower() != _STS]
+            lines.append(hsts)
         framing = sent_response_framing(self.method == b"HEAD", code, length, self.http11)
         if framing >= 0:
             lines.append(b"Content-Length: %d" % framing)

@@ -2,7 +2,8 @@
 Hidden backends through the real ``twistd edgeproxy`` over TLS: by default
 the upstream's ``Server`` and ``X-Powered-By`` are dropped and a redirect to
 the backend's own address is rewritten to the host the client used;
-``hide_backend=False`` passes them on.
+``hide_backend=False`` passes them on.  The first virtual host also sends
+``Strict-Transport-Security`` (``hsts=HSTS()``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from tests.e2e.cachekit import Reply, ScriptedBackend
 from tests.e2e.harness import ProxyProcess, client_context, https_connection, request
 
 CONFIG = """
-from edgeproxy.config import Cluster, Route, VirtualHost
+from edgeproxy.config import HSTS, Cluster, Route, VirtualHost
 
 app = Cluster("app", endpoints=["{origin}"])
 virtual_hosts = [
-    VirtualHost(["hidden.example"], routes=[Route("/", app)]),
+    VirtualHost(["hidden.example"], routes=[Route("/", app)], hsts=HSTS()),
     VirtualHost(["open.example"], routes=[Route("/", app)], hide_backend=False),
 ]
 """
@@ -82,6 +83,8 @@ def test_the_backend_is_hidden_by_default(
     headers = get(setup, "hidden.example")
     assert "server" not in headers and "x-powered-by" not in headers
     assert headers["location"] == ["https://hidden.example/welcome?x=1"]
+    # (and this virtual host's HSTS policy, issue 16's TLS hardening)
+    assert headers["strict-transport-security"] == ["max-age=31536000; includeSubDomains"]
 
 
 def test_hide_backend_false_shows_what_the_backend_said(
@@ -92,3 +95,4 @@ def test_hide_backend_false_shows_what_the_backend_said(
     assert headers["server"] == ["origin-server/1.0"]
     assert headers["x-powered-by"] == ["Express"]
     assert headers["location"] == [f"http://{origin.address}/welcome?x=1"]
+    assert "strict-transport-security" not in headers
