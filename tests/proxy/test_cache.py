@@ -5,9 +5,6 @@ once per key, freshness running out) is exact and needs no sleeps."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +27,7 @@ from tests.memproxy import (
     proxy_factory,
     refuse_upstream,
 )
-from tests.proxy.test_no_cycles import SocketLike, garbage_of
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.proxy.test_no_cycles import SocketLike, garbage_in_fresh_interpreter, garbage_of
 
 # No outlier detection: the garbage scenarios fail the same endpoint again and again.
 ORIGIN = Cluster("origin", endpoints=["10.0.0.1:80"], outlier_detection=None)
@@ -349,19 +344,7 @@ def cache_scenario(name: str) -> list[str]:
     ["fill", "abort", "hit", "collapsed", "revalidated", "refused", "stale-if-error", "background"],
 )
 def test_cache_exchanges_leave_no_cyclic_garbage(name: str) -> None:
-    code = (
-        "import json; from tests.proxy.test_cache import cache_scenario; "
-        f"print(json.dumps(cache_scenario({name!r})))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=True,
-    ).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == []
+    assert garbage_in_fresh_interpreter("tests.proxy.test_cache", "cache_scenario", name) == []
 
 
 def test_two_processes_sharing_a_disk_store_fetch_a_miss_once(tmp_path: Path) -> None:

@@ -114,11 +114,10 @@ def scenario(name: str) -> list[str]:
     return garbage_of(not_found)
 
 
-# In a fresh interpreter: in the test process, other tests' objects can turn
-# into garbage while these run.
-@pytest.mark.parametrize("name", ["whole", "streamed", "interim", "error"])
-def test_a_request_leaves_no_cyclic_garbage(name: str) -> None:
-    code = f"import json; from tests.proxy.test_no_cycles import scenario; print(json.dumps(scenario({name!r})))"
+def garbage_in_fresh_interpreter(module: str, function: str, name: str) -> list[str]:
+    """``module.function(name)``'s garbage types, run in a fresh interpreter:
+    in the test process, other tests' objects can turn into garbage meanwhile."""
+    code = f"import json; from {module} import {function}; print(json.dumps({function}({name!r})))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -127,7 +126,13 @@ def test_a_request_leaves_no_cyclic_garbage(name: str) -> None:
         cwd=ROOT,
         check=True,
     ).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == []
+    found: list[str] = json.loads(out.strip().splitlines()[-1])
+    return found
+
+
+@pytest.mark.parametrize("name", ["whole", "streamed", "interim", "error"])
+def test_a_request_leaves_no_cyclic_garbage(name: str) -> None:
+    assert garbage_in_fresh_interpreter("tests.proxy.test_no_cycles", "scenario", name) == []
 
 
 # -- abort and error paths, in memory ----------------------------------------------
