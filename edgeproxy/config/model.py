@@ -510,6 +510,25 @@ class Split:
         return tuple(cluster for cluster, _ in self.weights)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _to_networks(value: Iterable[str] | str) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"allow and deny are lists of networks ('10.0.0.0/8'), not {value!r}")
+    networks = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"a network must be a string such as '10.0.0.0/8', not {item!r}")
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an address or network: {item!r}") from None
+    return tuple(networks)
+
+
 def _validate_target(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, Cluster | Split):
         raise TypeError(f"route target must be a Cluster or a Split, not {value!r}")
@@ -589,7 +608,9 @@ class Route:
     takes the process default ``--max-body-size``).  ``plain_http`` serves
     the route on the plain HTTP listener instead of redirecting it to https.
     ``cache`` puts an RFC 9111 shared cache in front of the target
-    (:class:`Cache`; None, the default, caches nothing).
+    (:class:`Cache`; None, the default, caches nothing).  ``allow`` and
+    ``deny`` (networks such as ``"10.0.0.0/8"``) answer 403 to a client
+    address ``deny`` holds, or that ``allow``, when given, does not.
     """
 
     prefix: str = attrs.field(validator=_validate_prefix)
@@ -602,6 +623,8 @@ class Route:
     cache: Cache | None = attrs.field(
         default=None, validator=_optional(Cache, "Cache"), kw_only=True
     )
+    allow: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    deny: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
 
     @property
     def clusters(self) -> tuple[Cluster, ...]:
@@ -689,6 +712,7 @@ class VirtualHost:
     ``X-Powered-By`` and rewrites a ``Location``, ``Content-Location`` or
     ``Refresh`` that names an endpoint's address to the host the client used.
     ``hsts`` (an :class:`HSTS`) sends ``Strict-Transport-Security`` over TLS.
+    ``allow`` and ``deny`` are as on :class:`Route`, for every route of it.
     """
 
     names: tuple[str, ...] = attrs.field(converter=_to_names, validator=_validate_names)
@@ -697,3 +721,5 @@ class VirtualHost:
     )
     hide_backend: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
     hsts: HSTS | None = attrs.field(default=None, validator=_optional(HSTS, "HSTS"), kw_only=True)
+    allow: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    deny: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "EdgeProxyError",
+    "Forbidden",
     "HeadTooLarge",
     "LimitExceeded",
     "MisdirectedRequest",
@@ -82,6 +83,8 @@ class Reason(StrEnum):
     METHOD_NOT_IMPLEMENTED = "method_not_implemented"
     #: ``Cache-Control: only-if-cached`` and nothing usable stored (504).
     NOT_CACHED = "not_cached"
+    #: The client's address is not allowed on the route (403).
+    FORBIDDEN = "forbidden"
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
     MISDIRECTED_REQUEST = "misdirected_request"
@@ -220,6 +223,16 @@ class BodyTooLarge(EdgeProxyError):
     public_message = "request body too large"
     outcome = Outcome.REJECTED
     reason = Reason.BODY_TOO_LARGE
+
+
+class Forbidden(EdgeProxyError):
+    """The client's address is denied, or not allowed, by the route's or
+    its virtual host's ``allow``/``deny`` (403)."""
+
+    status_hint = 403
+    public_message = "forbidden"
+    outcome = Outcome.REJECTED
+    reason = Reason.FORBIDDEN
 
 
 class NotCached(EdgeProxyError):

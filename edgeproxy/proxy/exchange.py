@@ -384,8 +384,8 @@ class Exchange:
         # Not routed (it is answered with its error): the listener's own limits.
         for stage in plan.unrouted_at_head if chain is None else chain.at_head:
             stage.on_head(self)
-        if self.discarding:
-            return
+            if self.discarding:
+                return  # refused: the first refusal is the answer
         if length > 0:
             self.body_length = 0
             if length > factory.settings.http_limits.spool_in_memory:

@@ -29,7 +29,7 @@ from edgeproxy.core.backends import backend_authorities
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.exchange import Plan, RouteChain, Stage
 from edgeproxy.proxy.forward import Forwarder, ForwardStage, SplitStage
-from edgeproxy.proxy.stages import BodyLimit, HttpsRedirect
+from edgeproxy.proxy.stages import AccessRules, BodyLimit, HttpsRedirect
 
 __all__ = ["Pipeline", "build_plan", "route_stages"]
 
@@ -49,6 +49,11 @@ def route_stages(
     not, fresh (a stage belongs to one chain)."""
     limit = route.max_body_size if route.max_body_size is not None else max_body_size
     stages: list[Stage] = [BodyLimit(limit)]
+    vhost_allow = vhost.allow if vhost is not None else ()
+    vhost_deny = vhost.deny if vhost is not None else ()
+    if vhost_allow or vhost_deny or route.allow or route.deny:
+        # First: a client refused here is refused before anything else.
+        stages.insert(0, AccessRules((vhost_allow, route.allow), vhost_deny + route.deny))
     if not tls and not route.plain_http:
         stages.append(HttpsRedirect(https_port))
         return stages

@@ -8,13 +8,16 @@ shows how a new stage is added.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
-from edgeproxy.core.errors import BodyTooLarge, Outcome
+from edgeproxy.core.errors import BodyTooLarge, Forbidden, Outcome
 from edgeproxy.core.hostnames import normalise_host
 from edgeproxy.proxy.exchange import Exchange, Stage
 
-__all__ = ["BodyLimit", "HttpsRedirect"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+__all__ = ["AccessRules", "BodyLimit", "HttpsRedirect"]
 
 
 class BodyLimit(Stage):
@@ -32,6 +35,46 @@ class BodyLimit(Stage):
 
     def __repr__(self) -> str:
         return f"<BodyLimit {self.limit}>"
+
+
+class AccessRules(Stage):
+    """``allow``/``deny`` of a route and its virtual host (head time, before
+    the body is read): a client address any ``deny`` holds, or that some
+    non-empty ``allow`` does not, gets 403.  Both lists are checked, the
+    virtual host's and the route's.  Verdicts are kept per address (bounded)."""
+
+    _MEMO = 4096
+
+    def __init__(
+        self, allow: tuple[tuple[Network, ...], ...], deny: tuple[Network, ...]
+    ) -> None:
+        #: Each non-empty allow list (the virtual host's, the route's): all must hold.
+        self._allow = tuple(a for a in allow if a)
+        self._deny = deny
+        self._verdicts: dict[str, bool] = {}
+
+    def on_head(self, exchange: Exchange) -> None:
+        address = exchange.client_ip
+        allowed = self._verdicts.get(address)
+        if allowed is None:
+            allowed = self._judge(address)
+            if len(self._verdicts) >= self._MEMO:
+                self._verdicts.clear()
+            self._verdicts[address] = allowed
+        if not allowed:
+            exchange.reject_early(Forbidden())
+
+    def _judge(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False  # no address (a UNIX socket): nothing to allow it by
+        if any(ip in network for network in self._deny):
+            return False
+        return all(any(ip in network for network in allow) for allow in self._allow)
+
+    def __repr__(self) -> str:
+        return f"<AccessRules allow={self._allow} deny={self._deny}>"
 
 
 class HttpsRedirect(Stage):
