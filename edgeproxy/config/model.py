@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from edgeproxy.config.settings import IPNetwork
 from edgeproxy.core.hostnames import normalise_name, normalise_pattern
 
 __all__ = [
@@ -510,10 +511,7 @@ class Split:
         return tuple(cluster for cluster, _ in self.weights)
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _to_networks(value: Iterable[str] | str) -> tuple[Network, ...]:
+def _to_networks(value: Iterable[str] | str) -> tuple[IPNetwork, ...]:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, bytes) or not isinstance(value, Iterable):
@@ -623,8 +621,8 @@ class Route:
     cache: Cache | None = attrs.field(
         default=None, validator=_optional(Cache, "Cache"), kw_only=True
     )
-    allow: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
-    deny: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
 
     @property
     def clusters(self) -> tuple[Cluster, ...]:
@@ -721,5 +719,5 @@ class VirtualHost:
     )
     hide_backend: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
     hsts: HSTS | None = attrs.field(default=None, validator=_optional(HSTS, "HSTS"), kw_only=True)
-    allow: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
-    deny: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)

@@ -231,16 +231,15 @@ class CacheStage(Stage):
         client's own validators match it; ``flags`` without
         :data:`CONDITIONAL` says it has none)."""
         head = entry.head
+        exchange.record.outcome = Outcome.OK
         if flags & CONDITIONAL and not_modified(exchange.method, exchange.headers, head):
             lines = not_modified_lines(head, now)
             lines.append(_CACHE_STATUS + status)
-            exchange.record.outcome = Outcome.OK
             exchange.send_head_lines(304, _NOT_MODIFIED, lines, None)
             exchange.finish()
             return
         lines = served_lines(head, now)
         lines.append(_CACHE_STATUS + status)
-        exchange.record.outcome = Outcome.OK
         length = head.body_length
         if exchange.method == _HEAD:
             # The length of what a GET would get (RFC 9110 9.3.2).
@@ -292,8 +291,7 @@ class CacheStage(Stage):
             return
         self.refreshing.add(key)
         self.counters.revalidating()
-        policy = request_policy(())
-        fill = _Fill(self, None, exchange, key, policy, entry, "stale", store=True)
+        fill = _Fill(self, None, exchange, key, PLAIN_REQUEST, entry, "stale", store=True)
         self.next(fill)
 
     def passed_through(self, exchange: Exchange, key: bytes, policy: RequestPolicy) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from edgeproxy.config.settings import IPNetwork
 from edgeproxy.core.errors import BodyTooLarge, Forbidden, Outcome
 from edgeproxy.core.hostnames import normalise_host
 from edgeproxy.proxy.exchange import Exchange, Stage
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 __all__ = ["AccessRules", "BodyLimit", "HttpsRedirect"]
 
@@ -46,7 +45,7 @@ class AccessRules(Stage):
     _MEMO = 4096
 
     def __init__(
-        self, allow: tuple[tuple[Network, ...], ...], deny: tuple[Network, ...]
+        self, allow: tuple[tuple[IPNetwork, ...], ...], deny: tuple[IPNetwork, ...]
     ) -> None:
         #: Each non-empty allow list (the virtual host's, the route's): all must hold.
         self._allow = tuple(a for a in allow if a)

@@ -88,11 +88,7 @@ def admin(proxy: ProxyProcess, method: str, path: str) -> tuple[int, bytes]:
 
 def served(proxy: ProxyProcess, path: str) -> set[int]:
     """The workers whose access log shows ``path``."""
-    return {
-        int(m.group(1))
-        for line in list(proxy.output)
-        if f" {path} " in line and (m := _ACCESS.search(line))
-    }
+    return set(list_served(proxy, path))
 
 
 FRESH = Reply(headers=[("Cache-Control", "max-age=600")], body=b"stored once")
