@@ -68,6 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edgeproxy.core.addresses import Networks
 from edgeproxy.core.errors import (
     BadRequest,
     EdgeProxyError,
@@ -238,6 +239,7 @@ class ProxyChannel(Protocol):
     draining = False
     _handshake_done = False
     _client_ip: str | None = None
+    _peer_trusted: bool | None = None
     #: The names the certificate served for the client's SNI name covers; a
     #: request for any other host gets 421.  None: nothing to check (plain
     #: HTTP, or a TLS client that sent no SNI).
@@ -312,6 +314,16 @@ class ProxyChannel(Protocol):
                     pass
             self._client_ip = ip
         return ip
+
+    @property
+    def peer_trusted(self) -> bool:
+        """The peer is a trusted forwarder (``--trusted-source``): its
+        forwarding headers and ``X-Request-Id`` are believed."""
+        trusted = self._peer_trusted
+        if trusted is None:
+            networks = self.factory.trusted
+            trusted = self._peer_trusted = bool(networks) and self.client_ip in networks
+        return trusted
 
     def handshakeCompleted(self) -> None:
         """Called by the TLS layer under this channel."""
@@ -726,6 +738,8 @@ class ProxyFactory(ServerFactory):
         self.settings = settings
         self.limits: HTTPLimits = settings.http_limits
         self.timeout: float = settings.keepalive_timeout
+        #: ``--trusted-source``: the forwarders whose headers are believed.
+        self.trusted = Networks(settings.trusted_sources)
         self.access_log = access_log
         self.clock = clock
 
