@@ -131,7 +131,7 @@ class Listener(Protocol):
     @property
     def pipeline(self) -> Dispatch: ...
     @property
-    def trusted(self) -> Networks: ...
+    def trusted(self) -> Networks | None: ...
 
 
 class Channel(Protocol):
@@ -147,6 +147,8 @@ class Channel(Protocol):
     def client_ip(self) -> str: ...
     @property
     def peer_trusted(self) -> bool: ...
+    @property
+    def replaces_forwarding(self) -> bool: ...
     def clock_seconds(self) -> float: ...
     def covers(self, host: str) -> bool: ...
     def tls_details(self) -> tuple[str | None, str | None]: ...
@@ -504,13 +506,12 @@ class Exchange:
         header gives it uncompressed), ``"-"`` when there is none: the peer's
         (:attr:`peer_ip`), or behind a trusted forwarder the one its
         forwarding headers name (:func:`~edgeproxy.core.addresses.forwarded_client`)."""
+        channel = self.channel
+        if not channel.peer_trusted:
+            return channel.client_ip
         client = self._client_ip
         if client is None:
-            channel = self.channel
-            client = channel.client_ip
-            if channel.peer_trusted:
-                client = self._forwarded_client(client)
-            self._client_ip = client
+            client = self._client_ip = self._forwarded_client(channel.client_ip)
         return client
 
     @property
@@ -529,8 +530,9 @@ class Exchange:
                 forwarded.append(value)
         if not x_forwarded_for and not forwarded:
             return peer
-        chain = forwarded_elements(x_forwarded_for, forwarded)
-        return forwarded_client(chain, peer, self.factory.trusted)
+        trusted = self.factory.trusted
+        assert trusted is not None  # the peer is trusted by one of them
+        return forwarded_client(forwarded_elements(x_forwarded_for, forwarded), peer, trusted)
 
     @property
     def tls(self) -> bool:

@@ -249,11 +249,7 @@ class _Exchange:
             proto="https" if request.factory.tls else "http",
             host=request.host,
             via=self._forwarder._via,
-            drop=(
-                _NOT_FORWARDED
-                if channel.peer_trusted or not request.factory.trusted
-                else _NOT_FORWARDED_UNTRUSTED
-            ),
+            drop=_NOT_FORWARDED_UNTRUSTED if channel.replaces_forwarding else _NOT_FORWARDED,
         )
         request_id = request.record.request_id
         if request_id is not None:

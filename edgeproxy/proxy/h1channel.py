@@ -239,7 +239,12 @@ class ProxyChannel(Protocol):
     draining = False
     _handshake_done = False
     _client_ip: str | None = None
-    _peer_trusted: bool | None = None
+    #: The peer is a trusted forwarder (``--trusted-source``): its forwarding
+    #: headers and ``X-Request-Id`` are believed.  Judged once, at connect.
+    peer_trusted = False
+    #: Some forwarders are trusted and the peer is not one: the forwarding
+    #: chain it sent is replaced, not extended.
+    replaces_forwarding = False
     #: The names the certificate served for the client's SNI name covers; a
     #: request for any other host gets 421.  None: nothing to check (plain
     #: HTTP, or a TLS client that sent no SNI).
@@ -300,6 +305,11 @@ class ProxyChannel(Protocol):
             metrics.connection_opened(factory.kind)
         self._last_data = self.clock_seconds()
         self._timer = factory.clock.callLater(factory.timeout, self._timed_out)
+        trusted = factory.trusted
+        if trusted is not None:
+            # The peer is known by now (a PROXY header is read before this).
+            self.peer_trusted = self.client_ip in trusted
+            self.replaces_forwarding = not self.peer_trusted
 
     @property
     def client_ip(self) -> str:
@@ -314,16 +324,6 @@ class ProxyChannel(Protocol):
                     pass
             self._client_ip = ip
         return ip
-
-    @property
-    def peer_trusted(self) -> bool:
-        """The peer is a trusted forwarder (``--trusted-source``): its
-        forwarding headers and ``X-Request-Id`` are believed."""
-        trusted = self._peer_trusted
-        if trusted is None:
-            networks = self.factory.trusted
-            trusted = self._peer_trusted = bool(networks) and self.client_ip in networks
-        return trusted
 
     def handshakeCompleted(self) -> None:
         """Called by the TLS layer under this channel."""
@@ -739,7 +739,7 @@ class ProxyFactory(ServerFactory):
         self.limits: HTTPLimits = settings.http_limits
         self.timeout: float = settings.keepalive_timeout
         #: ``--trusted-source``: the forwarders whose headers are believed.
-        self.trusted = Networks(settings.trusted_sources)
+        self.trusted = Networks(settings.trusted_sources) if settings.trusted_sources else None
         self.access_log = access_log
         self.clock = clock
 
