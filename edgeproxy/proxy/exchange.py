@@ -34,6 +34,7 @@ from twisted.web.http import RESPONSES
 from edgeproxy.config import Route
 from edgeproxy.config.routing import RouteMatch, VirtualHostTable
 from edgeproxy.config.settings import IPNetwork, Settings
+from edgeproxy.config.tlspolicy import TLSPolicy
 from edgeproxy.core.errors import (
     BadRequest,
     BodyTooLarge,
@@ -143,8 +144,13 @@ class Channel(Protocol):
     def covered_host(self) -> str | None: ...
     @property
     def client_ip(self) -> str: ...
+    @property
+    def met_policy(self) -> TLSPolicy | None: ...
+    @property
+    def client_subject(self) -> bytes | None: ...
     def clock_seconds(self) -> float: ...
     def covers(self, host: str) -> bool: ...
+    def meets(self, policy: TLSPolicy) -> bool: ...
     def tls_details(self) -> tuple[str | None, str | None]: ...
     def write_now(self, data: bytes) -> None: ...
     def register_body_producer(self, producer: IPushProducer | None) -> None: ...
@@ -435,6 +441,16 @@ class Exchange:
         self.vhost = vhost = plan.snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
+        policy = vhost.tls_policy
+        if (
+            policy is not None
+            and self.factory.tls
+            and policy is not channel.met_policy
+            and not channel.meets(policy)
+        ):
+            # Its handshake was not held to this host's TLS policy (another
+            # name in SNI, or none): a new connection naming it would be.
+            raise MisdirectedRequest()
         if vhost.hsts_line is not None and self.factory.tls:
             self.hsts_line = vhost.hsts_line
         self.match = match = vhost.match(self.target)

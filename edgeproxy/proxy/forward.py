@@ -57,6 +57,21 @@ _NOT_RETURNED = frozenset({b"x-request-id"})
 _NOT_RETURNED_HIDING = _NOT_RETURNED | HIDDEN
 _WATCHED = _NOT_RETURNED_HIDING | REWRITTEN
 _CONTROL = re.compile(rb"[\r\n\x00]")
+_DROPPING: dict[bytes, frozenset[bytes]] = {}
+
+
+def _dropping(header: bytes) -> frozenset[bytes]:
+    """:data:`_NOT_FORWARDED` and a virtual host's client subject header (one
+    set per header name configured, so :func:`upstream_request_headers`
+    finds it in its cache)."""
+    found = _DROPPING.get(header)
+    if found is None:
+        if len(_DROPPING) >= 256:
+            _DROPPING.clear()
+        found = _DROPPING[header] = _NOT_FORWARDED | {header.lower()}
+    return found
+
+
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 _LOST = Failure(ConnectionDone())
@@ -238,14 +253,21 @@ class _Exchange:
 
     def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         request = self._request
+        vhost = request.vhost
+        subject_header = vhost.client_subject_header if vhost is not None else None
         kept = upstream_request_headers(
             request.headers,
             client_ip=request.client_ip,
             proto="https" if request.factory.tls else "http",
             host=request.host,
             via=self._forwarder._via,
-            drop=_NOT_FORWARDED,
+            drop=_NOT_FORWARDED if subject_header is None else _dropping(subject_header),
         )
+        if subject_header is not None and request.factory.tls:
+            # Only ever the verified subject: the client's own was dropped above.
+            subject = request.channel.client_subject
+            if subject is not None:
+                kept.append((subject_header, subject))
         request_id = request.record.request_id
         if request_id is not None:
             kept.append((b"X-Request-Id", request_id.encode("ascii")))
