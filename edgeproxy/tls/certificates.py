@@ -54,7 +54,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import (
     dsa,
@@ -491,11 +491,11 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def client_subject(connection: SSL.Connection) -> bytes | None:
-    """The verified client certificate's subject as an RFC 4514 string
+    """The client certificate's subject as an RFC 4514 string
     (``CN=alice,O=Example``), UTF-8, controls escaped as ``\\XX``; None when
-    the client sent none or it did not verify."""
-    if connection.get_verify_result() != 0:
-        return None
+    the client sent none.  Verified when the connection's policy has a
+    ``client_ca``: the handshake (or the session it resumed) required it and
+    OpenSSL fails a handshake whose certificate does not verify."""
     peer = connection.get_peer_certificate(as_cryptography=True)
     if peer is None:
         return None
@@ -518,13 +518,12 @@ def make_policy_context(
     client_ca = policy.client_ca
     if client_ca is not None:
         store = context.get_cert_store()
-        assert store is not None
-        names = []
+        assert store is not None  # a server context always has one
         for ca in client_ca.certificates:
-            x509_ca = crypto.X509.from_cryptography(ca)
-            store.add_cert(x509_ca)
-            names.append(x509_ca.get_subject())
-        context.set_client_ca_list(names)
+            store.add_cert(crypto.X509.from_cryptography(ca))
+            # The names sent in the CertificateRequest, so a client with
+            # several certificates picks one from this CA.
+            context.add_client_ca(ca)
         context.set_verify(_VERIFY_CLIENT)
     context.set_app_data(PolicyNames(frozenset(certificate.names), policy))
     return context
@@ -564,6 +563,77 @@ class CertificateIndex(certindex.CertificateIndex[LoadedCertificate]):
         return found.context if found is not None else None
 
 
+_ALERT_HANDSHAKE_FAILURE = 40
+_ALERT_PROTOCOL_VERSION = 70
+_ALERT_INTERNAL_ERROR = 80
+
+# The servername callback, installed through cryptography's bindings rather
+# than pyOpenSSL's set_tlsext_servername_callback, whose wrapper cannot end a
+# handshake with an alert of ours (only by raising, and then it prints the
+# traceback and sends unrecognized_name).  It needs pyOpenSSL's map from SSL
+# pointers to connections and the connection's SSL pointer (as pyOpenSSL's
+# own wrapper does); when any is missing, pyOpenSSL's wrapper is used and a
+# refusal leaves the connection on the bootstrap context instead: a fresh
+# handshake still fails, a resumed one is left to the channel, which answers
+# its requests 421 (see edgeproxy.proxy.h1channel, ``meets``).
+try:
+    _servername_binding: Any = _Binding()
+    _set_servername = _servername_binding.lib.SSL_CTX_set_tlsext_servername_callback
+    _session_reused = _servername_binding.lib.SSL_session_reused
+    _ALERT_FATAL: int = _servername_binding.lib.SSL_TLSEXT_ERR_ALERT_FATAL
+    _connections: Any = SSL.Connection._reverse_mapping
+except (NameError, AttributeError):  # pragma: no cover - other bindings
+    _set_servername = None
+
+
+def _set_servername_callback(
+    context: SSL.Context, handler: Callable[[SSL.Connection], int | None]
+) -> object:
+    """Install ``handler`` as ``context``'s servername callback; returns what
+    must be kept alive as long as the context."""
+    handle = getattr(context, "_context", None)
+    if _set_servername is None or handle is None:
+
+        def public(connection: SSL.Connection) -> None:
+            handler(connection)  # a refusal: the connection was not switched
+
+        context.set_tlsext_servername_callback(public)
+        return public
+
+    def callback(ssl: Any, alert: Any, arg: Any) -> int:
+        try:
+            refusal = handler(_connections[ssl])
+        except BaseException:  # handler never raises; a missing connection might
+            refusal = _ALERT_INTERNAL_ERROR
+        if refusal is None:
+            return 0  # SSL_TLSEXT_ERR_OK
+        alert[0] = refusal
+        return _ALERT_FATAL
+
+    c_callback = _servername_binding.ffi.callback("int (*)(SSL *, int *, void *)", callback)
+    _set_servername(handle, c_callback)
+    return c_callback
+
+
+def _resumed(connection: SSL.Connection) -> bool:
+    """Whether the handshake resumes a session (so asks for no certificate)."""
+    ssl = getattr(connection, "_ssl", None)
+    if _set_servername is None or ssl is None:
+        return False
+    return bool(_session_reused(ssl))
+
+
+def _issued_by(certificate: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> bool:
+    for ca in cas:
+        if ca.subject == certificate.issuer:
+            try:
+                certificate.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+    return False
+
+
 #: Per-policy contexts kept at most (certificates x policies in use; far more
 #: only while reloads change policies faster than the index changes).
 _MAX_POLICY_CONTEXTS = 4096
@@ -596,8 +666,9 @@ class SNIConnectionCreator:
         self._tls_profile = tls_profile
         self._context = make_server_context(tls_profile=tls_profile)
         # Our own callback, not CertificateOptions' contextForServerName: it
-        # needs the connection (the negotiated version, its verify mode).
-        self._context.set_tlsext_servername_callback(self._on_server_name)
+        # needs the connection (the negotiated version, its verify mode), and
+        # it may have to end the handshake with an alert.
+        self._callback = _set_servername_callback(self._context, self._on_server_name)
         self.log.info(
             "TLS profile {profile}: {versions}, groups {groups}",
             profile=tls_profile,
@@ -619,17 +690,21 @@ class SNIConnectionCreator:
         #: Handshakes refused because the version was below the name's ``min_tls_version``.
         self.refused_version = 0
 
-    def _on_server_name(self, connection: SSL.Connection) -> None:
-        # Runs inside OpenSSL's servername callback: must never raise.  Not
-        # switching leaves the connection on the certificate-less bootstrap
-        # context, where the handshake fails.
+    def _on_server_name(self, connection: SSL.Connection) -> int | None:
+        """Switch ``connection`` to the context for its SNI name.  Returns
+        None to go on, or the TLS alert that ends the handshake.
+
+        Runs inside OpenSSL's servername callback: must never raise.  Not
+        switching leaves a fresh handshake on the certificate-less bootstrap
+        context, where it fails (``handshake_failure``); an alert also ends
+        one that resumes a session, which needs no certificate."""
         try:
             server_name = connection.get_servername()
             index = self._index_getter()
             found = index.select(server_name)
             if found is None:
                 self._refuse_unknown(index, server_name)
-                return
+                return None
             policy = None
             if server_name is not None and self._policy_for is not None:
                 host = normalise_host(server_name)
@@ -637,7 +712,7 @@ class SNIConnectionCreator:
                     policy = self._policy_for(host)
             if policy is None:
                 connection.set_context(found.context)
-                return
+                return None
             minimum = policy.min_version
             if minimum is not None:
                 version = connection.get_protocol_version_name()
@@ -650,13 +725,27 @@ class SNIConnectionCreator:
                         server_name=server_name,
                         minimum=minimum,
                     )
-                    return
+                    return _ALERT_PROTOCOL_VERSION
+            client_ca = policy.client_ca
+            if client_ca is not None and _resumed(connection):
+                # The session was looked up before this callback, in the
+                # bootstrap context's scope, which every name shares: resume
+                # only a session whose client certificate this CA issued.
+                peer = connection.get_peer_certificate(as_cryptography=True)
+                if peer is None or not _issued_by(peer, client_ca.certificates):
+                    self.log.debug(
+                        "TLS resumption refused for {server_name!r}: the session's "
+                        "client certificate is not from its client_ca",
+                        server_name=server_name,
+                    )
+                    return _ALERT_HANDSHAKE_FAILURE
             context = self._policy_context(index, found, policy)
             connection.set_context(context)
-            if policy.client_ca is not None:
+            if client_ca is not None:
                 # SSL_set_SSL_CTX takes the store and CA names from the new
                 # context but not the verify mode.
                 connection.set_verify(_VERIFY_CLIENT)
+            return None
         except BaseException:
             try:
                 self.log.failure(
@@ -665,6 +754,7 @@ class SNIConnectionCreator:
                 )
             except BaseException:
                 pass
+            return _ALERT_INTERNAL_ERROR
 
     def _policy_context(
         self, index: CertificateIndex, certificate: LoadedCertificate, policy: TLSPolicy
