@@ -794,3 +794,10 @@ class VirtualHost:
                 "client_subject_header needs client_ca: only a verified client "
                 "certificate's subject is passed upstream"
             )
+        if self.client_ca is not None:
+            plain = [route.prefix for route in self.routes if route.plain_http]
+            if plain:
+                raise ValueError(
+                    f"route {plain[0]!r} has plain_http=True, but client_ca requires a "
+                    "client certificate, which plain http cannot carry"
+                )

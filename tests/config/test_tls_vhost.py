@@ -183,3 +183,12 @@ def test_check_reports_a_missing_client_ca(tmp_path: Path) -> None:
     code = run_check(Settings(config=site, certs=str(tmp_path / "certs")), out, err)
     assert code == 1
     assert f"client_ca {tmp_path / 'gone.pem'}: cannot read" in err.getvalue()
+
+
+def test_client_ca_and_plain_http_do_not_mix() -> None:
+    with pytest.raises(ValueError, match="plain_http=True, but client_ca"):
+        VirtualHost(
+            ["m.example"], routes=[Route("/open/", APP, plain_http=True)], client_ca="/ca.pem"
+        )
+    # min_tls_version says nothing about plain http, which it leaves alone.
+    VirtualHost(["m.example"], routes=[Route("/", APP, plain_http=True)], min_tls_version="1.3")
