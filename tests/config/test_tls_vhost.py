@@ -67,8 +67,13 @@ def test_subject_header_needs_client_ca() -> None:
 
 @pytest.mark.parametrize(
     ("name", "error"),
-    [("X Client", ValueError), ("", ValueError), ("X-Forwarded-For", ValueError),
-     ("host", ValueError), (b"X-Client", TypeError)],
+    [
+        ("X Client", ValueError),
+        ("", ValueError),
+        ("X-Forwarded-For", ValueError),
+        ("host", ValueError),
+        (b"X-Client", TypeError),
+    ],
 )
 def test_subject_header_must_be_a_header_we_do_not_write(name: object, error: type) -> None:
     with pytest.raises(error, match="client_subject_header"):

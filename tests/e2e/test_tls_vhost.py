@@ -60,8 +60,13 @@ def _client(
     return ctx
 
 
-def _get(port: int, name: str, ctx: ssl.SSLContext, host: str | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def _get(
+    port: int,
+    name: str,
+    ctx: ssl.SSLContext,
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
     conn = https_connection(port, name, ctx, timeout=5.0)
     try:
         response, body = request(conn, "GET", "/", host or name, headers=headers)
@@ -152,9 +157,7 @@ def test_a_verified_client_is_served_and_its_subject_goes_upstream(
 ) -> None:
     port = proxy.ports["https"]
     ctx = _client(ca, maximum=version, cert_from=clients)
-    status, body = _get(
-        port, "mtls.test", ctx, headers={"X-Client-Subject": "CN=mallory,O=Forged"}
-    )
+    status, body = _get(port, "mtls.test", ctx, headers={"X-Client-Subject": "CN=mallory,O=Forged"})
     assert status == 200
     subjects = [v for k, v in _backend_headers(body) if k.lower() == "x-client-subject"]
     assert len(subjects) == 1

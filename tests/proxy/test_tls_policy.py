@@ -157,7 +157,9 @@ def test_a_verified_client_reaches_the_hosts_of_its_ca_only() -> None:
 
 def test_the_verified_subject_goes_upstream_and_the_clients_never() -> None:
     h = Harness(b"mtls.example", MTLS, peer=ALICE)
-    assert h.status(b"mtls.example", b"X-Client-Subject: CN=mallory\r\nx-client-subject: a\r\n") == b""
+    assert (
+        h.status(b"mtls.example", b"X-Client-Subject: CN=mallory\r\nx-client-subject: a\r\n") == b""
+    )
     sent = h.upstream_request()
     assert b"mallory" not in sent and b"x-client-subject: a" not in sent
     lines = [line for line in sent.split(b"\r\n") if line.lower().startswith(b"x-client-subject:")]

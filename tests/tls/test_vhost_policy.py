@@ -176,9 +176,7 @@ class _Resuming:
         pass
 
 
-def test_a_resumed_session_must_hold_a_certificate_from_the_ca(
-    index, clients, monkeypatch
-) -> None:
+def test_a_resumed_session_must_hold_a_certificate_from_the_ca(index, clients, monkeypatch) -> None:
     # OpenSSL looks a session up before the servername callback, in a scope
     # every name shares: a client that resumes a session from another name
     # (OpenSSL's own clients send that session's name again; others need not)
