@@ -28,18 +28,18 @@ connection for its 421 check.
 Per virtual host TLS policy (``VirtualHost(min_tls_version=..., client_ca=...)``,
 a :class:`~edgeproxy.config.tlspolicy.TLSPolicy` looked up by SNI name in the
 running configuration): by the time OpenSSL runs the servername callback it
-has already chosen the protocol version from the bootstrap context (a
-``SSL_set_min_proto_version`` there changes nothing), so the callback reads
-the chosen version and, below the name's minimum, leaves the connection on
-the certificate-less bootstrap context: the handshake fails there
-(``handshake_failure`` alert) and no certificate is ever sent.  A name that
-asks for a client certificate gets a context of its own per (certificate,
-policy) (built once, on the first handshake that needs it, then reused),
+has already chosen the protocol version (a ``SSL_set_min_proto_version``
+there would change nothing) and looked up any session the client resumes,
+so the callback reads the chosen version and ends the handshake of a client
+below the name's minimum with a ``protocol_version`` alert, and resumes a
+session into a ``client_ca`` name only when its client certificate is from
+that CA.  A name with a policy gets a context of its own per (certificate,
+policy), built on the first handshake that needs it and then reused,
 holding the CA store and the CA names sent in the CertificateRequest; as
 ``SSL_set_SSL_CTX`` does not copy the verify mode, the callback also sets it
 on the connection.  Such a context carries the policy next to the names
 (:func:`connection_policy`): the channel checks each request's virtual host
-against the policy its connection was verified under.
+against the policy its connection's handshake was held to.
 """
 
 from __future__ import annotations
