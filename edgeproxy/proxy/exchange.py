@@ -33,6 +33,7 @@ from twisted.web.http import RESPONSES
 from edgeproxy.config import Route
 from edgeproxy.config.routing import RouteMatch, VirtualHostTable
 from edgeproxy.config.settings import Settings
+from edgeproxy.config.tlspolicy import TLSPolicy
 from edgeproxy.core.addresses import Networks, forwarded_client, forwarded_elements
 from edgeproxy.core.errors import (
     BadRequest,
@@ -149,8 +150,13 @@ class Channel(Protocol):
     def peer_trusted(self) -> bool: ...
     @property
     def replaces_forwarding(self) -> bool: ...
+    @property
+    def met_policy(self) -> TLSPolicy | None: ...
+    @property
+    def client_subject(self) -> bytes | None: ...
     def clock_seconds(self) -> float: ...
     def covers(self, host: str) -> bool: ...
+    def meets(self, policy: TLSPolicy) -> bool: ...
     def tls_details(self) -> tuple[str | None, str | None]: ...
     def write_now(self, data: bytes) -> None: ...
     def register_body_producer(self, producer: IPushProducer | None) -> None: ...
@@ -442,6 +448,16 @@ class Exchange:
         self.vhost = vhost = plan.snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
+        policy = vhost.tls_policy
+        if (
+            policy is not None
+            and self.factory.tls
+            and policy is not channel.met_policy
+            and not channel.meets(policy)
+        ):
+            # Its handshake was not held to this host's TLS policy (another
+            # name in SNI, or none): a new connection naming it would be.
+            raise MisdirectedRequest()
         if vhost.hsts_line is not None and self.factory.tls:
             self.hsts_line = vhost.hsts_line
         self.match = match = vhost.match(self.target)

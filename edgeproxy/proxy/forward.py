@@ -60,6 +60,22 @@ _NOT_RETURNED = frozenset({b"x-request-id"})
 _NOT_RETURNED_HIDING = _NOT_RETURNED | HIDDEN
 _WATCHED = _NOT_RETURNED_HIDING | REWRITTEN
 _CONTROL = re.compile(rb"[\r\n\x00]")
+_DROPPING: dict[tuple[frozenset[bytes], bytes], frozenset[bytes]] = {}
+
+
+def _dropping(base: frozenset[bytes], header: bytes) -> frozenset[bytes]:
+    """``base`` and a virtual host's client subject header (one set per
+    header name configured, so :func:`upstream_request_headers` finds it in
+    its cache)."""
+    key = (base, header)
+    found = _DROPPING.get(key)
+    if found is None:
+        if len(_DROPPING) >= 256:
+            _DROPPING.clear()
+        found = _DROPPING[key] = base | {header.lower()}
+    return found
+
+
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 _LOST = Failure(ConnectionDone())
@@ -242,6 +258,11 @@ class _Exchange:
     def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         request = self._request
         channel = request.channel
+        vhost = request.vhost
+        subject_header = vhost.client_subject_header if vhost is not None else None
+        drop = _NOT_FORWARDED_UNTRUSTED if channel.replaces_forwarding else _NOT_FORWARDED
+        if subject_header is not None:
+            drop = _dropping(drop, subject_header)
         kept = upstream_request_headers(
             request.headers,
             # Each hop appends the address it was reached from.
@@ -249,8 +270,13 @@ class _Exchange:
             proto="https" if request.factory.tls else "http",
             host=request.host,
             via=self._forwarder._via,
-            drop=_NOT_FORWARDED_UNTRUSTED if channel.replaces_forwarding else _NOT_FORWARDED,
+            drop=drop,
         )
+        if subject_header is not None and request.factory.tls:
+            # Only ever the verified subject: the client's own was dropped above.
+            subject = request.channel.client_subject
+            if subject is not None:
+                kept.append((subject_header, subject))
         request_id = request.record.request_id
         if request_id is not None:
             kept.append((b"X-Request-Id", request_id.encode("ascii")))

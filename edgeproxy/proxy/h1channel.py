@@ -82,10 +82,16 @@ from edgeproxy.core.hostnames import covered_by, normalise_host
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
 from edgeproxy.proxy.h1exchange import H1Exchange
-from edgeproxy.tls.certificates import certificate_names
+from edgeproxy.tls.certificates import (
+    certificate_names,
+    client_subject,
+    connection_policy,
+    version_meets,
+)
 
 if TYPE_CHECKING:
     from edgeproxy.config.settings import Settings
+    from edgeproxy.config.tlspolicy import TLSPolicy
     from edgeproxy.core.protocol import HTTPLimits
     from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
@@ -254,6 +260,14 @@ class ProxyChannel(Protocol):
     covered_host: str | None = None
     #: The client's SNI name (normalised): never misdirected on its connection.
     _sni_host: str | None = None
+    #: The virtual host TLS policy the handshake was held to (None: the listener's).
+    tls_policy: TLSPolicy | None = None
+    #: The verified client certificate's subject (RFC 4514, UTF-8), with a ``client_ca``.
+    client_subject: bytes | None = None
+    #: The last virtual host policy found met, so a connection's requests
+    #: for one site cost one comparison each.
+    met_policy: TLSPolicy | None = None
+    _tls_version: str | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -331,6 +345,16 @@ class ProxyChannel(Protocol):
         get_handle = getattr(self.transport, "getHandle", None)
         connection = get_handle() if get_handle is not None else None
         if connection is not None:
+            self._tls_version = connection.get_protocol_version_name()
+            policy = self.tls_policy = connection_policy(connection)
+            if policy is not None and policy.client_ca is not None:
+                subject = client_subject(connection)
+                if subject is None:
+                    # Cannot happen after a handshake under the policy's
+                    # verify mode; refuse rather than serve unverified.
+                    self.transport.abortConnection()  # type: ignore[union-attr]
+                    return
+                self.client_subject = subject
             server_name = connection.get_servername()
             if server_name is not None:
                 # The client named a site and verified a certificate for it:
@@ -370,6 +394,21 @@ class ProxyChannel(Protocol):
             self.covered_host = host
             return True
         return False
+
+    def meets(self, policy: TLSPolicy) -> bool:
+        """Whether this connection's handshake meets a virtual host's TLS
+        policy: its version is high enough and, with a ``client_ca``, the
+        client certificate was verified against that same CA (a client may
+        not name one host in SNI and another, stricter one in ``Host``)."""
+        if policy.client_ca is not None:
+            held = self.tls_policy
+            if held is None or held.client_ca != policy.client_ca or self.client_subject is None:
+                return False
+        minimum = policy.min_version
+        if minimum is not None and not version_meets(self._tls_version, minimum):
+            return False
+        self.met_policy = policy
+        return True
 
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:
