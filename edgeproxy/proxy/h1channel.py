@@ -28,9 +28,25 @@ proxy together.  What it gave for free is done here explicitly:
 - ``Expect: 100-continue`` is answered when the body is wanted;
 - keep-alive (:func:`~edgeproxy.core.framing.request_keep_alive`): HTTP/1.1
   unless ``Connection: close``, HTTP/1.0 only with ``Connection: keep-alive``
-  and without ``close``; one inactivity timer per connection
-  (``--keepalive-timeout``) covers both an idle connection and a client
-  that stalls mid-request;
+  and without ``close``;
+- deadlines for a slow client, whatever it keeps sending: a request head must
+  be in within ``--header-timeout`` of its first byte (a connection's first
+  request: of the accept, so a slow TLS handshake and a connection that never
+  sends are covered), a body within ``--body-timeout`` of the end of its head
+  plus one second per ``--body-min-rate`` bytes received (Apache
+  mod_reqtimeout's ``body=N,MinRate=M``), and an idle connection is closed
+  ``--keepalive-timeout`` after its last response.  Past a head or body
+  deadline the client gets 408 and the connection closes (a connection that
+  sent nothing is just closed, as nginx does, since browsers open spare
+  ones); a request waiting for its answer is never timed out here (the
+  cluster's timeouts govern it).  Time edgeproxy itself spends not reading
+  (a pipelined request held behind one being answered, reading paused past
+  ``max_held_bytes``) does not count: every clock restarts when a response
+  is done.  There is one timer per connection, and reading a byte does not
+  touch it: it fires at the nearest deadline or at the shortest of the three
+  timeouts, whichever comes first, and works out then what is due, so a
+  deadline that starts later is never missed and a request costs two clock
+  readings (its first byte, its response's end);
 - response framing (in ``H1Exchange.send_head``): ``Content-Length`` when
   the upstream gave one, else chunked (HTTP/1.1 clients) or close-delimited
   (HTTP/1.0 clients); no body for ``HEAD``, 1xx, 204 and 304;
@@ -74,6 +90,7 @@ from edgeproxy.core.errors import (
     HeadTooLarge,
     NotImplementedMethod,
     Reason,
+    RequestTimeout,
     UriTooLong,
 )
 from edgeproxy.core.framing import connection_tokens, request_keep_alive
@@ -278,7 +295,12 @@ class ProxyChannel(Protocol):
         self._body_producer: IPushProducer | None = None
         self._closed = False
         self._write: Callable[[bytes], object] = _no_write
-        self._last_data = 0.0
+        #: When the connection was accepted, when the request being parsed
+        #: began, and when the last response was done (None before the first):
+        #: the starts of the deadlines (see _deadline).
+        self._accepted = 0.0
+        self._head_started = 0.0
+        self._answered_at: float | None = None
         self._timer: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
         self._processing_queue = False
@@ -296,8 +318,8 @@ class ProxyChannel(Protocol):
         metrics = factory.metrics
         if metrics is not None:
             metrics.connection_opened(factory.kind)
-        self._last_data = self.clock_seconds()
-        self._timer = factory.clock.callLater(factory.timeout, self._timed_out)
+        self._accepted = self.clock_seconds()
+        self._timer = factory.clock.callLater(factory.deadline_step, self._check_deadline)
 
     @property
     def client_ip(self) -> str:
@@ -362,7 +384,6 @@ class ProxyChannel(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:
             return
-        self._last_data = self.clock_seconds()
         if self._held is not None:
             self._hold(data)
             return
@@ -462,6 +483,7 @@ class ProxyChannel(Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._head_started = self.clock_seconds()
         self._url = b""
         self._headers = []
         # The header block's bytes (on_header counts them).
@@ -568,6 +590,9 @@ class ProxyChannel(Protocol):
         else:  # pragma: no cover - only the first request is ever answered
             requests.remove(request)  # type: ignore[arg-type]
         self._body_producer = None
+        # The keep-alive time starts now, and so does the deadline of a
+        # request that was parsed (or held) while this one was answered.
+        self._answered_at = self.clock_seconds()
         if not request.persistent or self.draining:
             if request is self._parsing:
                 self._linger_then_close()
@@ -649,25 +674,62 @@ class ProxyChannel(Protocol):
                 self.factory.settings.lingering_timeout, self.close
             )
 
-    def _timed_out(self) -> None:
-        """The inactivity timer: an idle connection, or a client that stopped
-        sending mid-request, is closed; one waiting for its answer is not."""
+    def _deadline(self) -> float | None:
+        """When the client's time for what it is sending now runs out; None
+        while a request waits for its answer (nothing is expected of the
+        client) or a refused body is being dropped (the lingering close
+        bounds that)."""
+        requests = self.requests
+        if requests and requests[0].processing:
+            return None
+        factory = self.factory
+        answered = self._answered_at
+        parsing = self._parsing
+        if parsing is not None:
+            if parsing.discarding:
+                return None
+            start = parsing.started
+            if answered is not None and answered > start:
+                start = answered  # parsed while an earlier request was answered
+            rate = factory.body_min_rate
+            return start + factory.body_timeout + (parsing.body_bytes / rate if rate else 0.0)
+        if answered is None:
+            # The first request: from the accept, idle or not.
+            return self._accepted + factory.header_timeout
+        if self._in_head:
+            return max(self._head_started, answered) + factory.header_timeout
+        return answered + factory.timeout
+
+    def _check_deadline(self) -> None:
+        """The connection's timer.  It is never later than a deadline: it
+        fires at the current one or one ``deadline_step`` (the shortest
+        timeout) from now, whichever is sooner, and no deadline that begins
+        meanwhile can end sooner than that."""
         self._timer = None
         if self._closed:
             return
-        timeout = self.factory.timeout
-        requests = self.requests
-        busy = bool(requests) and requests[0].processing
-        idle_for = self.clock_seconds() - self._last_data
-        if busy or idle_for < timeout:
-            self._timer = self.factory.clock.callLater(
-                timeout if busy else timeout - idle_for, self._timed_out
-            )
+        factory = self.factory
+        deadline = self._deadline()
+        now = self.clock_seconds()
+        if deadline is None or now < deadline:
+            step = factory.deadline_step
+            if deadline is not None and deadline - now < step:
+                step = deadline - now
+            self._timer = factory.clock.callLater(step, self._check_deadline)
             return
-        if self._parsing is not None:
-            # Stalled mid-body: edgeproxy gives up on it, the client did not close.
-            self._parsing.timed_out()
-        self.close()
+        parsing = self._parsing
+        if parsing is not None:
+            if parsing.processing:
+                # Its response has begun: too late for a 408; cut it off.
+                parsing.timed_out()
+                self.close()
+            else:
+                self._reject(RequestTimeout(Reason.BODY_TIMEOUT))
+        elif self._in_head:
+            self._reject(RequestTimeout(Reason.HEADER_TIMEOUT))
+        else:
+            # Idle, or never sent a byte of a request: nothing to answer.
+            self.close()
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True
@@ -726,6 +788,11 @@ class ProxyFactory(ServerFactory):
         self.settings = settings
         self.limits: HTTPLimits = settings.http_limits
         self.timeout: float = settings.keepalive_timeout
+        self.header_timeout: float = settings.header_timeout
+        self.body_timeout: float = settings.body_timeout
+        self.body_min_rate: int = settings.body_min_rate
+        #: How often, at most, a connection's timer looks at its deadline.
+        self.deadline_step: float = min(self.timeout, self.header_timeout, self.body_timeout)
         self.access_log = access_log
         self.clock = clock
 
