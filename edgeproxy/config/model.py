@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from edgeproxy.config.settings import IPNetwork
+from edgeproxy.core.addresses import IPNetwork
 from edgeproxy.core.hostnames import normalise_name, normalise_pattern
 
 __all__ = [

@@ -17,7 +17,6 @@ nothing past the channel knows which protocol it is.
 from __future__ import annotations
 
 import io
-import ipaddress
 import itertools
 import random
 import secrets
@@ -33,7 +32,8 @@ from twisted.web.http import RESPONSES
 
 from edgeproxy.config import Route
 from edgeproxy.config.routing import RouteMatch, VirtualHostTable
-from edgeproxy.config.settings import IPNetwork, Settings
+from edgeproxy.config.settings import Settings
+from edgeproxy.core.addresses import Networks, forwarded_client, forwarded_elements
 from edgeproxy.core.errors import (
     BadRequest,
     BodyTooLarge,
@@ -130,6 +130,8 @@ class Listener(Protocol):
     def access_log(self) -> AccessSink: ...
     @property
     def pipeline(self) -> Dispatch: ...
+    @property
+    def trusted(self) -> Networks | None: ...
 
 
 class Channel(Protocol):
@@ -143,6 +145,10 @@ class Channel(Protocol):
     def covered_host(self) -> str | None: ...
     @property
     def client_ip(self) -> str: ...
+    @property
+    def peer_trusted(self) -> bool: ...
+    @property
+    def replaces_forwarding(self) -> bool: ...
     def clock_seconds(self) -> float: ...
     def covers(self, host: str) -> bool: ...
     def tls_details(self) -> tuple[str | None, str | None]: ...
@@ -304,6 +310,7 @@ class Exchange:
     #: edgeproxy answered ``Expect: 100-continue`` itself.
     _continued: bool = False
     _incoming_request_id: bytes | None = None
+    _client_ip: str | None = None
     _logged: bool = False
     _watchers: list[Callable[[Failure | None], object]] | None = None
     #: Stages watching the response (None on the plain path: one test per write).
@@ -496,8 +503,36 @@ class Exchange:
     @property
     def client_ip(self) -> str:
         """The client's address as text, IPv6 in canonical form (a PROXY v2
-        header gives it uncompressed), ``"-"`` when there is none."""
+        header gives it uncompressed), ``"-"`` when there is none: the peer's
+        (:attr:`peer_ip`), or behind a trusted forwarder the one its
+        forwarding headers name (:func:`~edgeproxy.core.addresses.forwarded_client`)."""
+        channel = self.channel
+        if not channel.peer_trusted:
+            return channel.client_ip
+        client = self._client_ip
+        if client is None:
+            client = self._client_ip = self._forwarded_client(channel.client_ip)
+        return client
+
+    @property
+    def peer_ip(self) -> str:
+        """The address of the connection's peer (or the PROXY protocol's client)."""
         return self.channel.client_ip
+
+    def _forwarded_client(self, peer: str) -> str:
+        x_forwarded_for = []
+        forwarded = []
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"x-forwarded-for":
+                x_forwarded_for.append(value)
+            elif lower == b"forwarded":
+                forwarded.append(value)
+        if not x_forwarded_for and not forwarded:
+            return peer
+        trusted = self.factory.trusted
+        assert trusted is not None  # the peer is trusted by one of them
+        return forwarded_client(forwarded_elements(x_forwarded_for, forwarded), peer, trusted)
 
     @property
     def tls(self) -> bool:
@@ -538,10 +573,8 @@ class Exchange:
         upstream, back to the client and into the access log."""
         incoming = self._incoming_request_id
         record = self.record
-        if incoming and _is_request_id(incoming):
-            trusted = self.factory.settings.trusted_sources
-            if trusted and _address_in(self.client_ip, trusted):
-                record.request_id = incoming.decode("ascii")
+        if incoming and _is_request_id(incoming) and self.channel.peer_trusted:
+            record.request_id = incoming.decode("ascii")
         if record.request_id is None:
             record.request_id = _new_request_id()
 
@@ -722,14 +755,6 @@ def _new_request_id() -> str:
 def _is_request_id(value: bytes) -> bool:
     # Printable ASCII without spaces or quotes, of a sane length: it is logged and echoed.
     return 0 < len(value) <= 200 and all(0x21 <= b <= 0x7E and b != 0x22 for b in value)
-
-
-def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
 
 
 #: Reason phrases of statuses edgeproxy answers that twisted.web's table lacks.

@@ -52,6 +52,9 @@ __all__ = ["Forwarder"]
 # Framing is edgeproxy's to decide on each hop; Expect was already answered
 # (100 Continue) and the body is spooled; the request id is edgeproxy's.
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
+#: From a peer that is not a trusted forwarder, once some are configured, the
+#: forwarding chain it sent is forged or ours to start: replaced, not extended.
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | {b"x-forwarded-for", b"forwarded"}
 _NOT_RETURNED = frozenset({b"x-request-id"})
 # With hide_backend: also what says which backend answered, and what may name it.
 _NOT_RETURNED_HIDING = _NOT_RETURNED | HIDDEN
@@ -238,13 +241,15 @@ class _Exchange:
 
     def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         request = self._request
+        channel = request.channel
         kept = upstream_request_headers(
             request.headers,
-            client_ip=request.client_ip,
+            # Each hop appends the address it was reached from.
+            client_ip=channel.client_ip,
             proto="https" if request.factory.tls else "http",
             host=request.host,
             via=self._forwarder._via,
-            drop=_NOT_FORWARDED,
+            drop=_NOT_FORWARDED_UNTRUSTED if channel.replaces_forwarding else _NOT_FORWARDED,
         )
         request_id = request.record.request_id
         if request_id is not None:

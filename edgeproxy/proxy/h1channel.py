@@ -84,6 +84,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edgeproxy.core.addresses import Networks
 from edgeproxy.core.errors import (
     BadRequest,
     EdgeProxyError,
@@ -255,6 +256,12 @@ class ProxyChannel(Protocol):
     draining = False
     _handshake_done = False
     _client_ip: str | None = None
+    #: The peer is a trusted forwarder (``--trusted-source``): its forwarding
+    #: headers and ``X-Request-Id`` are believed.  Judged once, at connect.
+    peer_trusted = False
+    #: Some forwarders are trusted and the peer is not one: the forwarding
+    #: chain it sent is replaced, not extended.
+    replaces_forwarding = False
     #: The names the certificate served for the client's SNI name covers; a
     #: request for any other host gets 421.  None: nothing to check (plain
     #: HTTP, or a TLS client that sent no SNI).
@@ -320,6 +327,11 @@ class ProxyChannel(Protocol):
             metrics.connection_opened(factory.kind)
         self._accepted = self.clock_seconds()
         self._timer = factory.clock.callLater(factory.deadline_step, self._check_deadline)
+        trusted = factory.trusted
+        if trusted is not None:
+            # The peer is known by now (a PROXY header is read before this).
+            self.peer_trusted = self.client_ip in trusted
+            self.replaces_forwarding = not self.peer_trusted
 
     @property
     def client_ip(self) -> str:
@@ -793,6 +805,8 @@ class ProxyFactory(ServerFactory):
         self.body_min_rate: int = settings.body_min_rate
         #: How often, at most, a connection's timer looks at its deadline.
         self.deadline_step: float = min(self.timeout, self.header_timeout, self.body_timeout)
+        #: ``--trusted-source``: the forwarders whose headers are believed.
+        self.trusted = Networks(settings.trusted_sources) if settings.trusted_sources else None
         self.access_log = access_log
         self.clock = clock
 
