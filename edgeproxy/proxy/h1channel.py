@@ -731,17 +731,25 @@ class ProxyChannel(Protocol):
             return
         parsing = self._parsing
         if parsing is not None:
+            deadline_name = "body"
             if parsing.processing:
-                # Its response has begun: too late for a 408; cut it off.
+                # Its response has begun: too late for a 408; cut it off.  (Not
+                # today: a request is processed once its body is whole, and a
+                # refused one's body is the lingering close's.)
                 parsing.timed_out()
                 self.close()
             else:
                 self._reject(RequestTimeout(Reason.BODY_TIMEOUT))
         elif self._in_head:
+            deadline_name = "header"
             self._reject(RequestTimeout(Reason.HEADER_TIMEOUT))
         else:
             # Idle, or never sent a byte of a request: nothing to answer.
+            deadline_name = "keepalive" if self._answered_at is not None else "no_request"
             self.close()
+        metrics = factory.metrics
+        if metrics is not None:
+            metrics.client_timed_out(deadline_name)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True

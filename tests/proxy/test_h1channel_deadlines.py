@@ -12,6 +12,7 @@ from __future__ import annotations
 from twisted.logger import LogEvent
 
 from edgeproxy.config.settings import Settings
+from edgeproxy.ops.metrics import Metrics
 from tests.proxy.test_h1channel import HOST, Conn, access_records, log_events, ok, request
 
 #: The fixture, imported so that pytest finds it here by name.
@@ -257,3 +258,34 @@ def test_a_refused_body_being_dropped_is_left_to_the_lingering_close() -> None:
     c.advance(0.6)
     assert c.closing  # at the lingering timeout
     assert [r.status for r in c.responses()] == [413]
+
+
+# -- counted ------------------------------------------------------------------------------
+
+
+def test_each_deadline_is_counted_by_name() -> None:
+    metrics = Metrics()
+
+    def connection() -> Conn:
+        c = Conn(DEADLINES)
+        c.factory.metrics = metrics  # from now on (the connection is already open)
+        return c
+
+    connection().advance(5.0)  # sent nothing
+    head = connection()
+    head.send(b"GET / HTTP/1.1\r\n")
+    head.advance(5.0)
+    body = connection()
+    body.send(post(10, b"hello"))
+    body.advance(11.0)
+    idle = connection()
+    idle.send(request())
+    idle.respond(ok(b"x"))
+    idle.advance(20.0)
+    counts = {
+        name: metrics.registry.get_sample_value(
+            "edgeproxy_client_timeouts_total", {"deadline": name}
+        )
+        for name in ("no_request", "header", "body", "keepalive")
+    }
+    assert counts == {"no_request": 1, "header": 1, "body": 1, "keepalive": 1}
