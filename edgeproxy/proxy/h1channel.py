@@ -128,6 +128,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHOD_SCAN = 64
 
 
+#: A deadline less than this many seconds away is due: the timer fires at
+#: ``now + (deadline - now)``, which float rounding may put a hair before it.
+_DUE = 1e-6
+
 #: A parser protocol without callbacks.
 _NOTHING = object()
 
@@ -722,11 +726,11 @@ class ProxyChannel(Protocol):
             return
         factory = self.factory
         deadline = self._deadline()
-        now = self.clock_seconds()
-        if deadline is None or now < deadline:
+        left = None if deadline is None else deadline - self.clock_seconds()
+        if left is None or left > _DUE:
             step = factory.deadline_step
-            if deadline is not None and deadline - now < step:
-                step = deadline - now
+            if left is not None and left < step:
+                step = left
             self._timer = factory.clock.callLater(step, self._check_deadline)
             return
         parsing = self._parsing
