@@ -3,16 +3,17 @@ Idle keep-alive TLS connections: how much memory does edgeproxy keep per
 connection, and does it still serve while holding them?
 
 Everything runs on 127.0.0.1 in a temporary directory: a backend (nginx, else
-``bench/backend.py``) and ``twistd -n edgeproxy`` (``_common.start_edgeproxy``,
-``--keepalive-timeout`` raised so that no held connection times out during the
-run), both with ``RLIMIT_NOFILE`` raised (inherited from this process, checked
-in ``/proc/PID/limits``).  This process (asyncio + ``ssl``, pinned to CPU 0
-with the backend; edgeproxy alone on CPU 1) then opens ``--connections`` TLS
-connections in steps of ``--step``.  Each connection does a full handshake
-(no session resumption) and one keep-alive ``GET /``, reads the response and
-stays open and idle.  In each step all new connections first do their
-handshake, then their request (``--concurrency`` at a time), so edgeproxy's CPU
-time is measured for the handshakes and for the requests separately.
+``bench/backend.py``) and ``twistd -n edgeproxy``
+(``_common.start_edgeproxy``, ``--keepalive-timeout`` and ``--header-timeout``
+raised so that no held connection times out during the run), both with
+``RLIMIT_NOFILE`` raised (inherited from this process, checked in
+``/proc/PID/limits``). This process (asyncio + ``ssl``, pinned to CPU 0 with
+the backend; edgeproxy alone on CPU 1) then opens ``--connections`` TLS
+connections in steps of ``--step``. Each connection does a full handshake (no
+session resumption) and one keep-alive ``GET /``, reads the response and stays
+open and idle. In each step all new connections first do their handshake, then
+their request (``--concurrency`` at a time), so edgeproxy's CPU time is
+measured for the handshakes and for the requests separately.
 
 After each step (and ``--settle`` seconds): edgeproxy's ``VmRSS``, its open
 fds, and ``--probes`` fresh clients (new connection, handshake, ``GET /``,
@@ -591,7 +592,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     if limit < args.connections + 256:
         log(f"warning: RLIMIT_NOFILE is {limit}: at most ~{limit - 256} connections")
     tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-idle-"))
-    procs = IdleProcesses(pin, ["--keepalive-timeout", f"{args.keepalive_timeout:g}"])
+    # A connection waits for its request until the whole step's handshakes are
+    # done: its header deadline (from the accept) is raised as well.
+    timeout = f"{args.keepalive_timeout:g}"
+    procs = IdleProcesses(pin, ["--keepalive-timeout", timeout, "--header-timeout", timeout])
     report: dict[str, Any] = {}
     try:
         with sigterm_as_exit():

@@ -14,7 +14,10 @@ import attrs
 from twisted.python import usage
 
 from edgeproxy.config.settings import (
+    DEFAULT_BODY_MIN_RATE,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_RELOAD_TIMEOUT,
@@ -144,7 +147,16 @@ class Options(usage.Options):
         ["redirect-port", None, None, "Port to put in http->https redirects (default: the "
          "first --https listener's port; 443 is left out of the URL).", _port_number],
         ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT, "Seconds an idle client "
-         "connection is kept open.", _positive_float],
+         "connection is kept open between requests.", _positive_float],
+        ["header-timeout", None, DEFAULT_HEADER_TIMEOUT, "Seconds a request head may take "
+         "from its first byte (a connection's first request: from accept, TLS handshake "
+         "included); 408 and close past it.", _positive_float],
+        ["body-timeout", None, DEFAULT_BODY_TIMEOUT, "Seconds a request body may take from "
+         "the end of its head, plus one second per --body-min-rate bytes received; 408 and "
+         "close past it.", _positive_float],
+        ["body-min-rate", None, DEFAULT_BODY_MIN_RATE, "Bytes per second a request body "
+         "must keep up past --body-timeout (each such many bytes earn one more second); 0: "
+         "--body-timeout is a plain deadline for the whole body.", _non_negative_int],
         ["max-request-line", None, _LIMITS.max_request_line, "Longest request-target (URL) "
          "in bytes; 414 above it.", _positive_int],
         ["max-header-bytes", None, _LIMITS.max_request_head_bytes, "Largest request header "
@@ -190,9 +202,7 @@ class Options(usage.Options):
         self["https"].append(description)
 
     def opt_trusted_source(self, network: str) -> None:
-        """A trusted forwarder's network (CIDR): its X-Forwarded-For, Forwarded and
-        X-Request-Id are kept and name the client; everyone else's are replaced;
-        repeatable [default: none: X-Forwarded-For is appended to, unverified]."""
+        """Trusted forwarder network (CIDR): its X-Forwarded-For names the client; repeatable."""
         try:
             self["trusted-source"].append(ipaddress.ip_network(network, strict=False))
         except ValueError as e:
@@ -215,6 +225,9 @@ class Options(usage.Options):
             max_body_size=self["max-body-size"],
             redirect_port=self["redirect-port"],
             keepalive_timeout=self["keepalive-timeout"],
+            header_timeout=self["header-timeout"],
+            body_timeout=self["body-timeout"],
+            body_min_rate=self["body-min-rate"],
             workers=self["workers"],
             access_log=self["access-log"],
             access_log_format=self["access-log-format"],

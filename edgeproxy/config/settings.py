@@ -13,6 +13,15 @@ __all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
 DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
 #: Seconds an idle client keep-alive connection is kept open (nginx: 75).
 DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+#: Seconds a request head may take from its first byte; a connection's first
+#: request from accept, TLS handshake included (nginx's client_header_timeout: 60).
+DEFAULT_HEADER_TIMEOUT = 30.0
+#: Seconds a request body may take from the end of its head, before the
+#: extension earned at the minimum rate (Apache mod_reqtimeout's body=20).
+DEFAULT_BODY_TIMEOUT = 30.0
+#: Bytes of body that earn one more second (mod_reqtimeout's MinRate=500); 0:
+#: the body timeout is a plain deadline.
+DEFAULT_BODY_MIN_RATE = 1024
 #: Seconds between scans of the certificate directory (changes apply within 5 s).
 DEFAULT_CERT_POLL_INTERVAL = 2.0
 #: After a 413 sent before the body arrived, keep reading (and discarding) for
@@ -35,6 +44,11 @@ class Settings:
     #: Port written into http->https redirects; None = the first https listener's port.
     redirect_port: int | None = None
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    #: ``--header-timeout``, ``--body-timeout``, ``--body-min-rate``: the
+    #: deadlines for a slow client (docs/security.md, "Deadlines for slow clients").
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    body_min_rate: int = DEFAULT_BODY_MIN_RATE
     cert_poll_interval: float = DEFAULT_CERT_POLL_INTERVAL
     lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT
     via: bytes = b"1.1 edgeproxy"

@@ -31,6 +31,7 @@ __all__ = [
     "NotImplementedMethod",
     "Outcome",
     "Reason",
+    "RequestTimeout",
     "UpstreamConnectFailed",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -61,7 +62,8 @@ class Outcome(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     #: The client went away before its response was written whole (499).
     CLIENT_CLOSED = "client_closed"
-    #: The client stopped sending mid-request for ``--keepalive-timeout`` (408).
+    #: The client did not send its request within ``--header-timeout`` or
+    #: ``--body-timeout`` (408).
     CLIENT_TIMEOUT = "client_timeout"
     #: A fault in edgeproxy itself (500).
     ERROR = "error"
@@ -109,7 +111,8 @@ class Reason(StrEnum):
     AWAITING_RESPONSE = "awaiting_response"
     RESPONSE_INCOMPLETE = "response_incomplete"
     # client_timeout
-    REQUEST_TIMEOUT = "request_timeout"
+    HEADER_TIMEOUT = "header_timeout"
+    BODY_TIMEOUT = "body_timeout"
     # error
     INTERNAL_ERROR = "internal_error"
 
@@ -233,6 +236,23 @@ class Forbidden(EdgeProxyError):
     public_message = "forbidden"
     outcome = Outcome.REJECTED
     reason = Reason.FORBIDDEN
+
+
+class RequestTimeout(EdgeProxyError):
+    """The client was too slow sending its request: the head past
+    ``--header-timeout`` (``reason`` header_timeout, the default), or the body
+    past ``--body-timeout`` and its minimum rate (body_timeout).  408, then
+    the connection closes."""
+
+    status_hint = 408
+    public_message = "request timeout"
+    outcome = Outcome.CLIENT_TIMEOUT
+    reason = Reason.HEADER_TIMEOUT
+
+    def __init__(self, reason: Reason | None = None) -> None:
+        super().__init__()
+        if reason is not None:
+            self.reason = reason
 
 
 class NotCached(EdgeProxyError):

@@ -74,6 +74,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.client_timeouts = Counter(
+            "edgeproxy_client_timeouts",
+            "Client connections closed at a deadline, by which (header, body, no_request, "
+            "keepalive).",
+            ["deadline"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "edgeproxy_config_reloads",
             "Configuration reloads, by outcome.",
@@ -154,6 +161,10 @@ class Metrics:
     def tls_failed(self, cause: str) -> None:
         """A TLS connection that ended before its handshake completed."""
         self.tls_failures.labels(cause).inc()
+
+    def client_timed_out(self, deadline: str) -> None:
+        """A client connection closed at its ``deadline`` (docs/security.md)."""
+        self.client_timeouts.labels(deadline).inc()
 
     def tls_handshake(self, version: str) -> None:
         # labels() takes a lock and builds a key per call: keep the children.

@@ -718,12 +718,13 @@ class Exchange:
         self.abort()
 
     def timed_out(self) -> None:
-        """The client stopped sending this request for the keep-alive timeout;
-        the connection is being closed (logged as nginx does, 408)."""
+        """The client was too slow sending this request's body after its
+        response had started (no 408 can be sent then); the connection is
+        being closed (logged as nginx does, 408)."""
         record = self.record
         if not self.finished and record.outcome is Outcome.OK:
             record.outcome = Outcome.CLIENT_TIMEOUT
-            record.reason = Reason.REQUEST_TIMEOUT
+            record.reason = Reason.BODY_TIMEOUT
             record.status = 408
 
     def connection_lost(self, reason: Failure) -> None:

@@ -28,9 +28,25 @@ proxy together.  What it gave for free is done here explicitly:
 - ``Expect: 100-continue`` is answered when the body is wanted;
 - keep-alive (:func:`~edgeproxy.core.framing.request_keep_alive`): HTTP/1.1
   unless ``Connection: close``, HTTP/1.0 only with ``Connection: keep-alive``
-  and without ``close``; one inactivity timer per connection
-  (``--keepalive-timeout``) covers both an idle connection and a client
-  that stalls mid-request;
+  and without ``close``;
+- deadlines for a slow client, whatever it keeps sending: a request head must
+  be in within ``--header-timeout`` of its first byte (a connection's first
+  request: of the accept, so a slow TLS handshake and a connection that never
+  sends are covered), a body within ``--body-timeout`` of the end of its head
+  plus one second per ``--body-min-rate`` bytes received (Apache
+  mod_reqtimeout's ``body=N,MinRate=M``), and an idle connection is closed
+  ``--keepalive-timeout`` after its last response.  Past a head or body
+  deadline the client gets 408 and the connection closes (a connection that
+  sent nothing is just closed, as nginx does, since browsers open spare
+  ones); a request waiting for its answer is never timed out here (the
+  cluster's timeouts govern it).  Time edgeproxy itself spends not reading
+  (a pipelined request held behind one being answered, reading paused past
+  ``max_held_bytes``) does not count: every clock restarts when a response
+  is done.  There is one timer per connection, and reading a byte does not
+  touch it: it fires at the nearest deadline or at the shortest of the three
+  timeouts, whichever comes first, and works out then what is due, so a
+  deadline that starts later is never missed and a request costs two clock
+  readings (its first byte, its response's end);
 - response framing (in ``H1Exchange.send_head``): ``Content-Length`` when
   the upstream gave one, else chunked (HTTP/1.1 clients) or close-delimited
   (HTTP/1.0 clients); no body for ``HEAD``, 1xx, 204 and 304;
@@ -75,6 +91,7 @@ from edgeproxy.core.errors import (
     HeadTooLarge,
     NotImplementedMethod,
     Reason,
+    RequestTimeout,
     UriTooLong,
 )
 from edgeproxy.core.framing import connection_tokens, request_keep_alive
@@ -116,6 +133,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: How much of a refused method is looked at (and logged): methods are short.
 _METHOD_SCAN = 64
 
+
+#: A deadline less than this many seconds away is due: the timer fires at
+#: ``now + (deadline - now)``, which float rounding may put a hair before it.
+_DUE = 1e-6
 
 #: A parser protocol without callbacks.
 _NOTHING = object()
@@ -251,6 +272,7 @@ class ProxyChannel(Protocol):
     #: Some forwarders are trusted and the peer is not one: the forwarding
     #: chain it sent is replaced, not extended.
     replaces_forwarding = False
+    _judge_peer = False
     #: The names the certificate served for the client's SNI name covers; a
     #: request for any other host gets 421.  None: nothing to check (plain
     #: HTTP, or a TLS client that sent no SNI).
@@ -299,7 +321,12 @@ class ProxyChannel(Protocol):
         self._body_producer: IPushProducer | None = None
         self._closed = False
         self._write: Callable[[bytes], object] = _no_write
-        self._last_data = 0.0
+        #: When the connection was accepted, when the request being parsed
+        #: began, and when the last response was done (None before the first):
+        #: the starts of the deadlines (see _deadline).
+        self._accepted = 0.0
+        self._head_started = 0.0
+        self._answered_at: float | None = None
         self._timer: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
         self._processing_queue = False
@@ -317,13 +344,11 @@ class ProxyChannel(Protocol):
         metrics = factory.metrics
         if metrics is not None:
             metrics.connection_opened(factory.kind)
-        self._last_data = self.clock_seconds()
-        self._timer = factory.clock.callLater(factory.timeout, self._timed_out)
-        trusted = factory.trusted
-        if trusted is not None:
-            # The peer is known by now (a PROXY header is read before this).
-            self.peer_trusted = self.client_ip in trusted
-            self.replaces_forwarding = not self.peer_trusted
+        self._accepted = self.clock_seconds()
+        self._timer = factory.clock.callLater(factory.deadline_step, self._check_deadline)
+        # The peer is judged at the first request: behind a PROXY protocol
+        # wrapper the channel is connected before the header names the peer.
+        self._judge_peer = factory.trusted is not None
 
     @property
     def client_ip(self) -> str:
@@ -413,7 +438,6 @@ class ProxyChannel(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:
             return
-        self._last_data = self.clock_seconds()
         if self._held is not None:
             self._hold(data)
             return
@@ -512,7 +536,14 @@ class ProxyChannel(Protocol):
     # -- httptools callbacks; they run inside feed_data ------------------------------
 
     def on_message_begin(self) -> None:
+        if self._judge_peer:
+            self._judge_peer = False
+            trusted = self.factory.trusted
+            assert trusted is not None
+            self.peer_trusted = self.client_ip in trusted
+            self.replaces_forwarding = not self.peer_trusted
         self._in_head = True
+        self._head_started = self.clock_seconds()
         self._url = b""
         self._headers = []
         # The header block's bytes (on_header counts them).
@@ -619,6 +650,9 @@ class ProxyChannel(Protocol):
         else:  # pragma: no cover - only the first request is ever answered
             requests.remove(request)  # type: ignore[arg-type]
         self._body_producer = None
+        # The keep-alive time starts now, and so does the deadline of a
+        # request that was parsed (or held) while this one was answered.
+        self._answered_at = self.clock_seconds()
         if not request.persistent or self.draining:
             if request is self._parsing:
                 self._linger_then_close()
@@ -700,25 +734,70 @@ class ProxyChannel(Protocol):
                 self.factory.settings.lingering_timeout, self.close
             )
 
-    def _timed_out(self) -> None:
-        """The inactivity timer: an idle connection, or a client that stopped
-        sending mid-request, is closed; one waiting for its answer is not."""
+    def _deadline(self) -> float | None:
+        """When the client's time for what it is sending now runs out; None
+        while a request waits for its answer (nothing is expected of the
+        client) or a refused body is being dropped (the lingering close
+        bounds that)."""
+        requests = self.requests
+        if requests and requests[0].processing:
+            return None
+        factory = self.factory
+        answered = self._answered_at
+        parsing = self._parsing
+        if parsing is not None:
+            if parsing.discarding:
+                return None
+            start = parsing.started
+            if answered is not None and answered > start:
+                start = answered  # parsed while an earlier request was answered
+            rate = factory.body_min_rate
+            return start + factory.body_timeout + (parsing.body_bytes / rate if rate else 0.0)
+        if answered is None:
+            # The first request: from the accept, idle or not.
+            return self._accepted + factory.header_timeout
+        if self._in_head:
+            return max(self._head_started, answered) + factory.header_timeout
+        return answered + factory.timeout
+
+    def _check_deadline(self) -> None:
+        """The connection's timer.  It is never later than a deadline: it
+        fires at the current one or one ``deadline_step`` (the shortest
+        timeout) from now, whichever is sooner, and no deadline that begins
+        meanwhile can end sooner than that."""
         self._timer = None
         if self._closed:
             return
-        timeout = self.factory.timeout
-        requests = self.requests
-        busy = bool(requests) and requests[0].processing
-        idle_for = self.clock_seconds() - self._last_data
-        if busy or idle_for < timeout:
-            self._timer = self.factory.clock.callLater(
-                timeout if busy else timeout - idle_for, self._timed_out
-            )
+        factory = self.factory
+        deadline = self._deadline()
+        left = None if deadline is None else deadline - self.clock_seconds()
+        if left is None or left > _DUE:
+            step = factory.deadline_step
+            if left is not None and left < step:
+                step = left
+            self._timer = factory.clock.callLater(step, self._check_deadline)
             return
-        if self._parsing is not None:
-            # Stalled mid-body: edgeproxy gives up on it, the client did not close.
-            self._parsing.timed_out()
-        self.close()
+        parsing = self._parsing
+        if parsing is not None:
+            deadline_name = "body"
+            if parsing.processing:
+                # Its response has begun: too late for a 408; cut it off.  (Not
+                # today: a request is processed once its body is whole, and a
+                # refused one's body is the lingering close's.)
+                parsing.timed_out()
+                self.close()
+            else:
+                self._reject(RequestTimeout(Reason.BODY_TIMEOUT))
+        elif self._in_head:
+            deadline_name = "header"
+            self._reject(RequestTimeout(Reason.HEADER_TIMEOUT))
+        else:
+            # Idle, or never sent a byte of a request: nothing to answer.
+            deadline_name = "keepalive" if self._answered_at is not None else "no_request"
+            self.close()
+        metrics = factory.metrics
+        if metrics is not None:
+            metrics.client_timed_out(deadline_name)
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True
@@ -777,6 +856,11 @@ class ProxyFactory(ServerFactory):
         self.settings = settings
         self.limits: HTTPLimits = settings.http_limits
         self.timeout: float = settings.keepalive_timeout
+        self.header_timeout: float = settings.header_timeout
+        self.body_timeout: float = settings.body_timeout
+        self.body_min_rate: int = settings.body_min_rate
+        #: How often, at most, a connection's timer looks at its deadline.
+        self.deadline_step: float = min(self.timeout, self.header_timeout, self.body_timeout)
         #: ``--trusted-source``: the forwarders whose headers are believed.
         self.trusted = Networks(settings.trusted_sources) if settings.trusted_sources else None
         self.access_log = access_log

@@ -89,3 +89,21 @@ def test_the_request_head_limits_are_options() -> None:
     assert defaults["settings"].http_limits == HTTPLimits()
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--max-headers", "0"])
+
+
+def test_the_client_deadlines_are_options() -> None:
+    options = Options()
+    options.parseOptions(["--header-timeout", "5", "--body-timeout", "7.5", "--body-min-rate", "0"])
+    settings = options["settings"]
+    assert (settings.header_timeout, settings.body_timeout, settings.body_min_rate) == (5, 7.5, 0)
+    defaults = Options()
+    defaults.parseOptions([])
+    settings = defaults["settings"]
+    assert (settings.header_timeout, settings.body_timeout, settings.body_min_rate) == (
+        30.0,
+        30.0,
+        1024,
+    )
+    for wrong in (["--header-timeout", "0"], ["--body-timeout", "-1"], ["--body-min-rate", "-1"]):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions(wrong)

@@ -28,6 +28,7 @@ from edgeproxy.core.errors import (
     NoVirtualHost,
     Outcome,
     Reason,
+    RequestTimeout,
     UpstreamConnectFailed,
     UpstreamConnectTimeout,
     UpstreamError,
@@ -80,6 +81,8 @@ def test_bad_request_keeps_the_class_reason_unless_told() -> None:
     assert BadRequest(Reason.BAD_HOST).reason is Reason.BAD_HOST
     assert HeadTooLarge().reason is Reason.HEADER_TOO_LARGE
     assert BadRequest.reason is Reason.BAD_REQUEST_LINE  # the instance's reason, not the class's
+    assert RequestTimeout(Reason.BODY_TIMEOUT).reason is Reason.BODY_TIMEOUT
+    assert RequestTimeout.reason is Reason.HEADER_TIMEOUT
 
 
 # (class, status, outcome, reason, never_sent): docs/operations.md's table of outcomes.
@@ -97,6 +100,7 @@ TABLE = [
     (MisdirectedRequest, 421, Outcome.REJECTED, Reason.MISDIRECTED_REQUEST, False),
     (NotCached, 504, Outcome.REJECTED, Reason.NOT_CACHED, False),
     (Forbidden, 403, Outcome.REJECTED, Reason.FORBIDDEN, False),
+    (RequestTimeout, 408, Outcome.CLIENT_TIMEOUT, Reason.HEADER_TIMEOUT, False),
     (UpstreamError, 502, Outcome.UPSTREAM_ERROR, Reason.BAD_RESPONSE, False),
     (UpstreamConnectFailed, 502, Outcome.UPSTREAM_ERROR, Reason.CONNECT_FAILED, True),
     (UpstreamConnectTimeout, 504, Outcome.UPSTREAM_ERROR, Reason.CONNECT_TIMEOUT, True),

@@ -1196,7 +1196,10 @@ def test_whitespace_padding_is_bounded_across_reads() -> None:
 
 # -- 9. timeouts -----------------------------------------------------------------
 
-KEEPALIVE = Settings(keepalive_timeout=10.0)
+# The deadlines themselves are tested in test_h1channel_deadlines.py.
+KEEPALIVE = Settings(
+    keepalive_timeout=10.0, header_timeout=10.0, body_timeout=10.0, body_min_rate=0
+)
 
 
 def test_idle_keepalive_connection_closed_after_timeout() -> None:
@@ -1227,7 +1230,7 @@ STALLED = {
 
 
 @pytest.mark.parametrize("raw", STALLED.values(), ids=STALLED.keys())
-def test_stalled_request_closed_after_timeout(raw: bytes) -> None:
+def test_stalled_request_is_408_after_its_timeout(raw: bytes) -> None:
     c = Conn(KEEPALIVE)
     c.send(raw)
     c.advance(9.9)
@@ -1235,7 +1238,9 @@ def test_stalled_request_closed_after_timeout(raw: bytes) -> None:
     c.advance(0.2)
     assert c.closing
     assert c.attempts == 0
-    assert c.out() == b""  # closed without an answer (no 408)
+    [response] = c.responses()
+    assert response.status == 408
+    assert response.has_token(b"connection", b"close")
 
 
 def test_request_waiting_for_upstream_is_not_cut_by_keepalive_timeout() -> None:
@@ -1666,11 +1671,22 @@ def test_client_gone_mid_response_or_mid_body_is_499(log_events: list[LogEvent])
 def test_request_body_stalled_past_the_timeout_is_408(log_events: list[LogEvent]) -> None:
     c = Conn()
     c.send(request(b"POST", headers=b"Content-Length: 10\r\n", body=b"hello"))
-    c.advance(c.factory.timeout)
+    c.advance(c.factory.body_timeout + 5 / c.factory.body_min_rate)
     assert c.closing
     c.client_gone()  # the close edgeproxy asked for
     [record] = access_records(log_events)
-    assert (record.status, record.outcome, record.reason) == (408, "client_timeout", "request_timeout")
+    assert (record.status, record.outcome, record.reason) == (408, "client_timeout", "body_timeout")
+
+
+def test_request_head_stalled_past_the_timeout_is_408(log_events: list[LogEvent]) -> None:
+    c = Conn()
+    c.send(b"GET /slow HTTP/1.1\r\nHost: sho")
+    c.advance(c.factory.header_timeout)
+    assert c.closing
+    c.client_gone()
+    [record] = access_records(log_events)
+    assert (record.method, record.path) == ("GET", "/slow")
+    assert (record.status, record.reason) == (408, "header_timeout")
 
 
 # -- 16. interim (1xx) responses ------------------------------------------------------------------

@@ -96,3 +96,20 @@ def test_rules_judge_the_client_a_trusted_forwarder_names() -> None:
     sent, exchange, client = forwarded(head, trusted=("10.0.0.0/8",))
     assert exchange is not None and exchange.client_ip == "192.0.2.9"
     assert sent.startswith(b"GET /closed/x HTTP/1.1\r\n")
+
+
+def test_the_peer_is_judged_once_a_proxy_protocol_header_has_named_it() -> None:
+    """Behind Twisted's PROXY protocol wrapper the channel is connected before
+    the header is read: the peer it names is judged, not the balancer."""
+    reactor = MemoryReactorClock()
+    trusted = ("198.51.100.0/24", "10.0.0.0/8")
+    settings = Settings(trusted_sources=tuple(ipaddress.ip_network(n) for n in trusted))
+    factory, _ = proxy_factory(reactor, CONFIG, settings=settings)
+    # The balancer (192.0.2.1) is not trusted: were it judged, the chain would be replaced.
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 5555))
+    channel, _ = connect_client(factory, transport)
+    transport.peerAddr = IPv4Address("TCP", "198.51.100.4", 4000)  # the header, read
+    channel.dataReceived(HEAD)
+    assert channel.requests[0].client_ip == "203.0.113.7"
+    _, upstream, _ = accept_upstream(reactor)
+    assert b"X-Forwarded-For: 203.0.113.7, 10.1.1.1, 198.51.100.4\r\n" in upstream.value()
