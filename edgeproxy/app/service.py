@@ -28,7 +28,7 @@ from edgeproxy.config.settings import Settings
 from edgeproxy.config.watch import BackgroundLoader, ConfigWatcher, in_daemon_thread
 from edgeproxy.core.errors import ConfigError
 from edgeproxy.net import heap
-from edgeproxy.net.acceptgate import AcceptGate
+from edgeproxy.net.acceptgate import AcceptGate, open_files_limit
 from edgeproxy.net.endpoints import DirectEndpointFactory
 from edgeproxy.ops.accesslog import AccessLog, FileSink
 from edgeproxy.ops.admin import admin_site
@@ -307,6 +307,7 @@ class EdgeProxyService(MultiService):
 
     def privilegedStartService(self) -> None:
         self.fast_paths.install(self.reactor)
+        self.accept_gate.check_open_files(open_files_limit())
         if self._handle_sighup:
             # Before the listeners open: a SIGHUP that arrives once anyone can
             # know we are up must reload, not kill the process.

@@ -40,11 +40,21 @@ from zope.interface import implementer
 
 from edgeproxy.core.connlimits import AcceptLimits, ConnectionGate, Refusal
 
-__all__ = ["AcceptGate", "GateEndpoint", "GateFactory", "RefusalLog", "client_key"]
+__all__ = [
+    "FD_RESERVE",
+    "AcceptGate",
+    "GateEndpoint",
+    "GateFactory",
+    "RefusalLog",
+    "client_key",
+    "open_files_limit",
+]
 
 log = Logger(namespace="edgeproxy.acceptgate")
 
-_MAPPED = "::ffff:"
+#: Descriptors a process needs besides its client connections: listeners,
+#: pooled upstream connections, health checks, log and cache files.
+FD_RESERVE = 256
 
 
 def client_key(host: str) -> str:
@@ -59,6 +69,17 @@ def client_key(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+def open_files_limit() -> int | None:
+    """The process's soft limit on open descriptors; None when unlimited or unknown."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 class RefusalLog:
@@ -138,6 +159,22 @@ class AcceptGate:
         if not self.limits.active:
             return wrapped
         return GateEndpoint(self, wrapped, kind, proxied)
+
+    def check_open_files(self, soft_limit: int | None) -> bool:
+        """Warn when the descriptor limit would stop accepts before
+        ``--max-connections`` does; whether it is enough."""
+        cap = self.limits.max_connections
+        if soft_limit is None or not cap or soft_limit >= cap + FD_RESERVE:
+            return True
+        log.warn(
+            "the open-files limit ({soft_limit}) is below --max-connections ({cap}) plus "
+            "{reserve}: accepts will fail (EMFILE) before the cap is reached; raise it "
+            "(ulimit -n, systemd LimitNOFILE=) or lower --max-connections",
+            soft_limit=soft_limit,
+            cap=cap,
+            reserve=FD_RESERVE,
+        )
+        return False
 
     def stop(self) -> None:
         self.refusals.stop()

@@ -22,7 +22,13 @@ from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 from twisted.python.failure import Failure
 
 from edgeproxy.core.connlimits import AcceptLimits, Refusal
-from edgeproxy.net.acceptgate import AcceptGate, GateEndpoint, GateFactory, client_key
+from edgeproxy.net.acceptgate import (
+    AcceptGate,
+    GateEndpoint,
+    GateFactory,
+    client_key,
+    open_files_limit,
+)
 from edgeproxy.tls.server import TLSServerEndpoint
 
 
@@ -198,6 +204,17 @@ def test_the_gate_sits_under_tls() -> None:
     assert raw.factory.buildProtocol(peer("127.0.0.2")) is None
     assert (creator.asked, app.built) == (0, [])
     assert raw.factory.buildProtocol(peer("127.0.0.3")) is not None
+
+
+def test_a_descriptor_limit_below_the_cap_is_warned_about() -> None:
+    gate = AcceptGate(AcceptLimits(max_connections=10_000), Clock())
+    with capturedLogs() as events:
+        assert gate.check_open_files(20_000)
+        assert gate.check_open_files(None)
+        assert not gate.check_open_files(1024)
+    assert [(e["soft_limit"], e["cap"]) for e in events] == [(1024, 10_000)]
+    assert AcceptGate(AcceptLimits(max_connections=0), Clock()).check_open_files(1024)
+    assert open_files_limit() is None or open_files_limit() > 0
 
 
 # --- the refusal log ---------------------------------------------------------------------
