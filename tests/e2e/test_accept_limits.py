@@ -284,3 +284,17 @@ def test_proxied_clients_are_judged_by_the_header_not_the_balancer(
     assert dict(body["headers"])["X-Forwarded-For"] == "203.0.113.9"
     again.close()
     other.close()
+
+
+def test_every_worker_applies_the_limits(
+    start: Callable[..., ProxyProcess], ca: trustme.CA
+) -> None:
+    # The workers parse the same options: whichever accepts, .2 is closed at accept.
+    proxy = start("--workers", "2", "--deny", "127.0.0.2/32")
+    for index in (0, 1):
+        proxy.wait_for_output(rf"edgeproxy worker {index} serving", 10)
+    ctx = client_context(ca)
+    for _ in range(10):
+        closed_at_accept(proxy.ports["https"], "127.0.0.2")
+        served(proxy.ports["https"], "127.0.0.3", ctx).close()
+    proxy.wait_for_output(r"closed at accept on https: deny", 5)
