@@ -41,11 +41,16 @@ def make_config(*vhosts: VirtualHost) -> LoadedConfig:
 
 
 def proxy_factory(
-    reactor: MemoryReactorClock, config: LoadedConfig, *, tls: bool = True, seed: int = 1
+    reactor: MemoryReactorClock,
+    config: LoadedConfig,
+    *,
+    tls: bool = True,
+    seed: int = 1,
+    settings: Settings | None = None,
 ) -> tuple[ProxyFactory, Pipeline]:
     """A started downstream factory and its pipeline on ``reactor``."""
     rng = random.Random(seed)
-    settings = Settings()
+    settings = settings or Settings()
     pipeline = Pipeline(
         Snapshot.build(config, reactor, rng),
         Forwarder(UpstreamClient(reactor), via=b"1.1 edgeproxy", clock=reactor, rng=rng),

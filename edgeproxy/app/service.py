@@ -170,7 +170,12 @@ class EdgeProxyService(MultiService):
             tls_profile=settings.tls_profile,
         )
         self.certificates.setServiceParent(self)
-        creator = SNIConnectionCreator(lambda: self.certificate_index, settings.tls_profile)
+        creator = SNIConnectionCreator(
+            lambda: self.certificate_index,
+            settings.tls_profile,
+            # The running configuration's, so a reload changes it for new handshakes.
+            lambda host: self.pipeline.snapshot.routing.tls_policy_for(host),
+        )
         # Under TLS: a connection it refuses is closed before any TLS work.
         self.accept_gate = gate = AcceptGate(
             settings.accept_limits, reactor, pending_timeout=settings.keepalive_timeout

@@ -10,12 +10,12 @@ caller gives the same text for the same client.
 
 from __future__ import annotations
 
-import ipaddress
 import math
-from collections.abc import Iterable
 from enum import StrEnum
 
 import attrs
+
+from edgeproxy.core.addresses import IPNetwork, Networks
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -25,8 +25,6 @@ __all__ = [
     "Refusal",
     "default_burst",
 ]
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Open client connections a process accepts by default (all https and http
 #: listeners together; the admin listener is not counted).
@@ -65,7 +63,7 @@ class AcceptLimits:
     #: How many may arrive at once from a client that has been quiet.
     burst: int = 1
     #: Client networks refused outright (``--deny CIDR``).
-    deny: tuple[_Network, ...] = ()
+    deny: tuple[IPNetwork, ...] = ()
 
     @property
     def per_client(self) -> bool:
@@ -102,7 +100,7 @@ class ConnectionGate:
         self._interval = 1.0 / limits.rate if limits.rate else 0.0
         # The most a TAT may run ahead of now and still admit: burst - 1 intervals.
         self._tolerance = (limits.burst - 1) * self._interval
-        self._deny = tuple(limits.deny)
+        self._deny = Networks(limits.deny)
 
     def admit(self, client: str, now: float) -> Refusal | None:
         """A connection from ``client``: None when it may come in (and now
@@ -131,7 +129,7 @@ class ConnectionGate:
         """The per-client rules for an opened connection: None when it may stay
         (its client then holds a place until :meth:`leave`), else why not."""
         limits = self.limits
-        if self._deny and _denied(client, self._deny):
+        if self._deny and client in self._deny:
             return self._refuse(Refusal.DENY)
         cap = limits.max_per_client
         if cap:
@@ -197,12 +195,3 @@ class ConnectionGate:
                 return
             del table[oldest]
 
-
-def _denied(client: str, networks: Iterable[_Network]) -> bool:
-    try:
-        address = ipaddress.ip_address(client)
-    except ValueError:
-        return False  # not an IP address (a UNIX socket's peer): no rule can name it
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
