@@ -23,6 +23,7 @@ from edgeproxy.config.settings import (
     DEFAULT_RELOAD_TIMEOUT,
     Settings,
 )
+from edgeproxy.core.connlimits import DEFAULT_MAX_CONNECTIONS, AcceptLimits, default_burst
 from edgeproxy.core.protocol import HTTPLimits
 
 __all__ = ["Options", "version_text"]
@@ -96,6 +97,21 @@ def _workers(value: str) -> int:
     return number
 
 
+def _connection_rate(value: str) -> tuple[float, int]:
+    """``RATE[:BURST]``: new connections per second (0: no limit), and how many
+    may come at once (at least 1; by default a second's worth, RATE rounded up)."""
+    rate_text, _, burst_text = value.partition(":")
+    rate = float(rate_text)
+    if not 0 <= rate < float("inf"):
+        raise ValueError(f"RATE must be a number, 0 or more: {value}")
+    if not burst_text:
+        return rate, default_burst(rate)
+    burst = int(burst_text)
+    if burst < 1:
+        raise ValueError(f"BURST must be at least 1: {value}")
+    return rate, burst
+
+
 def version_text() -> str:
     """``edgeproxy 0.1.0 (Twisted 24.3.0, Python 3.11.2)``: the installed
     distribution's version, else the package's own."""
@@ -163,6 +179,18 @@ class Options(usage.Options):
          "block in bytes (each line counted as name, value and 4); 431 above it.", _positive_int],
         ["max-headers", None, _LIMITS.max_request_headers, "Most header lines in a request; "
          "431 above it.", _positive_int],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Open client connections this "
+         "process accepts (https and http listeners together; per worker with --workers); "
+         "over it a new connection is closed at accept, before TLS. 0: no limit.",
+         _non_negative_int],
+        ["max-connections-per-client", None, 0, "Open connections one client address may "
+         "hold (per process); over it a new one is closed at accept, before TLS. 0: no "
+         "limit (many clients can share one NAT address; docs/security.md).",
+         _non_negative_int],
+        ["max-connection-rate-per-client", None, None, "RATE[:BURST]: new connections per "
+         "second one client address may open, BURST of them at once (default: RATE rounded "
+         "up); over it a new one is closed at accept, before TLS. 0: no limit [default: 0].",
+         _connection_rate],
         ["workers", None, 1, "Worker processes sharing the listeners, or 'auto' (one per "
          "CPU); with more than 1 this process binds the listeners and supervises the "
          "workers (docs/scaling.md).", _workers],
@@ -185,6 +213,7 @@ class Options(usage.Options):
         self["https"] = []
         self["http"] = []
         self["trusted-source"] = []
+        self["deny"] = []
         #: The arguments as given, for the worker processes (edgeproxy.app.workers).
         self.argv: list[str] = []
 
@@ -208,6 +237,14 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--trusted-source: {e}") from None
 
+    def opt_deny(self, network: str) -> None:
+        """Client network (CIDR) whose connections are closed at accept, before TLS, on
+        the https and http listeners; repeatable [default: none]."""
+        try:
+            self["deny"].append(ipaddress.ip_network(network, strict=False))
+        except ValueError as e:
+            raise usage.UsageError(f"--deny: {e}") from None
+
     def opt_http(self, description: str) -> None:
         """Plain HTTP listener (redirects to https; repeatable; 'none': off) [default: tcp:8080]."""
         self["http"].append(description)
@@ -216,6 +253,7 @@ class Options(usage.Options):
         https = tuple(self["https"]) or (_DEFAULT_HTTPS,)
         http = tuple(d for d in self["http"] if d != "none") if self["http"] else (_DEFAULT_HTTP,)
         admin = None if self["admin"] in ("none", "") else self["admin"]
+        rate, burst = self["max-connection-rate-per-client"] or (0.0, 1)
         self["settings"] = Settings(
             config=self["config"],
             certs=self["certs"],
@@ -242,6 +280,13 @@ class Options(usage.Options):
                 max_request_line=self["max-request-line"],
                 max_request_head_bytes=self["max-header-bytes"],
                 max_request_headers=self["max-headers"],
+            ),
+            accept_limits=AcceptLimits(
+                max_connections=self["max-connections"],
+                max_per_client=self["max-connections-per-client"],
+                rate=rate,
+                burst=burst,
+                deny=tuple(self["deny"]),
             ),
         )
         if self["check"]:

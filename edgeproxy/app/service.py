@@ -28,6 +28,7 @@ from edgeproxy.config.settings import Settings
 from edgeproxy.config.watch import BackgroundLoader, ConfigWatcher, in_daemon_thread
 from edgeproxy.core.errors import ConfigError
 from edgeproxy.net import heap
+from edgeproxy.net.acceptgate import AcceptGate, open_files_limit
 from edgeproxy.net.endpoints import DirectEndpointFactory
 from edgeproxy.ops.accesslog import AccessLog, FileSink
 from edgeproxy.ops.admin import admin_site
@@ -45,6 +46,11 @@ __all__ = ["EdgeProxyService", "ListenEndpoints", "ListenerService", "make_servi
 #: "admin"); by default ``serverFromString``.  Worker processes
 #: (:mod:`edgeproxy.app.workers`) pass one that adopts the supervisor's sockets.
 ListenEndpoints = Callable[[str, str], IStreamServerEndpoint]
+
+
+def _proxied(description: str) -> bool:
+    """A PROXY-protocol listener (Twisted's ``haproxy:`` prefix)."""
+    return description.startswith("haproxy:")
 
 
 def _string_endpoints(reactor: Any) -> ListenEndpoints:
@@ -170,12 +176,17 @@ class EdgeProxyService(MultiService):
             # The running configuration's, so a reload changes it for new handshakes.
             lambda host: self.pipeline.snapshot.routing.tls_policy_for(host),
         )
+        # Under TLS: a connection it refuses is closed before any TLS work.
+        self.accept_gate = gate = AcceptGate(
+            settings.accept_limits, reactor, pending_timeout=settings.header_timeout
+        )
         self.metrics = Metrics()
         self.metrics.watch(
             lambda: self.pipeline.snapshot,
             lambda: self.certificate_index,
             lambda: self.generation,
             caches=self.pipeline.caches.figures,
+            connections_refused=lambda: gate.gate.refused,
         )
         path = settings.access_log
         self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
@@ -200,14 +211,18 @@ class EdgeProxyService(MultiService):
 
         self.https_listeners: list[ListenerService] = []
         for description in settings.https:
-            endpoint = self.fast_paths.tls_endpoint(creator, endpoints("https", description))
+            gated = gate.endpoint(
+                endpoints("https", description), "https", proxied=_proxied(description)
+            )
+            endpoint = self.fast_paths.tls_endpoint(creator, gated)
             listener = ListenerService("https", description, endpoint, proxy_factory(True))
             listener.setServiceParent(self)
             self.https_listeners.append(listener)
         for description in settings.http:
-            ListenerService(
-                "http", description, endpoints("http", description), proxy_factory(False)
-            ).setServiceParent(self)
+            gated = gate.endpoint(
+                endpoints("http", description), "http", proxied=_proxied(description)
+            )
+            ListenerService("http", description, gated, proxy_factory(False)).setServiceParent(self)
         if settings.admin is not None:
             ListenerService(
                 "admin", settings.admin, endpoints("admin", settings.admin), admin_site(self)
@@ -297,6 +312,7 @@ class EdgeProxyService(MultiService):
 
     def privilegedStartService(self) -> None:
         self.fast_paths.install(self.reactor)
+        self.accept_gate.check_open_files(open_files_limit())
         if self._handle_sighup:
             # Before the listeners open: a SIGHUP that arrives once anyone can
             # know we are up must reload, not kill the process.
@@ -341,6 +357,7 @@ class EdgeProxyService(MultiService):
         self.config_loader.close()
         d = self.drain()
         d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
+        d.addBoth(lambda _: self.accept_gate.stop())
         d.addBoth(lambda _: self.upstream.close())
         d.addBoth(lambda _: self.pipeline.snapshot.stop())
         d.addBoth(lambda _: self.pipeline.caches.close())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from edgeproxy.core.addresses import IPNetwork
+from edgeproxy.core.connlimits import AcceptLimits
 from edgeproxy.core.protocol import HTTPLimits
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
@@ -81,3 +82,8 @@ class Settings:
     #: The HTTP/1.1 protocol limits (head sizes, header count, spooling, upstream
     #: reads and writes), handed to the listeners and the upstream client.
     http_limits: HTTPLimits = attrs.field(factory=HTTPLimits)
+    #: The limits judged when a client connection is accepted, before TLS
+    #: (``--max-connections``, ``--max-connections-per-client``,
+    #: ``--max-connection-rate-per-client``, ``--deny``): per process, so per
+    #: worker with ``--workers``.  See :mod:`edgeproxy.net.acceptgate`.
+    accept_limits: AcceptLimits = attrs.field(factory=AcceptLimits)

@@ -14,7 +14,7 @@ labels.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from edgeproxy.core.connlimits import Refusal
 from edgeproxy.core.errors import Outcome, Reason
 
 if TYPE_CHECKING:
@@ -97,10 +98,12 @@ class Metrics:
         certificates: Callable[[], CertificateIndex],
         generation: Callable[[], int],
         caches: Callable[[], list[tuple[str, StoreFigures, CacheCounters]]] = list,
+        connections_refused: Callable[[], Mapping[Refusal, int]] = dict,
     ) -> None:
         """Where the scrape-time collector reads the live state from."""
         self._state.sources = (snapshot, certificates, generation)
         self._state.caches = caches
+        self._state.connections_refused = connections_refused
 
     def observe(
         self,
@@ -284,6 +287,7 @@ class _StateCollector(Collector):
         self._metrics = metrics
         self.sources: tuple[Callable[[], Any], Callable[[], Any], Callable[[], int]] | None = None
         self.caches: Callable[[], list[Any]] = list
+        self.connections_refused: Callable[[], Mapping[Refusal, int]] = dict
 
     def describe(self) -> list[Any]:
         # Dynamic families: let the registry ask collect() (auto_describe)
@@ -299,6 +303,17 @@ class _StateCollector(Collector):
         for listener, count in sorted(self._metrics.active_connections.items()):
             connections.add_metric([listener], count)
         yield connections
+        refused = CounterMetricFamily(
+            "edgeproxy_connections_refused",
+            "Client connections closed at accept, before TLS, by reason: max_connections "
+            "(--max-connections), per_client (--max-connections-per-client), rate "
+            "(--max-connection-rate-per-client), deny (--deny).",
+            labels=["reason"],
+        )
+        counts = self.connections_refused()
+        for reason in Refusal:
+            refused.add_metric([reason.value], counts.get(reason, 0))
+        yield refused
         if self.sources is None:
             return
         snapshot_of, certificates_of, generation_of = self.sources

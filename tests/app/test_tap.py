@@ -3,6 +3,7 @@ docs list, which must match what the admin listener serves."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import types
 from importlib import metadata
@@ -15,6 +16,7 @@ from twisted.python import usage
 
 import edgeproxy
 from edgeproxy.app.options import Options, version_text
+from edgeproxy.core.connlimits import AcceptLimits
 from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.ops.admin import admin_site
 from edgeproxy.ops.metrics import Metrics
@@ -107,3 +109,55 @@ def test_the_client_deadlines_are_options() -> None:
     for wrong in (["--header-timeout", "0"], ["--body-timeout", "-1"], ["--body-min-rate", "-1"]):
         with pytest.raises(usage.UsageError):
             Options().parseOptions(wrong)
+
+
+def test_the_accept_limits_are_options() -> None:
+    options = Options()
+    options.parseOptions(
+        [
+            "--max-connections", "500",
+            "--max-connections-per-client", "20",
+            "--max-connection-rate-per-client", "2.5:10",
+            "--deny", "192.0.2.0/24",
+            "--deny", "2001:db8::1",
+        ]
+    )  # fmt: skip
+    limits = options["settings"].accept_limits
+    assert limits == AcceptLimits(
+        max_connections=500,
+        max_per_client=20,
+        rate=2.5,
+        burst=10,
+        deny=(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::1/128")),
+    )
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults["settings"].accept_limits == AcceptLimits()
+    assert AcceptLimits() == AcceptLimits(max_connections=10_000, max_per_client=0, rate=0.0)
+    off = Options()
+    off.parseOptions(["--max-connection-rate-per-client", "0"])
+    assert off["settings"].accept_limits == AcceptLimits()
+    # The burst defaults to a second's worth.
+    rate_only = Options()
+    rate_only.parseOptions(["--max-connection-rate-per-client", "2.5"])
+    assert (rate_only["settings"].accept_limits.rate, rate_only["settings"].accept_limits.burst) == (
+        2.5,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-connections", "-1"],
+        ["--max-connections-per-client", "x"],
+        ["--max-connection-rate-per-client", "-1"],
+        ["--max-connection-rate-per-client", "nan"],
+        ["--max-connection-rate-per-client", "5:0"],
+        ["--max-connection-rate-per-client", "5:1.5"],
+        ["--deny", "300.0.0.0/8"],
+    ],
+)
+def test_bad_accept_limits_are_usage_errors(args: list[str]) -> None:
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(args)
