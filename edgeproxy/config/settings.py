@@ -23,6 +23,8 @@ DEFAULT_CERT_POLL_INTERVAL = 2.0
 DEFAULT_LINGERING_TIMEOUT = 5.0
 #: On SIGTERM, seconds requests in flight get to finish after the listeners close.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: Buckets the in-memory rate-limit store keeps at most (about 200 bytes each).
+DEFAULT_RATE_LIMIT_MAX_KEYS = 100_000
 #: A configuration reload whose files take longer than this to load is rejected.
 DEFAULT_RELOAD_TIMEOUT = 30.0
 
@@ -67,3 +69,8 @@ class Settings:
     #: The HTTP/1.1 protocol limits (head sizes, header count, spooling, upstream
     #: reads and writes), handed to the listeners and the upstream client.
     http_limits: HTTPLimits = attrs.field(factory=HTTPLimits)
+    #: ``--rate-limit-store memory|redis://HOST:PORT[/DB]``: where the routes'
+    #: rate-limit buckets are kept (edgeproxy.ratelimit).
+    rate_limit_store: str = "memory"
+    #: ``--rate-limit-max-keys``: buckets the memory store keeps at most.
+    rate_limit_max_keys: int = DEFAULT_RATE_LIMIT_MAX_KEYS

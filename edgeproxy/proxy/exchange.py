@@ -732,7 +732,11 @@ def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
 
 
 #: Reason phrases of statuses edgeproxy answers that twisted.web's table lacks.
-_MORE_REASONS = {421: b"Misdirected Request", 431: b"Request Header Fields Too Large"}
+_MORE_REASONS = {
+    421: b"Misdirected Request",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def _reason(status: int) -> bytes:
