@@ -242,6 +242,8 @@ def _decision(reply: object) -> Decision | None:
 class _TxRedis:
     """One txredisapi connection that reconnects by itself."""
 
+    log = Logger()
+
     def __init__(self, reactor: Any, address: RedisAddress) -> None:
         # Imported here: txredisapi imports the global reactor, which only
         # the running service may do (twistd has installed it by then).
@@ -262,6 +264,16 @@ class _TxRedis:
         factory.maxDelay = RECONNECT_MAX_DELAY
         factory.startConnecting(HostnameEndpoint(reactor, address.host, address.port, timeout=1))
         self._factory = factory
+        name = str(address)
+        # Fires at the first connection only (reconnections end an outage,
+        # which the store logs); a failed password or database is logged by
+        # txredisapi, and every decision fails until it is fixed.
+        factory.deferred.addCallbacks(
+            lambda _: self.log.info("rate limit store {store} connected", store=name),
+            lambda failure: self.log.error(
+                "rate limit store {store}: {cause}", store=name, cause=failure.getErrorMessage()
+            ),
+        )
 
     @property
     def connected(self) -> bool:
