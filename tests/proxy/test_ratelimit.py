@@ -236,3 +236,30 @@ def test_a_failing_store_fails_open_or_closed_as_the_route_says() -> None:
     _, transport = get(factory, b"/closed/x")
     store.pending[0].errback(StoreError("no answer in time"))
     assert status_line(transport.value()) == b"HTTP/1.1 503 Service Unavailable"
+
+
+def test_a_reload_keeps_the_buckets_of_the_routes_it_keeps() -> None:
+    import random
+
+    from edgeproxy.cluster.snapshot import Snapshot
+
+    reactor = MemoryReactorClock()
+    factory, pipeline = proxy_factory(reactor, CONFIG)
+    for _ in range(2):
+        get(factory, b"/api/x")
+    # The same route (host and prefix) with another rate: its bucket stays.
+    reloaded = make_config(
+        VirtualHost(
+            ["shop.example"],
+            routes=[Route("/api/", WEB, rate_limit=RateLimit(rate=0.02, burst=2))],
+        )
+    )
+    old = pipeline.snapshot
+    pipeline.swap(Snapshot.build(reloaded, reactor, random.Random(1), previous=old))
+    assert b" 429 " in get(factory, b"/api/x")[0]
+    # The bucket is full again at 200 s (two requests at the old 100 s each);
+    # at the new rate (50 s a request, burst 2) one fits again at 150 s.
+    reactor.advance(149)
+    assert b" 429 " in get(factory, b"/api/x")[0]
+    reactor.advance(1)
+    assert get(factory, b"/api/x")[0] == b""
