@@ -68,10 +68,19 @@ class RedisServer:
             self.port = 0
         raise RuntimeError("redis-server did not start")
 
+    def pause(self) -> None:
+        """Hang: connections stay open, nothing is answered (SIGSTOP)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(signal.SIGKILL)  # stopped (SIGSTOP) or not
             process.wait(10)
 
 

@@ -237,3 +237,30 @@ def test_redis_gone_fails_open_or_closed_and_back_limits_again(
         assert len(re.findall(back, output)) == 1
     finally:
         proxy.stop()
+
+
+def test_a_hung_redis_holds_no_request_past_the_decision_timeout(
+    tmp_path: Path, backend: BackendServer, redis: RedisServer
+) -> None:
+    proxy = connected(start_proxy(tmp_path, backend, "--rate-limit-store", redis.url), redis)
+    try:
+        assert get(proxy, "127.0.0.2", "/api/x")[0] == 200
+        redis.pause()
+        started = time.monotonic()
+        assert get(proxy, "127.0.0.2", "/api/x")[0] == 200  # open
+        assert get(proxy, "127.0.0.2", "/strict/x")[0] == 503  # closed
+        # Each waited for the 100 ms decision timeout, not for Redis.
+        assert time.monotonic() - started < 1.5
+        proxy.wait_for_output(r"failed: no answer within 100 ms")
+        redis.resume()
+        deadline = time.monotonic() + 15
+        while get(proxy, "127.0.0.9", "/strict/x")[0] == 503:
+            assert time.monotonic() < deadline, "the proxy did not use redis again"
+            time.sleep(0.2)
+        # Limits hold again.  (Another client: a decision that timed out may
+        # still have been counted once Redis woke, or not, if the connection
+        # was dropped first.)
+        statuses = [get(proxy, "127.0.0.4", "/api/x")[0] for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+    finally:
+        proxy.stop()
