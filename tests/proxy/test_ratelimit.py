@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -263,3 +264,78 @@ def test_a_reload_keeps_the_buckets_of_the_routes_it_keeps() -> None:
     assert b" 429 " in get(factory, b"/api/x")[0]
     reactor.advance(1)
     assert get(factory, b"/api/x")[0] == b""
+
+
+def rate_limit_scenario(name: str) -> list[str]:
+    """The cyclic garbage types of repeated refusals and waits, over
+    transports closed as the reactor closes sockets (run in a fresh interpreter)."""
+    from twisted.internet.error import ConnectionDone
+
+    from tests.proxy.test_no_cycles import SocketLike, garbage_of
+
+    get_ = b"GET /api/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    post = b"POST /api/x HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\n\r\n"
+    if name == "limited":
+        reactor, factory, _ = MemoryReactorClock(), None, None
+        factory, _ = proxy_factory(reactor, CONFIG)
+        store = None
+    else:
+        reactor, factory, store, _ = later_proxy()
+
+    def client(data: bytes) -> SocketLike:
+        address = IPv4Address("TCP", "192.0.2.9", 5555)
+        channel: Any = factory.buildProtocol(address)
+        transport = SocketLike(reactor, channel, peerAddress=address)
+        channel.makeConnection(transport)
+        channel.dataReceived(data)
+        return transport
+
+    def limited() -> None:
+        transport = client(get_)
+        reactor.advance(0)
+        assert b" 429 " in transport.value() and transport.closed
+
+    def refused_in_turn() -> None:
+        assert store is not None
+        transport = client(get_)
+        store.pending.pop().callback(Decision(False, 1.0))
+        assert b" 429 " in transport.value()
+        transport.lost(ConnectionDone())
+        reactor.advance(0)
+
+    def refused_before_turn() -> None:
+        assert store is not None
+        transport = client(post)
+        store.pending.pop().callback(Decision(False, 1.0))
+        reactor.advance(0)
+        assert b" 429 " in transport.value()
+        transport.lost(ConnectionDone())
+        reactor.advance(0)
+
+    def gone_before_decision() -> None:
+        assert store is not None
+        transport = client(get_)
+        transport.lost(ConnectionDone())
+        store.pending.pop().callback(ALLOWED)
+        reactor.advance(0)
+
+    if name == "limited":
+        for _ in range(2):
+            get(factory, b"/api/x")
+    steps = {
+        "limited": limited,
+        "refused_in_turn": refused_in_turn,
+        "refused_before_turn": refused_before_turn,
+        "gone_before_decision": gone_before_decision,
+    }
+    return garbage_of(steps[name])
+
+
+@pytest.mark.parametrize(
+    "name", ["limited", "refused_in_turn", "refused_before_turn", "gone_before_decision"]
+)
+def test_refusals_and_waits_leave_no_cyclic_garbage(name: str) -> None:
+    from tests.proxy.test_no_cycles import garbage_in_fresh_interpreter
+
+    found = garbage_in_fresh_interpreter("tests.proxy.test_ratelimit", "rate_limit_scenario", name)
+    assert found == []
