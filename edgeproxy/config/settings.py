@@ -23,7 +23,8 @@ DEFAULT_CERT_POLL_INTERVAL = 2.0
 DEFAULT_LINGERING_TIMEOUT = 5.0
 #: On SIGTERM, seconds requests in flight get to finish after the listeners close.
 DEFAULT_DRAIN_TIMEOUT = 30.0
-#: Buckets the in-memory rate-limit store keeps at most (about 200 bytes each).
+#: Buckets the in-memory rate-limit store keeps at most (about 150 bytes each:
+#: the key, its TAT and its dict entry).
 DEFAULT_RATE_LIMIT_MAX_KEYS = 100_000
 #: A configuration reload whose files take longer than this to load is rejected.
 DEFAULT_RELOAD_TIMEOUT = 30.0

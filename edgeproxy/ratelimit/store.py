@@ -7,7 +7,7 @@ use, so the least recently used key is the first: a decision forgets up to
 two idle keys from that end (a key whose TAT has passed is a full bucket,
 the same as none), and when ``max_keys`` are kept the least recently used one
 is evicted to make room (that client's bucket starts full again).  A flood of
-distinct keys therefore costs at most ``max_keys`` entries, about 200 bytes
+distinct keys therefore costs at most ``max_keys`` entries, about 150 bytes
 each.
 """
 
