@@ -214,6 +214,8 @@ class HandshakeResult:
     fingerprint: str | None = None
     #: The suite agreed on (OpenSSL's name).
     cipher: str | None = None
+    #: The server's connection, after a complete handshake (to read what it learnt).
+    server: SSL.Connection | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class _NoTransport:
@@ -291,4 +293,5 @@ def memory_handshake(
         session_reused=client.session_reused,
         session=client.session,
         fingerprint=hashlib.sha256(der).hexdigest() if der else None,
+        server=server,
     )

@@ -47,12 +47,13 @@ def proxy_factory(
     *,
     tls: bool = True,
     seed: int = 1,
+    settings: Settings | None = None,
     rate_limits: RateLimits | None = None,
 ) -> tuple[ProxyFactory, Pipeline]:
     """A started downstream factory and its pipeline on ``reactor`` (rate
     limits in memory on ``reactor`` unless ``rate_limits`` says otherwise)."""
     rng = random.Random(seed)
-    settings = Settings()
+    settings = settings or Settings()
     pipeline = Pipeline(
         Snapshot.build(config, reactor, rng),
         Forwarder(UpstreamClient(reactor), via=b"1.1 edgeproxy", clock=reactor, rng=rng),

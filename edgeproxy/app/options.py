@@ -210,7 +210,9 @@ class Options(usage.Options):
         self["https"].append(description)
 
     def opt_trusted_source(self, network: str) -> None:
-        """Network (CIDR) whose X-Request-Id is kept; repeatable [default: none]."""
+        """A trusted forwarder's network (CIDR): its X-Forwarded-For, Forwarded and
+        X-Request-Id are kept and name the client; everyone else's are replaced;
+        repeatable [default: none: X-Forwarded-For is appended to, unverified]."""
         try:
             self["trusted-source"].append(ipaddress.ip_network(network, strict=False))
         except ValueError as e:

@@ -168,7 +168,12 @@ class EdgeProxyService(MultiService):
             tls_profile=settings.tls_profile,
         )
         self.certificates.setServiceParent(self)
-        creator = SNIConnectionCreator(lambda: self.certificate_index, settings.tls_profile)
+        creator = SNIConnectionCreator(
+            lambda: self.certificate_index,
+            settings.tls_profile,
+            # The running configuration's, so a reload changes it for new handshakes.
+            lambda host: self.pipeline.snapshot.routing.tls_policy_for(host),
+        )
         self.metrics = Metrics()
         self.metrics.watch(
             lambda: self.pipeline.snapshot,

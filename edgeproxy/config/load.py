@@ -22,6 +22,7 @@ import attrs
 
 from edgeproxy.config import Cache, Cluster, VirtualHost
 from edgeproxy.config.routing import RoutingTable
+from edgeproxy.config.tlspolicy import ClientCA, ClientCAError, load_client_ca
 from edgeproxy.core.errors import ConfigError, ConfigProblem
 from edgeproxy.core.hostnames import normalise_pattern
 
@@ -204,6 +205,8 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
             loaded.append(result)
 
     problems.extend(_cross_check(loaded))
+    client_cas, ca_problems = _load_client_cas(loaded)
+    problems.extend(ca_problems)
     virtual_hosts = tuple(vhost for f in loaded for vhost in f.virtual_hosts)
     if not problems and not virtual_hosts:
         problems.append(ConfigProblem(path, "the configuration defines no virtual hosts"))
@@ -223,7 +226,7 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
         virtual_hosts=virtual_hosts,
         files=tuple(files),
         clusters=types.MappingProxyType(clusters),
-        routing=RoutingTable.from_virtual_hosts(virtual_hosts),
+        routing=RoutingTable.from_virtual_hosts(virtual_hosts, client_cas),
         virtual_host_files=tuple(f.path for f in loaded for _ in f.virtual_hosts),
         expectations=tuple(e for f in loaded for e in f.expectations),
         defined_clusters=types.MappingProxyType(
@@ -321,9 +324,10 @@ def _read_virtual_hosts(
         ]
     problems = []
     vhosts = []
+    resolved: dict[int, VirtualHost] = {}
     for index, item in enumerate(value):
         if isinstance(item, VirtualHost):
-            vhosts.append(item)
+            vhosts.append(_resolve_paths(filename, item, resolved))
         else:
             problems.append(
                 ConfigProblem(
@@ -331,6 +335,54 @@ def _read_virtual_hosts(
                 )
             )
     return tuple(vhosts), problems
+
+
+def _resolve_paths(
+    filename: str, vhost: VirtualHost, resolved: dict[int, VirtualHost]
+) -> VirtualHost:
+    """``vhost`` with a relative ``client_ca`` made relative to the directory
+    of the file that names it (not to the working directory, which a service
+    manager chooses).  One object per object: the same virtual host listed
+    twice stays recognisable as such."""
+    if vhost.client_ca is None or os.path.isabs(vhost.client_ca):
+        return vhost
+    done = resolved.get(id(vhost))
+    if done is None:
+        path = os.path.normpath(
+            os.path.join(os.path.dirname(os.path.abspath(filename)), vhost.client_ca)
+        )
+        done = resolved[id(vhost)] = attrs.evolve(vhost, client_ca=path)
+    return done
+
+
+def _load_client_cas(
+    loaded: Sequence[_LoadedFile],
+) -> tuple[dict[str, ClientCA], list[ConfigProblem]]:
+    """Every ``client_ca`` file, read and parsed once, by (resolved) path."""
+    cas: dict[str, ClientCA] = {}
+    failed: set[str] = set()
+    problems: list[ConfigProblem] = []
+    for f in loaded:
+        directory = os.path.dirname(os.path.abspath(f.path))
+        for vhost in f.virtual_hosts:
+            path = vhost.client_ca
+            if path is None or path in cas or path in failed:
+                continue
+            try:
+                cas[path] = load_client_ca(path)
+            except ClientCAError as e:
+                failed.add(path)
+                line = next(
+                    (
+                        number
+                        for text, number in f.literal_lines.items()
+                        if os.path.normpath(os.path.join(directory, text)) == path
+                    ),
+                    None,
+                )
+                message = f"virtual host {vhost.names[0]!r}: {e}"
+                problems.append(ConfigProblem(f.path, message, line))
+    return cas, problems
 
 
 def _module_statements(tree: ast.Module | None) -> list[ast.stmt]:

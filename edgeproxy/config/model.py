@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from edgeproxy.config.settings import IPNetwork
+from edgeproxy.core.addresses import IPNetwork
 from edgeproxy.core.hostnames import normalise_name, normalise_pattern
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_RESPONSE_TIMEOUT",
     "HSTS",
+    "TLS_VERSIONS",
     "Cache",
     "Cluster",
     "ConsistentHash",
@@ -597,7 +598,55 @@ class Cache:
         return self.store[len("disk:") :] if self.store.startswith("disk:") else None
 
 
+#: ``VirtualHost(min_tls_version=...)`` values.
+TLS_VERSIONS: tuple[str, ...] = ("1.2", "1.3")
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Headers edgeproxy writes or decides itself: naming one would forge or lose it.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
+        "x-request-id",
+    }
+)
+
+
+def _validate_tls_version(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value not in TLS_VERSIONS:
+        raise ValueError(f"min_tls_version must be '1.2', '1.3' or None, not {value!r}")
+
+
+def _validate_path(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a file path string, not {value!r}")
+    if not value or "\x00" in value:
+        raise ValueError(f"{attribute.name} must be a file path, not {value!r}")
+
+
+def _validate_header_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a header name string, not {value!r}")
+    if not value or not set(value) <= _TOKEN:
+        raise ValueError(f"{attribute.name} must be a header name, not {value!r}")
+    if value.lower() in _RESERVED_HEADERS:
+        raise ValueError(f"{attribute.name} cannot be {value!r}: edgeproxy writes that header")
 
 
 def _validate_rate(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -785,6 +834,13 @@ class VirtualHost:
     ``Refresh`` that names an endpoint's address to the host the client used.
     ``hsts`` (an :class:`HSTS`) sends ``Strict-Transport-Security`` over TLS.
     ``allow`` and ``deny`` are as on :class:`Route`, for every route of it.
+    ``min_tls_version`` (``"1.2"`` or ``"1.3"``; None: the listener's
+    ``--tls-profile``) fails the handshake of a client below it that names
+    this host in SNI.  ``client_ca`` (a PEM file of CA certificates, relative
+    to the configuration file's directory) requires a client certificate
+    verified against it; ``client_subject_header`` (with ``client_ca`` only)
+    passes the verified subject upstream in that header, after removing any
+    such header the client sent.
     """
 
     names: tuple[str, ...] = attrs.field(converter=_to_names, validator=_validate_names)
@@ -795,3 +851,24 @@ class VirtualHost:
     hsts: HSTS | None = attrs.field(default=None, validator=_optional(HSTS, "HSTS"), kw_only=True)
     allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
     deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    min_tls_version: str | None = attrs.field(
+        default=None, validator=_validate_tls_version, kw_only=True
+    )
+    client_ca: str | None = attrs.field(default=None, validator=_validate_path, kw_only=True)
+    client_subject_header: str | None = attrs.field(
+        default=None, validator=_validate_header_name, kw_only=True
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.client_subject_header is not None and self.client_ca is None:
+            raise ValueError(
+                "client_subject_header needs client_ca: only a verified client "
+                "certificate's subject is passed upstream"
+            )
+        if self.client_ca is not None:
+            plain = [route.prefix for route in self.routes if route.plain_http]
+            if plain:
+                raise ValueError(
+                    f"route {plain[0]!r} has plain_http=True, but client_ca requires a "
+                    "client certificate, which plain http cannot carry"
+                )

@@ -14,10 +14,11 @@ import itertools
 import math
 import string
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from edgeproxy.config import Cluster, Route, Split, VirtualHost
+from edgeproxy.config.tlspolicy import ClientCA, TLSPolicy
 from edgeproxy.core.hostnames import wildcard_of
 
 __all__ = ["RouteMatch", "RoutingTable", "SplitChooser", "VirtualHostTable", "prefix_bytes"]
@@ -53,11 +54,34 @@ class RouteMatch(NamedTuple):
 class VirtualHostTable:
     """The routes of one virtual host: longest plain string prefix wins."""
 
-    __slots__ = ("_by_length", "_lengths", "hsts_line", "vhost_name", "virtual_host")
+    __slots__ = (
+        "_by_length",
+        "_lengths",
+        "client_subject_header",
+        "hsts_line",
+        "tls_policy",
+        "vhost_name",
+        "virtual_host",
+    )
 
-    def __init__(self, virtual_host: VirtualHost) -> None:
+    def __init__(self, virtual_host: VirtualHost, client_ca: ClientCA | None = None) -> None:
+        """``client_ca``: ``virtual_host.client_ca`` as loaded; when it is
+        set and this is None, no client certificate verifies (fail closed)."""
         self.virtual_host = virtual_host
         self.vhost_name = virtual_host.names[0]
+        if virtual_host.client_ca is not None and client_ca is None:
+            client_ca = ClientCA(virtual_host.client_ca, ())
+        elif virtual_host.client_ca is None:
+            client_ca = None
+        #: What a handshake naming this host must meet (None: the listener's defaults).
+        self.tls_policy = (
+            TLSPolicy(virtual_host.min_tls_version, client_ca)
+            if virtual_host.min_tls_version is not None or client_ca is not None
+            else None
+        )
+        header = virtual_host.client_subject_header
+        #: The header carrying the verified client subject upstream, if any.
+        self.client_subject_header = None if header is None else header.encode("ascii")
         hsts = virtual_host.hsts
         #: The ``Strict-Transport-Security`` line its TLS responses carry, if any.
         self.hsts_line = (
@@ -123,13 +147,20 @@ class RoutingTable:
         self._wildcards = wildcards
 
     @classmethod
-    def from_virtual_hosts(cls, vhosts: Sequence[VirtualHost]) -> RoutingTable:
+    def from_virtual_hosts(
+        cls, vhosts: Sequence[VirtualHost], client_cas: Mapping[str, ClientCA] | None = None
+    ) -> RoutingTable:
         """Build the table.  The loader has already rejected names claimed
-        twice; should one get here anyway, the first virtual host keeps it."""
+        twice; should one get here anyway, the first virtual host keeps it.
+        ``client_cas``: the loaded ``client_ca`` files by path (one missing
+        verifies no client)."""
         exact: dict[str, VirtualHostTable] = {}
         wildcards: dict[str, VirtualHostTable] = {}
+        cas = client_cas or {}
         for vhost in vhosts:
-            table = VirtualHostTable(vhost)
+            table = VirtualHostTable(
+                vhost, None if vhost.client_ca is None else cas.get(vhost.client_ca)
+            )
             for name in vhost.names:
                 if name.startswith("*."):
                     wildcards.setdefault(name, table)
@@ -148,6 +179,11 @@ class RoutingTable:
         if wildcard is None:
             return None
         return self._wildcards.get(wildcard)
+
+    def tls_policy_for(self, host: str) -> TLSPolicy | None:
+        """The TLS policy of the virtual host for a normalised SNI name, if any."""
+        table = self.find_virtual_host(host)
+        return None if table is None else table.tls_policy
 
     def match(self, host: str | None, target: bytes) -> RouteMatch | None:
         """Route a normalised host and an origin-form request-target (``/path?query``).

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import attrs
 
+from edgeproxy.core.addresses import IPNetwork
 from edgeproxy.core.protocol import HTTPLimits
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Request bodies larger than this get 413 unless a Route says otherwise.
 DEFAULT_MAX_BODY_SIZE = 64 * 1024 * 1024
@@ -47,8 +44,11 @@ class Settings:
     #: Worker processes sharing the listeners (``--workers``); 1 = one process,
     #: no supervisor.  See :mod:`edgeproxy.app.workers` and docs/scaling.md.
     workers: int = 1
-    #: Clients whose ``X-Request-Id`` is kept (``--trusted-source CIDR``); from
-    #: anyone else the header is replaced by a new id.
+    #: Trusted forwarders (``--trusted-source CIDR``): a peer in one has its
+    #: ``X-Request-Id``, ``X-Forwarded-For`` and ``Forwarded`` kept, and the
+    #: client is found in the latter (:mod:`edgeproxy.core.addresses`); from
+    #: anyone else they are replaced.  Empty: ``X-Forwarded-For`` is appended
+    #: to, unverified, and the peer is the client.
     trusted_sources: tuple[IPNetwork, ...] = ()
     #: ``--access-log PATH|-|off``: write access lines there directly; None = through
     #: twisted.logger; ``off``: none at all.

@@ -17,7 +17,6 @@ nothing past the channel knows which protocol it is.
 from __future__ import annotations
 
 import io
-import ipaddress
 import itertools
 import random
 import secrets
@@ -33,7 +32,9 @@ from twisted.web.http import RESPONSES
 
 from edgeproxy.config import Route
 from edgeproxy.config.routing import RouteMatch, VirtualHostTable
-from edgeproxy.config.settings import IPNetwork, Settings
+from edgeproxy.config.settings import Settings
+from edgeproxy.config.tlspolicy import TLSPolicy
+from edgeproxy.core.addresses import Networks, forwarded_client, forwarded_elements
 from edgeproxy.core.errors import (
     BadRequest,
     BodyTooLarge,
@@ -130,6 +131,8 @@ class Listener(Protocol):
     def access_log(self) -> AccessSink: ...
     @property
     def pipeline(self) -> Dispatch: ...
+    @property
+    def trusted(self) -> Networks | None: ...
 
 
 class Channel(Protocol):
@@ -143,8 +146,17 @@ class Channel(Protocol):
     def covered_host(self) -> str | None: ...
     @property
     def client_ip(self) -> str: ...
+    @property
+    def peer_trusted(self) -> bool: ...
+    @property
+    def replaces_forwarding(self) -> bool: ...
+    @property
+    def met_policy(self) -> TLSPolicy | None: ...
+    @property
+    def client_subject(self) -> bytes | None: ...
     def clock_seconds(self) -> float: ...
     def covers(self, host: str) -> bool: ...
+    def meets(self, policy: TLSPolicy) -> bool: ...
     def tls_details(self) -> tuple[str | None, str | None]: ...
     def write_now(self, data: bytes) -> None: ...
     def register_body_producer(self, producer: IPushProducer | None) -> None: ...
@@ -304,6 +316,7 @@ class Exchange:
     #: edgeproxy answered ``Expect: 100-continue`` itself.
     _continued: bool = False
     _incoming_request_id: bytes | None = None
+    _client_ip: str | None = None
     _logged: bool = False
     _watchers: list[Callable[[Failure | None], object]] | None = None
     #: Stages watching the response (None on the plain path: one test per write).
@@ -435,6 +448,16 @@ class Exchange:
         self.vhost = vhost = plan.snapshot.routing.find_virtual_host(host)
         if vhost is None:
             raise NoVirtualHost()
+        policy = vhost.tls_policy
+        if (
+            policy is not None
+            and self.factory.tls
+            and policy is not channel.met_policy
+            and not channel.meets(policy)
+        ):
+            # Its handshake was not held to this host's TLS policy (another
+            # name in SNI, or none): a new connection naming it would be.
+            raise MisdirectedRequest()
         if vhost.hsts_line is not None and self.factory.tls:
             self.hsts_line = vhost.hsts_line
         self.match = match = vhost.match(self.target)
@@ -496,8 +519,36 @@ class Exchange:
     @property
     def client_ip(self) -> str:
         """The client's address as text, IPv6 in canonical form (a PROXY v2
-        header gives it uncompressed), ``"-"`` when there is none."""
+        header gives it uncompressed), ``"-"`` when there is none: the peer's
+        (:attr:`peer_ip`), or behind a trusted forwarder the one its
+        forwarding headers name (:func:`~edgeproxy.core.addresses.forwarded_client`)."""
+        channel = self.channel
+        if not channel.peer_trusted:
+            return channel.client_ip
+        client = self._client_ip
+        if client is None:
+            client = self._client_ip = self._forwarded_client(channel.client_ip)
+        return client
+
+    @property
+    def peer_ip(self) -> str:
+        """The address of the connection's peer (or the PROXY protocol's client)."""
         return self.channel.client_ip
+
+    def _forwarded_client(self, peer: str) -> str:
+        x_forwarded_for = []
+        forwarded = []
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"x-forwarded-for":
+                x_forwarded_for.append(value)
+            elif lower == b"forwarded":
+                forwarded.append(value)
+        if not x_forwarded_for and not forwarded:
+            return peer
+        trusted = self.factory.trusted
+        assert trusted is not None  # the peer is trusted by one of them
+        return forwarded_client(forwarded_elements(x_forwarded_for, forwarded), peer, trusted)
 
     @property
     def tls(self) -> bool:
@@ -538,10 +589,8 @@ class Exchange:
         upstream, back to the client and into the access log."""
         incoming = self._incoming_request_id
         record = self.record
-        if incoming and _is_request_id(incoming):
-            trusted = self.factory.settings.trusted_sources
-            if trusted and _address_in(self.client_ip, trusted):
-                record.request_id = incoming.decode("ascii")
+        if incoming and _is_request_id(incoming) and self.channel.peer_trusted:
+            record.request_id = incoming.decode("ascii")
         if record.request_id is None:
             record.request_id = _new_request_id()
 
@@ -721,14 +770,6 @@ def _new_request_id() -> str:
 def _is_request_id(value: bytes) -> bool:
     # Printable ASCII without spaces or quotes, of a sane length: it is logged and echoed.
     return 0 < len(value) <= 200 and all(0x21 <= b <= 0x7E and b != 0x22 for b in value)
-
-
-def _address_in(address: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
 
 
 #: Reason phrases of statuses edgeproxy answers that twisted.web's table lacks.

@@ -52,11 +52,30 @@ __all__ = ["Forwarder"]
 # Framing is edgeproxy's to decide on each hop; Expect was already answered
 # (100 Continue) and the body is spooled; the request id is edgeproxy's.
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
+#: From a peer that is not a trusted forwarder, once some are configured, the
+#: forwarding chain it sent is forged or ours to start: replaced, not extended.
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | {b"x-forwarded-for", b"forwarded"}
 _NOT_RETURNED = frozenset({b"x-request-id"})
 # With hide_backend: also what says which backend answered, and what may name it.
 _NOT_RETURNED_HIDING = _NOT_RETURNED | HIDDEN
 _WATCHED = _NOT_RETURNED_HIDING | REWRITTEN
 _CONTROL = re.compile(rb"[\r\n\x00]")
+_DROPPING: dict[tuple[frozenset[bytes], bytes], frozenset[bytes]] = {}
+
+
+def _dropping(base: frozenset[bytes], header: bytes) -> frozenset[bytes]:
+    """``base`` and a virtual host's client subject header (one set per
+    header name configured, so :func:`upstream_request_headers` finds it in
+    its cache)."""
+    key = (base, header)
+    found = _DROPPING.get(key)
+    if found is None:
+        if len(_DROPPING) >= 256:
+            _DROPPING.clear()
+        found = _DROPPING[key] = base | {header.lower()}
+    return found
+
+
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 _LOST = Failure(ConnectionDone())
@@ -238,14 +257,26 @@ class _Exchange:
 
     def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
         request = self._request
+        channel = request.channel
+        vhost = request.vhost
+        subject_header = vhost.client_subject_header if vhost is not None else None
+        drop = _NOT_FORWARDED_UNTRUSTED if channel.replaces_forwarding else _NOT_FORWARDED
+        if subject_header is not None:
+            drop = _dropping(drop, subject_header)
         kept = upstream_request_headers(
             request.headers,
-            client_ip=request.client_ip,
+            # Each hop appends the address it was reached from.
+            client_ip=channel.client_ip,
             proto="https" if request.factory.tls else "http",
             host=request.host,
             via=self._forwarder._via,
-            drop=_NOT_FORWARDED,
+            drop=drop,
         )
+        if subject_header is not None and request.factory.tls:
+            # Only ever the verified subject: the client's own was dropped above.
+            subject = request.channel.client_subject
+            if subject is not None:
+                kept.append((subject_header, subject))
         request_id = request.record.request_id
         if request_id is not None:
             kept.append((b"X-Request-Id", request_id.encode("ascii")))

@@ -68,6 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edgeproxy.core.addresses import Networks
 from edgeproxy.core.errors import (
     BadRequest,
     EdgeProxyError,
@@ -81,10 +82,16 @@ from edgeproxy.core.hostnames import covered_by, normalise_host
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
 from edgeproxy.proxy.h1exchange import H1Exchange
-from edgeproxy.tls.certificates import certificate_names
+from edgeproxy.tls.certificates import (
+    certificate_names,
+    client_subject,
+    connection_policy,
+    version_meets,
+)
 
 if TYPE_CHECKING:
     from edgeproxy.config.settings import Settings
+    from edgeproxy.config.tlspolicy import TLSPolicy
     from edgeproxy.core.protocol import HTTPLimits
     from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 
@@ -238,6 +245,12 @@ class ProxyChannel(Protocol):
     draining = False
     _handshake_done = False
     _client_ip: str | None = None
+    #: The peer is a trusted forwarder (``--trusted-source``): its forwarding
+    #: headers and ``X-Request-Id`` are believed.  Judged once, at connect.
+    peer_trusted = False
+    #: Some forwarders are trusted and the peer is not one: the forwarding
+    #: chain it sent is replaced, not extended.
+    replaces_forwarding = False
     #: The names the certificate served for the client's SNI name covers; a
     #: request for any other host gets 421.  None: nothing to check (plain
     #: HTTP, or a TLS client that sent no SNI).
@@ -247,6 +260,14 @@ class ProxyChannel(Protocol):
     covered_host: str | None = None
     #: The client's SNI name (normalised): never misdirected on its connection.
     _sni_host: str | None = None
+    #: The virtual host TLS policy the handshake was held to (None: the listener's).
+    tls_policy: TLSPolicy | None = None
+    #: The verified client certificate's subject (RFC 4514, UTF-8), with a ``client_ca``.
+    client_subject: bytes | None = None
+    #: The last virtual host policy found met, so a connection's requests
+    #: for one site cost one comparison each.
+    met_policy: TLSPolicy | None = None
+    _tls_version: str | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -298,6 +319,11 @@ class ProxyChannel(Protocol):
             metrics.connection_opened(factory.kind)
         self._last_data = self.clock_seconds()
         self._timer = factory.clock.callLater(factory.timeout, self._timed_out)
+        trusted = factory.trusted
+        if trusted is not None:
+            # The peer is known by now (a PROXY header is read before this).
+            self.peer_trusted = self.client_ip in trusted
+            self.replaces_forwarding = not self.peer_trusted
 
     @property
     def client_ip(self) -> str:
@@ -319,6 +345,16 @@ class ProxyChannel(Protocol):
         get_handle = getattr(self.transport, "getHandle", None)
         connection = get_handle() if get_handle is not None else None
         if connection is not None:
+            self._tls_version = connection.get_protocol_version_name()
+            policy = self.tls_policy = connection_policy(connection)
+            if policy is not None and policy.client_ca is not None:
+                subject = client_subject(connection)
+                if subject is None:
+                    # Cannot happen after a handshake under the policy's
+                    # verify mode; refuse rather than serve unverified.
+                    self.transport.abortConnection()  # type: ignore[union-attr]
+                    return
+                self.client_subject = subject
             server_name = connection.get_servername()
             if server_name is not None:
                 # The client named a site and verified a certificate for it:
@@ -358,6 +394,21 @@ class ProxyChannel(Protocol):
             self.covered_host = host
             return True
         return False
+
+    def meets(self, policy: TLSPolicy) -> bool:
+        """Whether this connection's handshake meets a virtual host's TLS
+        policy: its version is high enough and, with a ``client_ca``, the
+        client certificate was verified against that same CA (a client may
+        not name one host in SNI and another, stricter one in ``Host``)."""
+        if policy.client_ca is not None:
+            held = self.tls_policy
+            if held is None or held.client_ca != policy.client_ca or self.client_subject is None:
+                return False
+        minimum = policy.min_version
+        if minimum is not None and not version_meets(self._tls_version, minimum):
+            return False
+        self.met_policy = policy
+        return True
 
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:
@@ -730,6 +781,8 @@ class ProxyFactory(ServerFactory):
         self.settings = settings
         self.limits: HTTPLimits = settings.http_limits
         self.timeout: float = settings.keepalive_timeout
+        #: ``--trusted-source``: the forwarders whose headers are believed.
+        self.trusted = Networks(settings.trusted_sources) if settings.trusted_sources else None
         self.access_log = access_log
         self.clock = clock
 

@@ -8,10 +8,9 @@ shows how a new stage is added.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
-from edgeproxy.config.settings import IPNetwork
+from edgeproxy.core.addresses import IPNetwork, Networks
 from edgeproxy.core.errors import BodyTooLarge, Forbidden, Outcome
 from edgeproxy.core.hostnames import normalise_host
 from edgeproxy.proxy.exchange import Exchange, Stage
@@ -40,37 +39,21 @@ class AccessRules(Stage):
     """``allow``/``deny`` of a route and its virtual host (head time, before
     the body is read): a client address any ``deny`` holds, or that some
     non-empty ``allow`` does not, gets 403.  Both lists are checked, the
-    virtual host's and the route's.  Verdicts are kept per address (bounded)."""
-
-    _MEMO = 4096
+    virtual host's and the route's.  The client is ``exchange.client_ip``:
+    behind a trusted forwarder, the one it names.  Verdicts are kept per
+    address (bounded)."""
 
     def __init__(
         self, allow: tuple[tuple[IPNetwork, ...], ...], deny: tuple[IPNetwork, ...]
     ) -> None:
         #: Each non-empty allow list (the virtual host's, the route's): all must hold.
-        self._allow = tuple(a for a in allow if a)
-        self._deny = deny
-        self._verdicts: dict[str, bool] = {}
+        self._allow = tuple(Networks(a) for a in allow if a)
+        self._deny = Networks(deny)
 
     def on_head(self, exchange: Exchange) -> None:
         address = exchange.client_ip
-        allowed = self._verdicts.get(address)
-        if allowed is None:
-            allowed = self._judge(address)
-            if len(self._verdicts) >= self._MEMO:
-                self._verdicts.clear()
-            self._verdicts[address] = allowed
-        if not allowed:
+        if address in self._deny or not all(address in allow for allow in self._allow):
             exchange.reject_early(Forbidden())
-
-    def _judge(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False  # no address (a UNIX socket): nothing to allow it by
-        if any(ip in network for network in self._deny):
-            return False
-        return all(any(ip in network for network in allow) for allow in self._allow)
 
     def __repr__(self) -> str:
         return f"<AccessRules allow={self._allow} deny={self._deny}>"

@@ -24,6 +24,22 @@ connection was created with, the TLS 1.2 suites from the one it switched to.
 Each certificate's context also carries the names it covers
 (:func:`certificate_names`), which the downstream channel reads once per
 connection for its 421 check.
+
+Per virtual host TLS policy (``VirtualHost(min_tls_version=..., client_ca=...)``,
+a :class:`~edgeproxy.config.tlspolicy.TLSPolicy` looked up by SNI name in the
+running configuration): by the time OpenSSL runs the servername callback it
+has already chosen the protocol version (a ``SSL_set_min_proto_version``
+there would change nothing) and looked up any session the client resumes,
+so the callback reads the chosen version and ends the handshake of a client
+below the name's minimum with a ``protocol_version`` alert, and resumes a
+session into a ``client_ca`` name only when its client certificate is from
+that CA.  A name with a policy gets a context of its own per (certificate,
+policy), built on the first handshake that needs it and then reused,
+holding the CA store and the CA names sent in the CertificateRequest; as
+``SSL_set_SSL_CTX`` does not copy the verify mode, the callback also sets it
+on the connection.  Such a context carries the policy next to the names
+(:func:`connection_policy`): the channel checks each request's virtual host
+against the policy its connection's handshake was held to.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import (
     dsa,
@@ -47,14 +63,15 @@ from cryptography.hazmat.primitives.asymmetric import (
     ed25519,
     rsa,
 )
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from edgeproxy.config.tlspolicy import TLSPolicy
 from edgeproxy.core import certindex
-from edgeproxy.core.hostnames import normalise_name, wildcard_of
+from edgeproxy.core.hostnames import normalise_host, normalise_name, wildcard_of
 
 __all__ = [
     "ALPN_PROTOCOLS",
@@ -66,9 +83,12 @@ __all__ = [
     "CertificateFileError",
     "CertificateIndex",
     "LoadedCertificate",
+    "PolicyNames",
     "SNIConnectionCreator",
     "certificate_names",
+    "connection_policy",
     "load_certificate",
+    "make_policy_context",
     "make_server_context",
     "parse_certificate",
 ]
@@ -119,6 +139,10 @@ class LoadedCertificate:
     #: True when it came from ``default.pem`` / ``default.crt``.
     is_default: bool
     context: SSL.Context = attrs.field(eq=False, repr=False)
+    #: The key, leaf and chain, to build its per-policy contexts (None: not kept).
+    material: tuple[_PrivateKey, x509.Certificate, tuple[x509.Certificate, ...]] | None = (
+        attrs.field(default=None, eq=False, repr=False)
+    )
 
     def is_valid_at(self, now: datetime.datetime) -> bool:
         return self.not_before <= now < self.not_after
@@ -418,7 +442,16 @@ def parse_certificate(
         fingerprint=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
         is_default=is_default,
         context=context,
+        material=(key, leaf, tuple(chain)),
     )
+
+
+@attrs.frozen
+class PolicyNames:
+    """What a per-policy context carries: its certificate's names and the policy."""
+
+    names: frozenset[str]
+    policy: TLSPolicy
 
 
 def certificate_names(connection: SSL.Connection) -> frozenset[str] | None:
@@ -426,7 +459,74 @@ def certificate_names(connection: SSL.Connection) -> frozenset[str] | None:
     server connection was switched to by its SNI name, or ``None`` when it
     has none of ours (no SNI callback ran, the bootstrap context)."""
     names = connection.get_context().get_app_data()
+    if isinstance(names, PolicyNames):
+        return names.names
     return names if isinstance(names, frozenset) else None
+
+
+def connection_policy(connection: SSL.Connection) -> TLSPolicy | None:
+    """The virtual host policy a server connection's handshake was held to
+    (None: the listener's defaults)."""
+    data = connection.get_context().get_app_data()
+    return data.policy if isinstance(data, PolicyNames) else None
+
+
+#: A client certificate is required and verified (the handshake fails without one).
+_VERIFY_CLIENT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+_VERSION_NUMBERS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+#: ``get_protocol_version_name()`` values below each ``min_tls_version``.
+_BELOW = {
+    "1.2": frozenset({"SSLv3", "TLSv1", "TLSv1.1"}),
+    "1.3": frozenset({"SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2"}),
+}
+
+
+def version_meets(version: str | None, minimum: str) -> bool:
+    """Whether a negotiated version (``get_protocol_version_name()``) is at
+    least ``minimum`` (``"1.2"``, ``"1.3"``)."""
+    return version is not None and version.startswith("TLSv") and version not in _BELOW[minimum]
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def client_subject(connection: SSL.Connection) -> bytes | None:
+    """The client certificate's subject as an RFC 4514 string
+    (``CN=alice,O=Example``), UTF-8, controls escaped as ``\\XX``; None when
+    the client sent none.  Verified when the connection's policy has a
+    ``client_ca``: the handshake (or the session it resumed) required it and
+    OpenSSL fails a handshake whose certificate does not verify."""
+    peer = connection.get_peer_certificate(as_cryptography=True)
+    if peer is None:
+        return None
+    text = peer.subject.rfc4514_string()
+    return _UNSAFE.sub(lambda m: f"\\{ord(m.group(0)):02X}", text).encode("utf-8")
+
+
+def make_policy_context(
+    certificate: LoadedCertificate, policy: TLSPolicy, tls_profile: str = DEFAULT_TLS_PROFILE
+) -> SSL.Context:
+    """A context for ``certificate`` under ``policy``: like its own, plus the
+    policy's client CA store and verify mode.  Raises ``ValueError`` when the
+    certificate's key material was not kept."""
+    if certificate.material is None:
+        raise ValueError(f"{certificate.source}: no key material kept for a policy context")
+    key, leaf, chain = certificate.material
+    context = make_server_context(key, leaf, chain, tls_profile=tls_profile)
+    if policy.min_version is not None:
+        context.set_min_proto_version(_VERSION_NUMBERS[policy.min_version])
+    client_ca = policy.client_ca
+    if client_ca is not None:
+        store = context.get_cert_store()
+        assert store is not None  # a server context always has one
+        for ca in client_ca.certificates:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+            # The names sent in the CertificateRequest, so a client with
+            # several certificates picks one from this CA.
+            context.add_client_ca(ca)
+        context.set_verify(_VERIFY_CLIENT)
+    context.set_app_data(PolicyNames(frozenset(certificate.names), policy))
+    return context
 
 
 def load_certificate(
@@ -463,6 +563,82 @@ class CertificateIndex(certindex.CertificateIndex[LoadedCertificate]):
         return found.context if found is not None else None
 
 
+_ALERT_HANDSHAKE_FAILURE = 40
+_ALERT_PROTOCOL_VERSION = 70
+_ALERT_INTERNAL_ERROR = 80
+
+# The servername callback, installed through cryptography's bindings rather
+# than pyOpenSSL's set_tlsext_servername_callback, whose wrapper cannot end a
+# handshake with an alert of ours (only by raising, and then it prints the
+# traceback and sends unrecognized_name).  It needs pyOpenSSL's map from SSL
+# pointers to connections and the connection's SSL pointer (as pyOpenSSL's
+# own wrapper does); when any is missing, pyOpenSSL's wrapper is used and a
+# refusal leaves the connection on the bootstrap context instead: a fresh
+# handshake still fails, a resumed one is left to the channel, which answers
+# its requests 421 (see edgeproxy.proxy.h1channel, ``meets``).
+try:
+    _servername_binding: Any = _Binding()
+    _set_servername = _servername_binding.lib.SSL_CTX_set_tlsext_servername_callback
+    _session_reused = _servername_binding.lib.SSL_session_reused
+    _ALERT_FATAL: int = _servername_binding.lib.SSL_TLSEXT_ERR_ALERT_FATAL
+    _connections: Any = SSL.Connection._reverse_mapping
+except (NameError, AttributeError):  # pragma: no cover - other bindings
+    _set_servername = None
+
+
+def _set_servername_callback(
+    context: SSL.Context, handler: Callable[[SSL.Connection], int | None]
+) -> object:
+    """Install ``handler`` as ``context``'s servername callback; returns what
+    must be kept alive as long as the context."""
+    handle = getattr(context, "_context", None)
+    if _set_servername is None or handle is None:
+
+        def public(connection: SSL.Connection) -> None:
+            handler(connection)  # a refusal: the connection was not switched
+
+        context.set_tlsext_servername_callback(public)
+        return public
+
+    def callback(ssl: Any, alert: Any, arg: Any) -> int:
+        try:
+            refusal = handler(_connections[ssl])
+        except BaseException:  # handler never raises; a missing connection might
+            refusal = _ALERT_INTERNAL_ERROR
+        if refusal is None:
+            return 0  # SSL_TLSEXT_ERR_OK
+        alert[0] = refusal
+        return _ALERT_FATAL
+
+    c_callback = _servername_binding.ffi.callback("int (*)(SSL *, int *, void *)", callback)
+    _set_servername(handle, c_callback)
+    return c_callback
+
+
+def _resumed(connection: SSL.Connection) -> bool:
+    """Whether the handshake resumes a session (so asks for no certificate)."""
+    ssl = getattr(connection, "_ssl", None)
+    if _set_servername is None or ssl is None:
+        return False
+    return bool(_session_reused(ssl))
+
+
+def _issued_by(certificate: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> bool:
+    for ca in cas:
+        if ca.subject == certificate.issuer:
+            try:
+                certificate.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+    return False
+
+
+#: Per-policy contexts kept at most (certificates x policies in use; far more
+#: only while reloads change policies faster than the index changes).
+_MAX_POLICY_CONTEXTS = 4096
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class SNIConnectionCreator:
     """Server connection creator for :class:`~edgeproxy.tls.server.TLSServerEndpoint`
@@ -481,11 +657,18 @@ class SNIConnectionCreator:
         self,
         index_getter: Callable[[], CertificateIndex],
         tls_profile: str = DEFAULT_TLS_PROFILE,
+        policy_for: Callable[[str], TLSPolicy | None] | None = None,
     ) -> None:
+        """``policy_for``: the TLS policy of the virtual host for a normalised
+        SNI name in the running configuration (None: no per-name policy)."""
         self._index_getter = index_getter
-        self._context = make_server_context(
-            context_for_server_name=self._context_for_name, tls_profile=tls_profile
-        )
+        self._policy_for = policy_for
+        self._tls_profile = tls_profile
+        self._context = make_server_context(tls_profile=tls_profile)
+        # Our own callback, not CertificateOptions' contextForServerName: it
+        # needs the connection (the negotiated version, its verify mode), and
+        # it may have to end the handshake with an alert.
+        self._callback = _set_servername_callback(self._context, self._on_server_name)
         self.log.info(
             "TLS profile {profile}: {versions}, groups {groups}",
             profile=tls_profile,
@@ -498,38 +681,113 @@ class SNIConnectionCreator:
                 "offering P-256 only"
             )
         self._warned_index: CertificateIndex | None = None
+        #: Per (certificate, policy) contexts, built once each; emptied when
+        #: the index is replaced (its certificates may be gone).
+        self._policy_contexts: dict[tuple[LoadedCertificate, TLSPolicy], SSL.Context] = {}
+        self._policy_index: CertificateIndex | None = None
         #: Handshakes refused because no certificate matched (for metrics).
         self.refused = 0
+        #: Handshakes refused because the version was below the name's ``min_tls_version``.
+        self.refused_version = 0
 
-    def _context_for_name(self, server_name: bytes | None) -> SSL.Context | None:
-        # Runs inside OpenSSL's servername callback: must never raise.
+    def _on_server_name(self, connection: SSL.Connection) -> int | None:
+        """Switch ``connection`` to the context for its SNI name.  Returns
+        None to go on, or the TLS alert that ends the handshake.
+
+        Runs inside OpenSSL's servername callback: must never raise.  Not
+        switching leaves a fresh handshake on the certificate-less bootstrap
+        context, where it fails (``handshake_failure``); an alert also ends
+        one that resumes a session, which needs no certificate."""
         try:
+            server_name = connection.get_servername()
             index = self._index_getter()
-            context = index.lookup(server_name)
-            if context is None:
-                self.refused += 1
-                if self._warned_index is not index:
-                    # Once per index at warn level, then debug: scanners hit this.
-                    self._warned_index = index
-                    self.log.warn(
-                        "TLS handshake refused: no certificate for server name "
-                        "{server_name!r} and no default certificate "
-                        "(further refusals are logged at debug level)",
-                        server_name=server_name,
-                    )
-                else:
+            found = index.select(server_name)
+            if found is None:
+                self._refuse_unknown(index, server_name)
+                return None
+            policy = None
+            if server_name is not None and self._policy_for is not None:
+                host = normalise_host(server_name)
+                if host is not None:
+                    policy = self._policy_for(host)
+            if policy is None:
+                connection.set_context(found.context)
+                return None
+            minimum = policy.min_version
+            if minimum is not None:
+                version = connection.get_protocol_version_name()
+                if version in _BELOW[minimum]:
+                    self.refused_version += 1
                     self.log.debug(
-                        "TLS handshake refused: no certificate for server name {server_name!r}",
+                        "TLS handshake refused: {version} for {server_name!r}, "
+                        "which needs TLS {minimum} or later",
+                        version=version,
+                        server_name=server_name,
+                        minimum=minimum,
+                    )
+                    return _ALERT_PROTOCOL_VERSION
+            client_ca = policy.client_ca
+            if client_ca is not None and _resumed(connection):
+                # The session was looked up before this callback, in the
+                # bootstrap context's scope, which every name shares: resume
+                # only a session whose client certificate this CA issued.
+                peer = connection.get_peer_certificate(as_cryptography=True)
+                if peer is None or not _issued_by(peer, client_ca.certificates):
+                    self.log.debug(
+                        "TLS resumption refused for {server_name!r}: the session's "
+                        "client certificate is not from its client_ca",
                         server_name=server_name,
                     )
-            return context
+                    return _ALERT_HANDSHAKE_FAILURE
+            context = self._policy_context(index, found, policy)
+            connection.set_context(context)
+            if client_ca is not None:
+                # SSL_set_SSL_CTX takes the store and CA names from the new
+                # context but not the verify mode.
+                connection.set_verify(_VERIFY_CLIENT)
+            return None
         except BaseException:
             try:
-                self.log.failure("while selecting the certificate for {server_name!r}",
-                                 server_name=server_name)
+                self.log.failure(
+                    "while selecting the certificate for {server_name!r}",
+                    server_name=connection.get_servername(),
+                )
             except BaseException:
                 pass
-            return None
+            return _ALERT_INTERNAL_ERROR
+
+    def _policy_context(
+        self, index: CertificateIndex, certificate: LoadedCertificate, policy: TLSPolicy
+    ) -> SSL.Context:
+        if self._policy_index is not index:
+            self._policy_index = index
+            self._policy_contexts = {}
+        key = (certificate, policy)
+        context = self._policy_contexts.get(key)
+        if context is None:
+            if len(self._policy_contexts) >= _MAX_POLICY_CONTEXTS:
+                self._policy_contexts.clear()  # a reload storm: rebuilt as used
+            context = self._policy_contexts[key] = make_policy_context(
+                certificate, policy, self._tls_profile
+            )
+        return context
+
+    def _refuse_unknown(self, index: CertificateIndex, server_name: bytes | None) -> None:
+        self.refused += 1
+        if self._warned_index is not index:
+            # Once per index at warn level, then debug: scanners hit this.
+            self._warned_index = index
+            self.log.warn(
+                "TLS handshake refused: no certificate for server name "
+                "{server_name!r} and no default certificate "
+                "(further refusals are logged at debug level)",
+                server_name=server_name,
+            )
+        else:
+            self.log.debug(
+                "TLS handshake refused: no certificate for server name {server_name!r}",
+                server_name=server_name,
+            )
 
     def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:
         return SSL.Connection(self._context, None)
