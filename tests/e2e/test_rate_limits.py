@@ -1,7 +1,8 @@
 """
 Rate limits through the real ``twistd edgeproxy``: 429 with ``Retry-After``
 past a client's burst while another address (127.0.0.2 and 127.0.0.3 on
-loopback) is still served, header keys, and the Redis store on a real
+loopback) is still served, header keys, the client a trusted forwarder names,
+and the Redis store on a real
 ``redis-server``: two proxies sharing it enforce one budget, a Redis that
 goes away fails open or closed (logged once, counted) and is used again once
 it is back.  Rates are 0.01/s: no token comes back during a test.
@@ -262,5 +263,28 @@ def test_a_hung_redis_holds_no_request_past_the_decision_timeout(
         # was dropped first.)
         statuses = [get(proxy, "127.0.0.4", "/api/x")[0] for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
+    finally:
+        proxy.stop()
+
+
+def test_behind_a_trusted_forwarder_the_client_it_names_is_the_key(
+    tmp_path: Path, backend: BackendServer
+) -> None:
+    # 127.0.0.2 is a trusted load balancer; 127.0.0.3 is not.
+    proxy = start_proxy(tmp_path, backend, "--trusted-source", "127.0.0.2/32", burst=2)
+    try:
+
+        def via_balancer(client: str) -> int:
+            return get(proxy, "127.0.0.2", "/api/x", {"X-Forwarded-For": client})[0]
+
+        assert [via_balancer("192.0.2.10") for _ in range(3)] == [200, 200, 429]
+        assert via_balancer("192.0.2.11") == 200  # another client behind the same balancer
+        # An untrusted peer's X-Forwarded-For is not believed: its own address is the key.
+        forged = [
+            get(proxy, "127.0.0.3", "/api/x", {"X-Forwarded-For": f"198.51.100.{i}"})[0]
+            for i in range(3)
+        ]
+        assert forged == [200, 200, 429]
+        proxy.wait_for_output(r"\] 192\.0\.2\.10 - - .*\" 429 .*reason=rate_limited")
     finally:
         proxy.stop()
