@@ -2,10 +2,10 @@
 Rate limits through the real ``twistd edgeproxy``: 429 with ``Retry-After``
 past a client's burst while another address (127.0.0.2 and 127.0.0.3 on
 loopback) is still served, header keys, the client a trusted forwarder names,
-and the Redis store on a real
-``redis-server``: two proxies sharing it enforce one budget, a Redis that
-goes away fails open or closed (logged once, counted) and is used again once
-it is back.  Rates are 0.01/s: no token comes back during a test.
+and the Redis store on a real ``redis-server``: two proxies sharing it enforce
+one budget, a Redis that goes away (or hangs) fails open or closed (logged
+once, counted) and is used again once it is back.  Rates are 0.01/s: no token
+comes back during a test.
 """
 
 from __future__ import annotations
