@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edgeproxy.config import RateLimit
@@ -38,6 +39,8 @@ _LONGEST_KEY = 64
 class RateLimitStage(Stage):
     """A route's rate limit (one per route and kind of listener; the store
     and the counters are shared)."""
+
+    log = Logger()
 
     def __init__(
         self, limit: RateLimit, bucket: str, store: Store, counters: DecisionCounters
@@ -150,7 +153,14 @@ class _Wait:
         self.gone = False
 
     def settled(self, result: Decision | Failure) -> None:
-        self.stage.settled(self, result)
+        try:
+            self.stage.settled(self, result)
+        except Exception:
+            # Raised in a Deferred's callback it would only be logged when the
+            # Deferred is collected, and the request would wait for ever.
+            self.stage.log.failure("while applying a rate-limit decision")
+            if not self.gone:
+                self.exchange.respond_error(EdgeProxyError())
 
     def over(self, failure: Failure | None) -> None:
         self.gone = True

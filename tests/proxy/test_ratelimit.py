@@ -339,3 +339,21 @@ def test_refusals_and_waits_leave_no_cyclic_garbage(name: str) -> None:
 
     found = garbage_in_fresh_interpreter("tests.proxy.test_ratelimit", "rate_limit_scenario", name)
     assert found == []
+
+
+def test_a_fault_applying_a_later_decision_is_logged_and_answered_500() -> None:
+    from twisted.logger import LogEvent, globalLogPublisher
+
+    reactor, factory, store, _ = later_proxy()
+    _, transport = get(factory, b"/api/x")
+    stage = pipeline_stage(factory, "/api/")
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        stage.next = lambda exchange: 1 / 0  # type: ignore[assignment,misc,return-value]
+        store.pending[0].callback(ALLOWED)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert status_line(transport.value()) == b"HTTP/1.1 500 Internal Server Error"
+    assert any(e.get("log_format") == "while applying a rate-limit decision" for e in events)
+    assert stage._waits == {}
