@@ -11,6 +11,7 @@ comes back during a test.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import time
 import urllib.request
@@ -136,6 +137,19 @@ def test_429_past_the_burst_while_another_client_is_served(
     )
     assert metric(memory_proxy, "edgeproxy_requests_rejected_total", reason="rate_limited") == 1
     assert metric(memory_proxy, "edgeproxy_rate_limit_keys", store="memory") >= 2
+    url = f"http://127.0.0.1:{memory_proxy.ports['admin']}/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        document = json.load(response)
+    limits = document["rate_limits"]
+    assert (limits["store"], limits["routes"][route]["limited"]) == ("memory", 1)
+    routes = {r["prefix"]: r for r in document["virtual_hosts"][0]["routes"]}
+    assert routes["/api/"]["rate_limit"] == {
+        "rate": 0.01,
+        "burst": 3,
+        "key": "client_ip",
+        "on_store_error": "open",
+    }
+    assert routes["/"]["rate_limit"] is None
 
 
 def test_a_header_key_is_one_client_whatever_its_address(memory_proxy: ProxyProcess) -> None:
