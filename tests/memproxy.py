@@ -26,6 +26,7 @@ from edgeproxy.ops.accesslog import AccessLog
 from edgeproxy.proxy.forward import Forwarder
 from edgeproxy.proxy.h1channel import ProxyChannel, ProxyFactory
 from edgeproxy.proxy.pipeline import Pipeline
+from edgeproxy.ratelimit.registry import RateLimits
 from edgeproxy.upstream.h1client import UpstreamClient
 
 
@@ -47,8 +48,10 @@ def proxy_factory(
     tls: bool = True,
     seed: int = 1,
     settings: Settings | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> tuple[ProxyFactory, Pipeline]:
-    """A started downstream factory and its pipeline on ``reactor``."""
+    """A started downstream factory and its pipeline on ``reactor`` (rate
+    limits in memory on ``reactor`` unless ``rate_limits`` says otherwise)."""
     rng = random.Random(seed)
     settings = settings or Settings()
     pipeline = Pipeline(
@@ -56,6 +59,7 @@ def proxy_factory(
         Forwarder(UpstreamClient(reactor), via=b"1.1 edgeproxy", clock=reactor, rng=rng),
         settings=settings,
         https_port=lambda: 8443,
+        rate_limits=rate_limits,
     )
     factory = ProxyFactory(
         pipeline,

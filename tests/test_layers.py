@@ -112,6 +112,7 @@ def test_every_layer_says_what_it_may_import() -> None:
         "net",
         "ops",
         "proxy",
+        "ratelimit",
         "tls",
         "upstream",
     ]

@@ -50,6 +50,7 @@ __all__ = [
     "check_unused_clusters",
     "count_problems",
     "describe_caches",
+    "describe_rate_limits",
     "format_report",
     "run_check",
     "run_semantic_check",
@@ -453,6 +454,28 @@ def describe_caches(config: LoadedConfig) -> list[str]:
     return lines
 
 
+def describe_rate_limits(config: LoadedConfig, settings: Settings) -> list[str]:
+    """One line per rate-limited route: its limit, key and where its buckets are."""
+    store = settings.rate_limit_store
+    if store == "memory" and settings.workers > 1:
+        store = f"memory, each of the {settings.workers} workers its own"
+    elif store != "memory":
+        from edgeproxy.ratelimit.redis import parse_redis_url
+
+        store = str(parse_redis_url(store))  # without the password
+    lines = []
+    for vhost in config.virtual_hosts:
+        for route in vhost.routes:
+            limit = route.rate_limit
+            if limit is not None:
+                lines.append(
+                    f"rate limit: {vhost.names[0]}{route.prefix} -> {limit.rate:g}/s, "
+                    f"burst {limit.burst}, key {limit.key}, on_store_error "
+                    f"{limit.on_store_error}, store {store}"
+                )
+    return lines
+
+
 def _size(n: int) -> str:
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= factor and n % (factor // 16 or 1) == 0:
@@ -696,7 +719,7 @@ def run_check(settings: Settings, out: Any = None, err: Any = None, *, strict: b
     if code:
         return 1
     if config is not None:
-        for line in describe_caches(config):
+        for line in describe_caches(config) + describe_rate_limits(config, settings):
             print(f"edgeproxy: {line}", file=out)
     count = len(scan.index.certificates)
     summary.append(f"{count} certificate" + ("" if count == 1 else "s"))

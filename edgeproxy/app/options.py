@@ -20,6 +20,7 @@ from edgeproxy.config.settings import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_RATE_LIMIT_MAX_KEYS,
     DEFAULT_RELOAD_TIMEOUT,
     Settings,
 )
@@ -84,6 +85,18 @@ def _tls_profile(value: str) -> str:
 
     if value not in TLS_PROFILES:
         raise ValueError(f"must be {' or '.join(TLS_PROFILES)}: {value}")
+    return value
+
+
+def _rate_limit_store(value: str) -> str:
+    if value == "memory":
+        return value
+    from edgeproxy.ratelimit.redis import parse_redis_url
+
+    try:
+        parse_redis_url(value)
+    except ValueError as e:
+        raise ValueError(f"'memory' or redis://HOST:PORT[/DB]: {e}") from None
     return value
 
 
@@ -203,6 +216,13 @@ class Options(usage.Options):
         ["reload-timeout", None, DEFAULT_RELOAD_TIMEOUT, "On a reload (SIGHUP, "
          "--watch-config), seconds the config files may take to load (off the event loop) "
          "before the reload is rejected and the running config stays.", _positive_float],
+        ["rate-limit-store", None, "memory", "Where routes' rate-limit buckets are kept: "
+         "'memory' (each process its own) or redis://[:PASSWORD@]HOST:PORT[/DB] (one budget "
+         "for every process sharing that Redis); docs/security.md#rate-limits.",
+         _rate_limit_store],
+        ["rate-limit-max-keys", None, DEFAULT_RATE_LIMIT_MAX_KEYS, "Rate-limit buckets the "
+         "memory store keeps at most (the least recently used is dropped beyond it).",
+         _positive_int],
         ["tls-profile", None, "intermediate", "TLS versions, suites and groups, after "
          "Mozilla's profiles: intermediate (TLS 1.2 with ECDHE and AES-GCM or ChaCha20, "
          "and TLS 1.3) or modern (TLS 1.3 only); docs/certificates.md.", _tls_profile],
@@ -274,6 +294,8 @@ class Options(usage.Options):
             drain_timeout=self["drain-timeout"],
             reload_timeout=self["reload-timeout"],
             tls_profile=self["tls-profile"],
+            rate_limit_store=self["rate-limit-store"],
+            rate_limit_max_keys=self["rate-limit-max-keys"],
             fast_paths=not self["no-fast-paths"],
             http_limits=attrs.evolve(
                 _LIMITS,

@@ -36,6 +36,9 @@ from edgeproxy.ops.metrics import Metrics
 from edgeproxy.proxy.forward import Forwarder
 from edgeproxy.proxy.h1channel import ConnectionTracker, ProxyFactory
 from edgeproxy.proxy.pipeline import Pipeline
+from edgeproxy.ratelimit.redis import RedisStore, parse_redis_url, txredis_client
+from edgeproxy.ratelimit.registry import RateLimits
+from edgeproxy.ratelimit.store import MemoryStore, Store
 from edgeproxy.tls.certificates import CertificateIndex, SNIConnectionCreator
 from edgeproxy.tls.certwatch import CertificateWatcher
 from edgeproxy.upstream.h1client import UpstreamClient
@@ -139,6 +142,7 @@ class EdgeProxyService(MultiService):
             Forwarder(self.upstream, via=settings.via, clock=reactor, rng=rng),
             settings=settings,
             https_port=self.https_port,
+            rate_limits=RateLimits(_rate_limit_store(settings, reactor)),
         )
         self.generation = 1
         self.last_reload: dict[str, Any] | None = None
@@ -187,6 +191,7 @@ class EdgeProxyService(MultiService):
             lambda: self.generation,
             caches=self.pipeline.caches.figures,
             connections_refused=lambda: gate.gate.refused,
+            rate_limits=self.pipeline.rate_limits.figures,
         )
         path = settings.access_log
         self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
@@ -361,9 +366,18 @@ class EdgeProxyService(MultiService):
         d.addBoth(lambda _: self.upstream.close())
         d.addBoth(lambda _: self.pipeline.snapshot.stop())
         d.addBoth(lambda _: self.pipeline.caches.close())
+        d.addBoth(lambda _: self.pipeline.rate_limits.store.close())
         if self.access_sink is not None:
             d.addBoth(lambda _: self.access_sink.stop() if self.access_sink else None)
         return d
+
+
+def _rate_limit_store(settings: Settings, reactor: Any) -> Store:
+    """``--rate-limit-store``: this process's memory, or a Redis (connecting now)."""
+    if settings.rate_limit_store == "memory":
+        return MemoryStore(reactor.seconds, settings.rate_limit_max_keys)
+    address = parse_redis_url(settings.rate_limit_store)
+    return RedisStore(address, txredis_client(reactor, address), reactor)
 
 
 def make_service(

@@ -35,6 +35,7 @@ __all__ = [
     "Limits",
     "OutlierDetection",
     "Random",
+    "RateLimit",
     "RetryPolicy",
     "RoundRobin",
     "Route",
@@ -648,6 +649,72 @@ def _validate_header_name(instance: object, attribute: attrs.Attribute[Any], val
         raise ValueError(f"{attribute.name} cannot be {value!r}: edgeproxy writes that header")
 
 
+def _validate_rate(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"rate must be a number of requests per second, not {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"rate must be a positive number of requests per second, not {value!r}")
+
+
+def _validate_rate_key(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"rate limit key must be a string, not {value!r}")
+    if value == "client_ip":
+        return
+    name = value[len("header:") :] if value.startswith("header:") else None
+    if not name or not set(name) <= _TOKEN:
+        raise ValueError(
+            f"rate limit key must be 'client_ip' or 'header:NAME' (a header name), not {value!r}"
+        )
+
+
+def _validate_on_store_error(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("open", "closed"):
+        raise ValueError(f"on_store_error must be 'open' or 'closed', not {value!r}")
+
+
+def _one_second(rate: object) -> int:
+    # Computed before the validators run: a bad rate is theirs to report.
+    if isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate):
+        return max(1, math.ceil(rate))
+    return 1
+
+
+@attrs.frozen
+class RateLimit:
+    """``RateLimit(rate=10.0, burst=20, key="client_ip")``: each client may
+    send ``burst`` requests at once and ``rate`` a second after that; over
+    it, 429 with ``Retry-After`` (docs/security.md#rate-limits).
+
+    ``key`` says who a client is: ``"client_ip"`` (the client's address) or
+    ``"header:NAME"`` (the value of that request header, e.g. an API key; a
+    request without the header is not limited, as nginx does with an empty
+    key).  ``burst`` defaults to one second's worth (at least 1).  Where the
+    buckets are kept is ``--rate-limit-store`` (this process's memory, or a
+    Redis every process shares); ``on_store_error`` says what happens when that
+    store cannot answer: ``"open"`` (the default, as Envoy's global rate
+    limit) lets the request through, ``"closed"`` answers 503.
+    """
+
+    rate: float = attrs.field(validator=_validate_rate)
+    burst: int = attrs.field(
+        default=attrs.Factory(lambda self: _one_second(self.rate), takes_self=True),
+        validator=_positive_int,
+        kw_only=True,
+    )
+    key: str = attrs.field(default="client_ip", validator=_validate_rate_key, kw_only=True)
+    on_store_error: str = attrs.field(
+        default="open", validator=_validate_on_store_error, kw_only=True
+    )
+
+    @property
+    def header(self) -> bytes | None:
+        """The header a ``header:NAME`` key reads (lower case), else None."""
+        if self.key.startswith("header:"):
+            return self.key[len("header:") :].lower().encode("ascii")
+        return None
+
+
 @attrs.frozen
 class Route:
     """``Route("/api/", cluster)``: requests whose path starts with the prefix.
@@ -661,6 +728,7 @@ class Route:
     (:class:`Cache`; None, the default, caches nothing).  ``allow`` and
     ``deny`` (networks such as ``"10.0.0.0/8"``) answer 403 to a client
     address ``deny`` holds, or that ``allow``, when given, does not.
+    ``rate_limit`` (a :class:`RateLimit`) answers 429 to a client over it.
     """
 
     prefix: str = attrs.field(validator=_validate_prefix)
@@ -675,6 +743,9 @@ class Route:
     )
     allow: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
     deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
+    rate_limit: RateLimit | None = attrs.field(
+        default=None, validator=_optional(RateLimit, "RateLimit"), kw_only=True
+    )
 
     @property
     def clusters(self) -> tuple[Cluster, ...]:

@@ -30,6 +30,9 @@ DEFAULT_CERT_POLL_INTERVAL = 2.0
 DEFAULT_LINGERING_TIMEOUT = 5.0
 #: On SIGTERM, seconds requests in flight get to finish after the listeners close.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: Buckets the in-memory rate-limit store keeps at most (about 150 bytes each:
+#: the key, its TAT and its dict entry).
+DEFAULT_RATE_LIMIT_MAX_KEYS = 100_000
 #: A configuration reload whose files take longer than this to load is rejected.
 DEFAULT_RELOAD_TIMEOUT = 30.0
 
@@ -87,3 +90,8 @@ class Settings:
     #: ``--max-connection-rate-per-client``, ``--deny``): per process, so per
     #: worker with ``--workers``.  See :mod:`edgeproxy.net.acceptgate`.
     accept_limits: AcceptLimits = attrs.field(factory=AcceptLimits)
+    #: ``--rate-limit-store memory|redis://HOST:PORT[/DB]``: where the routes'
+    #: rate-limit buckets are kept (edgeproxy.ratelimit).
+    rate_limit_store: str = "memory"
+    #: ``--rate-limit-max-keys``: buckets the memory store keeps at most.
+    rate_limit_max_keys: int = DEFAULT_RATE_LIMIT_MAX_KEYS

@@ -30,6 +30,8 @@ __all__ = [
     "NotImplementedCoding",
     "NotImplementedMethod",
     "Outcome",
+    "RateLimitUnavailable",
+    "RateLimited",
     "Reason",
     "RequestTimeout",
     "UpstreamConnectFailed",
@@ -87,6 +89,10 @@ class Reason(StrEnum):
     NOT_CACHED = "not_cached"
     #: The client's address is not allowed on the route (403).
     FORBIDDEN = "forbidden"
+    #: Over the route's rate limit for its key (429).
+    RATE_LIMITED = "rate_limited"
+    #: The rate-limit store failed and the route fails closed (503).
+    RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
     MISDIRECTED_REQUEST = "misdirected_request"
@@ -253,6 +259,37 @@ class RequestTimeout(EdgeProxyError):
         super().__init__()
         if reason is not None:
             self.reason = reason
+
+
+class RateLimited(EdgeProxyError):
+    """Over the route's ``rate_limit`` for the client's key (RFC 6585 4: 429),
+    with ``Retry-After`` in whole seconds, at least 1."""
+
+    status_hint = 429
+    public_message = "too many requests"
+    outcome = Outcome.REJECTED
+    reason = Reason.RATE_LIMITED
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"Retry-After", b"%d" % self.retry_after)]
+
+
+class RateLimitUnavailable(EdgeProxyError):
+    """The rate-limit store could not decide (Redis unreachable, an error, no
+    answer in time) and the route's ``RateLimit`` has ``on_store_error="closed"``:
+    503, nothing forwarded, ``Retry-After: 1``."""
+
+    status_hint = 503
+    public_message = "service unavailable"
+    outcome = Outcome.REJECTED
+    reason = Reason.RATE_LIMIT_UNAVAILABLE
+
+    def extra_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"Retry-After", b"1")]
 
 
 class NotCached(EdgeProxyError):

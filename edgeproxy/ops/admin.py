@@ -29,8 +29,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from edgeproxy import __version__
-from edgeproxy.config import Split
+from edgeproxy.config import RateLimit, Split
 from edgeproxy.ops.adminpage import render_page
+from edgeproxy.ratelimit.registry import RESULTS
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IReactorTime
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from edgeproxy.cache.store import StoreFigures
     from edgeproxy.cluster.snapshot import Snapshot
     from edgeproxy.ops.metrics import Metrics
+    from edgeproxy.ratelimit.registry import DecisionCounters
     from edgeproxy.tls.certificates import CertificateIndex
 
 __all__ = [
@@ -72,11 +74,20 @@ class CacheView(Protocol):
     def purge_prefix(self, prefix: str) -> int: ...
 
 
+class RateLimitView(Protocol):
+    """The rate-limit store's figures and every route's decisions
+    (:class:`edgeproxy.ratelimit.registry.RateLimits`)."""
+
+    def figures(self) -> tuple[str, dict[str, float], list[tuple[str, DecisionCounters]]]: ...
+
+
 class _HasSnapshot(Protocol):
     @property
     def snapshot(self) -> Snapshot: ...
     @property
     def caches(self) -> CacheView: ...
+    @property
+    def rate_limits(self) -> RateLimitView: ...
 
 
 class _HasProblems(Protocol):
@@ -237,6 +248,7 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
                         "strip_prefix": route.strip_prefix,
                         "plain_http": route.plain_http,
                         "cache": None if route.cache is None else route.cache.store,
+                        "rate_limit": _rate_limit(route.rate_limit),
                     }
                     for route in vhost.routes
                 ],
@@ -280,6 +292,31 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
             }
             for name, figures, counters in proxy.pipeline.caches.figures()
         ],
+        "rate_limits": _rate_limits(proxy.pipeline.rate_limits),
+    }
+
+
+def _rate_limit(limit: RateLimit | None) -> dict[str, Any] | None:
+    if limit is None:
+        return None
+    return {
+        "rate": limit.rate,
+        "burst": limit.burst,
+        "key": limit.key,
+        "on_store_error": limit.on_store_error,
+    }
+
+
+def _rate_limits(view: RateLimitView) -> dict[str, Any]:
+    """The store (name, figures) and each route's decisions, by result."""
+    store, figures, routes = view.figures()
+    return {
+        "store": store,
+        **figures,
+        "routes": {
+            name: {result: getattr(counters, result) for result in RESULTS}
+            for name, counters in routes
+        },
     }
 
 

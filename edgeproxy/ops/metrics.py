@@ -24,11 +24,13 @@ from prometheus_client.utils import floatToGoString
 
 from edgeproxy.core.connlimits import Refusal
 from edgeproxy.core.errors import Outcome, Reason
+from edgeproxy.ratelimit.registry import RESULTS
 
 if TYPE_CHECKING:
     from edgeproxy.cache.registry import CacheCounters
     from edgeproxy.cache.store import StoreFigures
     from edgeproxy.cluster.snapshot import Snapshot
+    from edgeproxy.ratelimit.registry import DecisionCounters
     from edgeproxy.tls.certificates import CertificateIndex
 
 __all__ = ["BREAKER_STATES", "Metrics"]
@@ -99,11 +101,13 @@ class Metrics:
         generation: Callable[[], int],
         caches: Callable[[], list[tuple[str, StoreFigures, CacheCounters]]] = list,
         connections_refused: Callable[[], Mapping[Refusal, int]] = dict,
+        rate_limits: RateLimitFigures | None = None,
     ) -> None:
         """Where the scrape-time collector reads the live state from."""
         self._state.sources = (snapshot, certificates, generation)
         self._state.caches = caches
         self._state.connections_refused = connections_refused
+        self._state.rate_limits = rate_limits
 
     def observe(
         self,
@@ -175,6 +179,10 @@ class Metrics:
         if child is None:
             child = self._handshake_children[version] = self.tls_handshakes.labels(version)
         child.inc()
+
+
+#: The rate-limit store's name and figures, and each route's decision counters.
+RateLimitFigures = Callable[[], "tuple[str, dict[str, float], list[tuple[str, DecisionCounters]]]"]
 
 
 class _Sink:
@@ -288,6 +296,7 @@ class _StateCollector(Collector):
         self.sources: tuple[Callable[[], Any], Callable[[], Any], Callable[[], int]] | None = None
         self.caches: Callable[[], list[Any]] = list
         self.connections_refused: Callable[[], Mapping[Refusal, int]] = dict
+        self.rate_limits: RateLimitFigures | None = None
 
     def describe(self) -> list[Any]:
         # Dynamic families: let the registry ask collect() (auto_describe)
@@ -326,6 +335,8 @@ class _StateCollector(Collector):
         generation.add_metric([], generation_of())
         yield generation
         yield from _cache_families(self.caches())
+        if self.rate_limits is not None:
+            yield from _rate_limit_families(*self.rate_limits())
 
 
 def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
@@ -438,3 +449,50 @@ def _cache_families(caches: list[tuple[str, StoreFigures, CacheCounters]]) -> It
         objects.add_metric([name], figures.objects)
         bound.add_metric([name], figures.max_bytes)
     yield from (requests, revalidations, stored, evictions, size, objects, bound)
+
+
+def _rate_limit_families(
+    store: str, figures: dict[str, float], routes: list[tuple[str, DecisionCounters]]
+) -> Iterator[Any]:
+    """The routes' rate-limit decisions (labelled ``<first host><prefix>``:
+    bounded by the configuration) and the store's figures."""
+    decisions = CounterMetricFamily(
+        "edgeproxy_rate_limit_decisions",
+        "Requests a route's rate limit decided, by result: allowed, limited (429), unkeyed "
+        "(no key: not limited), failed_open and failed_closed (the store failed; passed on, "
+        "or 503, as on_store_error says).",
+        labels=["route", "result"],
+    )
+    for route, counters in routes:
+        for result in RESULTS:
+            decisions.add_metric([route, result], getattr(counters, result))
+    yield decisions
+    errors = CounterMetricFamily(
+        "edgeproxy_rate_limit_store_errors",
+        "Decisions the rate-limit store failed to make (unreachable, an error, no answer in time).",
+        labels=["store"],
+    )
+    errors.add_metric([store], figures.get("errors", 0))
+    yield errors
+    up = GaugeMetricFamily(
+        "edgeproxy_rate_limit_store_up",
+        "1 while the rate-limit store answers (0 from a failure until it answers again).",
+        labels=["store"],
+    )
+    up.add_metric([store], figures.get("up", 1))
+    yield up
+    keys = GaugeMetricFamily(
+        "edgeproxy_rate_limit_keys",
+        "Buckets the memory store keeps (at most --rate-limit-max-keys).",
+        labels=["store"],
+    )
+    evictions = CounterMetricFamily(
+        "edgeproxy_rate_limit_evictions",
+        "Buckets still in use that the memory store dropped to stay within --rate-limit-max-keys.",
+        labels=["store"],
+    )
+    if "keys" in figures:
+        keys.add_metric([store], figures["keys"])
+        evictions.add_metric([store], figures.get("evictions", 0))
+    yield keys
+    yield evictions

@@ -774,7 +774,11 @@ def _is_request_id(value: bytes) -> bool:
 
 
 #: Reason phrases of statuses edgeproxy answers that twisted.web's table lacks.
-_MORE_REASONS = {421: b"Misdirected Request", 431: b"Request Header Fields Too Large"}
+_MORE_REASONS = {
+    421: b"Misdirected Request",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def _reason(status: int) -> bytes:

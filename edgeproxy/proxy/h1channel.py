@@ -455,6 +455,10 @@ class ProxyChannel(Protocol):
             return
         except HttpParserCallbackError as e:
             cause = e.__context__
+            if isinstance(cause, StopParsing | RejectRequest):
+                # Its traceback's frames lead back to this one, which holds
+                # it: a cycle per refused request, for the collector to find.
+                cause.__traceback__ = None
             if isinstance(cause, StopParsing):
                 return
             if isinstance(cause, RejectRequest):

@@ -8,9 +8,12 @@ A route's chain, in order (docs/architecture.md has the table):
 
 1. :class:`~.stages.BodyLimit` (head time): the route's ``max_body_size``,
    or ``--max-body-size``.
+   Before it, what the route configures to refuse at head time:
+   :class:`~.stages.AccessRules` (``allow``/``deny``), then
+   :class:`~.ratelimit.RateLimitStage` (``rate_limit``; not on a chain that
+   only redirects to https, so a redirected request costs no token).
 2. What the route configures: :class:`~.cache.CacheStage` for a route with
-   ``cache`` (rate limits, access rules and forward authentication come here
-   too).
+   ``cache`` (forward authentication comes here too).
 3. The last stage: on a plain-HTTP listener, for a route without
    ``plain_http``, :class:`~.stages.HttpsRedirect`; otherwise
    :class:`~.forward.ForwardStage` (a cluster) or
@@ -29,7 +32,10 @@ from edgeproxy.core.backends import backend_authorities
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.exchange import Plan, RouteChain, Stage
 from edgeproxy.proxy.forward import Forwarder, ForwardStage, SplitStage
+from edgeproxy.proxy.ratelimit import RateLimitStage
 from edgeproxy.proxy.stages import AccessRules, BodyLimit, HttpsRedirect
+from edgeproxy.ratelimit.registry import RateLimits, bucket_name
+from edgeproxy.ratelimit.store import MemoryStore
 
 __all__ = ["Pipeline", "build_plan", "route_stages"]
 
@@ -44,17 +50,26 @@ def route_stages(
     https_port: Callable[[], int | None],
     vhost: VirtualHost | None = None,
     caches: CacheStores | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> list[Stage]:
     """The stages of ``route`` (of ``vhost``) on a listener that is TLS or
     not, fresh (a stage belongs to one chain)."""
     limit = route.max_body_size if route.max_body_size is not None else max_body_size
     stages: list[Stage] = [BodyLimit(limit)]
+    redirects = not tls and not route.plain_http
+    rate_limit = route.rate_limit
+    if rate_limit is not None and rate_limits is not None and vhost is not None and not redirects:
+        name = bucket_name(vhost, route)
+        stages.insert(
+            0,
+            RateLimitStage(rate_limit, name, rate_limits.store, rate_limits.counters_for(name)),
+        )
     vhost_allow = vhost.allow if vhost is not None else ()
     vhost_deny = vhost.deny if vhost is not None else ()
     if vhost_allow or vhost_deny or route.allow or route.deny:
         # First: a client refused here is refused before anything else.
         stages.insert(0, AccessRules((vhost_allow, route.allow), vhost_deny + route.deny))
-    if not tls and not route.plain_http:
+    if redirects:
         stages.append(HttpsRedirect(https_port))
         return stages
     cache = route.cache
@@ -89,6 +104,7 @@ def build_plan(
     max_body_size: int,
     https_port: Callable[[], int | None],
     caches: CacheStores | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> Plan:
     """Every route's chain, for plain and TLS listeners.  The routes' cache
     stores come from ``caches`` (which then closes those no route uses)."""
@@ -105,6 +121,7 @@ def build_plan(
                 https_port=https_port,
                 vhost=vhost,
                 caches=caches,
+                rate_limits=rate_limits,
             )
             chains[tls][id(route)] = RouteChain(stages)
     if caches is not None:
@@ -128,10 +145,15 @@ class Pipeline:
         settings: Settings,
         https_port: Callable[[], int | None] = lambda: None,
         caches: CacheStores | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self.forwarder = forwarder
         #: Every route's cache store, kept across reloads.
         self.caches = caches or CacheStores(clock=forwarder.clock.seconds)
+        #: The rate-limit store and counters, kept across reloads.
+        self.rate_limits = rate_limits or RateLimits(
+            MemoryStore(forwarder.clock.seconds, settings.rate_limit_max_keys)
+        )
         self._max_body_size = settings.max_body_size
         self._https_port = https_port
         self.plan = self._build(snapshot)
@@ -151,4 +173,5 @@ class Pipeline:
             max_body_size=self._max_body_size,
             https_port=self._https_port,
             caches=self.caches,
+            rate_limits=self.rate_limits,
         )

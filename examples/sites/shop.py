@@ -11,7 +11,7 @@
 #
 # The full reference is docs/configuration.md.
 
-from edgeproxy.config import Cache, Cluster, Route, Split, VirtualHost
+from edgeproxy.config import Cache, Cluster, RateLimit, Route, Split, VirtualHost
 
 # A Cluster is a named group of upstream servers ("host:port").  The proxy keeps
 # pooled connections to them and spreads requests over the endpoints.  The name
@@ -40,7 +40,12 @@ virtual_hosts = [
             # "/api/" matches /api/ and /api/hello but not /api (that falls
             # through to "/").  The path is forwarded unchanged; pass
             # strip_prefix=True to send /api/hello upstream as /hello.
-            Route("/api/", api),
+            #
+            # Each client address may send 20 requests at once and 10 a second
+            # after that; past it, 429 with Retry-After (docs/security.md).
+            # The buckets are in this process's memory, or in a Redis every
+            # proxy shares with --rate-limit-store redis://HOST:PORT.
+            Route("/api/", api, rate_limit=RateLimit(rate=10.0, burst=20)),
             # Static files, cached at the proxy (docs/caching.md): what the
             # backend allows to be kept (here "Cache-Control: public,
             # max-age=60") is answered from memory without reaching it, at

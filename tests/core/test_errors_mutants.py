@@ -27,6 +27,8 @@ from edgeproxy.core.errors import (
     NotImplementedMethod,
     NoVirtualHost,
     Outcome,
+    RateLimited,
+    RateLimitUnavailable,
     Reason,
     RequestTimeout,
     UpstreamConnectFailed,
@@ -101,6 +103,8 @@ TABLE = [
     (NotCached, 504, Outcome.REJECTED, Reason.NOT_CACHED, False),
     (Forbidden, 403, Outcome.REJECTED, Reason.FORBIDDEN, False),
     (RequestTimeout, 408, Outcome.CLIENT_TIMEOUT, Reason.HEADER_TIMEOUT, False),
+    (RateLimited, 429, Outcome.REJECTED, Reason.RATE_LIMITED, False),
+    (RateLimitUnavailable, 503, Outcome.REJECTED, Reason.RATE_LIMIT_UNAVAILABLE, False),
     (UpstreamError, 502, Outcome.UPSTREAM_ERROR, Reason.BAD_RESPONSE, False),
     (UpstreamConnectFailed, 502, Outcome.UPSTREAM_ERROR, Reason.CONNECT_FAILED, True),
     (UpstreamConnectTimeout, 504, Outcome.UPSTREAM_ERROR, Reason.CONNECT_TIMEOUT, True),
@@ -140,3 +144,9 @@ def test_public_messages_are_short_lower_case_and_name_nothing_internal(
     message = cls.public_message
     assert message == message.lower() and 0 < len(message) <= 40
     assert not any(character.isdigit() for character in message)  # no address, no port
+
+
+def test_rate_limit_answers_say_when_to_come_back() -> None:
+    assert RateLimited(7).extra_headers() == [(b"Retry-After", b"7")]
+    assert RateLimited().extra_headers() == [(b"Retry-After", b"1")]
+    assert RateLimitUnavailable().extra_headers() == [(b"Retry-After", b"1")]

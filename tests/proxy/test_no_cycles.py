@@ -327,6 +327,15 @@ def bad_request(rig: AbortRig) -> None:
     assert client.closed
 
 
+def refused_at_head(rig: AbortRig, data: bytes, status: bytes) -> None:
+    # Refused as soon as its head is in (a 400 for two Hosts): the parser is
+    # stopped from inside a callback, and the exception must not keep its frames.
+    client = rig.client(data)
+    rig.turn()
+    assert _status(client) == status
+    assert client.closed
+
+
 def body_too_large_then_reset(rig: AbortRig) -> None:
     # 413 before the body is read; the client goes while its body is being dropped.
     client = rig.client(
@@ -405,6 +414,12 @@ ABORTS: dict[str, tuple[Callable[[AbortRig], None], Limits | None]] = {
     ),
     "keep-alive timeout after a response": (idle_after_response, None),
     "bad request": (bad_request, None),
+    "two hosts, refused at head time": (
+        lambda r: refused_at_head(
+            r, b"GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n", b"HTTP/1.1 400"
+        ),
+        None,
+    ),
     "body too large, then reset": (body_too_large_then_reset, None),
     "upstream refuses": (
         lambda r: upstream_refuses(r, ConnectionRefusedError(), b"HTTP/1.1 502"),
