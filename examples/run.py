@@ -377,13 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, runner.on_signal)
     code = runner.run()
-    if code < 0:
+    if code < 0 and -code not in (signal.SIGKILL, signal.SIGSTOP):
         # twistd stopped by a signal (Ctrl-C, SIGTERM) shuts down cleanly and
-        # then dies by that signal, as Unix programs should; so do we.
+        # then dies by that signal, as Unix programs should; so do we.  (One
+        # killed outright, by us after a stop that hung, cannot be re-raised.)
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-        return 128 - code
-    return code
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":
