@@ -35,6 +35,7 @@ _HEADER_LINE = re.compile(
 #: The request line a proxy forwards: origin form, HTTP/1.1.
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1")
 _TAG = re.compile(rb"[?&]tag=([0-9])\1{4}(?:&|$)")
+_CONNECTION = re.compile(rb"[?&]c=([0-9a-z]+)(?:&|$)")
 
 METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")
 #: Path characters that need no encoding and make no dot segment.
@@ -48,6 +49,12 @@ def tag_of(target: bytes) -> int | None:
     """The index of the generated request ``target`` came from, if tagged."""
     match = _TAG.search(target)
     return int(match.group(1)) if match else None
+
+
+def connection_of(target: bytes) -> str | None:
+    """The client connection ``target`` was sent on, if marked."""
+    match = _CONNECTION.search(target)
+    return match.group(1).decode() if match else None
 
 
 @dataclass
@@ -93,13 +100,16 @@ _SEGMENT = st.binary(min_size=1, max_size=8).map(
 
 
 @st.composite
-def valid_requests(draw: st.DrawFn, index: int) -> Request:
-    """A valid request with the tag ``index`` (0-9)."""
+def valid_requests(draw: st.DrawFn, index: int, connection: str = "") -> Request:
+    """A valid request with the tag ``index`` (0-9), marked with the client
+    ``connection`` (letters and digits) if given."""
     method = draw(st.sampled_from(METHODS))
     path = b"/" + b"/".join(draw(st.lists(_SEGMENT | st.just(b"%41"), max_size=3)))
     if draw(st.booleans()):
         path = b"/small" + path  # the route with max_body_size=10: 413 past it
     target = path + b"?tag=" + str(index).encode() * 5
+    if connection:
+        target += b"&c=" + connection.encode()
     if draw(st.booleans()):
         target += b"&q=" + draw(_SEGMENT)
     if draw(st.integers(0, 9)) == 0:
@@ -247,10 +257,10 @@ class Sent:
 
 
 @st.composite
-def sent(draw: st.DrawFn, max_requests: int = 4, mutate: bool = True) -> Sent:
+def sent(draw: st.DrawFn, max_requests: int = 4, mutate: bool = True, connection: str = "") -> Sent:
     """One to ``max_requests`` requests, pipelined, each mutated or not."""
     count = draw(st.integers(1, max_requests))
-    requests = [draw(valid_requests(i)) for i in range(count)]
+    requests = [draw(valid_requests(i, connection)) for i in range(count)]
     wire: list[bytes] = []
     flags: list[bool] = []
     for request in requests:
