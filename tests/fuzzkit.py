@@ -322,32 +322,96 @@ def head_problems(head: bytes) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What a backend answers to one request."""
+
+    status: int = 200
+    #: "length", "chunked", "close" (the body runs to the close) or "none" (204, 304).
+    framing: str = "length"
+    body: bytes = b"ok"
+    #: A 103 before the response.
+    early_hints: bool = False
+
+    @property
+    def closes(self) -> bool:
+        return self.framing == "close"
+
+    @property
+    def sent_body(self) -> bytes:
+        return b"" if self.framing == "none" else self.body
+
+    def encode(self) -> bytes:
+        out = b""
+        if self.early_hints:
+            out += b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        # What a hidden backend's answer must not show (VirtualHost(hide_backend=True)).
+        out += b"HTTP/1.1 %d Fuzz\r\nServer: backend/1.0\r\nX-Powered-By: fuzz\r\n" % self.status
+        body = self.body
+        if self.framing == "length":
+            return out + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        if self.framing == "chunked":
+            half = len(body) // 2
+            chunks = b"".join(
+                b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]) if c
+            )
+            return out + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        if self.framing == "close":
+            return out + b"Connection: close\r\n\r\n" + body
+        return out + b"\r\n"
+
+
+#: The statuses backends answer with; any other status a client gets is the proxy's own.
+BACKEND_STATUSES = frozenset({200, 201, 204, 304, 410, 418})
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> Reply:
+    if draw(st.integers(0, 5)) == 0:
+        return Reply(draw(st.sampled_from([204, 304])), "none", b"", draw(st.booleans()))
+    return Reply(
+        draw(st.sampled_from([200, 201, 410, 418])),
+        draw(st.sampled_from(["length", "chunked", "close"])),
+        draw(st.binary(max_size=100)),
+        draw(st.integers(0, 5)) == 0,
+    )
+
+
 @dataclass
 class Received:
-    """One request as a backend received it."""
+    """One request as a backend received it, and the backend's reply."""
 
     head: bytes
     method: bytes
     target: bytes
     body: bytes = b""
     complete: bool = False
+    reply: Reply | None = None
+
+
+def _h11_server() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
 
 
 class BackendReader:
-    """One backend connection's bytes, read by h11 as a strict server, with
-    each request head checked by :func:`head_problems`.  ``answer`` is
-    called with the response's bytes after each complete request."""
+    """One backend connection's bytes, each request read by a fresh h11
+    server connection (strict, independent of llhttp) and its head checked
+    by :func:`head_problems`.  After each complete request, ``answer`` is
+    called with the bytes of the reply ``reply()`` gives; after a reply that
+    closes, :attr:`must_close` is set and nothing more is read."""
 
-    def __init__(self, answer: Callable[[bytes], None], body: bytes = b"ok") -> None:
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
+    def __init__(self, answer: Callable[[bytes], None], reply: Callable[[], Reply] = Reply) -> None:
+        self._h11 = _h11_server()
         self._answer = answer
-        self._body = body
+        self._reply = reply
         self._stream = b""
+        #: Where the request being read starts in the stream.
         self._start = 0
         self.requests: list[Received] = []
         self.problems: list[str] = []
+        #: The proxy closed the connection.
         self.closed = False
-        #: The backend closes (the request asked for it).
+        #: The backend closes the connection (its reply was close-delimited).
         self.must_close = False
 
     def _consumed(self) -> int:
@@ -355,10 +419,10 @@ class BackendReader:
 
     def feed(self, data: bytes) -> None:
         """What arrived (``b""``: the proxy closed the connection)."""
-        if self.closed or self.problems:
-            return
         if not data:
             self.closed = True
+        if self.problems or self.must_close:
+            return
         self._stream += data
         try:
             self._h11.receive_data(data)
@@ -367,9 +431,8 @@ class BackendReader:
             self.problems.append(f"h11: {e} in {self._stream[self._start : self._start + 300]!r}")
 
     def _events(self) -> None:
-        conn = self._h11
         while True:
-            event = conn.next_event()
+            event = self._h11.next_event()
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
@@ -379,22 +442,21 @@ class BackendReader:
             elif isinstance(event, h11.Data):
                 self.requests[-1].body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                self.requests[-1].complete = True
-                out = conn.send(
-                    h11.Response(
-                        status_code=200,
-                        reason=b"OK",
-                        headers=[("Content-Length", str(len(self._body)))],
-                    )
-                )
-                out += conn.send(h11.Data(data=self._body)) or b""
-                out += conn.send(h11.EndOfMessage()) or b""
-                if conn.our_state is h11.MUST_CLOSE:
+                request = self.requests[-1]
+                request.complete = True
+                request.reply = reply = self._reply()
+                self._answer(reply.encode())
+                if reply.closes:
                     self.must_close = True
-                self._answer(out or b"")
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                    self._start = self._consumed()
+                    return
+                # The next request, on a fresh h11 connection.
+                self._start = self._consumed()
+                rest = self._stream[self._start :]
+                self._h11 = _h11_server()
+                if rest:  # (b"" would tell h11 the connection closed)
+                    self._h11.receive_data(rest)
+                if self.closed:
+                    self._h11.receive_data(b"")
             elif isinstance(event, h11.ConnectionClosed):
                 return
 
@@ -425,19 +487,28 @@ def forwarding_problems(sent: Sent, received: Sequence[Received]) -> list[str]:
 
 @dataclass
 class Answer:
+    """A final response as the client got it."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    #: The 1xx responses before it.
+    informational: list[int] = field(default_factory=list)
 
     def closes(self) -> bool:
         return any(n.lower() == b"connection" and b"close" in v.lower() for n, v in self.headers)
 
+    def names(self) -> set[bytes]:
+        return {n.lower() for n, _ in self.headers}
+
 
 def read_responses(data: bytes, closed: bool) -> tuple[list[Answer], list[str]]:
-    """The final responses in ``data`` (h11, as a client; 1xx skipped), and
-    what is wrong with them: not well-formed, data after a response that
-    closes, or (``closed``) cut off before its end."""
+    """The final responses in ``data`` (h11, as a client), and what is wrong
+    with them: not well-formed, data after a response that closes, or
+    (``closed``) cut off before its end."""
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1 << 20)
     answers: list[Answer] = []
+    informational: list[int] = []
     dummy = h11.Request(method="GET", target="/", headers=[("Host", "x")])
     conn.receive_data(data)
     if closed:
@@ -452,8 +523,13 @@ def read_responses(data: bytes, closed: bool) -> tuple[list[Answer], list[str]]:
             event = conn.next_event()
             if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
                 return answers, []
-            if isinstance(event, h11.Response):
-                answers.append(Answer(event.status_code, list(event.headers)))
+            if isinstance(event, h11.InformationalResponse):
+                informational.append(event.status_code)
+            elif isinstance(event, h11.Response):
+                answers.append(Answer(event.status_code, list(event.headers), b"", informational))
+                informational = []
+            elif isinstance(event, h11.Data):
+                answers[-1].body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()

@@ -17,14 +17,15 @@ whatever was sent, and the listener serves the next client.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
@@ -32,12 +33,17 @@ from twisted.python.failure import Failure
 from edgeproxy.config import Cluster, Route, VirtualHost
 from edgeproxy.proxy.h1channel import ProxyFactory
 from tests.fuzzkit import (
+    BACKEND_STATUSES,
+    Answer,
     BackendReader,
     Received,
+    Reply,
+    Request,
     Sent,
     forwarding_problems,
     read_responses,
     reads,
+    replies,
     sent,
     valid_requests,
 )
@@ -83,12 +89,20 @@ def failures_logged() -> Iterator[list[LogEvent]]:
 
 
 class Backends:
-    """Every upstream connection the proxy opens, accepted at once and
-    answered 200 by a :class:`BackendReader`."""
+    """Every upstream connection the proxy opens, accepted at once and read
+    by a :class:`BackendReader`, which answers the ``replies`` in turn."""
 
-    def __init__(self, reactor: MemoryReactorClock) -> None:
+    def __init__(self, reactor: MemoryReactorClock, replies: Sequence[Reply] = (Reply(),)) -> None:
         self.reactor = reactor
+        self.replies = replies
+        #: Every reply given, in order.
+        self.given: list[Reply] = []
         self.connections: list[tuple[Any, StringTransport, BackendReader, list[int]]] = []
+
+    def _reply(self) -> Reply:
+        reply = self.replies[len(self.given) % len(self.replies)]
+        self.given.append(reply)
+        return reply
 
     def pump(self) -> None:
         """Run until nothing more happens: accept, read, answer."""
@@ -100,7 +114,7 @@ class Backends:
                 protocol: Any = factory.buildProtocol(IPv4Address("TCP", host, port))
                 upstream = TCPLikeTransport()
                 protocol.makeConnection(upstream)
-                reader = BackendReader(protocol.dataReceived)
+                reader = BackendReader(protocol.dataReceived, self._reply)
                 self.connections.append((protocol, upstream, reader, [0]))
                 progress = True
             for protocol, transport, reader, offset in self.connections:
@@ -128,16 +142,32 @@ class Backends:
 
 
 def run_client(
-    factory: ProxyFactory, backends: Backends, pieces: list[bytes]
+    factory: ProxyFactory, backends: Backends, pieces: list[bytes], hang_up: int | None = None
 ) -> tuple[Any, StringTransport]:
-    """One client connection sending ``pieces`` read by read."""
+    """One client connection sending ``pieces`` read by read, and going away
+    (a reset) after ``hang_up`` of them if given."""
     channel, transport = connect_client(factory)
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
+        if i == hang_up:
+            break
         if transport.disconnecting:
             break  # the proxy closed: a real client's writes would fail
         channel.dataReceived(piece)
         backends.pump()
+    if hang_up is not None:
+        # (Also when the proxy was closing: the close completes, or the reset wins.)
+        channel.connectionLost(Failure(ConnectionLost("client reset")))
+        backends.pump()
     return channel, transport
+
+
+def check_relayed(answers: list[Answer], backends: Backends) -> None:
+    """The client got every backend reply, whole and in order, with nothing
+    that names the backend."""
+    relayed = [(a.status, a.body) for a in answers if a.status in BACKEND_STATUSES]
+    assert relayed == [(r.status, r.sent_body) for r in backends.given]
+    for answer in answers:
+        assert not answer.names() & {b"server", b"x-powered-by"}, answer.headers
 
 
 def finish(
@@ -154,29 +184,43 @@ def finish(
 
 
 def check_served(factory: ProxyFactory, backends: Backends) -> None:
-    """A new client of the same listener is served."""
+    """A new client of the same listener is served: its request reaches a
+    backend, and it gets the backend's reply."""
     before = len(backends.received)
     channel, transport = run_client(
         factory, backends, [b"GET /after?tag=99999 HTTP/1.1\r\nHost: shop.example\r\n\r\n"]
     )
-    answers, problems = read_responses(transport.value(), closed=False)
+    answers, problems = read_responses(transport.value(), closed=bool(transport.disconnecting))
     assert not problems, problems
-    assert [a.status for a in answers] == [200]
     assert [r.target for r in backends.received[before:]] == [b"/after?tag=99999"]
+    assert [(a.status, a.body) for a in answers] == [
+        (backends.given[-1].status, backends.given[-1].sent_body)
+    ]
     channel.connectionLost(Failure(ConnectionDone()))
 
 
-def exercise(sent_: Sent, pieces: list[bytes]) -> None:
+@dataclass
+class Storm:
+    """One client connection's requests, the reads they arrive in, the
+    backends' replies, and when (if ever) the client goes away."""
+
+    sent: Sent
+    pieces: list[bytes]
+    replies: list[Reply]
+    hang_up: int | None = None
+
+
+def exercise(storm: Storm) -> None:
     with failures_logged() as failures:
-        _exercise(sent_, pieces)
+        _exercise(storm)
     assert not failures, failures
 
 
-def _exercise(sent_: Sent, pieces: list[bytes]) -> None:
+def _exercise(storm: Storm) -> None:
     reactor = MemoryReactorClock()
     factory, _pipeline = proxy_factory(reactor, CONFIG)
-    backends = Backends(reactor)
-    channel, transport = run_client(factory, backends, pieces)
+    backends = Backends(reactor, storm.replies)
+    channel, transport = run_client(factory, backends, storm.pieces, storm.hang_up)
 
     # What the client got so far, while the connection may still be open.
     answers, problems = read_responses(transport.value(), closed=bool(transport.disconnecting))
@@ -188,92 +232,119 @@ def _exercise(sent_: Sent, pieces: list[bytes]) -> None:
 
     # What reached the backends.
     assert not backends.problems, backends.problems
-    mismatches = forwarding_problems(sent_, backends.received)
+    mismatches = forwarding_problems(storm.sent, backends.received)
     assert not mismatches, mismatches
     assert all(r.complete for r in backends.received), "a request forwarded in part"
 
-    finish(channel, transport, reactor, backends)
-    answers, problems = read_responses(transport.value(), closed=True)
-    assert not problems, problems
+    if storm.hang_up is None:
+        finish(channel, transport, reactor, backends)
+        answers, problems = read_responses(transport.value(), closed=True)
+        assert not problems, problems
+        check_relayed(answers, backends)
+    else:
+        backends.pump()
     event(f"answers {sorted({a.status for a in answers})}")
     event(f"forwarded {min(len(backends.received), 2)}+")
     assert not factory.connections.channels
     check_served(factory, backends)
 
 
+def storm_of(draw: st.DrawFn, sent_: Sent, data: bytes) -> Storm:
+    pieces = reads(draw, data)
+    hang_up = draw(st.none() | st.integers(0, len(pieces))) if draw(st.booleans()) else None
+    return Storm(sent_, pieces, draw(st.lists(replies(), min_size=1, max_size=3)), hang_up)
+
+
 @st.composite
-def storms(draw: st.DrawFn) -> tuple[Sent, list[bytes]]:
+def storms(draw: st.DrawFn) -> Storm:
     sent_ = draw(sent(max_requests=4, mutate=True))
-    return sent_, reads(draw, sent_.data)
+    return storm_of(draw, sent_, sent_.data)
 
 
 @FUZZ
-@given(example=storms())
-def test_mutated_requests(example: tuple[Sent, list[bytes]]) -> None:
-    sent_, pieces = example
-    exercise(sent_, pieces)
+@given(storm=storms())
+def test_mutated_requests(storm: Storm) -> None:
+    exercise(storm)
 
 
 @st.composite
-def noise(draw: st.DrawFn) -> tuple[Sent, list[bytes]]:
+def noise(draw: st.DrawFn) -> Storm:
     """Random bytes, alone or after a valid request."""
     first = draw(st.lists(valid_requests(0), max_size=1))
     data = b"".join(r.encode() for r in first) + draw(st.binary(min_size=1, max_size=300))
-    sent_ = Sent(first, [data], [True])
-    return sent_, reads(draw, data)
+    return storm_of(draw, Sent(first, [data], [True]), data)
 
 
 @FUZZ
-@given(example=noise())
-def test_random_bytes(example: tuple[Sent, list[bytes]]) -> None:
-    sent_, pieces = example
-    exercise(sent_, pieces)
+@given(storm=noise())
+def test_random_bytes(storm: Storm) -> None:
+    exercise(storm)
 
 
 @st.composite
-def valid_pipelines(draw: st.DrawFn) -> tuple[Sent, list[bytes]]:
+def valid_pipelines(draw: st.DrawFn) -> Storm:
     sent_ = draw(sent(max_requests=5, mutate=False))
-    return sent_, reads(draw, sent_.data)
+    return Storm(sent_, reads(draw, sent_.data), draw(st.lists(replies(), min_size=1, max_size=3)))
 
 
 @FUZZ
-@given(example=valid_pipelines())
-def test_valid_requests_pipelined(example: tuple[Sent, list[bytes]]) -> None:
+@given(storm=valid_pipelines())
+def test_valid_requests_pipelined(storm: Storm) -> None:
     """Valid requests, pipelined and cut anywhere: each is forwarded once,
-    whole and in order, and answered in order; the connection stays open."""
-    sent_, pieces = example
+    whole and in order, and answered in order, until one whose answer closes
+    the connection: a 413, or a close-delimited reply to an HTTP/1.0 client
+    (its end is the close)."""
     with failures_logged() as failures:
-        _pipelined(sent_, pieces)
+        _pipelined(storm)
     assert not failures, failures
 
 
-def _pipelined(sent_: Sent, pieces: list[bytes]) -> None:
+def _too_large(request: Request) -> bool:
+    """Over the /small/ route's max_body_size."""
+    path = request.target.removeprefix(b"http://shop.example")
+    return path.startswith(b"/small") and len(request.body) > 10
+
+
+def _pipelined(storm: Storm) -> None:
+    requests, replies_ = storm.sent.requests, storm.replies
+    # What each request should get, up to the first answer that closes.
+    forwarded = 0
+    statuses: list[int] = []
+    closes = False
+    for request in requests:
+        if _too_large(request):
+            statuses.append(413)
+            closes = True
+            break
+        reply = replies_[forwarded % len(replies_)]
+        forwarded += 1
+        statuses.append(reply.status)
+        # (A chunked reply arrives whole here, in one read: the proxy sends it
+        # with a Content-Length.)
+        if request.version == b"HTTP/1.0" and reply.framing == "close":
+            closes = True
+            break
+
     reactor = MemoryReactorClock()
     factory, _pipeline = proxy_factory(reactor, CONFIG)
-    backends = Backends(reactor)
-    channel, transport = run_client(factory, backends, pieces)
+    backends = Backends(reactor, replies_)
+    channel, transport = run_client(factory, backends, storm.pieces)
     assert not backends.problems, backends.problems
-    # Up to the first 413 (a body over /small/'s limit: the connection
-    # closes after it), every request is forwarded.
-    cut = next(
-        (
-            i
-            for i, r in enumerate(sent_.requests)
-            if r.target.startswith((b"/small", b"http://shop.example/small")) and len(r.body) > 10
-        ),
-        len(sent_.requests),
-    )
     got = [
         (r.method, r.target.removeprefix(b"http://shop.example"), r.body) for r in backends.received
     ]
     want = [
         (r.method, r.target.removeprefix(b"http://shop.example"), r.body)
-        for r in sent_.requests[:cut]
+        for r in requests[:forwarded]
     ]
     assert got == want
-    answers, problems = read_responses(transport.value(), closed=False)
+    answers, problems = read_responses(transport.value(), closed=closes)
     assert not problems, problems
-    assert [a.status for a in answers] == [200] * cut + [413] * (cut < len(sent_.requests))
-    assert bool(transport.disconnecting) == (cut < len(sent_.requests))
+    assert [a.status for a in answers] == statuses
+    for request, answer in zip(requests, answers, strict=False):
+        if request.version == b"HTTP/1.0":
+            assert not answer.informational, "a 1xx to an HTTP/1.0 client"
+    check_relayed(answers, backends)
+    assert bool(transport.disconnecting) == closes
     finish(channel, transport, reactor, backends)
     check_served(factory, backends)
