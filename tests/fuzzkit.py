@@ -332,16 +332,20 @@ class Reply:
     body: bytes = b"ok"
     #: A 103 before the response.
     early_hints: bool = False
+    #: Bytes sent instead (a broken backend's, then it closes).
+    raw: bytes | None = None
 
     @property
     def closes(self) -> bool:
-        return self.framing == "close"
+        return self.framing == "close" or self.raw is not None
 
     @property
     def sent_body(self) -> bytes:
         return b"" if self.framing == "none" else self.body
 
     def encode(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
         out = b""
         if self.early_hints:
             out += b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
@@ -375,6 +379,12 @@ def replies(draw: st.DrawFn) -> Reply:
         draw(st.binary(max_size=100)),
         draw(st.integers(0, 5)) == 0,
     )
+
+
+@st.composite
+def broken_replies(draw: st.DrawFn) -> Reply:
+    """A mutation of a reply, sent by a backend that closes after it."""
+    return Reply(raw=draw(mutated(draw(replies()).encode())))
 
 
 @dataclass

@@ -7,8 +7,8 @@ truncation), pipelined and cut into random reads, go through the real
 ``ProxyChannel``, pipeline and forwarder to backends that read them with h11.
 
 The backends answer with replies drawn too (Content-Length, chunked,
-close-delimited, 204 and 304, a 103 first), and some clients go away
-mid-storm.
+close-delimited, 204 and 304, a 103 first), or mutations of them, and some
+clients go away mid-storm.
 
 Properties, for every example: nothing is logged as a failure; whatever
 reaches a backend is one well-formed request per message, as a strict
@@ -46,6 +46,7 @@ from tests.fuzzkit import (
     Reply,
     Request,
     Sent,
+    broken_replies,
     forwarding_problems,
     read_responses,
     reads,
@@ -65,7 +66,7 @@ FRAMING_REFUSALS = {400, 414, 431, 501, 505}
 
 #: A longer campaign of random examples: EDGEPROXY_FUZZ_EXAMPLES=5000.
 _CAMPAIGN = int(os.environ.get("EDGEPROXY_FUZZ_EXAMPLES", "0"))
-#: By default 400 examples per test (the three tests together run in about
+#: By default 400 examples per test (the four tests together run in about
 #: 15 s), derandomised: the same examples every run.
 FUZZ = settings(
     max_examples=_CAMPAIGN or 400,
@@ -357,3 +358,40 @@ def _pipelined(storm: Storm) -> None:
     assert bool(transport.disconnecting) == closes
     finish(channel, transport, reactor, backends)
     check_served(factory, backends)
+
+
+#: h11's words for a response whose framing was not finished at the close.
+_CUT_SHORT = "peer closed connection without sending complete message body"
+
+
+@st.composite
+def broken_backends(draw: st.DrawFn) -> Storm:
+    sent_ = draw(sent(max_requests=2, mutate=False))
+    return Storm(
+        sent_, reads(draw, sent_.data), draw(st.lists(broken_replies(), min_size=1, max_size=2))
+    )
+
+
+@FUZZ
+@given(storm=broken_backends())
+def test_broken_backends(storm: Storm) -> None:
+    """Backends that answer mutated replies: the client gets well-formed
+    responses (a 502 for what is malformed), but for the last, which is cut
+    short by the close when a backend broke off mid-body (the client sees
+    its framing unfinished); the listener serves on."""
+    with failures_logged() as failures:
+        reactor = MemoryReactorClock()
+        factory, _pipeline = proxy_factory(reactor, CONFIG)
+        backends = Backends(reactor, storm.replies)
+        channel, transport = run_client(factory, backends, storm.pieces)
+        finish(channel, transport, reactor, backends)
+        answers, problems = read_responses(transport.value(), closed=True)
+        problems = [p for p in problems if _CUT_SHORT not in p]
+        assert not problems, problems
+        for answer in answers:
+            assert not answer.names() & {b"server", b"x-powered-by"}, answer.headers
+        event(f"answers {sorted({a.status for a in answers})}")
+        assert not factory.connections.channels
+        backends.replies = (Reply(),)
+        check_served(factory, backends)
+    assert not failures, failures
