@@ -106,6 +106,9 @@ _DELIVERED: IProtocol = Protocol()
 _FRAMING = HOP_BY_HOP | {b"content-length"}
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET_FORBIDDEN = re.compile(rb"[\x00-\x20\x7f]")
+#: What a reason phrase may not hold (RFC 9112 4: HTAB, SP, VCHAR, obs-text);
+#: llhttp refuses only CR and LF in it, and the phrase is relayed to the client.
+_PHRASE_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HOST_LINE = re.compile(rb"\r\nhost:", re.IGNORECASE)
 _COLON_SPACE = b": "
 # Connection tokens that name no header kept anyway ("close", or the
@@ -1011,6 +1014,8 @@ class _Connection(Protocol):
         self._phrase = b""
 
     def on_status(self, phrase: bytes) -> None:
+        if _PHRASE_FORBIDDEN.search(phrase) is not None:
+            raise _ProtocolViolation()
         self._phrase += phrase
 
     def on_header(self, name: bytes, value: bytes) -> None:

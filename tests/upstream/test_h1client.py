@@ -836,6 +836,11 @@ def test_hop_by_hop_and_connection_named_headers_are_removed() -> None:
         b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nhi",
+        # A control character in the reason phrase (relayed to the client as it is).
+        b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 O\x1b[2JK\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 103 E\x00\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
         # Not HTTP/1.x.
         b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
         b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nhi",
@@ -856,6 +861,13 @@ def test_malformed_responses_fail_and_close(answer: bytes) -> None:
     assert failure(d).check(UpstreamResponseFailed)
     assert up.state == "aborted"
     assert rig.idle() == 0
+
+
+@pytest.mark.parametrize("phrase", [b"", b"OK", b"Very\tOK", b"D\xe9j\xe0 vu"])
+def test_a_reason_phrase_of_visible_characters_is_kept(phrase: bytes) -> None:
+    rig, d, up = started()
+    up.respond(b"HTTP/1.1 200 " + phrase + b"\r\nContent-Length: 0\r\n\r\n")
+    assert result(d).phrase == phrase
 
 
 def test_status_line_checked_across_reads() -> None:
