@@ -132,7 +132,15 @@ def setup(
     config = tmp / "site.py"
     config.write_text(CONFIG.format(backend=backend.address))
     proxy = ProxyProcess(
-        tmp, config, certs, ["--keepalive-timeout", str(KEEPALIVE), "--access-log", "off"]
+        tmp,
+        config,
+        certs,
+        [
+            *("--keepalive-timeout", str(KEEPALIVE)),
+            *("--header-timeout", str(KEEPALIVE)),
+            *("--body-timeout", str(KEEPALIVE)),
+            *("--access-log", "off"),
+        ],
     ).start()
     ctx = client_context(ca.cert_pem.bytes())
     try:
