@@ -16,6 +16,7 @@ from enum import StrEnum
 import attrs
 
 from edgeproxy.core.addresses import IPNetwork, Networks
+from edgeproxy.core.ratelimit import Buckets
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -93,13 +94,8 @@ class ConnectionGate:
         self.per_client: dict[str, int] = {}
         #: Refusals since start, by reason.
         self.refused: dict[Refusal, int] = {}
-        # GCRA: each client's theoretical arrival time, least recently seen
-        # first (an entry is re-inserted whenever it is looked at).
-        self._tat: dict[str, float] = {}
-        self._max_entries = max_rate_entries
-        self._interval = 1.0 / limits.rate if limits.rate else 0.0
-        # The most a TAT may run ahead of now and still admit: burst - 1 intervals.
-        self._tolerance = (limits.burst - 1) * self._interval
+        # GCRA, as the routes' rate limits: each client's bucket, bounded.
+        self._buckets = Buckets(max_rate_entries)
         self._deny = Networks(limits.deny)
 
     def admit(self, client: str, now: float) -> Refusal | None:
@@ -136,7 +132,7 @@ class ConnectionGate:
             held = self.per_client.get(client, 0)
             if held >= cap:
                 return self._refuse(Refusal.PER_CLIENT)
-        if self._interval and not self._conforms(client, now):
+        if limits.rate and not self._buckets.decide(client, now, limits.rate, limits.burst).allowed:
             return self._refuse(Refusal.RATE)
         if cap:
             self.per_client[client] = held + 1
@@ -160,38 +156,8 @@ class ConnectionGate:
     @property
     def rate_entries(self) -> int:
         """Clients whose rate state is kept (bounded by ``max_rate_entries``)."""
-        return len(self._tat)
+        return len(self._buckets)
 
     def _refuse(self, refusal: Refusal) -> Refusal:
         self.refused[refusal] = self.refused.get(refusal, 0) + 1
         return refusal
-
-    def _conforms(self, client: str, now: float) -> bool:
-        """GCRA: admit when the client's TAT is at most ``tolerance`` ahead of now."""
-        table = self._tat
-        tat = table.pop(client, None)
-        self._expire(now)
-        if tat is None or tat < now:
-            tat = now
-        if tat - now > self._tolerance:
-            table[client] = tat  # refused: its debt stays as it was
-            return False
-        if len(table) >= self._max_entries:
-            # Forget the least recently seen client: at worst it gets a fresh burst.
-            del table[next(iter(table))]
-        table[client] = tat + self._interval
-        return True
-
-    def _expire(self, now: float) -> None:
-        """Drop rested clients from the front: an entry whose TAT has passed
-        means exactly what no entry means.  A few per call, so the work
-        follows the arrivals."""
-        table = self._tat
-        for _ in range(2):
-            if not table:
-                return
-            oldest = next(iter(table))
-            if table[oldest] > now:
-                return
-            del table[oldest]
-

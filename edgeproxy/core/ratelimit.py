@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["ALLOWED", "Decision", "decide", "retry_after_seconds"]
+__all__ = ["ALLOWED", "Buckets", "Decision", "decide", "retry_after_seconds"]
 
 
 class Decision(NamedTuple):
@@ -51,3 +51,52 @@ def retry_after_seconds(seconds: float) -> int:
     """``Retry-After`` in whole seconds: rounded up, at least 1 (a client told
     0 would retry at once and be refused again)."""
     return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
+
+
+class Buckets:
+    """The TATs of many keys, bounded: kept in order of last use, so the
+    least recently used key is the first.  A decision forgets up to two idle
+    keys from that end (a TAT that has passed is a full bucket, the same as
+    none), and with ``max_keys`` kept the least recently used one is evicted
+    to make room (that key's bucket starts full again).  A flood of distinct
+    keys therefore costs at most ``max_keys`` entries.  The memory rate-limit
+    store and the accept gate's per-client rate both keep theirs here."""
+
+    def __init__(self, max_keys: int) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, not {max_keys}")
+        self.max_keys = max_keys
+        #: key -> TAT, least recently used first (dicts keep insertion order).
+        self._tats: dict[str, float] = {}
+        #: Keys evicted while their bucket was still in use.
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def decide(self, key: str, now: float, rate: float, burst: int) -> Decision:
+        """:func:`decide` for ``key``'s bucket, its TAT kept or forgotten."""
+        tats = self._tats
+        tat = tats.pop(key, None)
+        decision, new_tat = decide(tat, now, rate, burst)
+        self._forget_idle(now)
+        if new_tat is not None and new_tat > now:
+            if len(tats) >= self.max_keys:
+                del tats[next(iter(tats))]
+                self.evictions += 1
+            tats[key] = new_tat  # last: the most recently used
+        return decision
+
+    def _forget_idle(self, now: float) -> None:
+        # Amortised: two per decision keep up with one new key per decision.
+        tats = self._tats
+        for _ in range(2):
+            if not tats:
+                return
+            oldest = next(iter(tats))
+            if tats[oldest] > now:
+                return
+            del tats[oldest]
+
+    def clear(self) -> None:
+        self._tats.clear()
