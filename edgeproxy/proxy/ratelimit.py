@@ -3,8 +3,8 @@ The rate-limit stage: ``Route(..., rate_limit=RateLimit(...))``.  It decides
 at head time, before the body is read: a client over its route's limit gets
 429 with ``Retry-After`` and nothing is forwarded (docs/security.md#rate-limits).
 
-The key is the client's address (``exchange.client_ip``) or a header's value
-(``header:NAME``; a request without it is not limited).  The decision is the
+The key is the client's address (``exchange.client_ip``) or the BLAKE2b digest
+of a header's value (``header:NAME``; a request without it is not limited).  The decision is the
 store's (:mod:`edgeproxy.ratelimit`).  The memory store answers at once, and
 a refusal is made on the spot, as the access rules make theirs.  The Redis
 store answers later: the decision is asked for at head time and the request
@@ -31,9 +31,8 @@ from edgeproxy.ratelimit.store import Store
 
 __all__ = ["RateLimitStage"]
 
-#: Header values longer than this are keyed by their digest (a store key
-#: stays small whatever a client sends).
-_LONGEST_KEY = 64
+#: Bytes of a header value's BLAKE2b digest that name its bucket.
+_DIGEST_SIZE = 16
 
 
 class RateLimitStage(Stage):
@@ -68,9 +67,12 @@ class RateLimitStage(Stage):
         value = exchange.getHeader(header)
         if not value:
             return None
-        if len(value) > _LONGEST_KEY:
-            return self._prefix + "#" + hashlib.blake2b(value, digest_size=16).hexdigest()
-        return self._prefix + value.decode("latin-1")
+        # Always a digest, never the value: a header key is usually a secret
+        # (an API key), and key names are in plain sight in Redis (SCAN,
+        # MONITOR, RDB dumps, the unencrypted link).  Unkeyed, because every
+        # proxy of a fleet must name the same value's bucket alike and they
+        # share no secret; it also keeps a key small whatever a client sends.
+        return self._prefix + "#" + hashlib.blake2b(value, digest_size=_DIGEST_SIZE).hexdigest()
 
     def on_head(self, exchange: Exchange) -> None:
         key = self.key_of(exchange)

@@ -9,7 +9,9 @@ own clock (``TIME``: processes with skewed clocks agree; Redis 5+ replicates a
 script's effects, so a write after ``TIME`` is allowed), runs the GCRA of
 :mod:`edgeproxy.core.ratelimit` in microseconds and writes the new TAT with
 ``PX`` set to when the bucket is full again, so Redis forgets idle buckets
-too.  Keys are ``edgeproxy:rl:<host><prefix>:<client key>``.
+too.  Keys are ``edgeproxy:rl:<host><prefix>:<client key>``, the client key
+being an address or ``#`` and the digest of a header's value (never the value:
+key names are visible to whoever can reach Redis).
 
 A decision gets :data:`DEFAULT_TIMEOUT` seconds; a hung, unreachable or
 failing Redis makes it fail with :class:`~.store.StoreError`, and the route's

@@ -10,6 +10,7 @@ comes back during a test.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import BackendServer, ProxyProcess
-from tests.redisserver import RedisServer
+from tests.redisserver import RedisServer, command
 
 CONFIG = """
 from edgeproxy.config import Cluster, RateLimit, Route, VirtualHost
@@ -203,6 +204,15 @@ def test_two_proxies_sharing_redis_enforce_one_budget(
             # The bucket lives in Redis, under the route's name, and expires.
             ttl = redis_ttl(redis, "edgeproxy:rl:app.example/api/:127.0.0.2")
             assert 0 < ttl <= 500_000
+            # A header's value is never a key name, only its digest.
+            assert get(a, "127.0.0.2", "/keyed/x", {"X-Api-Key": "sk-team-a"})[0] == 200
+            digest = hashlib.blake2b(b"sk-team-a", digest_size=16).hexdigest()
+            keys = sorted(k.decode() for k in command(redis.port, "KEYS", "edgeproxy:rl:*"))
+            assert keys == [
+                "edgeproxy:rl:app.example/api/:127.0.0.2",
+                "edgeproxy:rl:app.example/api/:127.0.0.3",
+                f"edgeproxy:rl:app.example/keyed/:#{digest}",
+            ]
         finally:
             b.stop()
     finally:
@@ -210,8 +220,6 @@ def test_two_proxies_sharing_redis_enforce_one_budget(
 
 
 def redis_ttl(redis: RedisServer, key: str) -> int:
-    from tests.redisserver import command
-
     ttl = command(redis.port, "PTTL", key)
     assert isinstance(ttl, int)
     return ttl

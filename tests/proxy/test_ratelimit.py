@@ -116,6 +116,22 @@ def test_a_header_key_limits_each_value_and_not_requests_without_it() -> None:
     assert len(pipeline.rate_limits.store) == 3  # type: ignore[arg-type]
 
 
+def test_a_header_value_is_never_a_key_name_only_its_digest() -> None:
+    import hashlib
+
+    _, factory, store, _ = later_proxy()
+    secret = b"sk_live_0123456789abcdef"  # short: values up to 64 bytes were kept as they were
+    get(factory, b"/keyed/x", extra=b"X-Api-Key: " + secret + b"\r\n")
+    get(factory, b"/keyed/x", extra=b"X-Api-Key: " + b"k" * 5000 + b"\r\n")
+    # The client's address is kept as it is: readable keys help operators.
+    get(factory, b"/api/x")
+    assert store.keys == [
+        "shop.example/keyed/:#" + hashlib.blake2b(secret, digest_size=16).hexdigest(),
+        "shop.example/keyed/:#" + hashlib.blake2b(b"k" * 5000, digest_size=16).hexdigest(),
+        "shop.example/api/:192.0.2.9",
+    ]
+
+
 def test_the_stage_comes_after_the_access_rules_and_before_the_body_limit() -> None:
     _, pipeline = proxy_factory(MemoryReactorClock(), CONFIG)
     routes = {r.prefix: r for r in CONFIG.virtual_hosts[0].routes}
@@ -149,8 +165,10 @@ class LaterStore:
     def __init__(self) -> None:
         self.pending: list[Deferred[Decision]] = []
         self.failing = False
+        self.keys: list[str] = []
 
     def decide(self, key: str, rate: float, burst: int) -> Deferred[Decision]:
+        self.keys.append(key)
         if self.failing:
             return fail(StoreError("down"))
         d: Deferred[Decision] = Deferred()
