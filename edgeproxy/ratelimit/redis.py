@@ -16,8 +16,10 @@ key names are visible to whoever can reach Redis).
 A decision gets :data:`DEFAULT_TIMEOUT` seconds; a hung, unreachable or
 failing Redis makes it fail with :class:`~.store.StoreError`, and the route's
 ``on_store_error`` decides.  While there is no connection a decision fails at
-once (nothing queues up), and at most :data:`MAX_IN_FLIGHT` decisions wait for
-Redis at a time.  The client (txredisapi, on the reactor) reconnects by
+once (nothing queues up), and at most :data:`MAX_IN_FLIGHT` commands are
+queued on the connection at a time (a timed-out decision's command counts
+until its reply or the connection drop, which a reply :data:`REPLY_TIMEOUT`
+late causes).  The client (txredisapi, on the reactor) reconnects by
 itself, with a backoff of at most :data:`RECONNECT_MAX_DELAY` seconds.  An
 outage is logged once when it starts and once when it ends.
 """
@@ -52,13 +54,20 @@ __all__ = [
 #: round trip on a LAN is well under a millisecond, and a request held
 #: longer than this for a rate limit costs more than the limit saves.
 DEFAULT_TIMEOUT = 0.1
-#: Decisions waiting for Redis at once, beyond which one fails at once (a
-#: hung Redis must not queue up the requests of a busy proxy).
+#: Commands sent to Redis and not answered yet, beyond which a decision
+#: fails at once (a hung Redis must not queue up the requests of a busy
+#: proxy).  A decision that timed out still counts until its reply comes or
+#: the connection drops: its command is still queued, and takes a token if
+#: Redis runs it late.
 MAX_IN_FLIGHT = 1000
 #: Seconds between reconnection attempts, at most.
 RECONNECT_MAX_DELAY = 2.0
-#: Seconds a reply may take before the connection is dropped and made again.
-REPLY_TIMEOUT = 2.0
+#: Seconds a reply may take before txredisapi drops the connection (failing
+#: every command queued on it) and makes it again.  A small multiple of the
+#: decision timeout: every decision waiting on a reply this late has failed
+#: already, so dropping loses nothing, and it bounds how long a hung Redis
+#: keeps commands queued (at most MAX_IN_FLIGHT of them) that it would run late.
+REPLY_TIMEOUT = 5 * DEFAULT_TIMEOUT
 KEY_PREFIX = "edgeproxy:rl:"
 
 #: KEYS[1] the bucket; ARGV[1] the interval (microseconds a request), ARGV[2]
@@ -174,11 +183,11 @@ class RedisStore:
         timer = self._clock.callLater(self.timeout, self._timed_out, result)
 
         def settle(reply: object) -> None:
+            self.in_flight -= 1  # answered, failed or dropped: no longer queued
             if timer.active():
                 timer.cancel()
             elif result.called:
                 return  # timed out already
-            self.in_flight -= 1
             if isinstance(reply, Failure):
                 result.errback(self._error(reply.getErrorMessage()))
                 return
@@ -200,7 +209,6 @@ class RedisStore:
         return result
 
     def _timed_out(self, result: Deferred[Decision]) -> None:
-        self.in_flight -= 1
         result.errback(self._error(f"no answer within {self.timeout * 1000:.0f} ms"))
 
     def _failed(self, cause: str) -> Deferred[Decision]:

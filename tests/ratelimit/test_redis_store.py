@@ -161,6 +161,28 @@ def test_at_most_max_in_flight_wait() -> None:
     assert len(client.calls) == 3
 
 
+def test_a_timed_out_decision_waits_until_its_reply_or_the_connection_drop() -> None:
+    clock = Clock()
+    client = FakeRedis()
+    store = RedisStore(parse_redis_url("redis://h"), client, clock, max_in_flight=2)
+    first = store.decide("a", 1.0, 1)
+    store.decide("b", 1.0, 1)
+    clock.advance(0.1)
+    assert isinstance(outcome(first), Failure)
+    # Both failed, but their commands are still queued on the connection and
+    # would take tokens if Redis ran them: they count, and nothing more is sent.
+    third = outcome(store.decide("c", 1.0, 1))
+    assert isinstance(third, Failure) and "too many" in third.getErrorMessage()
+    assert (len(client.calls), store.in_flight) == (2, 2)
+    client.replies[0].callback([1, 0])  # late: ignored, but no longer queued
+    assert store.in_flight == 1
+    client.replies[1].errback(ConnectionError("Lost connection"))  # the drop
+    assert store.in_flight == 0
+    store.decide("d", 1.0, 1)
+    assert len(client.calls) == 3
+    assert store.errors == 3  # each failed decision counted once
+
+
 @pytest.mark.parametrize(
     ("url", "text", "db", "password"),
     [
