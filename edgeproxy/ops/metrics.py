@@ -476,7 +476,8 @@ def _rate_limit_families(
     yield errors
     up = GaugeMetricFamily(
         "edgeproxy_rate_limit_store_up",
-        "1 while the rate-limit store answers (0 from a failure until it answers again).",
+        "1 while the rate-limit store answers; 0 in an outage (from a failure until a decision "
+        "succeeds 5 s after the last failure).",
         labels=["store"],
     )
     up.add_metric([store], figures.get("up", 1))

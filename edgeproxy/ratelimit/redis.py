@@ -21,7 +21,9 @@ queued on the connection at a time (a timed-out decision's command counts
 until its reply or the connection drop, which a reply :data:`REPLY_TIMEOUT`
 late causes).  The client (txredisapi, on the reactor) reconnects by
 itself, with a backoff of at most :data:`RECONNECT_MAX_DELAY` seconds.  An
-outage is logged once when it starts and once when it ends.
+outage begins at the first failure while the store is up, and ends at the first
+decision that succeeds :data:`RECOVERY_TIME` seconds or more after the last
+failure; it is logged once when it begins and once when it ends.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from edgeproxy.ratelimit.store import StoreError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_IN_FLIGHT",
+    "RECOVERY_TIME",
+    "REPLY_TIMEOUT",
     "SCRIPT",
     "RedisAddress",
     "RedisClient",
@@ -68,6 +73,13 @@ RECONNECT_MAX_DELAY = 2.0
 #: already, so dropping loses nothing, and it bounds how long a hung Redis
 #: keeps commands queued (at most MAX_IN_FLIGHT of them) that it would run late.
 REPLY_TIMEOUT = 5 * DEFAULT_TIMEOUT
+#: Seconds without a failed decision after which the first decision that
+#: succeeds ends an outage.  Without it a Redis whose latency hovers around the
+#: decision timeout would begin and end an outage (two log lines, the ``up``
+#: gauge flipping) at every alternation of a success and a timeout; with it an
+#: outage lasts at least this long, and failures closer together than this are
+#: one outage.
+RECOVERY_TIME = 5.0
 KEY_PREFIX = "edgeproxy:rl:"
 
 #: KEYS[1] the bucket; ARGV[1] the interval (microseconds a request), ARGV[2]
@@ -168,8 +180,10 @@ class RedisStore:
         self.in_flight = 0
         #: Decisions that failed (each counted once).
         self.errors = 0
-        #: False from the first failure of an outage until a decision succeeds.
+        #: False from the first failure of an outage until it ends: at the
+        #: first decision that succeeds RECOVERY_TIME after the last failure.
         self.up = True
+        self._last_failure = 0.0
 
     def decide(self, key: str, rate: float, burst: int) -> Deferred[Decision]:
         if not self._client.connected:
@@ -218,6 +232,7 @@ class RedisStore:
 
     def _error(self, cause: str) -> StoreError:
         self.errors += 1
+        self._last_failure = self._clock.seconds()
         if self.up:
             self.up = False
             self.log.warn(
@@ -229,7 +244,7 @@ class RedisStore:
         return StoreError(cause)
 
     def _succeeded(self) -> None:
-        if not self.up:
+        if not self.up and self._clock.seconds() - self._last_failure >= RECOVERY_TIME:
             self.up = True
             self.log.info("rate limit store {store} answers again", store=self.name)
 

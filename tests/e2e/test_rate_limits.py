@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeproxy.ratelimit.redis import RECOVERY_TIME
 from tests.e2e.harness import BackendServer, ProxyProcess
 from tests.redisserver import RedisServer, command
 
@@ -250,9 +251,15 @@ def test_redis_gone_fails_open_or_closed_and_back_limits_again(
         while get(proxy, "127.0.0.9", "/strict/x")[0] == 503:
             assert time.monotonic() < deadline, "the proxy did not reconnect to redis"
             time.sleep(0.2)
+        last_failure = time.monotonic()
+        # The outage ends only once a decision succeeds RECOVERY_TIME after the last failure...
+        assert metric(proxy, "edgeproxy_rate_limit_store_up", store=redis.url) == 0
+        # ...but limits hold again at once.
+        assert [get(proxy, "127.0.0.2", "/api/x")[0] for _ in range(4)] == [200, 200, 200, 429]
+        time.sleep(max(0.0, last_failure + RECOVERY_TIME - time.monotonic()))
+        assert get(proxy, "127.0.0.3", "/api/x")[0] == 200
         back = rf"rate limit store {re.escape(redis.url)} answers again"
         proxy.wait_for_output(back)
-        assert [get(proxy, "127.0.0.2", "/api/x")[0] for _ in range(4)] == [200, 200, 200, 429]
         assert metric(proxy, "edgeproxy_rate_limit_store_up", store=redis.url) == 1
         # One line when the outage began, one when it ended.
         output = "".join(proxy.output)

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from edgeproxy.core.ratelimit import ALLOWED, Decision
 from edgeproxy.ratelimit.redis import (
+    RECOVERY_TIME,
     SCRIPT,
     SCRIPT_SHA,
     NoScript,
@@ -117,7 +118,7 @@ def test_no_answer_in_time_fails_and_a_late_answer_is_ignored(logged: list[str])
 
 
 def test_an_outage_is_logged_once_and_its_end_once(logged: list[str]) -> None:
-    store, client, _ = make()
+    store, client, clock = make()
     client.connected = False
     for _ in range(5):
         failure = outcome(store.decide("k", 1.0, 1))
@@ -125,6 +126,7 @@ def test_an_outage_is_logged_once_and_its_end_once(logged: list[str]) -> None:
     assert client.calls == []  # nothing is sent, or queued, without a connection
     assert store.figures() == {"errors": 5, "up": 0}
     client.connected = True
+    clock.advance(RECOVERY_TIME)
     for i in range(3):
         d = store.decide("k", 1.0, 1)
         client.replies[i].callback([1, 0])
@@ -133,6 +135,42 @@ def test_an_outage_is_logged_once_and_its_end_once(logged: list[str]) -> None:
     assert len(logged) == 2
     assert "failed: not connected" in logged[0]
     assert logged[1] == "rate limit store redis://10.0.0.5:6380/2 answers again"
+
+
+def test_a_redis_hovering_around_the_timeout_is_one_outage_not_a_flapping_one(
+    logged: list[str],
+) -> None:
+    store, client, clock = make()
+    ups = []
+    for _ in range(50):  # answers in time, then not, and so on, for 10 s
+        d = store.decide("k", 1.0, 1)
+        client.replies[-1].callback([1, 0])
+        assert outcome(d) == ALLOWED  # a decision in time is used, outage or not
+        ups.append(store.up)
+        store.decide("k", 1.0, 1)
+        clock.advance(0.1)  # no answer in time
+        ups.append(store.up)
+        clock.advance(0.1)
+    assert ups == [True] + [False] * 99
+    assert logged == [
+        "rate limit store redis://10.0.0.5:6380/2 failed: no answer within 100 ms; "
+        "each route's on_store_error decides until it answers again"
+    ]
+    # Answers again: at the first decision that succeeds RECOVERY_TIME after the last failure.
+    clock.advance(RECOVERY_TIME - 0.2)
+    d = store.decide("k", 1.0, 1)
+    client.replies[-1].callback([1, 0])
+    assert (outcome(d), store.up, len(logged)) == (ALLOWED, False, 1)
+    clock.advance(0.2)
+    d = store.decide("k", 1.0, 1)
+    client.replies[-1].callback([1, 0])
+    assert (outcome(d), store.up) == (ALLOWED, True)
+    assert logged[1:] == ["rate limit store redis://10.0.0.5:6380/2 answers again"]
+    assert store.figures() == {"errors": 50, "up": 1}
+    # The next failure is another outage.
+    store.decide("k", 1.0, 1)
+    clock.advance(0.1)
+    assert (store.up, len(logged)) == (False, 3)
 
 
 def test_errors_and_odd_replies_fail_the_decision() -> None:
