@@ -160,9 +160,17 @@ class _Wait:
         except Exception:
             # Raised in a Deferred's callback it would only be logged when the
             # Deferred is collected, and the request would wait for ever.
-            self.stage.log.failure("while applying a rate-limit decision")
-            if not self.gone:
-                self.exchange.respond_error(EdgeProxyError())
+            stage, exchange = self.stage, self.exchange
+            stage.log.failure("while applying a rate-limit decision")
+            stage._waits.pop(exchange, None)
+            if self.gone:
+                return
+            if self.holding:
+                exchange.respond_error(EdgeProxyError())  # its turn: answer now
+            elif exchange.error is None:
+                # Not its turn yet: a pipelined request ahead of it is still
+                # being answered, and answering now would come before it.
+                exchange.reject_early(EdgeProxyError())
 
     def over(self, failure: Failure | None) -> None:
         self.gone = True

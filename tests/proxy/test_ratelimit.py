@@ -375,3 +375,36 @@ def test_a_fault_applying_a_later_decision_is_logged_and_answered_500() -> None:
     assert status_line(transport.value()) == b"HTTP/1.1 500 Internal Server Error"
     assert any(e.get("log_format") == "while applying a rate-limit decision" for e in events)
     assert stage._waits == {}
+
+
+def test_a_fault_before_the_request_s_turn_is_answered_500_in_its_turn() -> None:
+    from twisted.logger import LogEvent, globalLogPublisher
+
+    from tests.memproxy import refuse_upstream
+
+    reactor, factory, store, _ = later_proxy()
+    channel, transport = connect(factory)
+    channel.dataReceived(
+        b"GET /open/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+        b"GET /api/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    )
+    assert len(reactor.tcpClients) == 1  # the first is being forwarded
+    stage = pipeline_stage(factory, "/api/")
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        stage.refusal = lambda result: 1 / 0  # type: ignore[assignment,method-assign,return-value]
+        store.pending[0].callback(ALLOWED)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("log_format") == "while applying a rate-limit decision" for e in events)
+    # Nothing is written ahead of the first request's answer...
+    assert transport.value() == b""
+    refuse_upstream(reactor)
+    reactor.advance(0)
+    # ...and the second's comes after it, then the connection closes.
+    first, second = transport.value().split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"502 ")
+    assert second.startswith(b"500 Internal Server Error\r\n")
+    assert b"\r\nConnection: close\r\n" in second and transport.disconnecting
+    assert stage._waits == {}
