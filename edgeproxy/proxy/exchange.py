@@ -422,8 +422,10 @@ class Exchange:
             raise BadRequest(Reason.BAD_TARGET)
         authority, self.target = split
         target = self.target
-        # Only a path with "/." or "%2" in it can hold a dot segment.
-        if (b"/." in target or b"%2" in target) and has_dot_segment(target.partition(b"?")[0]):
+        # Only a path with "/.", "%2", "\\" or "%5" in it can hold a dot segment.
+        if (
+            b"/." in target or b"%2" in target or b"\\" in target or b"%5" in target
+        ) and has_dot_segment(target.partition(b"?")[0]):
             raise BadRequest(Reason.BAD_TARGET)
         if authority is None:
             if self.host is None:
