@@ -311,6 +311,9 @@ class Exchange:
     processing: bool = False
     #: Rejected before its body was read: the rest of the body is dropped.
     discarding: bool = False
+    #: Refused at head time without a body to drop: answered in its turn,
+    #: the connection kept.
+    refused_early: bool = False
     _disconnected: bool = False
     _expect_continue: bool = False
     #: edgeproxy answered ``Expect: 100-continue`` itself.
@@ -397,7 +400,7 @@ class Exchange:
         # Not routed (it is answered with its error): the listener's own limits.
         for stage in plan.unrouted_at_head if chain is None else chain.at_head:
             stage.on_head(self)
-            if self.discarding:
+            if self.discarding or self.refused_early:
                 return  # refused: the first refusal is the answer
         if length > 0:
             self.body_length = 0
@@ -422,8 +425,10 @@ class Exchange:
             raise BadRequest(Reason.BAD_TARGET)
         authority, self.target = split
         target = self.target
-        # Only a path with "/." or "%2" in it can hold a dot segment.
-        if (b"/." in target or b"%2" in target) and has_dot_segment(target.partition(b"?")[0]):
+        # Only a path with "/.", "%2", "\\" or "%5" in it can hold a dot segment.
+        if (
+            b"/." in target or b"%2" in target or b"\\" in target or b"%5" in target
+        ) and has_dot_segment(target.partition(b"?")[0]):
             raise BadRequest(Reason.BAD_TARGET)
         if authority is None:
             if self.host is None:
@@ -495,7 +500,15 @@ class Exchange:
     def reject_early(self, error: EdgeProxyError) -> None:
         """Answer ``error`` before the body is read (as soon as it is this
         request's turn); the body is still parsed, and dropped, so the client
-        is not reset before it reads the answer."""
+        is not reset before it reads the answer, and the connection closes.
+        A request without a body keeps its connection (nginx keeps it for a
+        403 or a 429 too): nothing of it is left to read, and a client told
+        to slow down should not pay a new TLS handshake for it."""
+        if self.declared_length == 0 and not self.processing:
+            self.error = error
+            self.refused_early = True
+            self.channel.run_queue()
+            return
         self.reject(error)
         self.discarding = True
         self.channel.run_queue()

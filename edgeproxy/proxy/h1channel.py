@@ -267,7 +267,8 @@ class ProxyChannel(Protocol):
     _handshake_done = False
     _client_ip: str | None = None
     #: The peer is a trusted forwarder (``--trusted-source``): its forwarding
-    #: headers and ``X-Request-Id`` are believed.  Judged once, at connect.
+    #: headers and ``X-Request-Id`` are believed.  Judged once, at the first
+    #: request (after a PROXY header has named the peer).
     peer_trusted = False
     #: Some forwarders are trusted and the peer is not one: the forwarding
     #: chain it sent is replaced, not extended.
@@ -358,9 +359,13 @@ class ProxyChannel(Protocol):
             ip = getattr(peer, "host", None) or "-"
             if ":" in ip:
                 try:
-                    ip = str(ipaddress.ip_address(ip))
+                    address = ipaddress.IPv6Address(ip)
                 except ValueError:
                     pass
+                else:
+                    # An IPv4 client of a dual-stack listener is its IPv4
+                    # address, as the accept gate and the rules count it.
+                    ip = str(address.ipv4_mapped or address)
             self._client_ip = ip
         return ip
 

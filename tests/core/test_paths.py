@@ -11,10 +11,16 @@ from edgeproxy.core.paths import has_dot_segment
 DOT = [
     b"/.", b"/..", b"/a/.", b"/a/..", b"/a/./b", b"/a/../b", b"/a/%2e/b", b"/a/%2E%2e/b",
     b"/a/.%2e/b", b"/a%2f..%2fb", b"/a%2F.", b"/a/..%2Fb", b"/a/.%2fb/", b"..", b".",
+    # Path parameters after the dots (Tomcat, Jetty, Spring drop them, then resolve "..").
+    b"/public/..;/admin", b"/public/..;jsessionid=1/admin", b"/a/.;/b", b"/a/..%3b/b",
+    b"/a/%2e%2e%3B/b",
+    # Backslash separators (Windows servers), literal or encoded.
+    b"/public/..\\admin", b"/a\\..\\b", b"/a/..%5cb", b"/a%5C..%5Cb", b"\\..",
 ]
 NOT_DOT = [
     b"/", b"/a", b"/a.js", b"/.well-known/x", b"/a/..b", b"/a/b..", b"/a/...", b"/a/%2e%2e%2e",
-    b"/%2fa", b"/a%2fb", b"/a/%252e%252e/b", b"/a%2eb",
+    b"/%2fa", b"/a%2fb", b"/a/%252e%252e/b", b"/a%2eb", b"/a/..b;c", b"/a;..", b"/a\\b.c",
+    b"/a/%5cb", b"/a/x..;/b",
 ]
 
 

@@ -92,3 +92,36 @@ def test_networks_are_checked(value: object, error: type[Exception], message: st
         Route("/", WEB, allow=value)  # type: ignore[arg-type]
     with pytest.raises(error, match=message):
         VirtualHost(["a.example"], routes=[Route("/", WEB)], deny=value)  # type: ignore[arg-type]
+
+
+def test_a_refused_request_without_a_body_keeps_its_connection() -> None:
+    """As nginx does for a 403 or a 429: nothing of the request is left to
+    read, so the next one on the connection is served."""
+    reactor = MemoryReactorClock()
+    factory, _ = proxy_factory(reactor, CONFIG)
+    channel: Any
+    channel, transport = connect_client(factory)
+    channel.dataReceived(
+        b"GET /denied/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+        b"GET /open/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 403 ")
+    assert b"Connection: close" not in transport.value()
+    assert not transport.disconnecting
+    assert len(reactor.tcpClients) == 1  # the second request, forwarded
+
+
+def test_a_refused_request_with_a_body_closes_after_the_answer() -> None:
+    """Its body is read and dropped (lingering), and the connection closes:
+    what follows would have to be found after a body edgeproxy did not want."""
+    reactor = MemoryReactorClock()
+    factory, _ = proxy_factory(reactor, CONFIG)
+    channel: Any
+    channel, transport = connect_client(factory)
+    channel.dataReceived(
+        b"POST /denied/x HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 403 ")
+    assert b"Connection: close" in transport.value()
+    assert transport.disconnecting
+    assert reactor.tcpClients == []

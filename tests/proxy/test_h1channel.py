@@ -1381,6 +1381,10 @@ DOT_SEGMENTS = {
     "%2E.": b"/a/%2E./b",
     "%2f separators": b"/a%2f..%2fadmin",
     "absolute form": b"http://shop.example/a/../b",
+    "..; (Tomcat)": b"/public/..;/admin",
+    "..%3b": b"/public/..%3B/admin",
+    "backslash": b"/public/..\\admin",
+    "%5c": b"/public%5c..%5cadmin",
 }
 
 

@@ -98,6 +98,19 @@ def test_rules_judge_the_client_a_trusted_forwarder_names() -> None:
     assert sent.startswith(b"GET /closed/x HTTP/1.1\r\n")
 
 
+def test_an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() -> None:
+    from twisted.internet.address import IPv6Address
+
+    reactor = MemoryReactorClock()
+    factory, _ = proxy_factory(reactor, CONFIG)
+    transport = StringTransport(peerAddress=IPv6Address("TCP", "::ffff:192.0.2.7", 5555))
+    channel, _ = connect_client(factory, transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+    assert channel.requests[0].client_ip == "192.0.2.7"
+    _, upstream, _ = accept_upstream(reactor)
+    assert b"X-Forwarded-For: 192.0.2.7\r\n" in upstream.value()
+
+
 def test_the_peer_is_judged_once_a_proxy_protocol_header_has_named_it() -> None:
     """Behind Twisted's PROXY protocol wrapper the channel is connected before
     the header is read: the peer it names is judged, not the balancer."""
