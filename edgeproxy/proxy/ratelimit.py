@@ -4,15 +4,17 @@ at head time, before the body is read: a client over its route's limit gets
 429 with ``Retry-After`` and nothing is forwarded (docs/security.md#rate-limits).
 
 The key is the client's address (``exchange.client_ip``) or the BLAKE2b digest
-of a header's value (``header:NAME``; a request without it is not limited).  The decision is the
-store's (:mod:`edgeproxy.ratelimit`).  The memory store answers at once, and
-a refusal is made on the spot, as the access rules make theirs.  The Redis
-store answers later: the decision is asked for at head time and the request
-goes on being read meanwhile; an answer that refuses before the request's
-turn refuses it then (``reject_early``: the rest of the body is dropped), and
-if the turn comes first, :meth:`RateLimitStage.handle` holds the request until
-the answer (at most the store's timeout).  A store that fails lets the
-request through or answers 503, as the route's ``on_store_error`` says.
+of a header's value (``header:NAME``; a request without it is not limited).
+The decision is the store's (:mod:`edgeproxy.ratelimit`).  The memory store
+answers at once, and a refusal is made on the spot, as the access rules make
+theirs.  The Redis store answers later: the decision is asked for at head time
+and the request goes on being read meanwhile; an answer that refuses before
+the request's turn refuses it then (``reject_early``: answered in its turn, the
+rest of a body dropped), and if the turn comes first,
+:meth:`RateLimitStage.handle` holds the request until the answer (at most the
+store's timeout).  A store that fails lets the request through or answers 503,
+as the route's ``on_store_error`` says; a fault while applying an answer is a
+500, in the request's turn too.
 """
 
 from __future__ import annotations
