@@ -31,16 +31,19 @@ running configuration): by the time OpenSSL runs the servername callback it
 has already chosen the protocol version (a ``SSL_set_min_proto_version``
 there would change nothing) and looked up any session the client resumes,
 so the callback reads the chosen version and ends the handshake of a client
-below the name's minimum with a ``protocol_version`` alert.  Sessions are
-scoped to the CA set that verified them instead: a ``client_ca`` context's
-session id context is a digest of its CAs (:func:`session_scope`), and a
-message callback switches a connection whose ClientHello names a
-``client_ca`` host to that context as soon as OpenSSL has read the
-ClientHello, before the session lookup, so OpenSSL itself resumes there only
-a session made under the same CAs and turns any other into a full handshake
-(which asks for the certificate).  A name with a policy gets a context of its own per (certificate,
-policy), built on the first handshake that needs it and then reused,
-holding the CA store and the CA names sent in the CertificateRequest; as
+below the name's minimum with a ``protocol_version`` alert.  Too late as
+well to keep a session out of a ``client_ca`` name, so sessions are scoped to
+the CAs that verified them: a ``client_ca`` context's session id context is
+a digest of its CAs (:func:`session_scope`), and OpenSSL's message callback
+switches a connection whose ClientHello names a ``client_ca`` host to that
+context as soon as OpenSSL has read the ClientHello, before the lookup.
+OpenSSL then resumes there only a session made under the same CAs and turns
+any other into a full handshake, which asks for the certificate (the
+servername callback refuses the rare handshake the two read differently:
+:meth:`SNIConnectionCreator._misscoped`).  A name with a policy gets a
+context of its own per (certificate, policy), built on the first handshake
+that needs it and then reused, holding the CA store and the CA names sent
+in the CertificateRequest; as
 ``SSL_set_SSL_CTX`` does not copy the verify mode, the callback also sets it
 on the connection.  Such a context carries the policy next to the names
 (:func:`connection_policy`): the channel checks each request's virtual host
@@ -649,9 +652,8 @@ try:
     _session_reused = _servername_binding.lib.SSL_session_reused
     _ALERT_FATAL: int = _servername_binding.lib.SSL_TLSEXT_ERR_ALERT_FATAL
     _connections: Any = SSL.Connection._reverse_mapping
-    # Without it, sessions are not scoped per CA set and the servername
-    # callback refuses the resumptions that scoping would have turned into
-    # full handshakes (see SNIConnectionCreator._misscoped).
+    # Without it, sessions cannot be scoped to a client_ca and the creator
+    # turns resumption off (see SNIConnectionCreator.__init__).
     _set_msg_callback: Any = getattr(_servername_binding.lib, "SSL_CTX_set_msg_callback", None)
 except (NameError, AttributeError):  # pragma: no cover - other bindings
     _set_servername = None
@@ -827,7 +829,7 @@ class SNIConnectionCreator:
                     policy = self._policy_for(host)
             if policy is None:
                 if self._misscoped(connection, None):
-                    return _ALERT_HANDSHAKE_FAILURE
+                    return self._refuse_misscoped(server_name)
                 connection.set_context(found.context)
                 return None
             minimum = policy.min_version
@@ -845,12 +847,7 @@ class SNIConnectionCreator:
                     return _ALERT_PROTOCOL_VERSION
             client_ca = policy.client_ca
             if self._misscoped(connection, client_ca):
-                self.log.debug(
-                    "TLS handshake refused for {server_name!r}: its session would not "
-                    "be scoped to the CAs that verified it",
-                    server_name=server_name,
-                )
-                return _ALERT_HANDSHAKE_FAILURE
+                return self._refuse_misscoped(server_name)
             context = self._policy_context(index, found, policy)
             connection.set_context(context)
             if client_ca is not None:
@@ -906,6 +903,14 @@ class SNIConnectionCreator:
         if _resumed(connection):
             return wanted is not None
         return scoped is not None
+
+    def _refuse_misscoped(self, server_name: bytes | None) -> int:
+        self.log.debug(
+            "TLS handshake refused for {server_name!r}: its session is not scoped "
+            "to the client_ca that verifies it",
+            server_name=server_name,
+        )
+        return _ALERT_HANDSHAKE_FAILURE
 
     def _policy_context(
         self, index: CertificateIndex, certificate: LoadedCertificate, policy: TLSPolicy
