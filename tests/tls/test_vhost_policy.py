@@ -354,6 +354,37 @@ def test_without_the_message_callback_no_session_resumes(index, clients, monkeyp
             assert again.ok and not again.session_reused
 
 
+def test_sessions_are_scoped_only_while_a_client_ca_is_in_use(index, clients) -> None:
+    in_use = [False]
+    policies: dict[str, TLSPolicy] = {}
+    creator = SNIConnectionCreator(
+        lambda: index, policy_for=policies.get, client_ca_in_use=lambda: in_use[0]
+    )
+    # Without a client_ca, connections start on the context without the
+    # message callback, and resume there.
+    assert creator.serverConnectionForTLS(None).get_context() is creator._context
+    ctx = _with_cert(client_context(version=TLS13), clients)
+    first = memory_handshake(creator, "mtls.example", ctx)
+    assert first.ok and first.session is not None
+    again = memory_handshake(creator, "mtls.example", ctx, session=first.session)
+    assert again.ok and again.session_reused
+    # The first client_ca (a reload): the other context, its own sessions,
+    # so one full handshake.
+    policies["mtls.example"] = TLSPolicy(client_ca=_ca_of(clients))
+    in_use[0] = True
+    assert creator.serverConnectionForTLS(None).get_context() is creator._scoped_context
+    full = memory_handshake(creator, "mtls.example", ctx, session=first.session)
+    assert full.ok, full.error
+    assert not full.session_reused
+    resumed = memory_handshake(creator, "mtls.example", ctx, session=full.session)
+    assert resumed.ok and resumed.session_reused
+    # A connection accepted just before that reload, whose ClientHello comes
+    # after it, starts unscoped: resuming an unscoped session into the
+    # client_ca host is refused there (closed, not open).
+    in_use[0] = False
+    assert not memory_handshake(creator, "mtls.example", ctx, session=first.session).ok
+
+
 def _client_hello(server_name: str | None) -> bytes:
     """A real ClientHello handshake message (as the message callback gets it)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
