@@ -179,6 +179,7 @@ class EdgeProxyService(MultiService):
             settings.tls_profile,
             # The running configuration's, so a reload changes it for new handshakes.
             lambda host: self.pipeline.snapshot.routing.tls_policy_for(host),
+            lambda: self.pipeline.snapshot.routing.has_client_ca,
         )
         # Under TLS: a connection it refuses is closed before any TLS work.
         self.accept_gate = gate = AcceptGate(

@@ -134,7 +134,7 @@ class VirtualHostTable:
 class RoutingTable:
     """Normalised host -> :class:`VirtualHostTable`; exact names beat wildcards."""
 
-    __slots__ = ("_exact", "_wildcards", "virtual_hosts")
+    __slots__ = ("_exact", "_wildcards", "has_client_ca", "virtual_hosts")
 
     def __init__(
         self,
@@ -145,6 +145,8 @@ class RoutingTable:
         self.virtual_hosts = virtual_hosts
         self._exact = exact
         self._wildcards = wildcards
+        #: Some virtual host has a ``client_ca`` (read for every new TLS connection).
+        self.has_client_ca = any(v.client_ca is not None for v in virtual_hosts)
 
     @classmethod
     def from_virtual_hosts(

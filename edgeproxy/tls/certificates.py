@@ -13,10 +13,11 @@ rescan on a miss.
 
 Session resumption: OpenSSL keeps the server session cache and the session
 ticket keys on the context a connection was *created* with (the "session
-context"), which here is the one long-lived bootstrap context of the
-:class:`SNIConnectionCreator`.  The bootstrap context therefore enables both the
-session cache and tickets, and lives as long as the listener; the per-certificate
-contexts supply the certificate, key, chain and ALPN selection.
+context"), which here is a long-lived bootstrap context of the
+:class:`SNIConnectionCreator` (one of two, see there).  The bootstrap contexts
+therefore enable both the session cache and tickets, and live as long as the
+listener; the per-certificate contexts supply the certificate, key, chain and
+ALPN selection.
 
 The TLS profile (``--tls-profile``) is set on both kinds of context, because
 OpenSSL reads it from both: the versions and groups from the context a
@@ -31,11 +32,19 @@ running configuration): by the time OpenSSL runs the servername callback it
 has already chosen the protocol version (a ``SSL_set_min_proto_version``
 there would change nothing) and looked up any session the client resumes,
 so the callback reads the chosen version and ends the handshake of a client
-below the name's minimum with a ``protocol_version`` alert, and resumes a
-session into a ``client_ca`` name only when its client certificate is from
-that CA.  A name with a policy gets a context of its own per (certificate,
-policy), built on the first handshake that needs it and then reused,
-holding the CA store and the CA names sent in the CertificateRequest; as
+below the name's minimum with a ``protocol_version`` alert.  Too late as
+well to keep a session out of a ``client_ca`` name, so sessions are scoped to
+the CAs that verified them: a ``client_ca`` context's session id context is
+a digest of its CAs (:func:`session_scope`), and OpenSSL's message callback
+switches a connection whose ClientHello names a ``client_ca`` host to that
+context as soon as OpenSSL has read the ClientHello, before the lookup.
+OpenSSL then resumes there only a session made under the same CAs and turns
+any other into a full handshake, which asks for the certificate (the
+servername callback refuses the rare handshake the two read differently:
+:meth:`SNIConnectionCreator._misscoped`).  A name with a policy gets a
+context of its own per (certificate, policy), built on the first handshake
+that needs it and then reused, holding the CA store and the CA names sent
+in the CertificateRequest; as
 ``SSL_set_SSL_CTX`` does not copy the verify mode, the callback also sets it
 on the connection.  Such a context carries the policy next to the names
 (:func:`connection_policy`): the channel checks each request's virtual host
@@ -54,7 +63,7 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import (
     dsa,
@@ -69,7 +78,7 @@ from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersi
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from edgeproxy.config.tlspolicy import TLSPolicy
+from edgeproxy.config.tlspolicy import ClientCA, TLSPolicy
 from edgeproxy.core import certindex
 from edgeproxy.core.hostnames import normalise_host, normalise_name, wildcard_of
 
@@ -86,11 +95,13 @@ __all__ = [
     "PolicyNames",
     "SNIConnectionCreator",
     "certificate_names",
+    "client_hello_server_name",
     "connection_policy",
     "load_certificate",
     "make_policy_context",
     "make_server_context",
     "parse_certificate",
+    "session_scope",
 ]
 
 #: The only application protocol advertised over ALPN.
@@ -503,6 +514,64 @@ def client_subject(connection: SSL.Connection) -> bytes | None:
     return _UNSAFE.sub(lambda m: f"\\{ord(m.group(0)):02X}", text).encode("utf-8")
 
 
+def session_scope(client_ca: ClientCA) -> bytes:
+    """The session id context of a ``client_ca``'s contexts (32 bytes, the
+    most OpenSSL takes): a digest of its CA certificates, so equal CA sets
+    share sessions (another name, a reload that kept the file) and any
+    change starts new ones."""
+    digest = hashlib.sha256(b"edgeproxy client_ca\0")
+    for ca in client_ca.certificates:
+        der = ca.public_bytes(serialization.Encoding.DER)
+        digest.update(len(der).to_bytes(4, "big") + der)
+    return digest.digest()
+
+
+def _client_cas(context: SSL.Context) -> tuple[x509.Certificate, ...] | None:
+    """The CAs a context verifies clients against; None: it asks for no certificate."""
+    data = context.get_app_data()
+    if isinstance(data, PolicyNames) and data.policy.client_ca is not None:
+        return data.policy.client_ca.certificates
+    return None
+
+
+def client_hello_server_name(message: bytes) -> bytes | None:
+    """The host name of a ClientHello's server_name extension, read from the
+    handshake message (its 4-byte header included) as OpenSSL's message
+    callback hands it over; None when there is none or the message does not
+    parse.  Never raises: OpenSSL parses the message again, and a name read
+    differently here is caught by the servername callback."""
+    try:
+        if message[0] != 1:
+            return None
+        # type, length (3), version (2), random (32)
+        at = 38
+        at += 1 + message[at]  # session id
+        at += 2 + int.from_bytes(message[at : at + 2], "big")  # cipher suites
+        at += 1 + message[at]  # compression methods
+        end = at + 2 + int.from_bytes(message[at : at + 2], "big")
+        if end > len(message):
+            return None
+        at += 2
+        while at + 4 <= end:
+            kind = int.from_bytes(message[at : at + 2], "big")
+            size = int.from_bytes(message[at + 2 : at + 4], "big")
+            at += 4
+            if at + size > end:
+                return None
+            if kind == 0:
+                # server_name_list (2), name_type (1): host_name, name (2 + n)
+                data = message[at : at + size]
+                if len(data) < 5 or data[2] != 0:
+                    return None
+                length = int.from_bytes(data[3:5], "big")
+                name = data[5 : 5 + length]
+                return name if len(name) == length and length else None
+            at += size
+    except IndexError:
+        return None
+    return None
+
+
 def make_policy_context(
     certificate: LoadedCertificate, policy: TLSPolicy, tls_profile: str = DEFAULT_TLS_PROFILE
 ) -> SSL.Context:
@@ -525,6 +594,8 @@ def make_policy_context(
             # several certificates picks one from this CA.
             context.add_client_ca(ca)
         context.set_verify(_VERIFY_CLIENT)
+        # Resumed here only when made under the same CAs (see the module doc).
+        context.set_session_id(session_scope(client_ca))
     context.set_app_data(PolicyNames(frozenset(certificate.names), policy))
     return context
 
@@ -582,8 +653,12 @@ try:
     _session_reused = _servername_binding.lib.SSL_session_reused
     _ALERT_FATAL: int = _servername_binding.lib.SSL_TLSEXT_ERR_ALERT_FATAL
     _connections: Any = SSL.Connection._reverse_mapping
+    # Without it, sessions cannot be scoped to a client_ca and the creator
+    # turns resumption off (see SNIConnectionCreator.__init__).
+    _set_msg_callback: Any = getattr(_servername_binding.lib, "SSL_CTX_set_msg_callback", None)
 except (NameError, AttributeError):  # pragma: no cover - other bindings
     _set_servername = None
+    _set_msg_callback = None
 
 
 def _set_servername_callback(
@@ -623,15 +698,43 @@ def _resumed(connection: SSL.Connection) -> bool:
     return bool(_session_reused(ssl))
 
 
-def _issued_by(certificate: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> bool:
-    for ca in cas:
-        if ca.subject == certificate.issuer:
-            try:
-                certificate.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return True
-    return False
+_HANDSHAKE = 22  # the TLS content type of handshake messages
+
+
+def _set_client_hello_callback(
+    context: SSL.Context, handler: Callable[[SSL.Connection, bytes], None]
+) -> object | None:
+    """Call ``handler`` with every ClientHello a connection of ``context``
+    reads, once OpenSSL has read it whole and before it processes it (so
+    before the version choice and the session lookup), through OpenSSL's
+    message callback: the only hook that early that cryptography's bindings
+    offer (not SSL_CTX_set_client_hello_cb).  Returns what must be kept alive
+    as long as the context, or None when the bindings lack it.
+
+    The message callback sees every record of the connection's life, so it
+    returns at once for anything but an incoming handshake message."""
+    handle = getattr(context, "_context", None)
+    if _set_servername is None or _set_msg_callback is None or handle is None:
+        return None
+    ffi = _servername_binding.ffi
+
+    def callback(
+        write_p: int, version: int, content_type: int, buf: Any, size: int, ssl: Any, arg: Any
+    ) -> None:
+        if write_p or content_type != _HANDSHAKE or size < 4:
+            return
+        try:
+            if ffi.cast("unsigned char *", buf)[0] != 1:
+                return
+            handler(_connections[ssl], ffi.buffer(buf, size)[:])
+        except BaseException:  # never raise into OpenSSL; the servername callback checks
+            pass
+
+    c_callback: object = ffi.callback(
+        "void (*)(int, int, int, const void *, size_t, SSL *, void *)", callback
+    )
+    _set_msg_callback(handle, c_callback)
+    return c_callback
 
 
 #: Per-policy contexts kept at most (certificates x policies in use; far more
@@ -644,11 +747,17 @@ class SNIConnectionCreator:
     """Server connection creator for :class:`~edgeproxy.tls.server.TLSServerEndpoint`
     (or Twisted's ``wrapServerTLS``).
 
-    Every connection starts on one long-lived bootstrap context (no
+    Every connection starts on a long-lived bootstrap context (no
     certificate; it owns the session cache and ticket keys) whose SNI callback
     switches to the context of the certificate chosen by the current index.
     No SNI and no default certificate, or an unknown name and no default:
     the connection stays on the bootstrap context and the handshake fails.
+    While some virtual host has a ``client_ca``, connections start on a
+    second one that also scopes sessions to it (see the module doc): its
+    message callback runs for every record (about 1.5 us per record written,
+    25% of a 16 KiB record's cost), which the first spares the others.  The
+    two hold separate sessions: when the first ``client_ca`` comes or the
+    last goes, a client's next handshake is a full one.
     """
 
     log = Logger()
@@ -658,9 +767,12 @@ class SNIConnectionCreator:
         index_getter: Callable[[], CertificateIndex],
         tls_profile: str = DEFAULT_TLS_PROFILE,
         policy_for: Callable[[str], TLSPolicy | None] | None = None,
+        client_ca_in_use: Callable[[], bool] | None = None,
     ) -> None:
         """``policy_for``: the TLS policy of the virtual host for a normalised
-        SNI name in the running configuration (None: no per-name policy)."""
+        SNI name in the running configuration (None: no per-name policy).
+        ``client_ca_in_use``: whether any of them has a ``client_ca`` now
+        (None: assume one may)."""
         self._index_getter = index_getter
         self._policy_for = policy_for
         self._tls_profile = tls_profile
@@ -669,6 +781,25 @@ class SNIConnectionCreator:
         # needs the connection (the negotiated version, its verify mode), and
         # it may have to end the handshake with an alert.
         self._callback = _set_servername_callback(self._context, self._on_server_name)
+        self._client_ca_in_use = client_ca_in_use
+        #: The bootstrap context while a client_ca is in use (see the class doc).
+        self._scoped_context: SSL.Context | None = None
+        self._scoped_callbacks: tuple[object, object | None] | None = None
+        if policy_for is not None:
+            scoped = self._scoped_context = make_server_context(tls_profile=tls_profile)
+            self._scoped_callbacks = (
+                _set_servername_callback(scoped, self._on_server_name),
+                _set_client_hello_callback(scoped, self._on_client_hello),
+            )
+            if self._scoped_callbacks[1] is None:
+                # Unscoped, a session would resume into a client_ca host only
+                # to be refused there (the client does not retry): none resumes.
+                scoped.set_options(SSL.OP_NO_TICKET)
+                scoped.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+                self.log.warn(
+                    "TLS session resumption off while a virtual host has a client_ca: "
+                    "this cryptography has no message callback to scope sessions to it"
+                )
         self.log.info(
             "TLS profile {profile}: {versions}, groups {groups}",
             profile=tls_profile,
@@ -711,6 +842,8 @@ class SNIConnectionCreator:
                 if host is not None:
                     policy = self._policy_for(host)
             if policy is None:
+                if self._misscoped(connection, None):
+                    return self._refuse_misscoped(server_name)
                 connection.set_context(found.context)
                 return None
             minimum = policy.min_version
@@ -727,18 +860,8 @@ class SNIConnectionCreator:
                     )
                     return _ALERT_PROTOCOL_VERSION
             client_ca = policy.client_ca
-            if client_ca is not None and _resumed(connection):
-                # The session was looked up before this callback, in the
-                # bootstrap context's scope, which every name shares: resume
-                # only a session whose client certificate this CA issued.
-                peer = connection.get_peer_certificate(as_cryptography=True)
-                if peer is None or not _issued_by(peer, client_ca.certificates):
-                    self.log.debug(
-                        "TLS resumption refused for {server_name!r}: the session's "
-                        "client certificate is not from its client_ca",
-                        server_name=server_name,
-                    )
-                    return _ALERT_HANDSHAKE_FAILURE
+            if self._misscoped(connection, client_ca):
+                return self._refuse_misscoped(server_name)
             context = self._policy_context(index, found, policy)
             connection.set_context(context)
             if client_ca is not None:
@@ -755,6 +878,53 @@ class SNIConnectionCreator:
             except BaseException:
                 pass
             return _ALERT_INTERNAL_ERROR
+
+    def _on_client_hello(self, connection: SSL.Connection, message: bytes) -> None:
+        """Before OpenSSL looks up the session a ClientHello resumes: switch
+        a connection that names a ``client_ca`` host to its policy context,
+        whose session id context (:func:`session_scope`) the lookup then
+        checks the session against.  Anything else stays on the bootstrap
+        context, which no ``client_ca`` context's session matches."""
+        if self._policy_for is None:
+            return
+        server_name = client_hello_server_name(message)
+        host = normalise_host(server_name) if server_name is not None else None
+        if host is None:
+            return
+        policy = self._policy_for(host)
+        if policy is None or policy.client_ca is None:
+            return
+        index = self._index_getter()
+        found = index.select(server_name)
+        if found is not None:
+            connection.set_context(self._policy_context(index, found, policy))
+
+    @staticmethod
+    def _misscoped(connection: SSL.Connection, client_ca: ClientCA | None) -> bool:
+        """Whether the servername callback's choice (``client_ca``: the CAs
+        its name verifies clients against) disagrees with the scope the
+        ClientHello callback set for the session lookup, in a way that would
+        let a session into a ``client_ca`` name that its CAs did not verify:
+        a resumed session scoped to other CAs (or none), or a new session
+        that would be scoped to CAs that do not verify it.  Only when the two
+        read the server name differently (or OpenSSL's TLS 1.2 resumption
+        names the session's original host), or the ClientHello callback is
+        missing; OpenSSL scopes every other case itself."""
+        scoped = _client_cas(connection.get_context())
+        wanted = client_ca.certificates if client_ca is not None else None
+        if scoped == wanted:
+            return False
+        if _resumed(connection):
+            return wanted is not None
+        return scoped is not None
+
+    def _refuse_misscoped(self, server_name: bytes | None) -> int:
+        self.log.debug(
+            "TLS handshake refused for {server_name!r}: its session is not scoped "
+            "to the client_ca that verifies it",
+            server_name=server_name,
+        )
+        return _ALERT_HANDSHAKE_FAILURE
 
     def _policy_context(
         self, index: CertificateIndex, certificate: LoadedCertificate, policy: TLSPolicy
@@ -790,4 +960,7 @@ class SNIConnectionCreator:
             )
 
     def serverConnectionForTLS(self, protocol: object) -> SSL.Connection:
+        scoped = self._scoped_context
+        if scoped is not None and (self._client_ca_in_use is None or self._client_ca_in_use()):
+            return SSL.Connection(scoped, None)
         return SSL.Connection(self._context, None)

@@ -38,6 +38,7 @@ def test_defaults_ask_for_nothing() -> None:
         None,
     )
     assert RoutingTable.from_virtual_hosts([vhost]).tls_policy_for("a.example") is None
+    assert not RoutingTable.from_virtual_hosts([vhost]).has_client_ca
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
@@ -163,8 +164,9 @@ def test_parse_client_ca() -> None:
 
 def test_a_client_ca_the_table_was_not_given_verifies_nobody() -> None:
     vhost = VirtualHost(["m.example"], routes=ROUTES, client_ca="/nowhere.pem")
-    policy = RoutingTable.from_virtual_hosts([vhost]).tls_policy_for("m.example")
-    assert policy == TLSPolicy(None, ClientCA("/nowhere.pem", ()))
+    table = RoutingTable.from_virtual_hosts([vhost])
+    assert table.tls_policy_for("m.example") == TLSPolicy(None, ClientCA("/nowhere.pem", ()))
+    assert table.has_client_ca
 
 
 def test_wildcard_names_carry_the_policy() -> None:

@@ -5,13 +5,17 @@ layers: ``min_tls_version`` refuses a lower client for its name only;
 CA, and passes the verified subject upstream in ``client_subject_header``
 (whatever the client sent in that header is gone); a reload that changes
 ``client_ca`` holds new connections to the new CA, and one whose CA file is
-broken is rejected while the old configuration keeps serving.
+broken is rejected while the old configuration keeps serving; a client of an
+intermediate CA resumes its session, and a session from another name gets a
+full handshake.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +192,73 @@ def test_another_name_in_sni_does_not_reach_the_client_ca_host(
         assert request(conn, "GET", "/", "shop.test")[0].status == 200
     finally:
         conn.close()
+
+
+def _exchange(
+    port: int, name: str, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[int, bytes, ssl.SSLSession | None, bool]:
+    """One request on a new connection that offers ``session``: the status,
+    the body, the connection's session and whether it resumed the one offered.
+    Closed with close_notify both ways (OpenSSL drops a session from its
+    cache when a connection ends without)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5.0)
+
+    def connect() -> None:
+        sock = socket.create_connection(("127.0.0.1", port), 5.0)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=name, session=session)
+
+    conn.connect = connect  # type: ignore[method-assign]
+    try:
+        response, body = request(conn, "GET", "/", name)
+        tls = conn.sock
+        assert isinstance(tls, ssl.SSLSocket)
+        result = response.status, body, tls.session, tls.session_reused
+        tls.unwrap()
+        return result
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "tickets"),
+    [(TLS12, True), (TLS12, False), (TLS13, True)],
+    ids=["tls1.2-ticket", "tls1.2-session-id", "tls1.3"],
+)
+def test_a_client_of_an_intermediate_ca_resumes_its_session(
+    proxy: ProxyProcess,
+    ca: trustme.CA,
+    clients: trustme.CA,
+    version: ssl.TLSVersion,
+    tickets: bool,
+) -> None:
+    # client_ca holds the root; the client sends its leaf and the intermediate.
+    port = proxy.ports["https"]
+    ctx = _client(ca, maximum=version, cert_from=clients.create_child_ca())
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+    status, body, session, reused = _exchange(port, "mtls.test", ctx)
+    assert status == 200 and not reused
+    subjects = [v for k, v in _backend_headers(body) if k.lower() == "x-client-subject"]
+    status, body, _, reused = _exchange(port, "mtls.test", ctx, session)
+    assert status == 200 and reused
+    assert [v for k, v in _backend_headers(body) if k.lower() == "x-client-subject"] == subjects
+
+
+@pytest.mark.parametrize("version", [TLS12, TLS13], ids=["tls1.2", "tls1.3"])
+def test_a_session_from_another_name_gets_a_full_handshake(
+    proxy: ProxyProcess, ca: trustme.CA, clients: trustme.CA, version: ssl.TLSVersion
+) -> None:
+    port = proxy.ports["https"]
+    ctx = _client(ca, maximum=version, cert_from=clients)
+    status, _, session, _ = _exchange(port, "shop.test", ctx)
+    assert status == 200
+    status, _, _, reused = _exchange(port, "mtls.test", ctx, session)
+    assert status == 200 and not reused
+    # Without a certificate, that full handshake is refused.
+    bare = _client(ca, maximum=version)
+    session = _exchange(port, "shop.test", bare)[2]
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        _exchange(port, "mtls.test", bare, session)
 
 
 def _no_sni(ca: trustme.CA) -> ssl.SSLContext:
