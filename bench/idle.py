@@ -595,7 +595,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     # A connection waits for its request until the whole step's handshakes are
     # done: its header deadline (from the accept) is raised as well.
     timeout = f"{args.keepalive_timeout:g}"
-    procs = IdleProcesses(pin, ["--keepalive-timeout", timeout, "--header-timeout", timeout])
+    # Every connection comes from 127.0.0.1: no per-client cap, and room for all of them.
+    procs = IdleProcesses(pin, ["--keepalive-timeout", timeout, "--header-timeout", timeout,
+                                "--max-connections-per-client", "0", "--max-connections", "0"])
     report: dict[str, Any] = {}
     try:
         with sigterm_as_exit():

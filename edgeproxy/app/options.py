@@ -24,7 +24,12 @@ from edgeproxy.config.settings import (
     DEFAULT_RELOAD_TIMEOUT,
     Settings,
 )
-from edgeproxy.core.connlimits import DEFAULT_MAX_CONNECTIONS, AcceptLimits, default_burst
+from edgeproxy.core.connlimits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_CLIENT,
+    AcceptLimits,
+    default_burst,
+)
 from edgeproxy.core.protocol import HTTPLimits
 
 __all__ = ["Options", "version_text"]
@@ -196,9 +201,9 @@ class Options(usage.Options):
          "process accepts (https and http listeners together; per worker with --workers); "
          "over it a new connection is closed at accept, before TLS. 0: no limit.",
          _non_negative_int],
-        ["max-connections-per-client", None, 0, "Open connections one client address may "
-         "hold (per process); over it a new one is closed at accept, before TLS. 0: no "
-         "limit (many clients can share one NAT address; docs/security.md).",
+        ["max-connections-per-client", None, DEFAULT_MAX_PER_CLIENT, "Open connections one "
+         "client address may hold (per process; --trusted-source peers are exempt); over it "
+         "a new one is closed at accept, before TLS. 0: no limit (docs/security.md).",
          _non_negative_int],
         ["max-connection-rate-per-client", None, None, "RATE[:BURST]: new connections per "
          "second one client address may open, BURST of them at once (default: RATE rounded "
@@ -309,6 +314,7 @@ class Options(usage.Options):
                 rate=rate,
                 burst=burst,
                 deny=tuple(self["deny"]),
+                exempt=tuple(self["trusted-source"]),
             ),
         )
         if self["check"]:

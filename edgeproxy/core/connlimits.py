@@ -30,6 +30,10 @@ __all__ = [
 #: Open client connections a process accepts by default (all https and http
 #: listeners together; the admin listener is not counted).
 DEFAULT_MAX_CONNECTIONS = 10_000
+#: Open connections one client address may hold by default: a tenth of the
+#: process's, so that no one address can take all of it (a few hundred
+#: browsers behind one NAT address hold far fewer).
+DEFAULT_MAX_PER_CLIENT = 1_000
 #: Clients whose rate state is kept at most; past it the least recently seen
 #: client's state is forgotten (it gets at most a fresh burst).
 MAX_RATE_ENTRIES = 65_536
@@ -57,7 +61,7 @@ class AcceptLimits:
     #: Open connections in the process (``--max-connections``).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Open connections from one client address (``--max-connections-per-client``).
-    max_per_client: int = 0
+    max_per_client: int = DEFAULT_MAX_PER_CLIENT
     #: New connections per second from one client address, sustained
     #: (``--max-connection-rate-per-client RATE[:BURST]``).
     rate: float = 0.0
@@ -65,6 +69,9 @@ class AcceptLimits:
     burst: int = 1
     #: Client networks refused outright (``--deny CIDR``).
     deny: tuple[IPNetwork, ...] = ()
+    #: Peers the per-client cap and rate do not apply to: the trusted
+    #: forwarders (``--trusted-source``), each of which brings many clients.
+    exempt: tuple[IPNetwork, ...] = ()
 
     @property
     def per_client(self) -> bool:
@@ -97,6 +104,7 @@ class ConnectionGate:
         # GCRA, as the routes' rate limits: each client's bucket, bounded.
         self._buckets = Buckets(max_rate_entries)
         self._deny = Networks(limits.deny)
+        self._exempt = Networks(limits.exempt)
 
     def admit(self, client: str, now: float) -> Refusal | None:
         """A connection from ``client``: None when it may come in (and now
@@ -127,6 +135,8 @@ class ConnectionGate:
         limits = self.limits
         if self._deny and client in self._deny:
             return self._refuse(Refusal.DENY)
+        if self._exempt and client in self._exempt:
+            return None
         cap = limits.max_per_client
         if cap:
             held = self.per_client.get(client, 0)

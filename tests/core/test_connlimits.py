@@ -16,12 +16,29 @@ from edgeproxy.core.connlimits import (
 )
 
 
-def test_defaults_cap_the_process_only() -> None:
+def test_defaults_cap_the_process_and_a_tenth_of_it_per_client() -> None:
     limits = AcceptLimits()
     assert limits.max_connections == DEFAULT_MAX_CONNECTIONS == 10_000
-    assert (limits.max_per_client, limits.rate, limits.deny) == (0, 0.0, ())
-    assert limits.active and not limits.per_client
-    assert not AcceptLimits(max_connections=0).active
+    assert (limits.max_per_client, limits.rate, limits.deny) == (1_000, 0.0, ())
+    assert limits.active and limits.per_client
+    assert not AcceptLimits(max_connections=0, max_per_client=0).active
+
+
+def test_trusted_forwarders_are_exempt_from_the_per_client_rules_not_from_deny() -> None:
+    forwarder = ipaddress.ip_network("10.0.0.0/8")
+    limits = AcceptLimits(
+        max_per_client=1, rate=1.0, burst=1, exempt=(forwarder,), deny=(ipaddress.ip_network("10.9.0.0/16"),)
+    )
+    gate = ConnectionGate(limits)
+    for _ in range(5):
+        assert gate.admit("10.0.0.1", 0.0) is None
+    assert gate.per_client == {}
+    assert gate.admit("10.9.0.1", 0.0) is Refusal.DENY
+    assert gate.admit("192.0.2.1", 0.0) is None
+    assert gate.admit("192.0.2.1", 0.0) is Refusal.PER_CLIENT
+    for _ in range(5):
+        gate.release("10.0.0.1")
+    assert gate.per_client == {"192.0.2.1": 1}
 
 
 def test_the_process_cap_counts_every_client_and_frees_on_release() -> None:
@@ -36,7 +53,7 @@ def test_the_process_cap_counts_every_client_and_frees_on_release() -> None:
 
 
 def test_zero_is_no_limit() -> None:
-    gate = ConnectionGate(AcceptLimits(max_connections=0))
+    gate = ConnectionGate(AcceptLimits(max_connections=0, max_per_client=0))
     for _ in range(50_000):
         assert gate.admit("192.0.2.1", 0.0) is None
     assert gate.per_client == {}

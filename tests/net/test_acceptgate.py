@@ -170,7 +170,7 @@ def test_mapped_and_v6_clients_are_counted_by_their_canonical_text() -> None:
 
 
 def test_no_limits_means_no_gate() -> None:
-    gate = AcceptGate(AcceptLimits(max_connections=0), Clock())
+    gate = AcceptGate(AcceptLimits(max_connections=0, max_per_client=0), Clock())
     endpoint: Any = ListeningEndpoint()
     assert gate.endpoint(endpoint, "https") is endpoint
     assert isinstance(AcceptGate(AcceptLimits(), Clock()).endpoint(endpoint, "https"), GateEndpoint)
@@ -315,7 +315,7 @@ def test_a_proxied_connection_that_never_speaks_times_out_and_gives_its_place_ba
 
 
 def test_a_proxied_listener_without_per_client_rules_builds_at_accept() -> None:
-    gate, front, wrapped, clock = proxied(AcceptLimits(max_connections=3))
+    gate, front, wrapped, clock = proxied(AcceptLimits(max_connections=3, max_per_client=0))
     wrapper, _ = connect(front, peer("10.0.0.5"))
     assert len(wrapped.built) == 1 and clock.getDelayedCalls() == []
     wrapper.dataReceived(HEADER + b"x")
