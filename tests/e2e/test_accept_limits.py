@@ -298,3 +298,20 @@ def test_every_worker_applies_the_limits(
         closed_at_accept(proxy.ports["https"], "127.0.0.2")
         served(proxy.ports["https"], "127.0.0.3", ctx).close()
     proxy.wait_for_output(r"closed at accept on https: deny", 5)
+
+
+def test_a_trusted_forwarder_is_exempt_from_the_per_client_cap(
+    start: Callable[..., ProxyProcess],
+) -> None:
+    """A balancer that does not send the PROXY protocol brings every client from
+    its own address: named in --trusted-source, it is not held to one client's cap."""
+    proxy = start(
+        "--max-connections-per-client", "1", "--trusted-source", "127.0.0.2/32", https=False
+    )
+    port = proxy.ports["http"]
+    forwarder = [served(port, "127.0.0.2", None) for _ in range(3)]
+    client = served(port, "127.0.0.3", None)
+    closed_at_accept(port, "127.0.0.3")
+    assert refused(proxy)["per_client"] == 1
+    for connection in [*forwarder, client]:
+        connection.close()
