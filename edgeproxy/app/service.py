@@ -193,6 +193,7 @@ class EdgeProxyService(MultiService):
             caches=self.pipeline.caches.figures,
             connections_refused=lambda: gate.gate.refused,
             rate_limits=self.pipeline.rate_limits.figures,
+            auth=self.pipeline.auth.figures,
         )
         path = settings.access_log
         self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None

@@ -105,7 +105,8 @@ class Forwarder:
     ) -> None:
         self.upstream = upstream
         self.clock = clock
-        self._via = via
+        #: The `Via` value every hop of this process adds (forwarding, forward auth).
+        self.via = self._via = via
         self._random = rng or random.Random()
 
     def split_roll(self, request: Exchange, split: Split) -> tuple[float, bytes | None]:
