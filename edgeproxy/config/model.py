@@ -777,7 +777,11 @@ def _split_auth_url(url: str) -> tuple[str, int, str]:
     host = parts.hostname
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
         raise ValueError(f"the auth URL must be http://HOST[:PORT]/PATH, not {url!r}")
-    if normalise_name(host) is None or any(c in url for c in " \t\r\n\x00"):
+    if not url.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError(
+            f"the auth URL must be ASCII without spaces or control characters, not {url!r}"
+        )
+    if normalise_name(host) is None:
         raise ValueError(f"the auth URL's host is not a hostname or IP address: {url!r}")
     path = parts.path or "/"
     if parts.query:
