@@ -108,7 +108,10 @@ def _rate_limit_store(value: str) -> str:
 def _resolver(value: str) -> tuple[str, int]:
     """``--resolver HOST:PORT`` (an IPv6 address in brackets): a DNS server."""
     host, sep, port_text = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, [ADDRESS]:PORT: {value}")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"must be HOST:PORT, a DNS server's address: {value}")
     try:

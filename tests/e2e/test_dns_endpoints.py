@@ -34,11 +34,15 @@ SLACK = 0.4
 REPO = Path(__file__).resolve().parents[2]
 
 CONFIG = """
-from edgeproxy.config import Cluster, Route, VirtualHost
+from edgeproxy.config import Cluster, HealthCheck, Route, VirtualHost
 
-app = Cluster("app", endpoints=["app.internal:{port}"], resolve_every={every})
+app = Cluster(
+    "app", endpoints=["app.internal:{port}"], resolve_every={every}, health_check={check}
+)
 virtual_hosts = [VirtualHost(["app.example"], routes=[Route("/", app)])]
 """
+#: Active checks fast enough for a test: a new address is in after one pass.
+CHECK = "HealthCheck('/health', interval=0.2, timeout=1.0, jitter=0.0)"
 
 
 class DNSServer:
@@ -115,9 +119,14 @@ class Load:
 
 class Env:
     def __init__(
-        self, proxy: ProxyProcess, ctx: ssl.SSLContext, dns: DNSServer, port: int
+        self,
+        proxy: ProxyProcess,
+        ctx: ssl.SSLContext,
+        dns: DNSServer,
+        backends: dict[str, BackendServer],
     ) -> None:
-        self.proxy, self.ctx, self.dns, self.port = proxy, ctx, dns, port
+        self.proxy, self.ctx, self.dns, self.backends = proxy, ctx, dns, backends
+        self.port = backends["b2"].port
 
     def admin(self, path: str) -> bytes:
         url = f"http://127.0.0.1:{self.proxy.ports['admin']}{path}"
@@ -138,8 +147,37 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    ca = trustme.CA()
+def make_env(tmp_path: Path) -> Iterator[Callable[[str], Env]]:
+    """An Env whose cluster has ``health_check`` (config text) and whose
+    name resolves to 127.0.0.2 and 127.0.0.3."""
+    made: list[tuple[ProxyProcess, DNSServer, list[BackendServer]]] = []
+
+    def make(check: str) -> Env:
+        proxy, dns, backends = _start(tmp_path, check)
+        made.append((proxy, dns, backends))
+        proxy.start()
+        return Env(proxy, client_context(CA.cert_pem.bytes()), dns, {b.name: b for b in backends})
+
+    try:
+        yield make
+    finally:
+        for proxy, dns, backends in made:
+            proxy.stop()
+            dns.stop()
+            for backend in backends:
+                backend.stop()
+
+
+CA = trustme.CA()
+
+
+@pytest.fixture
+def env(make_env: Callable[[str], Env]) -> Env:
+    return make_env("None")
+
+
+def _start(tmp_path: Path, check: str) -> tuple[ProxyProcess, DNSServer, list[BackendServer]]:
+    ca = CA
     certs = tmp_path / "certs"
     certs.mkdir()
     ca.issue_cert(HOST).private_key_and_cert_chain_pem.write_to_path(str(certs / "app.pem"))
@@ -150,18 +188,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
     dns = DNSServer(tmp_path / "answers.json")
     dns.set(["127.0.0.2", "127.0.0.3"])
     site = tmp_path / "site.py"
-    site.write_text(CONFIG.format(port=first.port, every=RESOLVE_EVERY))
+    site.write_text(CONFIG.format(port=first.port, every=RESOLVE_EVERY, check=check))
     proxy = ProxyProcess(
         tmp_path, site, certs, extra_args=["--resolver", f"127.0.0.1:{dns.port}"]
     )
-    try:
-        proxy.start()
-        yield Env(proxy, client_context(ca.cert_pem.bytes()), dns, first.port)
-    finally:
-        proxy.stop()
-        dns.stop()
-        for backend in backends:
-            backend.stop()
+    return proxy, dns, backends
 
 
 def test_traffic_follows_the_name_from_two_to_three_to_one(env: Env) -> None:
@@ -196,6 +227,39 @@ def test_traffic_follows_the_name_from_two_to_three_to_one(env: Env) -> None:
     assert len(re.findall(r"^edgeproxy_endpoint_name_address\{", metrics, re.M)) == 1
     page = env.admin("/").decode()
     assert f"app.internal:{port}" in page and "127.0.0.3" in page
+    # The addresses that left drained, and their pooled connections were closed.
+    wait_until(
+        lambda: not env.backends["b2"].open_sockets and not env.backends["b4"].open_sockets,
+        2,
+        "the idle connections to the addresses that left closed",
+    )
+    assert env.backends["b3"].open_sockets
+
+
+def test_an_address_joins_after_its_first_passing_check(make_env: Callable[[str], Env]) -> None:
+    env = make_env(CHECK)
+    wait_until(
+        lambda: env.name_status()["addresses"] == ["127.0.0.2", "127.0.0.3"],
+        5,
+        "the name resolved",
+    )
+    b4 = env.backends["b4"]
+    b4.fail_status = 503
+    with Load(env.proxy, env.ctx) as load:
+        env.dns.set(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+        wait_until(
+            lambda: "127.0.0.4" in env.name_status()["addresses"], 2, "the new address resolved"
+        )
+        # Listed, checked (and failing): no request goes to it.
+        wait_until(lambda: b4.requests >= 3, 3, "checks of the new address")
+        time.sleep(0.3)
+        healthy = time.monotonic()
+        b4.fail_status = None
+        wait_until(lambda: "b4" in load.backends(healthy), 2, "traffic to the new address")
+    assert load.failures() == []
+    assert len(load.results) > 20
+    # Before its check passed, every response came from the first two.
+    assert load.backends(0, healthy) == {"b2", "b3"}
 
 
 def test_a_resolver_that_goes_away_keeps_the_last_set(env: Env) -> None:
