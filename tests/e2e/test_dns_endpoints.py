@@ -279,3 +279,40 @@ def test_a_resolver_that_goes_away_keeps_the_last_set(env: Env) -> None:
     assert load.backends(failed, float("inf")) == {"b2", "b3"}
     assert env.name_status()["addresses"] == ["127.0.0.2", "127.0.0.3"]
     env.proxy.wait_for_output(r"resolving app\.internal:\d+ failed .*keeping its addresses", 1, start)
+
+
+def test_a_request_in_flight_on_an_address_that_leaves_finishes(env: Env) -> None:
+    wait_until(
+        lambda: env.name_status()["addresses"] == ["127.0.0.2", "127.0.0.3"],
+        5,
+        "the name resolved",
+    )
+    answers: list[tuple[int, str]] = []
+
+    def slow() -> None:
+        conn = https_connection(env.proxy.ports["https"], HOST, env.ctx, timeout=10)
+        try:
+            response, body = request(conn, "GET", "/slow/2", HOST)
+            answers.append((response.status, json.loads(body)["backend"]))
+        finally:
+            conn.close()
+
+    # Round robin: one on each address.
+    threads = [threading.Thread(target=slow) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    b2, b3 = env.backends["b2"], env.backends["b3"]
+    wait_until(lambda: b2.requests > 0 and b3.requests > 0, 2, "both busy")
+    env.dns.set(["127.0.0.3"])
+
+    def draining() -> list[dict]:  # type: ignore[type-arg]
+        endpoints = json.loads(env.admin("/status"))["clusters"]["app"]["endpoints"]
+        return [e for e in endpoints if e["draining"]]
+
+    wait_until(lambda: bool(draining()), RESOLVE_EVERY + SLACK + 0.5, "127.0.0.2 draining")
+    leaving = draining()
+    assert [(e["endpoint"], e["in_flight"]) for e in leaving] == [(f"127.0.0.2:{env.port}", 1)]
+    for thread in threads:
+        thread.join(10)
+    assert sorted(answers) == [(200, "b2"), (200, "b3")]
+    wait_until(lambda: not draining(), 1, "the drained address gone from /status")
