@@ -3,7 +3,9 @@ Endpoints given by name through the real proxy: ``app.internal:PORT``
 resolved with ``--resolver`` at a DNS server on loopback (tests/e2e/dnsserver.py)
 whose answers the test rewrites.  The name goes from two backends to three
 to one with steady traffic following within one ``resolve_every`` and no
-request failing; a DNS server that goes away leaves the last set serving.
+request failing; a DNS server that goes away leaves the last set serving;
+with active checks a new address waits for its first passing check; a request
+in flight on an address that leaves finishes.
 Backends listen on 127.0.0.2, .3 and .4, all on the same port (A records
 carry no port).
 """
