@@ -65,12 +65,18 @@ def make_resolver(server: tuple[str, int] | None, reactor: Any) -> Any:
     """The resolver for names: only ``server`` (``--resolver HOST:PORT``),
     or else /etc/hosts, then the servers of /etc/resolv.conf (Twisted's
     ``createResolver``, which caches answers for their TTL)."""
-    from twisted.names import client
+    from twisted.names import cache, client, hosts, resolve
 
     if server is not None:
         return client.Resolver(servers=[server], reactor=reactor)
-    # The global reactor's: createResolver takes none.
-    return client.createResolver()
+    # What client.createResolver() builds on POSIX, on the reactor given.
+    return resolve.ResolverChain(
+        [
+            hosts.Resolver(b"/etc/hosts"),
+            cache.CacheResolver(reactor=reactor),
+            client.Resolver(b"/etc/resolv.conf", reactor=reactor),
+        ]
+    )
 
 
 def _records(result: tuple[list[Any], list[Any], list[Any]]) -> list[tuple[str, int]]:

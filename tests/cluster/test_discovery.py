@@ -14,12 +14,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
-from twisted.names import dns
+from twisted.names import cache, client, dns, hosts
 from twisted.names.error import DNSNameError, DNSQueryTimeoutError
+from twisted.names.resolve import ResolverChain
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from edgeproxy.cluster.discovery import MIN_INTERVAL, NameWatcher, resolve
+from edgeproxy.cluster.discovery import MIN_INTERVAL, NameWatcher, make_resolver, resolve
 from edgeproxy.cluster.runtime import ClusterRuntime, EndpointRuntime
 from edgeproxy.config import Cluster, ConsistentHash, Endpoint, HealthCheck, OutlierDetection
 
@@ -317,3 +318,16 @@ def test_ipv6_addresses_become_bracketed_endpoints() -> None:
     watcher.startService()
     assert addresses(runtime) == ["[::1]:8080"]
     assert socket.inet_pton(socket.AF_INET6, "::1")
+
+
+def test_make_resolver_asks_only_the_given_server() -> None:
+    resolver = make_resolver(("127.0.0.1", 5353), Clock())
+    assert isinstance(resolver, client.Resolver)
+    assert resolver.servers == [("127.0.0.1", 5353)]
+
+
+def test_make_resolver_defaults_to_hosts_then_resolv_conf() -> None:
+    resolver = make_resolver(None, Clock())
+    assert isinstance(resolver, ResolverChain)
+    kinds = [type(each) for each in resolver.resolvers]
+    assert kinds == [hosts.Resolver, cache.CacheResolver, client.Resolver]
