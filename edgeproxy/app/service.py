@@ -21,7 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from edgeproxy.app.fastpaths import FastPaths
+from edgeproxy.cluster.discovery import NameWatcher, make_resolver
 from edgeproxy.cluster.health import HealthChecker
+from edgeproxy.cluster.runtime import ClusterRuntime, EndpointRuntime
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config.load import LoadedConfig, load_config
 from edgeproxy.config.settings import Settings
@@ -165,6 +167,9 @@ class EdgeProxyService(MultiService):
         )
         self._health_checkers: dict[int, HealthChecker] = {}
         self._start_health_checkers(snapshot)
+        self._resolver: Any = None
+        self._name_watchers: dict[int, NameWatcher] = {}
+        self._start_name_watchers(snapshot)
         self.certificate_index = CertificateIndex.empty()
         self.certificates = CertificateWatcher(
             settings.certs,
@@ -252,6 +257,38 @@ class EdgeProxyService(MultiService):
             self._health_checkers[id(runtime)] = checker
             checker.setServiceParent(self)
 
+    def _start_name_watchers(self, snapshot: Snapshot) -> None:
+        """A watcher for every cluster runtime with endpoints given by name that has none yet."""
+        for runtime in snapshot.clusters.values():
+            if id(runtime) in self._name_watchers:
+                continue
+            if not any(endpoint.is_name() for endpoint in runtime.cluster.endpoints):
+                continue
+            if self._resolver is None:
+                self._resolver = make_resolver(self.settings.resolver, self.reactor)
+            runtime.on_drained = self._drained
+            watcher = NameWatcher(runtime, self._resolver, self.reactor, self._addresses_changed)
+            self._name_watchers[id(runtime)] = watcher
+            watcher.setServiceParent(self)
+
+    def _addresses_changed(
+        self, runtime: ClusterRuntime, joined: list[EndpointRuntime], left: list[EndpointRuntime]
+    ) -> None:
+        checker = self._health_checkers.get(id(runtime))
+        if checker is None:
+            return
+        for rt in left:
+            checker.remove(rt.endpoint)
+        for rt in joined:
+            if rt.health is not None:
+                checker.add(rt.endpoint, rt.health)
+
+    def _drained(self, rt: EndpointRuntime) -> None:
+        # Responses hand their connection back to the pool after the
+        # request's slot is released: close what is idle a turn later too.
+        self.upstream.close_idle(rt.endpoint)
+        self.reactor.callLater(0, self.upstream.close_idle, rt.endpoint)
+
     def reload(self) -> Deferred[bool]:
         """Load the configuration again and swap it in whole; keep the old one if
         the new one is broken or takes longer than ``--reload-timeout`` to load.
@@ -285,8 +322,12 @@ class EdgeProxyService(MultiService):
             checker = self._health_checkers.pop(id(runtime), None)
             if checker is not None:
                 checker.disownServiceParent()
+            watcher = self._name_watchers.pop(id(runtime), None)
+            if watcher is not None:
+                watcher.disownServiceParent()
             runtime.stop()
         self._start_health_checkers(new)
+        self._start_name_watchers(new)
         self.generation += 1
         self.last_reload = {"at": at, "outcome": "ok", "problems": []}
         self.metrics.config_reloads.labels("ok").inc()

@@ -16,6 +16,7 @@ May import: :mod:`edgeproxy.core` (and Twisted's service/timer interfaces in
 from edgeproxy.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_RESOLVE_EVERY,
     DEFAULT_RESPONSE_TIMEOUT,
     HSTS,
     Cache,
@@ -39,6 +40,7 @@ from edgeproxy.config.model import (
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_RESOLVE_EVERY",
     "DEFAULT_RESPONSE_TIMEOUT",
     "HSTS",
     "Cache",

@@ -24,6 +24,7 @@ from edgeproxy.core.hostnames import normalise_name, normalise_pattern
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_RESOLVE_EVERY",
     "DEFAULT_RESPONSE_TIMEOUT",
     "HSTS",
     "TLS_VERSIONS",
@@ -47,6 +48,8 @@ __all__ = [
 
 #: Seconds to establish the TCP connection to an upstream endpoint (504 after).
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds between resolutions of an endpoint given by name (``Cluster.resolve_every``).
+DEFAULT_RESOLVE_EVERY = 30.0
 #: Seconds from sending the request to receiving the upstream's response headers (504 after).
 DEFAULT_RESPONSE_TIMEOUT = 30.0
 #: Seconds without a byte of response body from the upstream before the response is cut off.
@@ -181,6 +184,15 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self._text
+
+    def is_name(self) -> bool:
+        """Whether ``host`` is a name to resolve (every address it resolves to
+        is an endpoint; docs/dns.md) rather than an IP literal."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return True
+        return False
 
 
 def _to_endpoints(value: Iterable[str | Endpoint]) -> tuple[Endpoint, ...]:
@@ -463,6 +475,11 @@ class Cluster:
     )
     #: When no endpoint is available, try them all anyway instead of failing fast with 503.
     panic_mode: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+    #: Seconds between resolutions of the endpoints given by name (a shorter
+    #: record TTL, at least a second, comes first); docs/dns.md.
+    resolve_every: float = attrs.field(
+        default=DEFAULT_RESOLVE_EVERY, validator=_positive_finite, kw_only=True
+    )
 
 
 def _to_split_weights(value: Mapping[Cluster, int]) -> tuple[tuple[Cluster, int], ...]:

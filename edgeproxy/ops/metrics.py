@@ -345,6 +345,10 @@ class _StateCollector(Collector):
         yield from _auth_families(self.auth())
 
 
+#: The states of a name's resolution (edgeproxy.cluster.discovery).
+NAME_STATES = ("pending", "resolved", "failed", "empty")
+
+
 def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
     healthy = GaugeMetricFamily(
         "edgeproxy_endpoint_available",
@@ -395,6 +399,35 @@ def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
                     breaker.add_metric([name, endpoint, state], 1 if status.state == state else 0)
                 ejections.add_metric([name, endpoint], status.ejections)
     yield from (healthy, breaker, in_flight, ejections, retries, overflows, pending)
+    yield from _name_families(snapshot)
+
+
+def _name_families(snapshot: Snapshot) -> Iterator[Any]:
+    # Endpoints given by name (edgeproxy.cluster.discovery, docs/dns.md).
+    addresses = GaugeMetricFamily(
+        "edgeproxy_endpoint_name_address",
+        "1 for each address an endpoint given by name resolves to now.",
+        labels=["cluster", "name", "address"],
+    )
+    state = GaugeMetricFamily(
+        "edgeproxy_endpoint_name_state",
+        "1 for the state of the name's last resolution (pending, resolved, failed, empty).",
+        labels=["cluster", "name", "state"],
+    )
+    resolutions = CounterMetricFamily(
+        "edgeproxy_endpoint_name_resolutions",
+        "Resolutions of an endpoint's name, by outcome (resolved, failed, empty).",
+        labels=["cluster", "name", "outcome"],
+    )
+    for cluster, runtime in sorted(snapshot.clusters.items()):
+        for name, record in sorted(runtime.names.items()):
+            for address in record["addresses"]:
+                addresses.add_metric([cluster, name, address], 1)
+            for each in NAME_STATES:
+                state.add_metric([cluster, name, each], 1 if record["state"] == each else 0)
+            for outcome, count in sorted(record["resolutions"].items()):
+                resolutions.add_metric([cluster, name, outcome], count)
+    yield from (addresses, state, resolutions)
 
 
 def _certificate_families(index: CertificateIndex) -> Iterator[Any]:
