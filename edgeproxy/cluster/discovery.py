@@ -91,10 +91,14 @@ def _records(result: tuple[list[Any], list[Any], list[Any]]) -> list[tuple[str, 
 
 
 def resolve(resolver: Any, host: str) -> Deferred[Resolution]:
-    """The A and AAAA records of ``host``, asked of ``resolver`` (an
-    ``IResolver``) at once.  A name that does not exist, or has neither
-    kind of record, resolves to no addresses; when both queries fail
-    otherwise (a timeout, a refused query) the resolution has an error."""
+    """The addresses of ``host``, asked of ``resolver`` (an ``IResolver``):
+    A and AAAA at once, and the IPv4 ones are used when there are any, the
+    IPv6 ones only otherwise (Envoy's default, ``V4_PREFERRED``): a name with
+    both, such as ``localhost`` on most systems, would otherwise be two
+    endpoints of which one often has nothing listening.  A name that does
+    not exist, or has neither kind of record, resolves to no addresses; when
+    both queries fail otherwise (a timeout, a refused query) the resolution
+    has an error."""
     queries = [
         resolver.lookupAddress(host, timeout=QUERY_TIMEOUT),
         resolver.lookupIPV6Address(host, timeout=QUERY_TIMEOUT),
@@ -105,7 +109,8 @@ def resolve(resolver: Any, host: str) -> Deferred[Resolution]:
         errors: list[str] = []
         for ok, value in results:
             if ok:
-                found.extend(_records(value))
+                if not found:  # IPv6 only for a name without IPv4 addresses
+                    found.extend(_records(value))
             elif isinstance(value, Failure) and value.check(DNSNameError):
                 continue
             else:

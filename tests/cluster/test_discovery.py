@@ -112,12 +112,21 @@ def picks(runtime: ClusterRuntime, n: int) -> set[str]:
 
 
 class ResolveTests(SynchronousTestCase):
-    def test_a_and_aaaa_with_the_smallest_ttl(self) -> None:
+    def test_ipv4_preferred_with_the_smallest_ttl(self) -> None:
+        """A name with both kinds (localhost on most systems) is its IPv4
+        addresses: a backend listening on one family only is not half refused."""
         resolver = FakeResolver()
         resolver.v4, resolver.v6 = ["10.0.0.2", "10.0.0.1"], ["2001:db8::1"]
         result = self.successResultOf(resolve(resolver, "app.internal"))
-        self.assertEqual(result.addresses, ("10.0.0.1", "10.0.0.2", "2001:db8::1"))
+        self.assertEqual(result.addresses, ("10.0.0.1", "10.0.0.2"))
         self.assertEqual(result.ttl, 300)
+        self.assertIsNone(result.error)
+
+    def test_ipv6_for_a_name_without_ipv4(self) -> None:
+        resolver = FakeResolver()
+        resolver.v6 = ["2001:db8::2", "2001:db8::1"]
+        result = self.successResultOf(resolve(resolver, "app.internal"))
+        self.assertEqual(result.addresses, ("2001:db8::1", "2001:db8::2"))
         self.assertIsNone(result.error)
 
     def test_no_such_name_is_empty_not_an_error(self) -> None:
