@@ -22,6 +22,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from edgeproxy.app.fastpaths import FastPaths
 from edgeproxy.cluster.health import HealthChecker
+from edgeproxy.cluster.runtime import ClusterRuntime
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config.load import LoadedConfig, load_config
 from edgeproxy.config.settings import Settings
@@ -137,6 +138,7 @@ class EdgeProxyService(MultiService):
         self._rng = rng = random.Random()
         self.upstream = UpstreamClient(reactor, limits=settings.http_limits)
         snapshot = Snapshot.build(config, reactor, rng)
+        self._warn_unverified(config)
         self.pipeline = Pipeline(
             snapshot,
             Forwarder(self.upstream, via=settings.via, clock=reactor, rng=rng),
@@ -245,11 +247,34 @@ class EdgeProxyService(MultiService):
             targets = [
                 (rt.endpoint, rt.health) for rt in runtime.endpoints if rt.health is not None
             ]
-            checker = HealthChecker(
-                name, targets, check, self.reactor, self._health_agent, self._rng
-            )
+            agent = self._health_agent
+            if runtime.cluster.upstream_tls is not None:
+                agent = self._tls_health_agent(runtime)
+            checker = HealthChecker(name, targets, check, self.reactor, agent, self._rng)
             self._health_checkers[id(runtime)] = checker
             checker.setServiceParent(self)
+
+    def _tls_health_agent(self, runtime: ClusterRuntime) -> Agent:
+        """Checks of a cluster with ``upstream_tls``: the same TLS settings as
+        its requests (the running ones, read at each check, so a reload that
+        changes the files reaches its checks), a full handshake each time."""
+        agent: Agent = Agent.usingEndpointFactory(
+            self.reactor,
+            DirectEndpointFactory(
+                self.reactor, connect_timeout=30.0, tls=lambda: runtime.upstream.tls
+            ),
+            HTTPConnectionPool(self.reactor, persistent=False),
+        )
+        return agent
+
+    def _warn_unverified(self, config: LoadedConfig) -> None:
+        for name, files in config.upstream_tls.items():
+            if not files.settings.verify:
+                self.log.warn(
+                    "cluster {cluster}: upstream_tls verify=False: the endpoints' "
+                    "certificates are NOT verified",
+                    cluster=name,
+                )
 
     def reload(self) -> Deferred[bool]:
         """Load the configuration again and swap it in whole; keep the old one if
@@ -286,6 +311,7 @@ class EdgeProxyService(MultiService):
                 checker.disownServiceParent()
             runtime.stop()
         self._start_health_checkers(new)
+        self._warn_unverified(config)
         self.generation += 1
         self.last_reload = {"at": at, "outcome": "ok", "problems": []}
         self.metrics.config_reloads.labels("ok").inc()
@@ -364,7 +390,7 @@ class EdgeProxyService(MultiService):
         d = self.drain()
         d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
         d.addBoth(lambda _: self.accept_gate.stop())
-        d.addBoth(lambda _: self.upstream.close())
+        d.addBoth(lambda _: self.pipeline.forwarder.close())
         d.addBoth(lambda _: self.pipeline.snapshot.stop())
         d.addBoth(lambda _: self.pipeline.caches.close())
         d.addBoth(lambda _: self.pipeline.rate_limits.store.close())

@@ -32,6 +32,7 @@ from edgeproxy.config.model import (
     RoundRobin,
     Route,
     Split,
+    UpstreamTLS,
     VirtualHost,
 )
 
@@ -54,5 +55,6 @@ __all__ = [
     "RoundRobin",
     "Route",
     "Split",
+    "UpstreamTLS",
     "VirtualHost",
 ]
