@@ -1217,6 +1217,11 @@ class _TLSConnection(_Connection):
             connector.transport = None
         factory, self._factory = self._factory, None
         if factory is not None:
+            tls = self._client.tls
+            if tls is not None:
+                # (A session that ends in a failed handshake is not offered again.)
+                host, _, port = self.key.rpartition(":")
+                tls.forget(host.strip("[]"), int(port))
             factory.handshake_failed(reason)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import ssl
 import time
 from collections.abc import Iterator
@@ -64,9 +65,18 @@ clusters = {{
     "resume": Cluster(
         "resume", endpoints=["{resume}"], upstream_tls=tls(ca_file="pki/backend-ca.pem")
     ),
+    "resume12": Cluster(
+        "resume12", endpoints=["{resume12}"], upstream_tls=tls(ca_file="pki/backend-ca.pem")
+    ),
+    "ejected": Cluster(
+        "ejected",
+        endpoints=["{impostor}"],
+        upstream_tls=tls(ca_file="pki/backend-ca.pem"),
+        retries=RETRIES,
+    ),
     "checked": Cluster(
         "checked",
-        endpoints=["{good}", "{impostor}"],
+        endpoints=["{healthy}", "{impostor}"],
         upstream_tls=tls(ca_file="pki/backend-ca.pem"),
         health_check=HealthCheck("/health", interval=0.2, timeout=1.0, rise=1, fall=1),
     ),
@@ -84,9 +94,11 @@ virtual_hosts = [
 RETRIES_SOURCE = "__import__('edgeproxy.config').config.RetryPolicy(attempts=1)"
 
 
-def _server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+def _server_context(ca: trustme.CA, *names: str, tls12: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert(*names).configure_cert(ctx)
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
@@ -105,6 +117,13 @@ def backends(pki: dict[str, trustme.CA]) -> Iterator[dict[str, TLSBackend]]:
         "mtls": TLSBackend("mtls", mtls_ctx),
         "resume": TLSBackend(
             "resume", _server_context(pki["backend"], "backend.test", "127.0.0.1")
+        ),
+        # The checked cluster's good endpoint: its checks leave the others' counts alone.
+        "healthy": TLSBackend(
+            "healthy", _server_context(pki["backend"], "backend.test", "127.0.0.1")
+        ),
+        "resume12": TLSBackend(
+            "resume12", _server_context(pki["backend"], "backend.test", "127.0.0.1", tls12=True)
         ),
         # A certificate for the right names from a CA nobody trusts.
         "impostor": TLSBackend(
@@ -138,7 +157,7 @@ def proxy(
     # Relative paths: to the configuration file's directory, not twistd's.
     config = write_config(tmp / "sites" / "site.py", text)
     process = ProxyProcess(
-        tmp, config, tmp / "certs", https=False, extra_args=["--access-log", "-", "--access-log-format", "json"]
+        tmp, config, tmp / "certs", extra_args=["--access-log", "-", "--access-log-format", "json"]
     ).start()
     try:
         yield process
@@ -213,15 +232,30 @@ def test_mtls_with_and_without_a_client_certificate(
     assert backends["mtls"].requests == requests
 
 
+@pytest.mark.parametrize("name", ["resume", "resume12"])
 def test_new_connections_resume_the_session(
-    proxy: ProxyProcess, backends: dict[str, TLSBackend]
+    proxy: ProxyProcess, backends: dict[str, TLSBackend], name: str
 ) -> None:
+    """TLS 1.3 (tickets) and TLS 1.2 (the server's session cache) alike."""
     # The backend closes after each response: every request is a new connection.
     for n in range(4):
-        assert _get(proxy, "resume.test", f"/close/{n}")[0] == 200
-    handshakes = backends["resume"].handshakes
+        assert _get(proxy, f"{name}.test", f"/close/{n}")[0] == 200
+    handshakes = backends[name].handshakes
     assert len(handshakes) == 4
     assert [h.session_reused for h in handshakes] == [False, True, True, True]
+
+
+def test_a_certificate_that_does_not_verify_is_a_connect_failure_that_ejects(
+    proxy: ProxyProcess,
+) -> None:
+    """Outlier detection counts it as a failure to connect: five eject even
+    the endpoint of a one-endpoint cluster."""
+    for _ in range(5):
+        assert _get(proxy, "ejected.test", "/e")[0] == 502
+    [endpoint] = json.loads(_admin(proxy, "/status"))["clusters"]["ejected"]["endpoints"]
+    assert endpoint["breaker"]["state"] == "open"
+    assert endpoint["available"] is False
+    assert _get(proxy, "ejected.test", "/e")[0] == 503
 
 
 def test_health_checks_over_tls_take_an_unverified_endpoint_out(
@@ -231,7 +265,7 @@ def test_health_checks_over_tls_take_an_unverified_endpoint_out(
     while True:
         cluster = json.loads(_admin(proxy, "/status"))["clusters"]["checked"]
         states = {e["endpoint"]: e["health"] for e in cluster["endpoints"]}
-        good = states[backends["good"].address]
+        good = states[backends["healthy"].address]
         bad = states[backends["impostor"].address]
         if bad["state"] == "unhealthy" and good["last_check_at"] is not None:
             break
@@ -241,7 +275,7 @@ def test_health_checks_over_tls_take_an_unverified_endpoint_out(
     assert bad["last_cause"].startswith("upstream tls")
     # Every request goes to the endpoint that verifies.
     for n in range(4):
-        assert _get(proxy, "checked.test", f"/c{n}") == (200, f"good /c{n}\n".encode())
+        assert _get(proxy, "checked.test", f"/c{n}") == (200, f"healthy /c{n}\n".encode())
 
 
 def test_verify_false_is_loud_and_accepts_any_certificate(
@@ -249,6 +283,33 @@ def test_verify_false_is_loud_and_accepts_any_certificate(
 ) -> None:
     proxy.wait_for_output(r"cluster insecure: upstream_tls verify=False")
     assert _get(proxy, "insecure.test", "/i") == (200, b"impostor /i\n")
+
+
+def test_a_reload_with_a_bad_file_keeps_the_running_configuration(
+    tmp_path: Path, pki: dict[str, trustme.CA], backends: dict[str, TLSBackend]
+) -> None:
+    site = (
+        "from edgeproxy.config import Cluster, Route, UpstreamTLS, VirtualHost\n"
+        "app = Cluster('app', endpoints=['{good}'], upstream_tls=UpstreamTLS(ca_file='{ca}'))\n"
+        "virtual_hosts = [VirtualHost(['app.test'], routes=[Route('/', app, plain_http=True)])]\n"
+    )
+    pki["backend"].cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = write_config(
+        tmp_path / "site.py", site.format(good=backends["good"].address, ca="ca.pem")
+    )
+    (tmp_path / "certs").mkdir()
+    process = ProxyProcess(tmp_path, config, tmp_path / "certs").start()
+    try:
+        assert _get(process, "app.test", "/r")[0] == 200
+        write_config(config, site.format(good=backends["good"].address, ca="missing.pem"))
+        mark = len(process.output)
+        assert process.process is not None
+        process.process.send_signal(signal.SIGHUP)
+        line = process.wait_for_output(r"reload rejected", start=mark)
+        assert "missing.pem" in line and "cannot read" in line and "site.py:2" in line
+        assert _get(process, "app.test", "/r")[0] == 200
+    finally:
+        process.stop()
 
 
 def test_check_warns_about_verify_false(tmp_path: Path) -> None:
