@@ -62,8 +62,8 @@ from _common import (  # bench/_common.py: processes, nginx, edgeproxy, wrk pars
     start_nginx,
     start_on_free_ports,
     stop_and_clean,
-    wrk_argv,
     write_key_and_cert,
+    wrk_argv,
 )
 
 _BACKEND = """\
@@ -215,7 +215,7 @@ def main() -> int:
             nginx_proxy = start_on_free_ports(("http", "https"), start_proxy)
             targets = {"edgeproxy": edgeproxy, "nginx": nginx_proxy}
             for name, server in targets.items():
-                for kind, path in PATHS.items():
+                for path in PATHS.values():
                     status, _ = http_get(server.ports["http"], path, tls=False)
                     if status != 200:
                         raise RuntimeError(f"{name} {path}: status {status}")
