@@ -108,11 +108,6 @@ def build_plan(
 ) -> Plan:
     """Every route's chain, for plain and TLS listeners.  The routes' cache
     stores come from ``caches`` (which then closes those no route uses)."""
-    # Each cluster's pool first: its routes' stages send through it.
-    tls_files = snapshot.config.upstream_tls
-    for name, runtime in snapshot.clusters.items():
-        runtime.upstream = forwarder.upstream_for(tls_files.get(name))
-    forwarder.keep_tls_pools(tls_files[name] for name in snapshot.clusters if name in tls_files)
     chains: tuple[dict[int, RouteChain], dict[int, RouteChain]] = ({}, {})
     routes = [(vhost, route) for vhost in snapshot.config.virtual_hosts for route in vhost.routes]
     for tls in (False, True):
@@ -135,6 +130,12 @@ def build_plan(
             for vhost, route in routes
             if route.cache is not None
         )
+    # Each cluster's pool, once nothing can fail any more (a plan that is
+    # refused leaves the running clusters' pools alone): its stages send through it.
+    tls_files = snapshot.config.upstream_tls
+    for name, runtime in snapshot.clusters.items():
+        runtime.upstream = forwarder.upstream_for(tls_files.get(name))
+    forwarder.keep_tls_pools(tls_files[name] for name in snapshot.clusters if name in tls_files)
     return Plan(snapshot, chains[False], chains[True], (BodyLimit(max_body_size),))
 
 

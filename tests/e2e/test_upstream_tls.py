@@ -285,7 +285,7 @@ def test_verify_false_is_loud_and_accepts_any_certificate(
     assert _get(proxy, "insecure.test", "/i") == (200, b"impostor /i\n")
 
 
-def test_a_reload_with_a_bad_file_keeps_the_running_configuration(
+def test_a_reload_with_a_bad_file_keeps_the_running_configuration_and_a_good_one_applies(
     tmp_path: Path, pki: dict[str, trustme.CA], backends: dict[str, TLSBackend]
 ) -> None:
     site = (
@@ -308,6 +308,13 @@ def test_a_reload_with_a_bad_file_keeps_the_running_configuration(
         line = process.wait_for_output(r"reload rejected", start=mark)
         assert "missing.pem" in line and "cannot read" in line and "site.py:2" in line
         assert _get(process, "app.test", "/r")[0] == 200
+        # A good reload to another CA: new connections are held to it (a new pool).
+        pki["other"].cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        write_config(config, site.format(good=backends["good"].address, ca="other.pem"))
+        mark = len(process.output)
+        process.process.send_signal(signal.SIGHUP)
+        process.wait_for_output(r"configuration reloaded", start=mark)
+        assert _get(process, "app.test", "/r")[0] == 502
     finally:
         process.stop()
 
