@@ -474,8 +474,11 @@ class _Connecting(ClientFactory):
         self._attempt: Deferred[Any] | None = None
         #: Twisted's socket being connected (IP literals; see clientConnectionFailed).
         self._socket: Any = None
-        #: A TLS connection whose TCP connection is up, in its handshake.
+        #: A TLS connection whose TCP connection is up, in its handshake, and
+        #: the timer that holds the handshake to what is left of connect_timeout.
         self._handshaking: _TLSConnection | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._started = 0.0
 
     def start(self) -> None:
         exchange = self._exchange
@@ -485,6 +488,7 @@ class _Connecting(ClientFactory):
         tls = self._client.tls
         factory: Any = self
         if tls is not None:
+            self._started = reactor.seconds()
             # (A WrappingFactory: connection failures reach this factory.)
             factory = TLSMemoryBIOFactory(
                 tls.creator_for(endpoint.host, endpoint.port), True, self
@@ -515,6 +519,25 @@ class _Connecting(ClientFactory):
         self._attempt = None
         self._socket = None
         self._handshaking = conn
+        exchange = self._exchange
+        if exchange is not None:
+            reactor: Any = self._client.reactor
+            left = self._started + exchange.connect_timeout - reactor.seconds()
+            self._handshake_timer = reactor.callLater(max(0.0, left), self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        """connect_timeout covers the TLS handshake too: a backend that takes
+        the TCP connection and says nothing is a connect timeout."""
+        self._handshake_timer = None
+        handshaking, self._handshaking = self._handshaking, None
+        self._failed(Failure(ierror.TimeoutError()))
+        if handshaking is not None:
+            handshaking.abort()
+
+    def _stop_handshake_timer(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def connected(self, conn: _Connection) -> None:
         """The TCP handshake finished: send the request, or close if nobody waits."""
@@ -523,6 +546,7 @@ class _Connecting(ClientFactory):
         self._attempt = None
         self._socket = None
         self._handshaking = None
+        self._stop_handshake_timer()
         if exchange is None or not exchange.waiting():
             conn.abort()
             return
@@ -549,6 +573,7 @@ class _Connecting(ClientFactory):
     def handshake_failed(self, reason: Failure) -> None:
         """A TLS connection was lost before its handshake completed."""
         self._handshaking = None
+        self._stop_handshake_timer()
         self._failed(reason)
 
     def _failed(self, reason: Failure) -> None:
@@ -567,6 +592,7 @@ class _Connecting(ClientFactory):
         attempt, self._attempt = self._attempt, None
         if attempt is not None:
             attempt.cancel()
+        self._stop_handshake_timer()
         handshaking, self._handshaking = self._handshaking, None
         if handshaking is not None:
             handshaking.abort()

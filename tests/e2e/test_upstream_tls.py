@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -79,6 +80,13 @@ clusters = {{
         endpoints=["{healthy}", "{impostor}"],
         upstream_tls=tls(ca_file="pki/backend-ca.pem"),
         health_check=HealthCheck("/health", interval=0.2, timeout=1.0, rise=1, fall=1),
+    ),
+    "stalled": Cluster(
+        "stalled",
+        endpoints=["{stalled}"],
+        upstream_tls=tls(ca_file="pki/backend-ca.pem"),
+        connect_timeout=0.5,
+        retries=RETRIES,
     ),
     "insecure": Cluster(
         "insecure", endpoints=["{impostor}"], upstream_tls=tls(verify=False)
@@ -152,7 +160,13 @@ def proxy(
     pki["other"].cert_pem.write_to_path(str(tmp / "sites" / "pki" / "other-ca.pem"))
     client = pki["clients"].issue_cert("edgeproxy@example.test", common_name="edgeproxy")
     client.private_key_and_cert_chain_pem.write_to_path(str(tmp / "sites" / "pki" / "client.pem"))
-    text = CONFIG.format(**{name: b.address for name, b in backends.items()})
+    # A port that takes the TCP connection (the kernel does) and never says a word of TLS.
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    addresses = {name: b.address for name, b in backends.items()}
+    addresses["stalled"] = f"127.0.0.1:{stalled.getsockname()[1]}"
+    text = CONFIG.format(**addresses)
     text = text.replace("retries=RETRIES", f"retries={RETRIES_SOURCE}")
     # Relative paths: to the configuration file's directory, not twistd's.
     config = write_config(tmp / "sites" / "site.py", text)
@@ -163,6 +177,7 @@ def proxy(
         yield process
     finally:
         process.stop()
+        stalled.close()
 
 
 def _get(proxy: ProxyProcess, host: str, path: str = "/") -> tuple[int, bytes]:
@@ -218,6 +233,14 @@ def test_a_certificate_that_does_not_verify_gets_no_request(
     assert record["cluster"] == host.removesuffix(".test")
     metrics = _admin(proxy, "/metrics").decode()
     assert 'edgeproxy_upstream_errors_total{reason="upstream_tls"}' in metrics
+
+
+def test_a_handshake_that_never_ends_is_a_connect_timeout(proxy: ProxyProcess) -> None:
+    """The handshake is part of connecting: ``connect_timeout`` covers it."""
+    start = len(proxy.output)
+    assert _get(proxy, "stalled.test", "/stalled")[0] == 504
+    line = proxy.wait_for_output(r'"path":"/stalled"', start=start)
+    assert json.loads(line[line.index("{") :])["reason"] == "connect_timeout"
 
 
 def test_mtls_with_and_without_a_client_certificate(
