@@ -105,6 +105,22 @@ def _rate_limit_store(value: str) -> str:
     return value
 
 
+def _resolver(value: str) -> tuple[str, int]:
+    """``--resolver HOST:PORT`` (an IPv6 address in brackets): a DNS server."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, [ADDRESS]:PORT: {value}")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"must be HOST:PORT, a DNS server's address: {value}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"HOST must be an IP address: {value}") from None
+    return host, int(port_text)
+
+
 def _workers(value: str) -> int:
     """``--workers``: a count, or ``auto`` for one per CPU."""
     if value == "auto":
@@ -228,6 +244,9 @@ class Options(usage.Options):
         ["rate-limit-max-keys", None, DEFAULT_RATE_LIMIT_MAX_KEYS, "Rate-limit buckets the "
          "memory store keeps at most (the least recently used is dropped beyond it).",
          _positive_int],
+        ["resolver", None, None, "The DNS server (HOST:PORT, an IP address) that endpoints "
+         "given by name are resolved with, every resolve_every seconds [default: /etc/hosts, "
+         "then /etc/resolv.conf's servers]; docs/dns.md.", _resolver],
         ["tls-profile", None, "intermediate", "TLS versions, suites and groups, after "
          "Mozilla's profiles: intermediate (TLS 1.2 with ECDHE and AES-GCM or ChaCha20, "
          "and TLS 1.3) or modern (TLS 1.3 only); docs/certificates.md.", _tls_profile],
@@ -300,6 +319,7 @@ class Options(usage.Options):
             reload_timeout=self["reload-timeout"],
             tls_profile=self["tls-profile"],
             rate_limit_store=self["rate-limit-store"],
+            resolver=self["resolver"],
             rate_limit_max_keys=self["rate-limit-max-keys"],
             fast_paths=not self["no-fast-paths"],
             http_limits=attrs.evolve(

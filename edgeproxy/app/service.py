@@ -21,8 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from edgeproxy.app.fastpaths import FastPaths
+from edgeproxy.cluster.discovery import NameWatcher, make_resolver
 from edgeproxy.cluster.health import HealthChecker
-from edgeproxy.cluster.runtime import ClusterRuntime
+from edgeproxy.cluster.runtime import ClusterRuntime, EndpointRuntime
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config.load import LoadedConfig, load_config
 from edgeproxy.config.settings import Settings
@@ -167,6 +168,9 @@ class EdgeProxyService(MultiService):
         )
         self._health_checkers: dict[int, HealthChecker] = {}
         self._start_health_checkers(snapshot)
+        self._resolver: Any = None
+        self._name_watchers: dict[int, NameWatcher] = {}
+        self._start_name_watchers(snapshot)
         self.certificate_index = CertificateIndex.empty()
         self.certificates = CertificateWatcher(
             settings.certs,
@@ -195,6 +199,7 @@ class EdgeProxyService(MultiService):
             caches=self.pipeline.caches.figures,
             connections_refused=lambda: gate.gate.refused,
             rate_limits=self.pipeline.rate_limits.figures,
+            auth=self.pipeline.auth.figures,
         )
         path = settings.access_log
         self.access_sink = FileSink(path, reactor) if path not in (None, "off") else None
@@ -276,6 +281,45 @@ class EdgeProxyService(MultiService):
                     cluster=name,
                 )
 
+    def _start_name_watchers(self, snapshot: Snapshot) -> None:
+        """A watcher for every cluster runtime with endpoints given by name that has none yet."""
+        for runtime in snapshot.clusters.values():
+            if id(runtime) in self._name_watchers:
+                continue
+            if not any(endpoint.is_name() for endpoint in runtime.cluster.endpoints):
+                continue
+            if self._resolver is None:
+                self._resolver = make_resolver(self.settings.resolver, self.reactor)
+            runtime.on_drained = self._drained
+            watcher = NameWatcher(runtime, self._resolver, self.reactor, self._addresses_changed)
+            self._name_watchers[id(runtime)] = watcher
+            watcher.setServiceParent(self)
+
+    def _addresses_changed(
+        self, runtime: ClusterRuntime, joined: list[EndpointRuntime], left: list[EndpointRuntime]
+    ) -> None:
+        tls = getattr(runtime.upstream, "tls", None)
+        if tls is not None:
+            # An address of a name is verified against the name (and sent it in SNI).
+            for rt in joined:
+                if rt.origin is not None and rt.origin.host != rt.endpoint.host:
+                    tls.name_endpoint(rt.endpoint.host, rt.endpoint.port, rt.origin.host)
+        checker = self._health_checkers.get(id(runtime))
+        if checker is None:
+            return
+        for rt in left:
+            checker.remove(rt.endpoint)
+        for rt in joined:
+            if rt.health is not None:
+                checker.add(rt.endpoint, rt.health)
+
+    def _drained(self, rt: EndpointRuntime) -> None:
+        # Responses hand their connection back to the pool after the
+        # request's slot is released: close what is idle a turn later too.
+        for pool in self.pipeline.forwarder.pools():
+            pool.close_idle(rt.endpoint)
+            self.reactor.callLater(0, pool.close_idle, rt.endpoint)
+
     def reload(self) -> Deferred[bool]:
         """Load the configuration again and swap it in whole; keep the old one if
         the new one is broken or takes longer than ``--reload-timeout`` to load.
@@ -309,9 +353,13 @@ class EdgeProxyService(MultiService):
             checker = self._health_checkers.pop(id(runtime), None)
             if checker is not None:
                 checker.disownServiceParent()
+            watcher = self._name_watchers.pop(id(runtime), None)
+            if watcher is not None:
+                watcher.disownServiceParent()
             runtime.stop()
         self._start_health_checkers(new)
         self._warn_unverified(config)
+        self._start_name_watchers(new)
         self.generation += 1
         self.last_reload = {"at": at, "outcome": "ok", "problems": []}
         self.metrics.config_reloads.labels("ok").inc()

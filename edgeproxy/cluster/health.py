@@ -102,6 +102,9 @@ class _HealthCore:
     consecutive_failures: int = 0
     last_cause: str | None = None
     last_check_at: float | None = None
+    #: An endpoint that joined a running cluster (a new address of a name,
+    #: docs/dns.md): it starts unhealthy and its first passing check brings it in.
+    joining: bool = False
     log: Logger = field(default_factory=Logger)
 
     def now(self) -> float:
@@ -146,10 +149,17 @@ class _HealthCore:
         )
 
 
-def _build_health_machine() -> TypeMachine[_HealthInputs, _HealthCore]:
+def _build_health_machine(
+    *, start_healthy: bool = True
+) -> TypeMachine[_HealthInputs, _HealthCore]:
     builder = TypeMachineBuilder(_HealthInputs, _HealthCore)
-    healthy = builder.state("healthy")
-    unhealthy = builder.state("unhealthy")
+    # The first state declared is the one a machine starts in.
+    if start_healthy:
+        healthy = builder.state("healthy")
+        unhealthy = builder.state("unhealthy")
+    else:
+        unhealthy = builder.state("unhealthy")
+        healthy = builder.state("healthy")
     I = _HealthInputs  # noqa: E741
 
     healthy.upon(I.is_healthy).loop().returns(True)
@@ -176,7 +186,7 @@ def _build_health_machine() -> TypeMachine[_HealthInputs, _HealthCore]:
     @pep614(unhealthy.upon(I.check_passed).loop())
     def count_pass(machine: _HealthInputs, core: _HealthCore) -> None:
         core.passed()
-        if core.consecutive_passes >= core.config.rise:
+        if core.consecutive_passes >= (1 if core.joining else core.config.rise):
             machine._rise()
 
     @pep614(unhealthy.upon(I.check_failed).loop())
@@ -185,6 +195,10 @@ def _build_health_machine() -> TypeMachine[_HealthInputs, _HealthCore]:
 
     @pep614(unhealthy.upon(I._rise).to(healthy))
     def rise(machine: _HealthInputs, core: _HealthCore) -> None:
+        if core.joining:
+            core.joining = False
+            core.transition("unhealthy", "healthy", "joined: first check passed")
+            return
         core.transition("unhealthy", "healthy", f"{core.consecutive_passes} passed checks")
 
     @pep614(healthy.upon(I.status).loop())
@@ -199,6 +213,7 @@ def _build_health_machine() -> TypeMachine[_HealthInputs, _HealthCore]:
 
 
 _HealthMachine = _build_health_machine()
+_JoiningHealthMachine = _build_health_machine(start_healthy=False)
 
 
 class HealthState:
@@ -207,6 +222,8 @@ class HealthState:
     It starts healthy (see docs/resilience.md): a restart or reload must not
     take every endpoint out for ``rise * interval`` seconds; a dead endpoint
     is out after ``fall`` checks, and outlier detection covers the gap.
+    ``joining``: an address a name newly resolved to (docs/dns.md) starts
+    unhealthy instead and is in after its first passing check.
 
     ``on_transition`` is called after each change, once the state is
     consistent again (it may call back in).  Times come from ``clock`` or the
@@ -222,13 +239,15 @@ class HealthState:
         *,
         clock: IReactorTime | None = None,
         on_pass: Callable[[], object] | None = None,
+        joining: bool = False,
     ) -> None:
         self._on_transition = on_transition
         self._on_pass = on_pass
         self._clock = clock
         self._pending: list[Transition] = []
-        self._core = _HealthCore(endpoint_label, config, self._pending.append)
-        self._machine: _HealthInputs = _HealthMachine(self._core)
+        self._core = _HealthCore(endpoint_label, config, self._pending.append, joining=joining)
+        machine = _JoiningHealthMachine if joining else _HealthMachine
+        self._machine: _HealthInputs = machine(self._core)
 
     def _stamp(self, at: float | None) -> None:
         if at is None and self._clock is not None:
@@ -511,20 +530,38 @@ class HealthChecker(Service):
         rng: random.Random,
     ) -> None:
         self.cluster_name = cluster_name
-        self._loops: list[_LoopInputs] = []
+        self._config = config
+        self._clock = clock
+        self._agent = agent
+        self._rng = rng
+        self._loops: dict[Endpoint, _LoopInputs] = {}
         for endpoint, state in targets:
-            core = _LoopCore(cluster_name, endpoint, state, config, clock, agent, rng)
-            core.machine = _LoopMachine(core)
-            self._loops.append(core.machine)
+            self.add(endpoint, state)
+
+    def add(self, endpoint: Endpoint, state: HealthState) -> None:
+        """Check ``endpoint`` too (an address that joined; started if this is running)."""
+        core = _LoopCore(
+            self.cluster_name, endpoint, state, self._config, self._clock, self._agent, self._rng
+        )
+        core.machine = _LoopMachine(core)
+        self._loops[endpoint] = core.machine
+        if self.running:
+            core.machine.start()
+
+    def remove(self, endpoint: Endpoint) -> None:
+        """Stop checking ``endpoint`` (an address that left); its check in flight is cancelled."""
+        loop = self._loops.pop(endpoint, None)
+        if loop is not None:
+            loop.stop()
 
     def startService(self) -> None:
         super().startService()
-        for loop in self._loops:
+        for loop in self._loops.values():
             loop.start()
 
     def stopService(self) -> None:
         super().stopService()
-        for loop in self._loops:
+        for loop in self._loops.values():
             loop.stop()
 
 

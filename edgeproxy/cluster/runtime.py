@@ -91,6 +91,12 @@ class EndpointRuntime:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
+    #: The endpoint given by name this is one of the addresses of (or the
+    #: name itself, until it is first resolved); None for an IP literal.
+    origin: Endpoint | None = None
+    #: Gone from the name's addresses: no new request picks it, the ones in
+    #: flight finish (:meth:`ClusterRuntime.set_addresses`).
+    draining: bool = False
     #: :meth:`up` as of the last transition of this cluster's health checks
     #: or breakers, kept by :class:`ClusterRuntime`: picking an endpoint reads
     #: this instead of asking both machines per request.
@@ -115,6 +121,8 @@ class EndpointRuntime:
     def status(self) -> dict[str, Any]:
         return {
             "endpoint": str(self.endpoint),
+            "name": str(self.origin) if self.origin is not None else None,
+            "draining": self.draining,
             "weight": self.endpoint.weight,
             "available": self.up(),
             "in_flight": self.in_flight,
@@ -148,46 +156,118 @@ class ClusterRuntime:
         self._some_up = True
         self._on_transition = on_transition
         self._waiters: deque[Deferred[None]] = deque()
-        self.endpoints: list[EndpointRuntime] = []
+        self._rng = rng
         detection = cluster.outlier_detection
-        for endpoint in cluster.endpoints:
-            label = f"{cluster.name}/{endpoint}"
-            breaker = (
-                Breaker(
-                    label,
-                    cluster.outlier_detection,
-                    clock,
-                    may_eject=self.may_eject,
-                    on_transition=self._transition,
-                )
-                if cluster.outlier_detection is not None
-                else None
+        self.endpoints: list[EndpointRuntime] = [
+            self._endpoint_runtime(endpoint, endpoint if endpoint.is_name() else None)
+            for endpoint in cluster.endpoints
+        ]
+        #: Addresses gone from their name with requests still in flight.
+        self.draining: list[EndpointRuntime] = []
+        #: Called with each endpoint that left, once its last request is over
+        #: (its pooled connections can go).
+        self.on_drained: Callable[[EndpointRuntime], None] | None = None
+        #: Each name's resolution, for /status (kept by edgeproxy.cluster.discovery).
+        self.names: dict[str, dict[str, Any]] = {}
+        #: The statuses that count as an endpoint's failure (none without outlier detection).
+        self.failure_statuses: frozenset[int] = (
+            detection.failure_statuses if detection is not None else frozenset()
+        )
+        self._rebuild()
+
+    def _endpoint_runtime(
+        self, endpoint: Endpoint, origin: Endpoint | None, *, joining: bool = False
+    ) -> EndpointRuntime:
+        cluster = self.cluster
+        label = f"{cluster.name}/{endpoint}"
+        breaker = (
+            Breaker(
+                label,
+                cluster.outlier_detection,
+                self._clock,
+                may_eject=self.may_eject,
+                on_transition=self._transition,
             )
-            health = (
-                HealthState(
-                    label,
-                    cluster.health_check,
-                    self._transition,
-                    clock=clock,
-                    # A passing check brings an ejected endpoint back (Envoy's default).
-                    on_pass=breaker.record_health_pass if breaker is not None else None,
-                )
-                if cluster.health_check is not None
-                else None
+            if cluster.outlier_detection is not None
+            else None
+        )
+        health = (
+            HealthState(
+                label,
+                cluster.health_check,
+                self._transition,
+                clock=self._clock,
+                # A passing check brings an ejected endpoint back (Envoy's default).
+                on_pass=breaker.record_health_pass if breaker is not None else None,
+                joining=joining,
             )
-            self.endpoints.append(EndpointRuntime(endpoint, label, health, breaker))
+            if cluster.health_check is not None
+            else None
+        )
+        rt = EndpointRuntime(endpoint, label, health, breaker, origin=origin)
+        rt.is_up = rt.up()
+        return rt
+
+    def _rebuild(self) -> None:
+        """After the endpoints changed: the selector and what is derived from the set."""
+        detection = self.cluster.outlier_detection
         #: Whether an endpoint's answers (failure statuses, timeouts, broken
         #: responses) count against it, or only failures to connect.
         self.judges_answers = detection is not None and (
             len(self.endpoints) > 1 or detection.sole_endpoint_answers
         )
-        #: The statuses that count as an endpoint's failure (none without outlier detection).
-        self.failure_statuses: frozenset[int] = (
-            detection.failure_statuses if detection is not None else frozenset()
-        )
         self.selector: Selector[EndpointRuntime] = make_selector(
-            cluster.policy, self.endpoints, rng=rng, in_flight=_in_flight
+            self.cluster.policy, self.endpoints, rng=self._rng, in_flight=_in_flight
         )
+        self._some_up = any(rt.is_up for rt in self.endpoints)
+
+    def set_addresses(
+        self, name: Endpoint, hosts: Collection[str]
+    ) -> tuple[list[EndpointRuntime], list[EndpointRuntime]]:
+        """The endpoint ``name`` (given by name) now stands for ``hosts``
+        (IP addresses, not empty): the endpoints that joined and those that left.
+
+        An address kept keeps its runtime (health, breaker, counters).  One
+        that left drains: no new request picks it, the ones in flight finish.
+        On the first resolution the addresses take the place of the name and
+        start as endpoints do at start-up; later ones that join with active
+        health checks on are in after their first passing check.  An address
+        that is already an endpoint of the cluster is not added twice.
+        """
+        wanted = {
+            str(ep): ep for ep in (Endpoint(host, name.port, weight=name.weight) for host in hosts)
+        }
+        current = [rt for rt in self.endpoints if rt.origin == name]
+        first = any(rt.endpoint == name for rt in current)
+        elsewhere = {str(rt.endpoint) for rt in self.endpoints if rt.origin != name}
+        left = [rt for rt in current if str(rt.endpoint) not in wanted]
+        have = {str(rt.endpoint) for rt in current}
+        joined = [
+            self._endpoint_runtime(ep, name, joining=not first)
+            for key, ep in sorted(wanted.items())
+            if key not in have and key not in elsewhere
+        ]
+        if not joined and not left:
+            return [], []
+        gone = {id(rt) for rt in left}
+        self.endpoints = [rt for rt in self.endpoints if id(rt) not in gone] + joined
+        for rt in left:
+            self._retire(rt)
+        self._rebuild()
+        return joined, left
+
+    def _retire(self, rt: EndpointRuntime) -> None:
+        rt.draining = True
+        rt.is_up = False
+        if rt.breaker is not None:
+            # Its verdicts no longer matter: the requests in flight end
+            # without feeding a breaker nobody reads.
+            rt.breaker.stop()
+            rt.breaker = None
+        if rt.in_flight:
+            self.draining.append(rt)
+        elif self.on_drained is not None:
+            self.on_drained(rt)
 
     def _transition(self, transition: Transition) -> None:
         self.transitions.append(transition)
@@ -290,6 +370,12 @@ class ClusterRuntime:
         here, so this ends.
         """
         rt.in_flight -= 1
+        if rt.draining:
+            if not rt.in_flight:
+                self.draining.remove(rt)
+                if self.on_drained is not None:
+                    self.on_drained(rt)
+            return
         if not self._waiters:
             return
         limit = self._slots_per_endpoint
@@ -328,7 +414,7 @@ class ClusterRuntime:
         return 1
 
     def stop(self) -> None:
-        for rt in self.endpoints:
+        for rt in self.endpoints + self.draining:
             if rt.breaker is not None:
                 rt.breaker.stop()
         while self._waiters:
@@ -345,7 +431,8 @@ class ClusterRuntime:
             "retries_refused_by_budget": counters.retries_refused,
             "overflows": dict(counters.overflows),
             "available_endpoints": sum(1 for rt in self.endpoints if rt.up()),
-            "endpoints": [rt.status() for rt in self.endpoints],
+            "endpoints": [rt.status() for rt in self.endpoints + self.draining],
+            "names": {name: dict(record) for name, record in self.names.items()},
             "recent_transitions": [attrs.asdict(t) for t in self.transitions],
         }
 

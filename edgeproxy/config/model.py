@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from edgeproxy.core.hostnames import normalise_name, normalise_pattern
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_RESOLVE_EVERY",
     "DEFAULT_RESPONSE_TIMEOUT",
     "HSTS",
     "TLS_VERSIONS",
@@ -30,6 +32,7 @@ __all__ = [
     "Cluster",
     "ConsistentHash",
     "Endpoint",
+    "ForwardAuth",
     "HealthCheck",
     "LeastRequest",
     "Limits",
@@ -46,6 +49,8 @@ __all__ = [
 
 #: Seconds to establish the TCP connection to an upstream endpoint (504 after).
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds between resolutions of an endpoint given by name (``Cluster.resolve_every``).
+DEFAULT_RESOLVE_EVERY = 30.0
 #: Seconds from sending the request to receiving the upstream's response headers (504 after).
 DEFAULT_RESPONSE_TIMEOUT = 30.0
 #: Seconds without a byte of response body from the upstream before the response is cut off.
@@ -57,6 +62,17 @@ def _positive_finite(instance: object, attribute: attrs.Attribute[float], value:
         raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
+
+
+def _non_negative_seconds(
+    instance: object, attribute: attrs.Attribute[float], value: float
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(
+            f"{attribute.name} must be 0 or a positive number of seconds, not {value!r}"
+        )
 
 
 def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -169,6 +185,15 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self._text
+
+    def is_name(self) -> bool:
+        """Whether ``host`` is a name to resolve (every address it resolves to
+        is an endpoint; docs/dns.md) rather than an IP literal."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return True
+        return False
 
 
 def _to_endpoints(value: Iterable[str | Endpoint]) -> tuple[Endpoint, ...]:
@@ -499,6 +524,11 @@ class Cluster:
     )
     #: When no endpoint is available, try them all anyway instead of failing fast with 503.
     panic_mode: bool = attrs.field(default=False, validator=_validate_bool, kw_only=True)
+    #: Seconds between resolutions of the endpoints given by name (a shorter
+    #: record TTL, at least a second, comes first); docs/dns.md.
+    resolve_every: float = attrs.field(
+        default=DEFAULT_RESOLVE_EVERY, validator=_positive_finite, kw_only=True
+    )
     #: TLS to the endpoints (:class:`UpstreamTLS`); None: plain HTTP.
     upstream_tls: UpstreamTLS | None = attrs.field(
         default=None, validator=_optional(UpstreamTLS, "UpstreamTLS"), kw_only=True
@@ -768,6 +798,122 @@ class RateLimit:
         return None
 
 
+def _to_header_names(value: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(f"header names must be a list of names, not the string {value!r}")
+    return tuple(value)
+
+
+def _validate_header_names(
+    instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    seen: set[str] = set()
+    for name in value:
+        _validate_header_name(instance, attribute, name)
+        if name.lower() in seen:
+            raise ValueError(f"{attribute.name} names {name!r} twice")
+        seen.add(name.lower())
+
+
+def _validate_auth_request_headers(
+    instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    _validate_header_names(instance, attribute, value)
+    for name in value:
+        if name.lower() in ("x-forwarded-method", "x-forwarded-uri"):
+            raise ValueError(f"{attribute.name} cannot be {name!r}: edgeproxy writes that header")
+
+
+def _validate_auth_url(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"the auth URL must be a string, not {value!r}")
+    _split_auth_url(value)
+
+
+def _split_auth_url(url: str) -> tuple[str, int, str]:
+    """``(host, port, path and query)`` of an ``http://`` auth URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"the auth URL {url!r} is not a URL: {e}") from None
+    if parts.scheme == "https":
+        raise ValueError(
+            f"the auth URL {url!r} is https://: verified TLS to an auth service comes with "
+            "upstream TLS (UpstreamTLS), which this version does not have yet; use http://"
+        )
+    if parts.scheme != "http":
+        raise ValueError(f"the auth URL must start with http://, not {url!r}")
+    host = parts.hostname
+    if not host or parts.username is not None or parts.password is not None or parts.fragment:
+        raise ValueError(f"the auth URL must be http://HOST[:PORT]/PATH, not {url!r}")
+    if not url.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError(
+            f"the auth URL must be ASCII without spaces or control characters, not {url!r}"
+        )
+    if normalise_name(host) is None:
+        raise ValueError(f"the auth URL's host is not a hostname or IP address: {url!r}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return host, port if port is not None else 80, path
+
+
+@attrs.frozen
+class ForwardAuth:
+    """``ForwardAuth("http://127.0.0.1:9400/check", request_headers=["Authorization",
+    "Cookie"], response_headers=["X-User"], cache_for=0.0)``: before a route's
+    request is forwarded, ask an auth service (nginx's ``auth_request``,
+    Traefik's ForwardAuth; docs/forward-auth.md).
+
+    The auth service gets a ``GET`` of the URL, without a body, carrying the
+    request's ``request_headers``, ``X-Forwarded-Method``,
+    ``X-Forwarded-Uri`` and the usual forwarding headers.  A 2xx lets the
+    request through, with the answer's ``response_headers`` copied onto it
+    (a client's own are always removed first).  Any other answer goes back
+    to the client as the auth service sent it (its body up to
+    ``max_response_body`` bytes; a longer one is a 503).  No answer within
+    ``timeout`` seconds, or none at all, is a 503.  ``cache_for`` seconds
+    above 0 keep a 2xx per credential (the values of ``request_headers``),
+    at most ``cache_max_entries`` of them per route.  Only ``http://`` URLs
+    for now: ``https://`` comes with upstream TLS.
+    """
+
+    url: str = attrs.field(validator=_validate_auth_url)
+    request_headers: tuple[str, ...] = attrs.field(
+        default=("Authorization", "Cookie"),
+        converter=_to_header_names,
+        validator=_validate_auth_request_headers,
+        kw_only=True,
+    )
+    response_headers: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_header_names, validator=_validate_header_names, kw_only=True
+    )
+    cache_for: float = attrs.field(default=0.0, validator=_non_negative_seconds, kw_only=True)
+    timeout: float = attrs.field(default=5.0, validator=_positive_finite, kw_only=True)
+    max_response_body: int = attrs.field(default=64 * 1024, validator=_positive_int, kw_only=True)
+    cache_max_entries: int = attrs.field(default=10_000, validator=_positive_int, kw_only=True)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where the auth service listens (the URL's host and port)."""
+        host, port, _ = _split_auth_url(self.url)
+        return Endpoint(host, port)
+
+    @property
+    def target(self) -> str:
+        """The request-target asked for: the URL's path and query."""
+        return _split_auth_url(self.url)[2]
+
+    @property
+    def authority(self) -> str:
+        """The ``Host`` the auth service is sent: the URL's host and port."""
+        host, port, _ = _split_auth_url(self.url)
+        if ":" in host:
+            host = f"[{host}]"
+        return host if port == 80 else f"{host}:{port}"
+
+
 @attrs.frozen
 class Route:
     """``Route("/api/", cluster)``: requests whose path starts with the prefix.
@@ -782,6 +928,8 @@ class Route:
     ``deny`` (networks such as ``"10.0.0.0/8"``) answer 403 to a client
     address ``deny`` holds, or that ``allow``, when given, does not.
     ``rate_limit`` (a :class:`RateLimit`) answers 429 to a client over it.
+    ``auth`` (a :class:`ForwardAuth`) asks an auth service before
+    forwarding.
     """
 
     prefix: str = attrs.field(validator=_validate_prefix)
@@ -798,6 +946,9 @@ class Route:
     deny: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks, kw_only=True)
     rate_limit: RateLimit | None = attrs.field(
         default=None, validator=_optional(RateLimit, "RateLimit"), kw_only=True
+    )
+    auth: ForwardAuth | None = attrs.field(
+        default=None, validator=_optional(ForwardAuth, "ForwardAuth"), kw_only=True
     )
 
     @property

@@ -93,5 +93,9 @@ class Settings:
     #: ``--rate-limit-store memory|redis://HOST:PORT[/DB]``: where the routes'
     #: rate-limit buckets are kept (edgeproxy.ratelimit).
     rate_limit_store: str = "memory"
+    #: ``--resolver HOST:PORT``: the DNS server named endpoints are resolved
+    #: with (edgeproxy.cluster.discovery); None: /etc/hosts, then the servers
+    #: in /etc/resolv.conf.
+    resolver: tuple[str, int] | None = None
     #: ``--rate-limit-max-keys``: buckets the memory store keeps at most.
     rate_limit_max_keys: int = DEFAULT_RATE_LIMIT_MAX_KEYS

@@ -14,6 +14,7 @@ from enum import StrEnum
 import attrs
 
 __all__ = [
+    "AuthUnavailable",
     "BadRequest",
     "BodyTooLarge",
     "ConfigError",
@@ -94,6 +95,12 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     #: The rate-limit store failed and the route fails closed (503).
     RATE_LIMIT_UNAVAILABLE = "rate_limit_unavailable"
+    #: The route's auth service answered with something other than a 2xx,
+    #: which the client got as it was (its status: 401, 403, 302...).
+    AUTH_DENIED = "auth_denied"
+    #: The route's auth service could not be asked (unreachable, no answer
+    #: within its timeout, a broken or oversized answer): 503, fail closed.
+    AUTH_UNAVAILABLE = "auth_unavailable"
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
     MISDIRECTED_REQUEST = "misdirected_request"
@@ -294,6 +301,18 @@ class RateLimitUnavailable(EdgeProxyError):
 
     def extra_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"Retry-After", b"1")]
+
+
+class AuthUnavailable(EdgeProxyError):
+    """The route's ``ForwardAuth`` service gave no usable answer (refused,
+    unreachable, nothing within its ``timeout``, a broken response, a denial
+    whose body is over ``max_response_body``): 503, nothing forwarded (it
+    fails closed, as nginx's ``auth_request`` and Traefik's ForwardAuth do)."""
+
+    status_hint = 503
+    public_message = "service unavailable"
+    outcome = Outcome.REJECTED
+    reason = Reason.AUTH_UNAVAILABLE
 
 
 class NotCached(EdgeProxyError):

@@ -121,10 +121,21 @@ class ClientTLS:
             blocks = [m.group(0) for m in _CERTIFICATE.finditer(client_pem)]
             self._chain = [Certificate.loadPEM(block).original for block in blocks[1:]]
         self._creators: dict[tuple[str, int], _ResumingCreator] = {}
+        #: The names of addresses found by resolving one (DNS-discovered endpoints).
+        self._names: dict[tuple[str, int], str] = {}
 
-    def name_for(self, host: str) -> str:
+    def name_endpoint(self, host: str, port: int, name: str) -> None:
+        """The endpoint at address ``host`` is ``name``'s: verify it against
+        the name (and send it in SNI), unless ``server_name`` says otherwise."""
+        if self._names.get((host, port)) != name:
+            self._names[host, port] = name
+            self._creators.pop((host, port), None)
+
+    def name_for(self, host: str, port: int | None = None) -> str:
         """The name an endpoint's certificate is verified against."""
-        return self.server_name if self.server_name is not None else host
+        if self.server_name is not None:
+            return self.server_name
+        return self._names.get((host, port), host) if port is not None else host
 
     def creator_for(self, host: str, port: int) -> IOpenSSLClientConnectionCreator:
         """The endpoint's connection creator (one per endpoint, kept: its
@@ -134,11 +145,12 @@ class ClientTLS:
     def _resuming(self, host: str, port: int) -> _ResumingCreator:
         creator = self._creators.get((host, port))
         if creator is None:
-            creator = self._creators[host, port] = _ResumingCreator(self._inner_creator(host))
+            creator = self._creators[host, port] = _ResumingCreator(
+                self._inner_creator(self.name_for(host, port))
+            )
         return creator
 
-    def _inner_creator(self, host: str) -> Any:
-        name = self.name_for(host)
+    def _inner_creator(self, name: str) -> Any:
         extra: dict[str, Any] = {"enableSessionTickets": True}
         if self._chain:
             extra["extraCertChain"] = self._chain

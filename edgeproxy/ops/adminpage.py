@@ -221,7 +221,14 @@ def _endpoint_state(endpoint: Mapping[str, Any]) -> str:
         if ejected_for is not None:
             text += f" ({_e(round(float(ejected_for), 1))}s left)"
         details.append(text)
-    badge = _badge("available", "ok") if available else _badge("unavailable", "bad")
+    if endpoint.get("draining"):
+        # Gone from its name's addresses: finishing its requests in flight.
+        details.insert(0, f"left {_e(endpoint.get('name') or '')}")
+        badge = _badge("draining", "warn")
+    elif available:
+        badge = _badge("available", "ok")
+    else:
+        badge = _badge("unavailable", "bad")
     detail = f'<br><span class="small muted">{", ".join(details)}</span>' if details else ""
     return badge + detail
 
@@ -240,10 +247,11 @@ def _clusters(status: Mapping[str, Any]) -> str:
     for name, cluster in clusters.items():
         endpoints = cluster.get("endpoints") or []
         available = cluster.get("available_endpoints", 0)
-        kind = "ok" if available == len(endpoints) else ("bad" if not available else "warn")
+        serving = [endpoint for endpoint in endpoints if not endpoint.get("draining")]
+        kind = "ok" if available == len(serving) else ("bad" if not available else "warn")
         overflows = sum(int(v) for v in (cluster.get("overflows") or {}).values())
         parts.append(
-            f"<h3>{_code(name)} {_badge(f'{available}/{len(endpoints)} available', kind)}"
+            f"<h3>{_code(name)} {_badge(f'{available}/{len(serving)} available', kind)}"
             f"{_IDLE if cluster.get('idle') else ''}"
             f' <span class="muted small">policy {_e(cluster.get("policy", "?"))}'
             f" · in flight {_e(cluster.get('in_flight', 0))}"
@@ -286,7 +294,30 @@ def _clusters(status: Mapping[str, Any]) -> str:
             )
         else:
             parts.append(_empty("No endpoints."))
+        parts.append(_names(cluster.get("names") or {}))
     return "".join(parts)
+
+
+def _names(names: Mapping[str, Any]) -> str:
+    """The endpoints given by name and what they resolve to (docs/dns.md)."""
+    if not names:
+        return ""
+    rows = []
+    for name, record in names.items():
+        state = str(record.get("state", "?"))
+        kind = {"resolved": "ok", "pending": "warn"}.get(state, "bad")
+        error = record.get("error")
+        rows.append(
+            _row(
+                [
+                    _td(_code(name)),
+                    _td(_badge(state, kind), "state"),
+                    _td(", ".join(_code(a) for a in record.get("addresses") or []) or "&ndash;"),
+                    _td(_e(error) if error else "", "small"),
+                ]
+            )
+        )
+    return _table(["name", "resolution", "addresses", "last error"], rows)
 
 
 def _expiry(cert: Mapping[str, Any]) -> tuple[str, str]:

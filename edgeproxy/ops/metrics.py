@@ -24,12 +24,14 @@ from prometheus_client.utils import floatToGoString
 
 from edgeproxy.core.connlimits import Refusal
 from edgeproxy.core.errors import Outcome, Reason
+from edgeproxy.proxy.forwardauth import RESULTS as AUTH_RESULTS
 from edgeproxy.ratelimit.registry import RESULTS
 
 if TYPE_CHECKING:
     from edgeproxy.cache.registry import CacheCounters
     from edgeproxy.cache.store import StoreFigures
     from edgeproxy.cluster.snapshot import Snapshot
+    from edgeproxy.proxy.forwardauth import AuthCounters
     from edgeproxy.ratelimit.registry import DecisionCounters
     from edgeproxy.tls.certificates import CertificateIndex
 
@@ -104,12 +106,14 @@ class Metrics:
         caches: Callable[[], list[tuple[str, StoreFigures, CacheCounters]]] = list,
         connections_refused: Callable[[], Mapping[Refusal, int]] = dict,
         rate_limits: RateLimitFigures | None = None,
+        auth: Callable[[], list[tuple[str, AuthCounters]]] = list,
     ) -> None:
         """Where the scrape-time collector reads the live state from."""
         self._state.sources = (snapshot, certificates, generation)
         self._state.caches = caches
         self._state.connections_refused = connections_refused
         self._state.rate_limits = rate_limits
+        self._state.auth = auth
 
     def observe(
         self,
@@ -310,6 +314,7 @@ class _StateCollector(Collector):
         self.caches: Callable[[], list[Any]] = list
         self.connections_refused: Callable[[], Mapping[Refusal, int]] = dict
         self.rate_limits: RateLimitFigures | None = None
+        self.auth: Callable[[], list[tuple[str, AuthCounters]]] = list
 
     def describe(self) -> list[Any]:
         # Dynamic families: let the registry ask collect() (auto_describe)
@@ -350,6 +355,11 @@ class _StateCollector(Collector):
         yield from _cache_families(self.caches())
         if self.rate_limits is not None:
             yield from _rate_limit_families(*self.rate_limits())
+        yield from _auth_families(self.auth())
+
+
+#: The states of a name's resolution (edgeproxy.cluster.discovery).
+NAME_STATES = ("pending", "resolved", "failed", "empty")
 
 
 def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
@@ -402,6 +412,35 @@ def _cluster_families(snapshot: Snapshot) -> Iterator[Any]:
                     breaker.add_metric([name, endpoint, state], 1 if status.state == state else 0)
                 ejections.add_metric([name, endpoint], status.ejections)
     yield from (healthy, breaker, in_flight, ejections, retries, overflows, pending)
+    yield from _name_families(snapshot)
+
+
+def _name_families(snapshot: Snapshot) -> Iterator[Any]:
+    # Endpoints given by name (edgeproxy.cluster.discovery, docs/dns.md).
+    addresses = GaugeMetricFamily(
+        "edgeproxy_endpoint_name_address",
+        "1 for each address an endpoint given by name resolves to now.",
+        labels=["cluster", "name", "address"],
+    )
+    state = GaugeMetricFamily(
+        "edgeproxy_endpoint_name_state",
+        "1 for the state of the name's last resolution (pending, resolved, failed, empty).",
+        labels=["cluster", "name", "state"],
+    )
+    resolutions = CounterMetricFamily(
+        "edgeproxy_endpoint_name_resolutions",
+        "Resolutions of an endpoint's name, by outcome (resolved, failed, empty).",
+        labels=["cluster", "name", "outcome"],
+    )
+    for cluster, runtime in sorted(snapshot.clusters.items()):
+        for name, record in sorted(runtime.names.items()):
+            for address in record["addresses"]:
+                addresses.add_metric([cluster, name, address], 1)
+            for each in NAME_STATES:
+                state.add_metric([cluster, name, each], 1 if record["state"] == each else 0)
+            for outcome, count in sorted(record["resolutions"].items()):
+                resolutions.add_metric([cluster, name, outcome], count)
+    yield from (addresses, state, resolutions)
 
 
 def _certificate_families(index: CertificateIndex) -> Iterator[Any]:
@@ -510,3 +549,19 @@ def _rate_limit_families(
         evictions.add_metric([store], figures.get("evictions", 0))
     yield keys
     yield evictions
+
+
+def _auth_families(routes: list[tuple[str, AuthCounters]]) -> Iterator[Any]:
+    """The routes' forward-authentication decisions (labelled ``<first
+    host><prefix>``: bounded by the configuration)."""
+    decisions = CounterMetricFamily(
+        "edgeproxy_auth_decisions",
+        "Requests a route's forward authentication decided, by result: allowed (the auth "
+        "service answered 2xx), cached (a 2xx kept for cache_for), denied (any other answer, "
+        "passed to the client), unavailable (no usable answer: 503).",
+        labels=["route", "result"],
+    )
+    for route, counters in routes:
+        for result in AUTH_RESULTS:
+            decisions.add_metric([route, result], getattr(counters, result))
+    yield decisions

@@ -108,7 +108,8 @@ class Forwarder:
     ) -> None:
         self.upstream = upstream
         self.clock = clock
-        self._via = via
+        #: The `Via` value every hop of this process adds (forwarding, forward auth).
+        self.via = self._via = via
         self._random = rng or random.Random()
         #: A pool per distinct ``upstream_tls`` (its settings and files), kept
         #: across reloads that leave it alone: connections and TLS sessions too.
@@ -132,6 +133,10 @@ class Forwarder:
                 ),
             )
         return pool
+
+    def pools(self) -> list[UpstreamClient]:
+        """Every pool: the plain one and each TLS setting's."""
+        return [self.upstream, *self._tls_pools.values()]
 
     def keep_tls_pools(self, used: Iterable[UpstreamTLSFiles]) -> None:
         """Close the TLS pools no cluster uses any more (after a reload)."""

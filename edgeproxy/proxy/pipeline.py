@@ -12,8 +12,11 @@ A route's chain, in order (docs/architecture.md has the table):
    :class:`~.stages.AccessRules` (``allow``/``deny``), then
    :class:`~.ratelimit.RateLimitStage` (``rate_limit``; not on a chain that
    only redirects to https, so a redirected request costs no token).
-2. What the route configures: :class:`~.cache.CacheStage` for a route with
-   ``cache`` (forward authentication comes here too).
+2. What the route configures, in the request's turn:
+   :class:`~.forwardauth.ForwardAuthStage` for a route with ``auth`` (before
+   the cache: a stored answer is never served to a request its auth service
+   has not let through), then :class:`~.cache.CacheStage` for a route with
+   ``cache``.
 3. The last stage: on a plain-HTTP listener, for a route without
    ``plain_http``, :class:`~.stages.HttpsRedirect`; otherwise
    :class:`~.forward.ForwardStage` (a cluster) or
@@ -32,6 +35,7 @@ from edgeproxy.core.backends import backend_authorities
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.exchange import Plan, RouteChain, Stage
 from edgeproxy.proxy.forward import Forwarder, ForwardStage, SplitStage
+from edgeproxy.proxy.forwardauth import AuthDecisions, ForwardAuthStage, auth_name
 from edgeproxy.proxy.ratelimit import RateLimitStage
 from edgeproxy.proxy.stages import AccessRules, BodyLimit, HttpsRedirect
 from edgeproxy.ratelimit.registry import RateLimits, bucket_name
@@ -51,6 +55,7 @@ def route_stages(
     vhost: VirtualHost | None = None,
     caches: CacheStores | None = None,
     rate_limits: RateLimits | None = None,
+    auth: AuthDecisions | None = None,
 ) -> list[Stage]:
     """The stages of ``route`` (of ``vhost``) on a listener that is TLS or
     not, fresh (a stage belongs to one chain)."""
@@ -72,6 +77,17 @@ def route_stages(
     if redirects:
         stages.append(HttpsRedirect(https_port))
         return stages
+    if route.auth is not None:
+        name = auth_name(vhost.names[0] if vhost is not None else "", route.prefix)
+        stages.append(
+            ForwardAuthStage(
+                route.auth,
+                forwarder.upstream,
+                forwarder.clock,
+                (auth or AuthDecisions()).counters_for(name),
+                via=forwarder.via,
+            )
+        )
     cache = route.cache
     if cache is not None and caches is not None and vhost is not None:
         store, counters = caches.store_for(store_name(vhost, route, cache), cache)
@@ -105,6 +121,7 @@ def build_plan(
     https_port: Callable[[], int | None],
     caches: CacheStores | None = None,
     rate_limits: RateLimits | None = None,
+    auth: AuthDecisions | None = None,
 ) -> Plan:
     """Every route's chain, for plain and TLS listeners.  The routes' cache
     stores come from ``caches`` (which then closes those no route uses)."""
@@ -122,6 +139,7 @@ def build_plan(
                 vhost=vhost,
                 caches=caches,
                 rate_limits=rate_limits,
+                auth=auth,
             )
             chains[tls][id(route)] = RouteChain(stages)
     if caches is not None:
@@ -160,6 +178,8 @@ class Pipeline:
         self.rate_limits = rate_limits or RateLimits(
             MemoryStore(forwarder.clock.seconds, settings.rate_limit_max_keys)
         )
+        #: Every route's forward-authentication counters, kept across reloads.
+        self.auth = AuthDecisions()
         self._max_body_size = settings.max_body_size
         self._https_port = https_port
         self.plan = self._build(snapshot)
@@ -180,4 +200,5 @@ class Pipeline:
             https_port=self._https_port,
             caches=self.caches,
             rate_limits=self.rate_limits,
+            auth=self.auth,
         )

@@ -1436,6 +1436,11 @@ class UpstreamClient:
         """How many idle connections the pool holds for an endpoint (``host:port``)."""
         return len(self._idle.get(str(endpoint), ()))
 
+    def close_idle(self, endpoint: Endpoint | str) -> None:
+        """Close the idle connections to one endpoint (an address that left its name)."""
+        for conn in self._idle.pop(str(endpoint), ()):
+            conn.close()
+
     def close(self) -> Deferred[None]:
         """Close every idle connection; fires once they are closed."""
         self._closing = True

@@ -164,3 +164,25 @@ def test_the_accept_limits_are_options() -> None:
 def test_bad_accept_limits_are_usage_errors(args: list[str]) -> None:
     with pytest.raises(usage.UsageError):
         Options().parseOptions(args)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:53", ("127.0.0.1", 53)), ("[::1]:5353", ("::1", 5353))],
+)
+def test_resolver_is_an_address_and_port(value: str, expected: tuple[str, int]) -> None:
+    options = Options()
+    options.parseOptions(["--resolver", value])
+    assert options["settings"].resolver == expected
+
+
+def test_resolver_defaults_to_the_system_configuration() -> None:
+    options = Options()
+    options.parseOptions([])
+    assert options["settings"].resolver is None
+
+
+@pytest.mark.parametrize("value", ["dns.example:53", "127.0.0.1", "127.0.0.1:0", ":53", "::1:53"])
+def test_bad_resolvers_are_usage_errors(value: str) -> None:
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--resolver", value])

@@ -374,7 +374,7 @@ def loop_stopped() -> CheckerHarness:
 
 
 def loop_input(name: str) -> Callable[[CheckerHarness], None]:
-    return lambda h: getattr(h.checker._loops[0], name)()
+    return lambda h: getattr(next(iter(h.checker._loops.values())), name)()
 
 
 LOOP_STATES = {

@@ -431,9 +431,11 @@ class StatusTests(SynchronousTestCase):
                 "overflows",
                 "available_endpoints",
                 "endpoints",
+                "names",
                 "recent_transitions",
             },
         )
+        self.assertEqual(status["names"], {})
         self.assertEqual(status["policy"], "RoundRobin")
         self.assertEqual(status["in_flight"], 1)
         self.assertEqual(status["pending"], 0)
@@ -446,6 +448,8 @@ class StatusTests(SynchronousTestCase):
             set(first),
             {
                 "endpoint",
+                "name",
+                "draining",
                 "weight",
                 "available",
                 "in_flight",

@@ -13,6 +13,7 @@ import pytest
 
 from edgeproxy.core import errors
 from edgeproxy.core.errors import (
+    AuthUnavailable,
     BadRequest,
     BodyTooLarge,
     EdgeProxyError,
@@ -106,6 +107,7 @@ TABLE = [
     (RequestTimeout, 408, Outcome.CLIENT_TIMEOUT, Reason.HEADER_TIMEOUT, False),
     (RateLimited, 429, Outcome.REJECTED, Reason.RATE_LIMITED, False),
     (RateLimitUnavailable, 503, Outcome.REJECTED, Reason.RATE_LIMIT_UNAVAILABLE, False),
+    (AuthUnavailable, 503, Outcome.REJECTED, Reason.AUTH_UNAVAILABLE, False),
     (UpstreamError, 502, Outcome.UPSTREAM_ERROR, Reason.BAD_RESPONSE, False),
     (UpstreamConnectFailed, 502, Outcome.UPSTREAM_ERROR, Reason.CONNECT_FAILED, True),
     (UpstreamTLSFailed, 502, Outcome.UPSTREAM_ERROR, Reason.UPSTREAM_TLS, True),

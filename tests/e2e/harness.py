@@ -190,9 +190,10 @@ class BackendServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, name: str, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__((host, port), _Handler)
         self.name = name
+        self.host = host
         self.connections: set[tuple[str, int]] = set()
         self.requests = 0
         self.peer_closed = 0
@@ -211,7 +212,7 @@ class BackendServer(ThreadingHTTPServer):
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def record_connection(self, address: tuple[str, int]) -> None:
         with self._lock:

@@ -183,3 +183,17 @@ def test_creators_are_kept_per_endpoint(ca: trustme.CA) -> None:
     assert tls.creator_for("a.test", 1) is not tls.creator_for("a.test", 2)
     # Health checks: the same verification, never a resumed session.
     assert tls.checking_creator_for("a.test", 1) is not tls.creator_for("a.test", 1)
+
+
+def test_an_address_of_a_name_is_verified_against_the_name(ca: trustme.CA) -> None:
+    """DNS-discovered endpoints: the address resolved from a name is held to
+    the name (and sends it in SNI)."""
+    server = _Server(ca, "app.internal")
+    tls = ClientTLS(ca_pem=ca.cert_pem.bytes())
+    tls.name_endpoint("10.0.0.7", 443, "app.internal")
+    protocol = _Protocol()
+    server.handshake(tls.creator_for("10.0.0.7", 443).clientConnectionForTLS(protocol))
+    assert server.sni == [b"app.internal"]
+    assert protocol.failed is None
+    assert tls.name_for("10.0.0.7", 443) == "app.internal"
+    assert tls.name_for("10.0.0.8", 443) == "10.0.0.8"
