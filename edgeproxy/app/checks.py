@@ -90,6 +90,7 @@ def run_semantic_check(
         check_expectations(config)
         + check_shadowed_routes(config)
         + check_endpoints(config)
+        + check_upstream_tls(config)
         + check_unused_clusters(config)
         + check_certificate_coverage(config, index)
         + check_certificate_validity(index, now, expiry_warning)
@@ -351,6 +352,23 @@ def check_endpoints(config: LoadedConfig) -> CheckReport:
                         )
                     )
     return CheckReport(tuple(errors), tuple(warnings))
+
+
+def check_upstream_tls(config: LoadedConfig) -> CheckReport:
+    """A warning for every cluster whose ``upstream_tls`` has ``verify=False``:
+    its endpoints' certificates are not verified, so anyone on the path to
+    them can read and change its traffic."""
+    warnings = []
+    for cluster in config.all_clusters.values():
+        tls = cluster.upstream_tls
+        if tls is None or tls.verify:
+            continue
+        message = (
+            f"cluster {cluster.name!r}: upstream_tls verify=False: the endpoints' "
+            "certificates are NOT verified (anyone on the path can impersonate them)"
+        )
+        warnings.append(_problem(config, _cluster_file(config, cluster), message, cluster.name))
+    return CheckReport(warnings=tuple(warnings))
 
 
 def _cluster_file(config: LoadedConfig, cluster: Cluster) -> str:

@@ -139,6 +139,7 @@ class EdgeProxyService(MultiService):
         self._rng = rng = random.Random()
         self.upstream = UpstreamClient(reactor, limits=settings.http_limits)
         snapshot = Snapshot.build(config, reactor, rng)
+        self._warn_unverified(config)
         self.pipeline = Pipeline(
             snapshot,
             Forwarder(self.upstream, via=settings.via, clock=reactor, rng=rng),
@@ -251,11 +252,34 @@ class EdgeProxyService(MultiService):
             targets = [
                 (rt.endpoint, rt.health) for rt in runtime.endpoints if rt.health is not None
             ]
-            checker = HealthChecker(
-                name, targets, check, self.reactor, self._health_agent, self._rng
-            )
+            agent = self._health_agent
+            if runtime.cluster.upstream_tls is not None:
+                agent = self._tls_health_agent(runtime)
+            checker = HealthChecker(name, targets, check, self.reactor, agent, self._rng)
             self._health_checkers[id(runtime)] = checker
             checker.setServiceParent(self)
+
+    def _tls_health_agent(self, runtime: ClusterRuntime) -> Agent:
+        """Checks of a cluster with ``upstream_tls``: the same TLS settings as
+        its requests (the running ones, read at each check, so a reload that
+        changes the files reaches its checks), a full handshake each time."""
+        agent: Agent = Agent.usingEndpointFactory(
+            self.reactor,
+            DirectEndpointFactory(
+                self.reactor, connect_timeout=30.0, tls=lambda: runtime.upstream.tls
+            ),
+            HTTPConnectionPool(self.reactor, persistent=False),
+        )
+        return agent
+
+    def _warn_unverified(self, config: LoadedConfig) -> None:
+        for name, files in config.upstream_tls.items():
+            if not files.settings.verify:
+                self.log.warn(
+                    "cluster {cluster}: upstream_tls verify=False: the endpoints' "
+                    "certificates are NOT verified",
+                    cluster=name,
+                )
 
     def _start_name_watchers(self, snapshot: Snapshot) -> None:
         """A watcher for every cluster runtime with endpoints given by name that has none yet."""
@@ -274,6 +298,12 @@ class EdgeProxyService(MultiService):
     def _addresses_changed(
         self, runtime: ClusterRuntime, joined: list[EndpointRuntime], left: list[EndpointRuntime]
     ) -> None:
+        tls = getattr(runtime.upstream, "tls", None)
+        if tls is not None:
+            # An address of a name is verified against the name (and sent it in SNI).
+            for rt in joined:
+                if rt.origin is not None and rt.origin.host != rt.endpoint.host:
+                    tls.name_endpoint(rt.endpoint.host, rt.endpoint.port, rt.origin.host)
         checker = self._health_checkers.get(id(runtime))
         if checker is None:
             return
@@ -286,8 +316,9 @@ class EdgeProxyService(MultiService):
     def _drained(self, rt: EndpointRuntime) -> None:
         # Responses hand their connection back to the pool after the
         # request's slot is released: close what is idle a turn later too.
-        self.upstream.close_idle(rt.endpoint)
-        self.reactor.callLater(0, self.upstream.close_idle, rt.endpoint)
+        for pool in self.pipeline.forwarder.pools():
+            pool.close_idle(rt.endpoint)
+            self.reactor.callLater(0, pool.close_idle, rt.endpoint)
 
     def reload(self) -> Deferred[bool]:
         """Load the configuration again and swap it in whole; keep the old one if
@@ -327,6 +358,7 @@ class EdgeProxyService(MultiService):
                 watcher.disownServiceParent()
             runtime.stop()
         self._start_health_checkers(new)
+        self._warn_unverified(config)
         self._start_name_watchers(new)
         self.generation += 1
         self.last_reload = {"at": at, "outcome": "ok", "problems": []}
@@ -406,7 +438,7 @@ class EdgeProxyService(MultiService):
         d = self.drain()
         d.addBoth(lambda _: super(EdgeProxyService, self).stopService())
         d.addBoth(lambda _: self.accept_gate.stop())
-        d.addBoth(lambda _: self.upstream.close())
+        d.addBoth(lambda _: self.pipeline.forwarder.close())
         d.addBoth(lambda _: self.pipeline.snapshot.stop())
         d.addBoth(lambda _: self.pipeline.caches.close())
         d.addBoth(lambda _: self.pipeline.rate_limits.store.close())

@@ -145,6 +145,10 @@ class ClusterRuntime:
     ) -> None:
         self.cluster = cluster
         self._clock = clock
+        #: The upstream pool this cluster's requests go through (the process's
+        #: plain one, or the one of its ``upstream_tls``), set by the proxy
+        #: layer's plan for each configuration (this layer knows no pools).
+        self.upstream: Any = None
         self.counters = ClusterCounters(cluster.limits, cluster.retries)
         self._slots_per_endpoint = cluster.limits.max_connections_per_endpoint
         self.transitions: deque[Transition] = deque(maxlen=RECENT_TRANSITIONS)

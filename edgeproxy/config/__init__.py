@@ -34,6 +34,7 @@ from edgeproxy.config.model import (
     RoundRobin,
     Route,
     Split,
+    UpstreamTLS,
     VirtualHost,
 )
 
@@ -58,5 +59,6 @@ __all__ = [
     "RoundRobin",
     "Route",
     "Split",
+    "UpstreamTLS",
     "VirtualHost",
 ]

@@ -23,6 +23,7 @@ import attrs
 from edgeproxy.config import Cache, Cluster, VirtualHost
 from edgeproxy.config.routing import RoutingTable
 from edgeproxy.config.tlspolicy import ClientCA, ClientCAError, load_client_ca
+from edgeproxy.config.upstreamtls import UpstreamTLSError, UpstreamTLSFiles, load_upstream_tls
 from edgeproxy.core.errors import ConfigError, ConfigProblem
 from edgeproxy.core.hostnames import normalise_pattern
 
@@ -92,6 +93,11 @@ class LoadedConfig:
     #: For each file, every string literal in it (and the hostname it spells)
     #: mapped to its first line; used to point a reported problem at a line.
     literal_lines: Mapping[str, Mapping[str, int]] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+    #: Every running cluster's ``upstream_tls`` files, read when this loaded,
+    #: by cluster name (clusters without ``upstream_tls`` are not in it).
+    upstream_tls: Mapping[str, UpstreamTLSFiles] = attrs.field(
         factory=lambda: types.MappingProxyType({})
     )
 
@@ -210,9 +216,6 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
     virtual_hosts = tuple(vhost for f in loaded for vhost in f.virtual_hosts)
     if not problems and not virtual_hosts:
         problems.append(ConfigProblem(path, "the configuration defines no virtual hosts"))
-    order = {filename: index for index, filename in enumerate(files)}
-    problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
-
     clusters: dict[str, Cluster] = {}
     for vhost in virtual_hosts:
         for route in vhost.routes:
@@ -222,6 +225,10 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
     for f in loaded:
         for definition in f.defined_clusters:
             defined.setdefault(definition.cluster.name, []).append(definition)
+    upstream_tls, tls_problems = _load_upstream_tls(loaded, clusters, defined)
+    problems.extend(tls_problems)
+    order = {filename: index for index, filename in enumerate(files)}
+    problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
     config = LoadedConfig(
         virtual_hosts=virtual_hosts,
         files=tuple(files),
@@ -235,6 +242,7 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
         literal_lines=types.MappingProxyType(
             {f.path: types.MappingProxyType(f.literal_lines) for f in loaded}
         ),
+        upstream_tls=types.MappingProxyType(upstream_tls),
     )
     return config, tuple(problems)
 
@@ -383,6 +391,52 @@ def _load_client_cas(
                 message = f"virtual host {vhost.names[0]!r}: {e}"
                 problems.append(ConfigProblem(f.path, message, line))
     return cas, problems
+
+
+def _absolute(directory: str, path: str | None) -> str | None:
+    return None if path is None else os.path.normpath(os.path.join(directory, path))
+
+
+def _load_upstream_tls(
+    loaded: Sequence[_LoadedFile],
+    clusters: Mapping[str, Cluster],
+    defined: Mapping[str, Sequence[ClusterDefinition]],
+) -> tuple[dict[str, UpstreamTLSFiles], list[ConfigProblem]]:
+    """Every running cluster's ``upstream_tls`` files, read once per cluster,
+    its relative paths taken from the directory of the file that (first)
+    defines or routes to it, as ``client_ca``'s are."""
+    running = dict(clusters)
+    for name, definitions in defined.items():
+        if name not in running and definitions:
+            running[name] = definitions[0].cluster
+    origin: dict[str, _LoadedFile] = {}
+    for f in loaded:
+        for vhost in f.virtual_hosts:
+            for route in vhost.routes:
+                for cluster in route.clusters:
+                    origin.setdefault(cluster.name, f)
+        for definition in f.defined_clusters:
+            origin.setdefault(definition.cluster.name, f)
+    result: dict[str, UpstreamTLSFiles] = {}
+    problems: list[ConfigProblem] = []
+    for name, cluster in running.items():
+        tls = cluster.upstream_tls
+        source = origin.get(name)
+        if tls is None or source is None:
+            continue
+        directory = os.path.dirname(os.path.abspath(source.path))
+        settings = attrs.evolve(
+            tls,
+            ca_file=_absolute(directory, tls.ca_file),
+            client_cert=_absolute(directory, tls.client_cert),
+        )
+        try:
+            result[name] = load_upstream_tls(settings)
+        except UpstreamTLSError as e:
+            written = tls.ca_file if e.field == "ca_file" else tls.client_cert
+            line = source.literal_lines.get(written) if written is not None else None
+            problems.append(ConfigProblem(source.path, f"cluster {name!r}: {e}", line))
+    return result, problems
 
 
 def _module_statements(tree: ast.Module | None) -> list[ast.stmt]:

@@ -43,6 +43,7 @@ __all__ = [
     "RoundRobin",
     "Route",
     "Split",
+    "UpstreamTLS",
     "VirtualHost",
 ]
 
@@ -436,6 +437,54 @@ def _instance_of(kind: type[Any], label: str) -> Any:
     return check
 
 
+def _validate_server_name(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"server_name must be a host name string or None, not {value!r}")
+    if not value or value.startswith("[") or normalise_name(value) is None:
+        raise ValueError(
+            f"server_name must be a host name or IP address (IPv6 without brackets), not {value!r}"
+        )
+
+
+def _validate_tls_file(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a file path string or None, not {value!r}")
+    if not value or "\x00" in value:
+        raise ValueError(f"{attribute.name} must be a file path, not {value!r}")
+
+
+@attrs.frozen
+class UpstreamTLS:
+    """TLS to every endpoint of a cluster, verified.
+
+    ``UpstreamTLS(ca_file="internal-ca.pem")``: the endpoint's certificate must
+    chain to a CA in ``ca_file`` (a PEM file; None: the system's trust store)
+    and name the endpoint's host, or ``server_name`` when given (which is
+    also what SNI sends; an IP literal is verified as an IP address and sent
+    no SNI).  ``client_cert`` (one PEM file: the private key, the
+    certificate, then its chain) is presented to endpoints that ask for one
+    (mTLS).  Relative paths are relative to the configuration file's
+    directory; the files are read when the configuration loads.
+    ``verify=False`` accepts any certificate: a warning at every start-up,
+    reload and ``--check``.
+    """
+
+    ca_file: str | None = attrs.field(default=None, validator=_validate_tls_file)
+    server_name: str | None = attrs.field(
+        default=None, validator=_validate_server_name, kw_only=True
+    )
+    client_cert: str | None = attrs.field(default=None, validator=_validate_tls_file, kw_only=True)
+    verify: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
+
+
 @attrs.frozen
 class Cluster:
     """A named group of upstream endpoints.
@@ -479,6 +528,10 @@ class Cluster:
     #: record TTL, at least a second, comes first); docs/dns.md.
     resolve_every: float = attrs.field(
         default=DEFAULT_RESOLVE_EVERY, validator=_positive_finite, kw_only=True
+    )
+    #: TLS to the endpoints (:class:`UpstreamTLS`); None: plain HTTP.
+    upstream_tls: UpstreamTLS | None = attrs.field(
+        default=None, validator=_optional(UpstreamTLS, "UpstreamTLS"), kw_only=True
     )
 
 

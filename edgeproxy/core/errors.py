@@ -39,6 +39,7 @@ __all__ = [
     "UpstreamConnectTimeout",
     "UpstreamError",
     "UpstreamResponseFailed",
+    "UpstreamTLSFailed",
     "UpstreamTimeout",
     "UpstreamUnexpectedFailure",
     "UriTooLong",
@@ -114,6 +115,9 @@ class Reason(StrEnum):
     NO_HEALTHY_UPSTREAM = "no_healthy_upstream"
     CONNECT_FAILED = "connect_failed"
     CONNECT_TIMEOUT = "connect_timeout"
+    #: The TLS handshake with the endpoint failed: its certificate did not
+    #: verify, or it refused ours (``Cluster.upstream_tls``).
+    UPSTREAM_TLS = "upstream_tls"
     RESPONSE_TIMEOUT = "response_timeout"
     BAD_RESPONSE = "bad_response"
     TRUNCATED = "truncated"
@@ -342,6 +346,16 @@ class UpstreamConnectFailed(UpstreamError):
     never_sent = True
     cause = "connect failed"
     reason = Reason.CONNECT_FAILED
+
+
+class UpstreamTLSFailed(UpstreamConnectFailed):
+    """The TLS handshake with the endpoint failed (its certificate did not
+    verify against the cluster's CA and name, it asked for a client
+    certificate we do not have or refused ours, no common protocol): nothing
+    was sent, and it counts as a connect failure."""
+
+    cause = "upstream tls failed"
+    reason = Reason.UPSTREAM_TLS
 
 
 class UpstreamConnectTimeout(UpstreamError):

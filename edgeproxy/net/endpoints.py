@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from edgeproxy.net.clienttls import ClientTLS
 
 __all__ = ["DirectEndpointFactory", "set_no_delay"]
 
@@ -63,12 +71,26 @@ class DirectEndpointFactory:
     attempt delay, which skews health checks of a dead endpoint.
     """
 
-    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        connect_timeout: float,
+        *,
+        tls: Callable[[], ClientTLS | None] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._timeout = connect_timeout
+        #: The TLS to wrap each connection in (read per connection: a
+        #: reload may change it), as a cluster's ``upstream_tls``.
+        self._tls = tls
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        return _QuietEndpoint(self._endpoint(uri))
+        endpoint = self._endpoint(uri)
+        tls = self._tls() if self._tls is not None else None
+        if tls is not None:
+            host = uri.host.decode("ascii").strip("[]")
+            endpoint = wrapClientTLS(tls.checking_creator_for(host, uri.port), endpoint)
+        return _QuietEndpoint(endpoint)
 
     def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")

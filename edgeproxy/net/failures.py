@@ -8,6 +8,8 @@ error, with the same words, wherever it is met.
 
 from __future__ import annotations
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import error as ierror
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
@@ -21,6 +23,7 @@ from edgeproxy.core.errors import (
     UpstreamConnectFailed,
     UpstreamConnectTimeout,
     UpstreamResponseFailed,
+    UpstreamTLSFailed,
     UpstreamUnexpectedFailure,
 )
 
@@ -38,6 +41,18 @@ def _first_reason(failure: Failure) -> Failure:
     return failure
 
 
+def _tls_words(error: BaseException | None) -> str:
+    """What went wrong in the handshake, shortly, for the log (not a metric label)."""
+    if isinstance(error, VerificationError):
+        return "upstream tls: certificate name mismatch"
+    for reason in getattr(error, "args", ())[:1]:
+        if isinstance(reason, list):
+            for entry in reason:
+                if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
+                    return f"upstream tls: {entry[2]}"
+    return "upstream tls failed"
+
+
 def upstream_error(failure: Failure, *, connecting: bool = False) -> EdgeProxyError:
     """The edgeproxy error ``failure`` stands for.
 
@@ -49,6 +64,11 @@ def upstream_error(failure: Failure, *, connecting: bool = False) -> EdgeProxyEr
     if isinstance(error, EdgeProxyError):
         return error
     inner = _first_reason(failure)
+    # A certificate that does not verify (OpenSSL's chain check, or
+    # service-identity's name check, which Twisted reports as it is), or a
+    # handshake the endpoint broke off: before any byte of the request.
+    if inner.check(SSL.Error, VerificationError):
+        return UpstreamTLSFailed(_tls_words(inner.value))
     if inner.check(ierror.ConnectionRefusedError):
         return UpstreamConnectFailed("connect refused")
     # (Twisted's TimeoutError is a ConnectError: before the catch-all.)

@@ -63,6 +63,8 @@ class Metrics:
         self.body_bytes: dict[str, list[int]] = {}  # vhost -> [in, out]
         #: Requests edgeproxy refused, by reason (a token of errors.Reason).
         self.rejections: dict[Reason, int] = {}
+        #: Requests that got no usable upstream response, by reason (``upstream_tls``...).
+        self.upstream_errors: dict[Reason, int] = {}
         # (vhost, route, cluster) -> the above's entries for it, looked up once.
         self._sinks: dict[tuple[str | None, str | None, str | None], _Sink] = {}
         r.register(_RequestCollector(self))
@@ -140,9 +142,11 @@ class Metrics:
 
     def count_outcome(self, outcome: Outcome, reason: Reason | None) -> None:
         """A request edgeproxy answered with an error of its own; refusals
-        (``rejected``, ``no_route``) are counted by reason."""
+        (``rejected``, ``no_route``) and upstream errors are counted by reason."""
         if outcome in _REFUSALS and reason is not None:
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        elif outcome is Outcome.UPSTREAM_ERROR and reason is not None:
+            self.upstream_errors[reason] = self.upstream_errors.get(reason, 0) + 1
 
     def _sink(self, vhost: str | None, route: str | None, cluster: str | None) -> _Sink:
         """Where the requests of one (vhost, route, cluster) are added up."""
@@ -290,6 +294,15 @@ class _RequestCollector(Collector):
         for reason, count in sorted(m.rejections.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        upstream_errors = CounterMetricFamily(
+            "edgeproxy_upstream_errors",
+            "Requests answered with an upstream error (502, 503, 504) by edgeproxy, by reason "
+            "(connect_failed, upstream_tls, response_timeout...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.upstream_errors.items()):
+            upstream_errors.add_metric([reason], count)
+        yield upstream_errors
 
 
 class _StateCollector(Collector):

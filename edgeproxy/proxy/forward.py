@@ -13,10 +13,11 @@ import operator
 import random
 import re
 import secrets
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 
 from edgeproxy.cluster.runtime import FULL, ClusterRuntime, Lease, NoSlot
 from edgeproxy.config import Endpoint, Split
+from edgeproxy.config.upstreamtls import UpstreamTLSFiles
 from edgeproxy.core.backends import HIDDEN, REWRITTEN, hide_backend_line
 from edgeproxy.core.errors import (
     EdgeProxyError,
@@ -37,6 +39,7 @@ from edgeproxy.core.errors import (
 from edgeproxy.core.headers import upstream_request_headers
 from edgeproxy.core.retry import Retry, decide_retry
 from edgeproxy.core.selection import request_hash_key, stable_roll
+from edgeproxy.net.clienttls import ClientTLS
 from edgeproxy.net.failures import upstream_error
 from edgeproxy.proxy.exchange import Exchange, Stage
 from edgeproxy.proxy.relay import ResponseRelay
@@ -108,6 +111,44 @@ class Forwarder:
         #: The `Via` value every hop of this process adds (forwarding, forward auth).
         self.via = self._via = via
         self._random = rng or random.Random()
+        #: A pool per distinct ``upstream_tls`` (its settings and files), kept
+        #: across reloads that leave it alone: connections and TLS sessions too.
+        self._tls_pools: dict[UpstreamTLSFiles, UpstreamClient] = {}
+
+    def upstream_for(self, tls: UpstreamTLSFiles | None) -> UpstreamClient:
+        """The pool for a cluster with ``upstream_tls`` files ``tls`` (None: plain)."""
+        if tls is None:
+            return self.upstream
+        pool = self._tls_pools.get(tls)
+        if pool is None:
+            settings = tls.settings
+            pool = self._tls_pools[tls] = UpstreamClient(
+                self.upstream.reactor,
+                limits=self.upstream.limits,
+                tls=ClientTLS(
+                    ca_pem=tls.ca_pem,
+                    client_pem=tls.client_pem,
+                    server_name=settings.server_name,
+                    verify=settings.verify,
+                ),
+            )
+        return pool
+
+    def pools(self) -> list[UpstreamClient]:
+        """Every pool: the plain one and each TLS setting's."""
+        return [self.upstream, *self._tls_pools.values()]
+
+    def keep_tls_pools(self, used: Iterable[UpstreamTLSFiles]) -> None:
+        """Close the TLS pools no cluster uses any more (after a reload)."""
+        keep = set(used)
+        for tls in [tls for tls in self._tls_pools if tls not in keep]:
+            self._tls_pools.pop(tls).close()
+
+    def close(self) -> Deferred[None]:
+        """Close every pool's idle connections."""
+        pools = [self.upstream, *self._tls_pools.values()]
+        self._tls_pools.clear()
+        return gatherResults([pool.close() for pool in pools]).addCallback(lambda _: None)
 
     def split_roll(self, request: Exchange, split: Split) -> tuple[float, bytes | None]:
         """A roll for the split: random, or stable for a sticky client (and the
@@ -352,7 +393,8 @@ class _Exchange:
         record = request.record
         record.endpoint = str(endpoint)
         record.attempts = len(self._tried)
-        exchange = self._forwarder.upstream.send(
+        # The cluster's pool: plain, or TLS with the cluster's settings.
+        exchange = self._runtime.upstream.send(
             endpoint,
             self._method,
             self._target,

@@ -148,6 +148,12 @@ def build_plan(
             for vhost, route in routes
             if route.cache is not None
         )
+    # Each cluster's pool, once nothing can fail any more (a plan that is
+    # refused leaves the running clusters' pools alone): its stages send through it.
+    tls_files = snapshot.config.upstream_tls
+    for name, runtime in snapshot.clusters.items():
+        runtime.upstream = forwarder.upstream_for(tls_files.get(name))
+    forwarder.keep_tls_pools(tls_files[name] for name in snapshot.clusters if name in tls_files)
     return Plan(snapshot, chains[False], chains[True], (BodyLimit(max_body_size),))
 
 

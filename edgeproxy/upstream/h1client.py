@@ -46,18 +46,21 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
+    IHandshakeListener,
     IProtocol,
     IPullProducer,
     IPushProducer,
     IReactorTime,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
@@ -81,6 +84,7 @@ from edgeproxy.core.framing import (
 from edgeproxy.core.headers import HOP_BY_HOP
 from edgeproxy.core.protocol import HTTPLimits
 from edgeproxy.core.retry import IDEMPOTENT_METHODS
+from edgeproxy.net.clienttls import ClientTLS
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.net.failures import upstream_error
 
@@ -470,15 +474,29 @@ class _Connecting(ClientFactory):
         self._attempt: Deferred[Any] | None = None
         #: Twisted's socket being connected (IP literals; see clientConnectionFailed).
         self._socket: Any = None
+        #: A TLS connection whose TCP connection is up, in its handshake, and
+        #: the timer that holds the handshake to what is left of connect_timeout.
+        self._handshaking: _TLSConnection | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self._started = 0.0
 
     def start(self) -> None:
         exchange = self._exchange
         assert exchange is not None
         endpoint = exchange.endpoint
         reactor: Any = self._client.reactor
+        tls = self._client.tls
+        factory: Any = self
+        if tls is not None:
+            self._started = reactor.seconds()
+            # (A WrappingFactory: connection failures reach this factory.)
+            factory = TLSMemoryBIOFactory(
+                tls.creator_for(endpoint.host, endpoint.port), True, self
+            )
+            factory.noisy = False
         if _is_ip(endpoint.host):
             connector = reactor.connectTCP(
-                endpoint.host, endpoint.port, self, timeout=exchange.connect_timeout
+                endpoint.host, endpoint.port, factory, timeout=exchange.connect_timeout
             )
             self._connector = connector
             self._socket = getattr(connector, "transport", None)
@@ -486,12 +504,40 @@ class _Connecting(ClientFactory):
             ep = HostnameEndpoint(
                 reactor, endpoint.host, endpoint.port, timeout=exchange.connect_timeout
             )
-            d = ep.connect(self)
+            d = ep.connect(factory)
             self._attempt = d
             d.addErrback(self._endpoint_failed)
 
     def buildProtocol(self, addr: Any) -> _Connection:
+        if self._client.tls is not None:
+            return _TLSConnection(self._client, self._key, self)
         return _Connection(self._client, self._key, self)
+
+    def tcp_connected(self, conn: _TLSConnection) -> None:
+        """A TLS connection's TCP connection is up; its handshake follows."""
+        self._connector = None
+        self._attempt = None
+        self._socket = None
+        self._handshaking = conn
+        exchange = self._exchange
+        if exchange is not None:
+            reactor: Any = self._client.reactor
+            left = self._started + exchange.connect_timeout - reactor.seconds()
+            self._handshake_timer = reactor.callLater(max(0.0, left), self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        """connect_timeout covers the TLS handshake too: a backend that takes
+        the TCP connection and says nothing is a connect timeout."""
+        self._handshake_timer = None
+        handshaking, self._handshaking = self._handshaking, None
+        self._failed(Failure(ierror.TimeoutError()))
+        if handshaking is not None:
+            handshaking.abort()
+
+    def _stop_handshake_timer(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def connected(self, conn: _Connection) -> None:
         """The TCP handshake finished: send the request, or close if nobody waits."""
@@ -499,6 +545,8 @@ class _Connecting(ClientFactory):
         self._connector = None
         self._attempt = None
         self._socket = None
+        self._handshaking = None
+        self._stop_handshake_timer()
         if exchange is None or not exchange.waiting():
             conn.abort()
             return
@@ -522,6 +570,12 @@ class _Connecting(ClientFactory):
         self._attempt = None
         self._failed(reason)
 
+    def handshake_failed(self, reason: Failure) -> None:
+        """A TLS connection was lost before its handshake completed."""
+        self._handshaking = None
+        self._stop_handshake_timer()
+        self._failed(reason)
+
     def _failed(self, reason: Failure) -> None:
         exchange, self._exchange = self._exchange, None
         if exchange is None or not exchange.waiting():
@@ -538,6 +592,10 @@ class _Connecting(ClientFactory):
         attempt, self._attempt = self._attempt, None
         if attempt is not None:
             attempt.cancel()
+        self._stop_handshake_timer()
+        handshaking, self._handshaking = self._handshaking, None
+        if handshaking is not None:
+            handshaking.abort()
 
 
 class _State(enum.Enum):
@@ -1114,6 +1172,85 @@ class _Connection(Protocol):
         self._state = _DONE
 
 
+@implementer(IHandshakeListener)
+class _TLSConnection(_Connection):
+    """An upstream connection over TLS (``Cluster.upstream_tls``): the
+    request waits for the handshake, whose failure (a certificate that does
+    not verify) is a failure to connect; the endpoint's TLS session is kept
+    for its next connection.  Plain connections never meet this class."""
+
+    _session_kept = False
+
+    def connectionMade(self) -> None:
+        # Not yet connected for the exchange: the handshake comes first.
+        factory, self._factory = self._factory, None
+        super().connectionMade()
+        self._factory = factory
+        if factory is not None:
+            factory.tcp_connected(self)
+
+    def handshakeCompleted(self) -> None:
+        tls = self._client.tls
+        handle = self._tls_handle()
+        if tls is not None and handle is not None:
+            if handle.get_protocol_version_name() != "TLSv1.3":
+                # (TLS 1.3's resumable session comes with the tickets after the handshake.)
+                self._keep_session()
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.connected(self)
+
+    def _tls_handle(self) -> Any:
+        get_handle = getattr(self.transport, "getHandle", None)
+        return get_handle() if get_handle is not None else None
+
+    def _keep_session(self) -> None:
+        tls = self._client.tls
+        handle = self._tls_handle()
+        if tls is None or handle is None:
+            return
+        host, _, port = self.key.rpartition(":")
+        tls.remember(host.strip("[]"), int(port), handle)
+        self._session_kept = True
+
+    def _finish_exchange(self) -> None:
+        if not self._session_kept:
+            self._keep_session()
+        super()._finish_exchange()
+
+    def _exchange_lost(self, exchange: _Exchange, reason: Failure, state: _State) -> None:
+        if (
+            not exchange.answered
+            and exchange.waiting()
+            and state is _SENT
+            and not self._prefix
+            and reason.check(SSL.Error)
+        ):
+            # A TLS 1.3 server checks our certificate after our side of the
+            # handshake is over: its refusal (an alert) arrives in place of
+            # the response, and the request was never read.
+            exchange.conn = None
+            exchange.fail(upstream_error(reason))
+            return
+        super()._exchange_lost(exchange, reason, state)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        tcp: Any = getattr(self.transport, "transport", None)
+        super().connectionLost(reason)
+        # The TCP socket and its connector refer to each other (see above).
+        connector = getattr(tcp, "connector", None)
+        if connector is not None:
+            connector.transport = None
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            tls = self._client.tls
+            if tls is not None:
+                # (A session that ends in a failed handshake is not offered again.)
+                host, _, port = self.key.rpartition(":")
+                tls.forget(host.strip("[]"), int(port))
+            factory.handshake_failed(reason)
+
+
 class UpstreamClient:
     """The process's upstream pool, shared by every cluster: persistent
     HTTP/1.1 connections per endpoint and the requests on them."""
@@ -1125,9 +1262,12 @@ class UpstreamClient:
         max_idle_per_endpoint: int = DEFAULT_MAX_IDLE_PER_ENDPOINT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         limits: HTTPLimits | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.reactor = reactor
         self.limits = limits if limits is not None else HTTPLimits()
+        #: TLS to every endpoint (a cluster's ``upstream_tls``); None: plain HTTP.
+        self.tls = tls
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = idle_timeout
         self._idle: dict[str, list[_Connection]] = {}

@@ -7,6 +7,8 @@ place the upstream client and the health prober share.
 from __future__ import annotations
 
 import pytest
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import error as ierror
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
@@ -18,6 +20,7 @@ from edgeproxy.core.errors import (
     UpstreamConnectTimeout,
     UpstreamResponseFailed,
     UpstreamTimeout,
+    UpstreamTLSFailed,
     UpstreamUnexpectedFailure,
 )
 from edgeproxy.net.failures import upstream_error
@@ -103,3 +106,31 @@ def test_an_unknown_failure_says_so() -> None:
         Reason.BAD_RESPONSE,
         False,
     )
+
+
+_VERIFY_FAILED = SSL.Error(
+    [("SSL routines", "tls_post_process_server_certificate", "certificate verify failed")]
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (_VERIFY_FAILED, "upstream tls: certificate verify failed"),
+        (VerificationError([]), "upstream tls: certificate name mismatch"),
+        (SSL.Error(), "upstream tls failed"),
+        # The health prober's Agent wraps it.
+        (ResponseNeverReceived([Failure(_VERIFY_FAILED)]), "upstream tls: certificate verify failed"),
+    ],
+)
+def test_a_failed_upstream_handshake_is_upstream_tls(error: Exception, cause: str) -> None:
+    """A certificate that does not verify: nothing was sent, and it is a
+    connect failure (outlier ejection counts it as one), with its own token."""
+    for connecting in (False, True):
+        mapped = upstream_error(Failure(error), connecting=connecting)
+        assert type(mapped) is UpstreamTLSFailed
+        assert isinstance(mapped, UpstreamConnectFailed)
+        assert mapped.never_sent
+        assert mapped.reason is Reason.UPSTREAM_TLS
+        assert mapped.status_hint == 502
+        assert mapped.cause == cause

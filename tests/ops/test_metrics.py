@@ -68,6 +68,19 @@ def test_refusals_are_counted_by_reason_only() -> None:
     assert len(rejected) == 3, rejected
 
 
+def test_upstream_errors_are_counted_by_reason() -> None:
+    metrics = Metrics()
+    metrics.count_outcome(Outcome.UPSTREAM_ERROR, Reason.UPSTREAM_TLS)
+    metrics.count_outcome(Outcome.UPSTREAM_ERROR, Reason.UPSTREAM_TLS)
+    metrics.count_outcome(Outcome.UPSTREAM_ERROR, Reason.CONNECT_FAILED)
+    metrics.count_outcome(Outcome.REJECTED, Reason.BAD_REQUEST_LINE)
+    name = "edgeproxy_upstream_errors_total"
+    assert sample(metrics, name, reason="upstream_tls") == 2
+    assert sample(metrics, name, reason="connect_failed") == 1
+    text = generate_latest(metrics.registry).decode()
+    assert len([line for line in text.splitlines() if line.startswith(name + "{")]) == 2
+
+
 def test_every_reason_token_is_a_short_snake_case_label() -> None:
     import re
 
