@@ -147,8 +147,9 @@ def test_a_redis_hovering_around_the_timeout_is_one_outage_not_a_flapping_one(
         client.replies[-1].callback([1, 0])
         assert outcome(d) == ALLOWED  # a decision in time is used, outage or not
         ups.append(store.up)
-        store.decide("k", 1.0, 1)
+        failing = store.decide("k", 1.0, 1)
         clock.advance(0.1)  # no answer in time
+        assert isinstance(outcome(failing), Failure)
         ups.append(store.up)
         clock.advance(0.1)
     assert ups == [True] + [False] * 99
@@ -168,8 +169,9 @@ def test_a_redis_hovering_around_the_timeout_is_one_outage_not_a_flapping_one(
     assert logged[1:] == ["rate limit store redis://10.0.0.5:6380/2 answers again"]
     assert store.figures() == {"errors": 50, "up": 1}
     # The next failure is another outage.
-    store.decide("k", 1.0, 1)
+    failing = store.decide("k", 1.0, 1)
     clock.advance(0.1)
+    assert isinstance(outcome(failing), Failure)
     assert (store.up, len(logged)) == (False, 3)
 
 
@@ -204,9 +206,9 @@ def test_a_timed_out_decision_waits_until_its_reply_or_the_connection_drop() -> 
     client = FakeRedis()
     store = RedisStore(parse_redis_url("redis://h"), client, clock, max_in_flight=2)
     first = store.decide("a", 1.0, 1)
-    store.decide("b", 1.0, 1)
+    second = store.decide("b", 1.0, 1)
     clock.advance(0.1)
-    assert isinstance(outcome(first), Failure)
+    assert isinstance(outcome(first), Failure) and isinstance(outcome(second), Failure)
     # Both failed, but their commands are still queued on the connection and
     # would take tokens if Redis ran them: they count, and nothing more is sent.
     third = outcome(store.decide("c", 1.0, 1))
