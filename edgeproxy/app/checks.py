@@ -355,9 +355,9 @@ def check_endpoints(config: LoadedConfig) -> CheckReport:
 
 
 def check_upstream_tls(config: LoadedConfig) -> CheckReport:
-    """A warning for every cluster whose ``upstream_tls`` has ``verify=False``:
-    its endpoints' certificates are not verified, so anyone on the path to
-    them can read and change its traffic."""
+    """A warning for every cluster whose ``upstream_tls``, and every route
+    whose ``ForwardAuth`` ``tls``, has ``verify=False``: the certificates are
+    not verified, so anyone on the path can read and change the traffic."""
     warnings = []
     for cluster in config.all_clusters.values():
         tls = cluster.upstream_tls
@@ -368,6 +368,17 @@ def check_upstream_tls(config: LoadedConfig) -> CheckReport:
             "certificates are NOT verified (anyone on the path can impersonate them)"
         )
         warnings.append(_problem(config, _cluster_file(config, cluster), message, cluster.name))
+    for vhost, path in _vhost_files(config):
+        for route in vhost.routes:
+            auth = route.auth
+            if auth is None or auth.tls is None or auth.tls.verify:
+                continue
+            message = (
+                f"route {vhost.names[0]}{route.prefix}: ForwardAuth tls verify=False: the auth "
+                "service's certificate is NOT verified (anyone on the path can impersonate it "
+                "and let every request in)"
+            )
+            warnings.append(_problem(config, path, message, auth.url))
     return CheckReport(warnings=tuple(warnings))
 
 

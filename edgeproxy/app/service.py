@@ -280,6 +280,15 @@ class EdgeProxyService(MultiService):
                     "certificates are NOT verified",
                     cluster=name,
                 )
+        for vhost in config.virtual_hosts:
+            for route in vhost.routes:
+                tls = route.auth.tls if route.auth is not None else None
+                if tls is not None and not tls.verify:
+                    self.log.warn(
+                        "route {route}: ForwardAuth tls verify=False: the auth service's "
+                        "certificate is NOT verified",
+                        route=f"{vhost.names[0]}{route.prefix}",
+                    )
 
     def _start_name_watchers(self, snapshot: Snapshot) -> None:
         """A watcher for every cluster runtime with endpoints given by name that has none yet."""

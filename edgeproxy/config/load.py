@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from edgeproxy.config import Cache, Cluster, VirtualHost
+from edgeproxy.config import Cache, Cluster, UpstreamTLS, VirtualHost
 from edgeproxy.config.routing import RoutingTable
 from edgeproxy.config.tlspolicy import ClientCA, ClientCAError, load_client_ca
 from edgeproxy.config.upstreamtls import UpstreamTLSError, UpstreamTLSFiles, load_upstream_tls
@@ -98,6 +98,12 @@ class LoadedConfig:
     #: Every running cluster's ``upstream_tls`` files, read when this loaded,
     #: by cluster name (clusters without ``upstream_tls`` are not in it).
     upstream_tls: Mapping[str, UpstreamTLSFiles] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+    #: Every ``https://`` forward auth's TLS files, read as a cluster's
+    #: ``upstream_tls`` are, by the ``id()`` of the route whose ``auth`` it is
+    #: (the same ForwardAuth may be written in files in other directories).
+    auth_tls: Mapping[int, UpstreamTLSFiles] = attrs.field(
         factory=lambda: types.MappingProxyType({})
     )
 
@@ -227,6 +233,8 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
             defined.setdefault(definition.cluster.name, []).append(definition)
     upstream_tls, tls_problems = _load_upstream_tls(loaded, clusters, defined)
     problems.extend(tls_problems)
+    auth_tls, auth_problems = _load_auth_tls(loaded)
+    problems.extend(auth_problems)
     order = {filename: index for index, filename in enumerate(files)}
     problems.sort(key=lambda p: (order.get(p.path, -1), p.path, p.line or 0))
     config = LoadedConfig(
@@ -243,6 +251,7 @@ def inspect_config(path: str) -> tuple[LoadedConfig | None, tuple[ConfigProblem,
             {f.path: types.MappingProxyType(f.literal_lines) for f in loaded}
         ),
         upstream_tls=types.MappingProxyType(upstream_tls),
+        auth_tls=types.MappingProxyType(auth_tls),
     )
     return config, tuple(problems)
 
@@ -424,19 +433,61 @@ def _load_upstream_tls(
         source = origin.get(name)
         if tls is None or source is None:
             continue
-        directory = os.path.dirname(os.path.abspath(source.path))
-        settings = attrs.evolve(
-            tls,
-            ca_file=_absolute(directory, tls.ca_file),
-            client_cert=_absolute(directory, tls.client_cert),
-        )
-        try:
-            result[name] = load_upstream_tls(settings)
-        except UpstreamTLSError as e:
-            written = tls.ca_file if e.field == "ca_file" else tls.client_cert
-            line = source.literal_lines.get(written) if written is not None else None
-            problems.append(ConfigProblem(source.path, f"cluster {name!r}: {e}", line))
+        files = _read_upstream_tls(tls, source, f"cluster {name!r}")
+        if isinstance(files, ConfigProblem):
+            problems.append(files)
+        else:
+            result[name] = files
     return result, problems
+
+
+def _load_auth_tls(
+    loaded: Sequence[_LoadedFile],
+) -> tuple[dict[int, UpstreamTLSFiles], list[ConfigProblem]]:
+    """Every ``https://`` forward auth's TLS files, by the ``id()`` of its
+    route, relative paths from the directory of the file whose virtual host
+    has the route, read as a cluster's ``upstream_tls`` is."""
+    result: dict[int, UpstreamTLSFiles] = {}
+    problems: list[ConfigProblem] = []
+    # Each setting's files read once per directory (one auth shared by many routes).
+    read: dict[tuple[str, UpstreamTLS], UpstreamTLSFiles | ConfigProblem] = {}
+    for f in loaded:
+        directory = os.path.dirname(os.path.abspath(f.path))
+        for vhost in f.virtual_hosts:
+            for route in vhost.routes:
+                auth = route.auth
+                if auth is None or auth.tls is None or id(route) in result:
+                    continue
+                files = read.get((directory, auth.tls))
+                if files is None:
+                    files = read[directory, auth.tls] = _read_upstream_tls(
+                        auth.tls, f, f"ForwardAuth {auth.url!r}"
+                    )
+                    if isinstance(files, ConfigProblem):
+                        problems.append(files)
+                if not isinstance(files, ConfigProblem):
+                    result[id(route)] = files
+    return result, problems
+
+
+def _read_upstream_tls(
+    tls: UpstreamTLS, source: _LoadedFile, owner: str
+) -> UpstreamTLSFiles | ConfigProblem:
+    """``tls``'s files (a cluster's ``upstream_tls``, a forward auth's
+    ``tls``), its relative paths taken from the directory of ``source``, or
+    the problem naming ``owner``, the file and the line that names it."""
+    directory = os.path.dirname(os.path.abspath(source.path))
+    settings = attrs.evolve(
+        tls,
+        ca_file=_absolute(directory, tls.ca_file),
+        client_cert=_absolute(directory, tls.client_cert),
+    )
+    try:
+        return load_upstream_tls(settings)
+    except UpstreamTLSError as e:
+        written = tls.ca_file if e.field == "ca_file" else tls.client_cert
+        line = source.literal_lines.get(written) if written is not None else None
+        return ConfigProblem(source.path, f"{owner}: {e}", line)
 
 
 def _module_statements(tree: ast.Module | None) -> list[ast.stmt]:

@@ -830,23 +830,38 @@ def _validate_auth_url(instance: object, attribute: attrs.Attribute[str], value:
     _split_auth_url(value)
 
 
+def _auth_url_is_https(url: object) -> bool:
+    # (Any other value is refused by the URL's own validator, with its reason.)
+    return isinstance(url, str) and url[:8].lower() == "https://"
+
+
+def _validate_auth_tls(
+    instance: ForwardAuth,
+    attribute: attrs.Attribute[UpstreamTLS | None],
+    value: UpstreamTLS | None,
+) -> None:
+    _optional(UpstreamTLS, "UpstreamTLS")(instance, attribute, value)
+    if value is not None and not _auth_url_is_https(instance.url):
+        raise ValueError(
+            f"ForwardAuth tls= needs an https:// URL, not {instance.url!r} "
+            "(an http:// auth service is reached in plain HTTP)"
+        )
+
+
 def _split_auth_url(url: str) -> tuple[str, int, str]:
-    """``(host, port, path and query)`` of an ``http://`` auth URL."""
+    """``(host, port, path and query)`` of an ``http://`` or ``https://`` auth URL."""
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as e:
         raise ValueError(f"the auth URL {url!r} is not a URL: {e}") from None
-    if parts.scheme == "https":
-        raise ValueError(
-            f"the auth URL {url!r} is https://: verified TLS to an auth service comes with "
-            "upstream TLS (UpstreamTLS), which this version does not have yet; use http://"
-        )
-    if parts.scheme != "http":
-        raise ValueError(f"the auth URL must start with http://, not {url!r}")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the auth URL must start with http:// or https://, not {url!r}")
     host = parts.hostname
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
-        raise ValueError(f"the auth URL must be http://HOST[:PORT]/PATH, not {url!r}")
+        raise ValueError(
+            f"the auth URL must be {parts.scheme}://HOST[:PORT]/PATH, not {url!r}"
+        )
     if not url.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         raise ValueError(
             f"the auth URL must be ASCII without spaces or control characters, not {url!r}"
@@ -856,7 +871,8 @@ def _split_auth_url(url: str) -> tuple[str, int, str]:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return host, port if port is not None else 80, path
+    default_port = 443 if parts.scheme == "https" else 80
+    return host, port if port is not None else default_port, path
 
 
 @attrs.frozen
@@ -875,8 +891,13 @@ class ForwardAuth:
     ``max_response_body`` bytes; a longer one is a 503).  No answer within
     ``timeout`` seconds, or none at all, is a 503.  ``cache_for`` seconds
     above 0 keep a 2xx per credential (the values of ``request_headers``),
-    at most ``cache_max_entries`` of them per route.  Only ``http://`` URLs
-    for now: ``https://`` comes with upstream TLS.
+    at most ``cache_max_entries`` of them per route.
+
+    An ``https://`` URL is reached over TLS verified as a cluster's
+    ``upstream_tls`` is: ``tls`` (an :class:`UpstreamTLS`, its relative
+    paths from the configuration file's directory) or, without it,
+    ``UpstreamTLS()`` (the system's trust store).  ``tls`` with an
+    ``http://`` URL is refused.
     """
 
     url: str = attrs.field(validator=_validate_auth_url)
@@ -893,6 +914,16 @@ class ForwardAuth:
     timeout: float = attrs.field(default=5.0, validator=_positive_finite, kw_only=True)
     max_response_body: int = attrs.field(default=64 * 1024, validator=_positive_int, kw_only=True)
     cache_max_entries: int = attrs.field(default=10_000, validator=_positive_int, kw_only=True)
+    #: TLS to the auth service (an ``https://`` URL); None for an ``http://`` one.
+    tls: UpstreamTLS | None = attrs.field(
+        default=None, validator=_validate_auth_tls, kw_only=True
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.tls is None and _auth_url_is_https(self.url):
+            # Never plain HTTP to an https:// URL: without tls=, the system's trust store
+            # (whether tls= was left out or given as None, as attrs.evolve does).
+            object.__setattr__(self, "tls", UpstreamTLS())
 
     @property
     def endpoint(self) -> Endpoint:
@@ -911,7 +942,8 @@ class ForwardAuth:
         host, port, _ = _split_auth_url(self.url)
         if ":" in host:
             host = f"[{host}]"
-        return host if port == 80 else f"{host}:{port}"
+        default_port = 443 if self.tls is not None else 80
+        return host if port == default_port else f"{host}:{port}"
 
 
 @attrs.frozen

@@ -17,7 +17,13 @@ for the answer, as nginx's ``auth_request`` and Traefik's ForwardAuth do:
 - anything else is the answer: the auth service's status, headers (not the
   hop-by-hop ones) and body, at most ``max_response_body`` bytes of it;
 - no usable answer within ``timeout`` (refused, unreachable, slow, broken,
-  a denial too long to pass on) fails closed: 503 ``auth_unavailable``.
+  a denial too long to pass on, an ``https://`` service whose certificate
+  does not verify) fails closed: 503 ``auth_unavailable``, its cause logged
+  once until the auth service answers again.
+
+An ``https://`` auth service's ``upstream`` is the TLS pool of its ``tls``
+setting (the pipeline's choice), verified and resuming sessions as a
+cluster's; nothing here differs.
 
 With ``cache_for``, a 2xx is kept per credential (a BLAKE2b digest of the
 listed request headers' values) for that long, with the headers it copied,
@@ -132,6 +138,9 @@ class ForwardAuthStage(Stage):
         #: Credential digest -> (until when, the headers the 2xx copied),
         #: oldest first (every entry lives ``cache_for``).
         self._cache: dict[bytes, tuple[float, list[tuple[bytes, bytes]]]] = {}
+        #: Why the auth service last gave no answer, until it answers again
+        #: (each cause logged once, not once per request).
+        self.failing: str | None = None
 
     def __repr__(self) -> str:
         return f"<ForwardAuthStage {self.auth.url}>"
@@ -216,6 +225,21 @@ class ForwardAuthStage(Stage):
             del cache[old]
         cache[key] = (now + self._cache_for, lines)
 
+    def unavailable_because(self, cause: str) -> None:
+        if cause != self.failing:
+            self.failing = cause
+            self.log.warn(
+                "forward auth {url}: the auth service is unavailable ({cause}): "
+                "its routes answer 503",
+                url=self.auth.url,
+                cause=cause,
+            )
+
+    def answering(self) -> None:
+        if self.failing is not None:
+            self.failing = None
+            self.log.info("forward auth {url}: the auth service answers again", url=self.auth.url)
+
     def copied_lines(self, response: H1Response) -> list[tuple[bytes, bytes]]:
         """The answer's listed headers, to go on to the backend."""
         copied = self._copied
@@ -281,6 +305,7 @@ class _Check:
         if self.stage is None:
             response.deliverBody(_Drop())  # type: ignore[arg-type]
             return
+        self.stage.answering()
         self.response = response
         body = response.whole_body()
         if body is not None:
@@ -293,15 +318,16 @@ class _Check:
         stage = self.stage
         if stage is None or failure.check(CancelledError):
             return
-        if isinstance(upstream_error(failure), UpstreamUnexpectedFailure):
+        error = upstream_error(failure)
+        if isinstance(error, UpstreamUnexpectedFailure):
             stage.log.failure("unexpected failure asking the auth service", failure)
-        self.unavailable()
+        self.unavailable(error.cause)
 
     def timed_out(self) -> None:
         self.timer = None
         if self.stage is None:
             return
-        self.unavailable()
+        self.unavailable("no answer within timeout")
 
     # -- the answer's body, as its protocol --------------------------------------
 
@@ -318,7 +344,7 @@ class _Check:
             if response is not None and 200 <= response.code < 300:
                 self.decide(b"")  # a 2xx's body is not used
             else:
-                self.unavailable()
+                self.unavailable("a denial over max_response_body")
             return
         self.body.append(data)
 
@@ -330,7 +356,7 @@ class _Check:
         if reason.check(ResponseDone, PotentialDataLoss):
             self.decide(b"".join(self.body))
         else:
-            self.unavailable()
+            self.unavailable("the answer's body broke off")
 
     # -- the end -------------------------------------------------------------
 
@@ -368,11 +394,12 @@ class _Check:
             if not exchange.finished:
                 exchange.respond_error(EdgeProxyError())
 
-    def unavailable(self) -> None:
+    def unavailable(self, cause: str) -> None:
         stage = self.stage
         assert stage is not None
         self.done()
         stage.counters.unavailable += 1
+        stage.unavailable_because(cause)
         self.exchange.respond_error(AuthUnavailable())
 
     def done(self) -> None:

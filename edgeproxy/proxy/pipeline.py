@@ -16,7 +16,9 @@ A route's chain, in order (docs/architecture.md has the table):
    :class:`~.forwardauth.ForwardAuthStage` for a route with ``auth`` (before
    the cache: a stored answer is never served to a request its auth service
    has not let through), then :class:`~.cache.CacheStage` for a route with
-   ``cache``.
+   ``cache``.  An ``https://`` auth service is asked through the TLS pool of
+   its ``tls`` setting (:meth:`~.forward.Forwarder.upstream_for`, as a
+   cluster's ``upstream_tls``).
 3. The last stage: on a plain-HTTP listener, for a route without
    ``plain_http``, :class:`~.stages.HttpsRedirect`; otherwise
    :class:`~.forward.ForwardStage` (a cluster) or
@@ -30,7 +32,9 @@ from collections.abc import Callable
 from edgeproxy.cache.registry import CacheStores, store_name
 from edgeproxy.cluster.snapshot import Snapshot
 from edgeproxy.config import Route, Split, VirtualHost
+from edgeproxy.config.load import LoadedConfig
 from edgeproxy.config.settings import Settings
+from edgeproxy.config.upstreamtls import UpstreamTLSFiles
 from edgeproxy.core.backends import backend_authorities
 from edgeproxy.proxy.cache import CacheStage
 from edgeproxy.proxy.exchange import Plan, RouteChain, Stage
@@ -41,7 +45,22 @@ from edgeproxy.proxy.stages import AccessRules, BodyLimit, HttpsRedirect
 from edgeproxy.ratelimit.registry import RateLimits, bucket_name
 from edgeproxy.ratelimit.store import MemoryStore
 
-__all__ = ["Pipeline", "build_plan", "route_stages"]
+__all__ = ["Pipeline", "auth_tls_files", "build_plan", "route_stages"]
+
+
+def auth_tls_files(route: Route, config: LoadedConfig) -> UpstreamTLSFiles | None:
+    """The TLS files of ``route``'s ``https://`` auth service (None: no auth,
+    or an ``http://`` one), as the configuration loaded them."""
+    auth = route.auth
+    if auth is None or auth.tls is None:
+        return None
+    files = config.auth_tls.get(id(route))
+    if files is None:
+        if auth.tls.ca_file is not None or auth.tls.client_cert is not None:
+            # Never plain, never the system store instead of the CA it names.
+            raise ValueError(f"ForwardAuth {auth.url!r}: its TLS files were not loaded")
+        files = UpstreamTLSFiles(auth.tls)  # nothing to read: the system store
+    return files
 
 
 def route_stages(
@@ -82,7 +101,7 @@ def route_stages(
         stages.append(
             ForwardAuthStage(
                 route.auth,
-                forwarder.upstream,
+                forwarder.upstream_for(auth_tls_files(route, snapshot.config)),
                 forwarder.clock,
                 (auth or AuthDecisions()).counters_for(name),
                 via=forwarder.via,
@@ -153,7 +172,13 @@ def build_plan(
     tls_files = snapshot.config.upstream_tls
     for name, runtime in snapshot.clusters.items():
         runtime.upstream = forwarder.upstream_for(tls_files.get(name))
-    forwarder.keep_tls_pools(tls_files[name] for name in snapshot.clusters if name in tls_files)
+    used = [tls_files[name] for name in snapshot.clusters if name in tls_files]
+    # The auth services' pools too: a reload must not close one its routes still ask through.
+    for _, route in routes:
+        files = auth_tls_files(route, snapshot.config)
+        if files is not None:
+            used.append(files)
+    forwarder.keep_tls_pools(used)
     return Plan(snapshot, chains[False], chains[True], (BodyLimit(max_body_size),))
 
 

@@ -1,15 +1,19 @@
 """``ForwardAuth``: valid by construction, every bad argument named; an
-``https://`` URL refused with the reason; a bad one in a site file is a load
-error with its file and line."""
+``https://`` URL verified as upstream TLS is (``tls=``, or the system store
+without it), ``tls=`` with an ``http://`` URL refused; its TLS files read and
+resolved as a cluster's, a bad one a load error with its file and line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
+import trustme
 
-from edgeproxy.config import Cluster, Endpoint, ForwardAuth, Route
-from edgeproxy.config.load import load_config
+from edgeproxy.app.checks import check_upstream_tls
+from edgeproxy.config import Cluster, Endpoint, ForwardAuth, Route, UpstreamTLS
+from edgeproxy.config.load import inspect_config, load_config
 from edgeproxy.core.errors import ConfigError
 
 WEB = Cluster("web", endpoints=["10.0.0.1:80"])
@@ -56,8 +60,10 @@ def test_the_url_gives_where_and_what(
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"url": "https://auth.internal/check"}, ValueError, "comes with upstream TLS"),
         ({"url": "ftp://auth.internal/"}, ValueError, "must start with http://"),
+        ({"url": "http://a/", "tls": UpstreamTLS()}, ValueError, "tls= needs an https:// URL"),
+        ({"url": "https://a/", "tls": "ca.pem"}, TypeError, "tls must be a UpstreamTLS"),
+        ({"url": "https://u:p@a/"}, ValueError, r"https://HOST\[:PORT\]/PATH"),
         ({"url": "auth.internal/check"}, ValueError, "must start with http://"),
         ({"url": "http:///check"}, ValueError, r"http://HOST\[:PORT\]/PATH"),
         ({"url": "http://u:p@auth/check"}, ValueError, r"http://HOST\[:PORT\]/PATH"),
@@ -97,17 +103,114 @@ def test_a_route_takes_only_a_forward_auth() -> None:
         Route("/", WEB, auth="http://a/")  # type: ignore[arg-type]
 
 
-def test_an_https_auth_url_in_a_site_file_names_the_file_and_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("url", "endpoint", "target", "authority"),
+    [
+        ("https://auth.internal/check", Endpoint("auth.internal", 443), "/check", "auth.internal"),
+        ("HTTPS://auth.internal:9443/c?x", Endpoint("auth.internal", 9443), "/c?x", "auth.internal:9443"),
+        ("https://[::1]:443/", Endpoint("::1", 443), "/", "[::1]"),
+        ("https://10.0.0.5:80/", Endpoint("10.0.0.5", 80), "/", "10.0.0.5:80"),
+    ],
+)
+def test_an_https_url_without_tls_is_verified_against_the_system_store(
+    url: str, endpoint: Endpoint, target: str, authority: str
+) -> None:
+    auth = ForwardAuth(url)
+    assert auth.tls == UpstreamTLS()
+    assert (auth.endpoint, auth.target, auth.authority) == (endpoint, target, authority)
+
+
+def test_an_https_url_takes_tls_and_an_http_one_has_none() -> None:
+    tls = UpstreamTLS(ca_file="auth-ca.pem", server_name="auth.test")
+    auth = ForwardAuth("https://auth.internal:9443/check", tls=tls)
+    assert auth.tls is tls
+    assert ForwardAuth("http://auth.internal/check").tls is None
+    # Never plain to an https:// URL, however tls= comes to be None.
+    assert ForwardAuth("https://auth.internal/", tls=None).tls == UpstreamTLS()
+    assert attrs.evolve(ForwardAuth("http://a/"), url="https://a/").tls == UpstreamTLS()
+    with pytest.raises(ValueError, match="needs an https:// URL"):
+        attrs.evolve(auth, url="http://auth.internal/check")
+
+
+SITE = """\
+from edgeproxy.config import Cluster, ForwardAuth, Route, UpstreamTLS, VirtualHost
+web = Cluster('web', endpoints=['10.0.0.1:80'])
+auth = ForwardAuth(
+    'https://auth.internal:9443/check',
+    tls=UpstreamTLS(ca_file={ca!r}),
+)
+virtual_hosts = [VirtualHost(['a.example'], routes=[
+    Route('/', web, auth=auth),
+    Route('/b/', web, auth=auth),
+    Route('/public/', web, auth=ForwardAuth('https://login.example/check')),
+])]
+"""
+
+
+def test_relative_tls_files_are_read_from_the_config_directory(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    (tmp_path / "sites" / "pki").mkdir(parents=True)
+    ca.cert_pem.write_to_path(str(tmp_path / "sites" / "pki" / "auth-ca.pem"))
+    path = tmp_path / "sites" / "site.py"
+    path.write_text(SITE.format(ca="pki/auth-ca.pem"))
+    config = load_config(str(path))
+    [vhost] = config.virtual_hosts
+    first, second, public = (config.auth_tls[id(route)] for route in vhost.routes)
+    assert first.settings.ca_file == str(tmp_path / "sites" / "pki" / "auth-ca.pem")
+    assert first.ca_pem == ca.cert_pem.bytes()
+    assert second == first
+    assert public.settings == UpstreamTLS() and public.ca_pem is None
+    # The configuration keeps what the user wrote.
+    assert vhost.routes[0].auth is not None
+    assert vhost.routes[0].auth.tls == UpstreamTLS(ca_file="pki/auth-ca.pem")
+
+
+def test_a_tls_file_that_cannot_be_used_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.py"
+    path.write_text(SITE.format(ca="missing-ca.pem"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    # Once, though two routes share it.
+    [problem] = caught.value.problems
+    assert problem.path == str(path) and problem.line == 5
+    assert problem.message.startswith("ForwardAuth 'https://auth.internal:9443/check': ")
+    assert f"ca_file {tmp_path / 'missing-ca.pem'}: cannot read" in problem.message
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    path.write_text(SITE.format(ca="bad.pem"))
+    _, problems = inspect_config(str(path))
+    assert [(p.line, p.message.split(": ", 1)[1]) for p in problems] == [
+        (5, f"upstream_tls ca_file {tmp_path / 'bad.pem'}: no PEM certificate found")
+    ]
+
+
+def test_tls_with_an_http_url_in_a_site_file_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "site.py"
     path.write_text(
-        "from edgeproxy.config import Cluster, ForwardAuth, Route, VirtualHost\n"
+        "from edgeproxy.config import Cluster, ForwardAuth, Route, UpstreamTLS, VirtualHost\n"
         "web = Cluster('web', endpoints=['10.0.0.1:80'])\n"
         "virtual_hosts = [VirtualHost(['a.example'], routes=[\n"
-        "    Route('/', web, auth=ForwardAuth('https://auth.internal/check')),\n"
+        "    Route('/', web, auth=ForwardAuth('http://auth.internal/check', tls=UpstreamTLS())),\n"
         "])]\n"
     )
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     [problem] = caught.value.problems
     assert problem.path == str(path) and problem.line == 4
-    assert "upstream TLS" in problem.message
+    assert "tls= needs an https:// URL" in problem.message
+
+
+def test_check_warns_about_an_unverified_auth_service(tmp_path: Path) -> None:
+    path = tmp_path / "site.py"
+    path.write_text(
+        "from edgeproxy.config import Cluster, ForwardAuth, Route, UpstreamTLS, VirtualHost\n"
+        "web = Cluster('web', endpoints=['10.0.0.1:80'])\n"
+        "virtual_hosts = [VirtualHost(['a.example'], routes=[\n"
+        "    Route('/', web, auth=ForwardAuth('https://auth.internal/check')),\n"
+        "    Route('/x/', web, auth=ForwardAuth(\n"
+        "        'https://auth.internal/x', tls=UpstreamTLS(verify=False))),\n"
+        "])]\n"
+    )
+    report = check_upstream_tls(load_config(str(path)))
+    [warning] = report.warnings
+    assert (warning.path, warning.line) == (str(path), 6)
+    assert warning.message.startswith("route a.example/x/: ForwardAuth tls verify=False")

@@ -4,19 +4,28 @@ auth server (``http.server`` on 127.0.0.1, deciding by the
 ``Authorization`` header) and a backend that echoes what it got: allowed
 with ``X-User`` copied, a client's forged ``X-User`` stripped, denied (401
 with its ``WWW-Authenticate`` and body), redirected to a login page, and
-failing closed (503) when the auth server is down.
+failing closed (503) when the auth server is down.  An ``https://`` auth
+server (the same one behind Python's ``ssl``, with a certificate from its
+own CA): verified against a DNS name with SNI, or an IP with ``server_name``;
+one that does not verify against the route's CA gets no question and the
+request a 503 ``auth_unavailable``, the cause in the log; ``verify=False``
+is loud at start-up.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import signal
+import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import trustme
 
 from tests.e2e.harness import BackendServer, ProxyProcess, free_port
 
@@ -104,6 +113,31 @@ class AuthServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(5)
+
+
+class TLSAuthServer(AuthServer):
+    """The auth server behind TLS, with ``context``'s certificate; the SNI
+    of every handshake kept."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self.context = context
+        self.server_names: list[str | None] = []
+        context.sni_callback = self._sni
+
+    def _sni(self, sslobj: Any, name: str | None, context: ssl.SSLContext) -> None:
+        self.server_names.append(name)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        # The handshake happens on the first read, in the connection's thread.
+        return (
+            self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False),
+            address,
+        )
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a refused handshake: nothing to print
 
 
 Rig = tuple[ProxyProcess, BackendServer, AuthServer]
@@ -228,3 +262,110 @@ def test_the_decisions_are_in_the_metrics(rig: Rig) -> None:
         conn.close()
     assert 'edgeproxy_auth_decisions_total{result="unavailable",route="app.example/down/"}' in text
     assert 'edgeproxy_auth_decisions_total{result="allowed",route="app.example/app/"}' in text
+
+
+TLS_CONFIG = """
+from edgeproxy.config import Cluster, ForwardAuth, Route, UpstreamTLS, VirtualHost
+
+app = Cluster("app", endpoints=["{backend}"])
+
+def auth(url, tls):
+    return ForwardAuth(url, tls=tls, response_headers=["X-User"], timeout=2.0)
+
+virtual_hosts = [
+    VirtualHost(
+        ["app.example"],
+        routes=[
+            # A DNS name: verified against it, sent in SNI.
+            Route("/dns/", app, plain_http=True,
+                  auth=auth("https://localhost:{port}/check", UpstreamTLS(ca_file="pki/auth-ca.pem"))),
+            Route("/named/", app, plain_http=True,
+                  auth=auth("https://127.0.0.1:{port}/check",
+                            UpstreamTLS(ca_file="pki/auth-ca.pem", server_name="auth.test"))),
+            Route("/wrong-ca/", app, plain_http=True,
+                  auth=auth("https://localhost:{port}/check", UpstreamTLS(ca_file="pki/other-ca.pem"))),
+            Route("/insecure/", app, plain_http=True,
+                  auth=auth("https://127.0.0.1:{port}/check", UpstreamTLS(verify=False))),
+        ],
+    ),
+]
+"""
+
+TLSRig = tuple[ProxyProcess, BackendServer, TLSAuthServer]
+
+
+@pytest.fixture(scope="module")
+def tls_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRig]:
+    tmp = tmp_path_factory.mktemp("forwardauth-tls")
+    (tmp / "certs").mkdir()
+    (tmp / "sites" / "pki").mkdir(parents=True)
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp / "sites" / "pki" / "auth-ca.pem"))
+    other.cert_pem.write_to_path(str(tmp / "sites" / "pki" / "other-ca.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost", "auth.test").configure_cert(context)
+    backend = BackendServer("app").start()
+    auth = TLSAuthServer(context)
+    auth.start()
+    config = tmp / "sites" / "site.py"
+    config.write_text(TLS_CONFIG.format(backend=backend.address, port=auth.server_address[1]))
+    # (An https listener on an ephemeral port: the module's other rig may hold the default one.)
+    process = ProxyProcess(tmp, config, tmp / "certs").start()
+    try:
+        yield process, backend, auth
+    finally:
+        process.stop()
+        backend.stop()
+        auth.stop()
+
+
+def test_a_verified_https_auth_service_allows_and_its_x_user_is_copied(tls_rig: TLSRig) -> None:
+    process, _, auth = tls_rig
+    before = len(auth.questions)
+    status, _, body = fetch(process, "/dns/x", {"Authorization": "Bearer alice", "X-User": "eve"})
+    assert (status, echoed(body, "X-User")) == (200, ["alice"])
+    method, path, headers = auth.questions[before]
+    assert (method, path) == ("GET", "/check")
+    assert {k.lower(): v for k, v in headers}["host"] == f"localhost:{auth.server_address[1]}"
+    assert "localhost" in auth.server_names
+    # An IP literal, verified against server_name, which SNI sends.
+    status, _, body = fetch(process, "/named/y", {"Authorization": "Bearer bob"}, "127.0.0.3")
+    assert (status, echoed(body, "X-User")) == (200, ["bob"])
+    assert "auth.test" in auth.server_names
+    # A denial over TLS goes back as sent.
+    status, _, body = fetch(process, "/dns/x", {"Authorization": "Bearer forged"})
+    assert (status, body) == (401, b"invalid token\n")
+
+
+def test_an_https_auth_service_that_does_not_verify_fails_closed(tls_rig: TLSRig) -> None:
+    process, backend, auth = tls_rig
+    requests, questions = backend.requests, len(auth.questions)
+    status, _, body = fetch(process, "/wrong-ca/x", {"Authorization": "Bearer alice"})
+    assert (status, body) == (503, b"503 service unavailable\n")
+    assert (backend.requests, len(auth.questions)) == (requests, questions)
+    process.wait_for_output(r"\" 503 .*reason=auth_unavailable")
+    process.wait_for_output(
+        r"forward auth https://localhost:\d+/check: the auth service is unavailable "
+        r"\(upstream tls: certificate verify failed\)"
+    )
+
+
+def test_verify_false_is_loud_and_takes_any_certificate(tls_rig: TLSRig) -> None:
+    process, _, _ = tls_rig
+    process.wait_for_output(r"route app.example/insecure/: ForwardAuth tls verify=False")
+    status, _, body = fetch(process, "/insecure/z", {"Authorization": "Bearer alice"})
+    assert (status, echoed(body, "X-User")) == (200, ["alice"])
+
+
+def test_a_reload_keeps_the_auth_services_pool_and_its_connection(tls_rig: TLSRig) -> None:
+    process, _, auth = tls_rig
+    assert fetch(process, "/dns/x", {"Authorization": "Bearer alice"})[0] == 200
+    handshakes = len(auth.server_names)
+    mark = len(process.output)
+    assert process.process is not None
+    process.process.send_signal(signal.SIGHUP)
+    process.wait_for_output(r"configuration reloaded", start=mark)
+    status, _, body = fetch(process, "/dns/x", {"Authorization": "Bearer bob"})
+    assert (status, echoed(body, "X-User")) == (200, ["bob"])
+    # Asked on the connection pooled before the reload: no new handshake.
+    assert len(auth.server_names) == handshakes

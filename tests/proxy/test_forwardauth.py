@@ -3,11 +3,14 @@ in-memory proxy: the question the auth service gets, a 2xx passing the
 request on with the listed headers copied (a client's own removed), a
 denial (401 with WWW-Authenticate, 302) passed back whole, failing closed
 (refused, timed out, broken, oversized), positive answers kept per
-credential, counters, and no cyclic garbage."""
+credential, counters, no cyclic garbage; a failure's cause logged once
+until the auth service answers again; an ``https://`` auth service asked
+through its TLS pool, which reloads keep while a route uses it."""
 
 from __future__ import annotations
 
 import ipaddress
+import random
 from functools import partial
 from typing import Any
 
@@ -15,12 +18,14 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from edgeproxy.config import Cluster, ForwardAuth, Route, VirtualHost
+from edgeproxy.cluster.snapshot import Snapshot
+from edgeproxy.config import Cluster, ForwardAuth, Route, UpstreamTLS, VirtualHost
 from edgeproxy.config.settings import Settings
 from edgeproxy.proxy.forwardauth import ForwardAuthStage
-from edgeproxy.proxy.pipeline import Pipeline
+from edgeproxy.proxy.pipeline import Pipeline, auth_tls_files
 from tests.memproxy import make_config, proxy_factory
 from tests.proxy.test_no_cycles import SocketLike, garbage_in_fresh_interpreter, garbage_of
 
@@ -572,3 +577,68 @@ def test_the_stage_sits_after_the_rate_limit_and_before_the_cache() -> None:
         "CacheStage",
         "ForwardStage",
     ]
+
+
+def test_a_failing_auth_service_is_logged_once_per_cause_until_it_answers() -> None:
+    rig = Rig()
+    with capturedLogs() as events:
+        for _ in range(3):
+            client = rig.client(get(b"/app/x"))
+            rig.refuse()
+            assert head_lines(client.value())[0] == b"HTTP/1.1 503 Service Unavailable"
+        client = rig.client(get(b"/app/x"))
+        auth, _ = rig.accept("10.0.0.53:9400")
+        auth.dataReceived(
+            b"HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        client = rig.client(get(b"/app/x"))
+        rig.refuse()
+    said = [formatEvent(e) for e in events if e.get("log_namespace", "").endswith("ForwardAuthStage")]
+    url = "http://10.0.0.53:9400/check?site=shop"
+    unavailable = f"forward auth {url}: the auth service is unavailable (connect refused)"
+    assert [line.split(": its routes")[0] for line in said] == [
+        unavailable,
+        f"forward auth {url}: the auth service answers again",
+        unavailable,
+    ]
+
+
+HTTPS_AUTH = ForwardAuth("https://auth.internal:9443/check", response_headers=["X-User"])
+
+
+def test_an_https_auth_service_is_asked_through_its_tls_pool_kept_across_reloads() -> None:
+    route = Route("/", WEB, auth=HTTPS_AUTH)
+    config = make_config(VirtualHost(["shop.example"], routes=[route]))
+    _, pipeline = proxy_factory(MemoryReactorClock(), config)
+    forwarder = pipeline.forwarder
+    [stage] = [
+        s for s in pipeline.plan.chains[True][id(route)].stages if isinstance(s, ForwardAuthStage)
+    ]
+    files = auth_tls_files(route, config)
+    assert files is not None and files.settings == UpstreamTLS()
+    pool = stage.upstream
+    assert pool is forwarder.upstream_for(files) and pool is not forwarder.upstream
+    assert pool.tls is not None and pool.tls.name_for("auth.internal", 9443) == "auth.internal"
+    # A reload that keeps the auth service keeps its pool (and its connections, its sessions).
+    pipeline.swap(Snapshot.build(config, MemoryReactorClock(), random.Random(1)))
+    assert pool in forwarder.pools()
+    # One that drops it closes it.
+    plain = Route("/", WEB)
+    pipeline.swap(
+        Snapshot.build(
+            make_config(VirtualHost(["shop.example"], routes=[plain])),
+            MemoryReactorClock(),
+            random.Random(1),
+        )
+    )
+    assert forwarder.pools() == [forwarder.upstream]
+
+
+def test_an_auth_ca_file_that_was_not_loaded_is_never_skipped() -> None:
+    route = Route(
+        "/", WEB, auth=ForwardAuth("https://auth.internal/", tls=UpstreamTLS(ca_file="ca.pem"))
+    )
+    config = make_config(VirtualHost(["shop.example"], routes=[route]))
+    with pytest.raises(ValueError, match="TLS files were not loaded"):
+        auth_tls_files(route, config)
+    assert auth_tls_files(Route("/", WEB, auth=AUTH), config) is None
