@@ -961,7 +961,11 @@ class Route:
     address ``deny`` holds, or that ``allow``, when given, does not.
     ``rate_limit`` (a :class:`RateLimit`) answers 429 to a client over it.
     ``auth`` (a :class:`ForwardAuth`) asks an auth service before
-    forwarding.
+    forwarding.  ``websocket`` (True by default) lets WebSocket and other
+    ``Upgrade`` requests through; False refuses them.
+    ``request_buffering`` (True by default) spools a request body before
+    forwarding; False streams it to the backend as it arrives (nginx's
+    ``proxy_request_buffering off``).
     """
 
     prefix: str = attrs.field(validator=_validate_prefix)
@@ -982,6 +986,8 @@ class Route:
     auth: ForwardAuth | None = attrs.field(
         default=None, validator=_optional(ForwardAuth, "ForwardAuth"), kw_only=True
     )
+    websocket: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
+    request_buffering: bool = attrs.field(default=True, validator=_validate_bool, kw_only=True)
 
     @property
     def clusters(self) -> tuple[Cluster, ...]:
