@@ -11,16 +11,12 @@ configuration serving.  No Twisted, no OpenSSL.
 
 from __future__ import annotations
 
-import re
-
 import attrs
 from cryptography import x509
 
-__all__ = ["ClientCA", "ClientCAError", "TLSPolicy", "load_client_ca", "parse_client_ca"]
+from edgeproxy.config.pemfiles import PEMFileError, pem_certificates, read_pem_file
 
-_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
-)
+__all__ = ["ClientCA", "ClientCAError", "TLSPolicy", "load_client_ca", "parse_client_ca"]
 
 
 class ClientCAError(Exception):
@@ -61,22 +57,16 @@ class TLSPolicy:
 
 def parse_client_ca(path: str, data: bytes) -> ClientCA:
     """Every PEM certificate in ``data`` (no I/O); :class:`ClientCAError` if none parses."""
-    certificates = []
-    for block in _CERTIFICATE.finditer(data):
-        try:
-            certificates.append(x509.load_pem_x509_certificate(block.group(0)))
-        except ValueError as e:
-            raise ClientCAError(path, f"cannot parse a certificate: {e}") from None
-    if not certificates:
-        raise ClientCAError(path, "no PEM certificate found")
-    return ClientCA(path, tuple(certificates))
+    try:
+        return ClientCA(path, tuple(pem_certificates(path, data)))
+    except PEMFileError as e:
+        raise ClientCAError(path, e.message) from None
 
 
 def load_client_ca(path: str) -> ClientCA:
     """Read and parse a ``client_ca`` file; :class:`ClientCAError` naming it."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ClientCAError(path, f"cannot read: {e.strerror or e}") from None
+        data = read_pem_file(path)
+    except PEMFileError as e:
+        raise ClientCAError(path, e.message) from None
     return parse_client_ca(path, data)

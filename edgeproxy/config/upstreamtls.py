@@ -17,12 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from edgeproxy.config.model import UpstreamTLS
+from edgeproxy.config.pemfiles import CERTIFICATE, PEMFileError, pem_certificates, read_pem_file
 
 __all__ = ["UpstreamTLSError", "UpstreamTLSFiles", "load_upstream_tls"]
 
-_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----\r?\n?", re.DOTALL
-)
 _PRIVATE_KEY = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----\r?\n.*?-----END \1PRIVATE KEY-----\r?\n?", re.DOTALL
 )
@@ -56,22 +54,16 @@ class UpstreamTLSFiles:
 
 def _read(field: str, path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise UpstreamTLSError(field, path, f"cannot read: {e.strerror or e}") from None
+        return read_pem_file(path)
+    except PEMFileError as e:
+        raise UpstreamTLSError(field, path, e.message) from None
 
 
 def _certificates(field: str, path: str, data: bytes) -> list[x509.Certificate]:
-    certificates = []
-    for block in _CERTIFICATE.finditer(data):
-        try:
-            certificates.append(x509.load_pem_x509_certificate(block.group(0)))
-        except ValueError as e:
-            raise UpstreamTLSError(field, path, f"cannot parse a certificate: {e}") from None
-    if not certificates:
-        raise UpstreamTLSError(field, path, "no PEM certificate found")
-    return certificates
+    try:
+        return pem_certificates(path, data)
+    except PEMFileError as e:
+        raise UpstreamTLSError(field, path, e.message) from None
 
 
 def check_client_pem(path: str, data: bytes) -> bytes:
@@ -96,7 +88,7 @@ def check_client_pem(path: str, data: bytes) -> bytes:
             "client_cert", path, "the first certificate is not the private key's"
         )
     return keys[0].group(0) + b"".join(
-        block.group(0).rstrip(b"\r\n") + b"\n" for block in _CERTIFICATE.finditer(data)
+        block.group(0).rstrip(b"\r\n") + b"\n" for block in CERTIFICATE.finditer(data)
     )
 
 
