@@ -810,6 +810,10 @@ class Exchange:
         """Answer with a whole response made here (a redirect, later a cached
         or refused one): for stages that answer instead of passing on."""
         self.record.outcome = outcome
+        if not self.complete:
+            # Its streamed body is still arriving: the rest will be dropped
+            # and the connection closed (see _finished); say so.
+            self.persistent = False
         self.send_head(code, _reason(code), headers, len(body))
         self.write(body)
         self.finish()

@@ -668,6 +668,13 @@ class _Streamed(_Exchange):
         )
         self._on_request_over(Failure(error))
 
+    def _on_response(self, response: H1Response) -> None:
+        if not self._stream.ended:
+            # Answered before the whole body came: the rest of it will be
+            # dropped and the connection closed; the head says so.
+            self._request.persistent = False
+        super()._on_response(response)
+
     def _may_retry(self, error: EdgeProxyError | None, status: int | None) -> bool:
         if self._stream.started:
             return False
