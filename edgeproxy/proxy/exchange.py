@@ -7,11 +7,16 @@ typed :class:`ExchangeRecord` of what happened, which the access log and the
 metrics read.
 
 Routing happens as soon as the head is in, so the route's head-time stages
-(the body limit) act before the body is read.  When its turn comes the
-exchange runs its chain; the last stage forwards it.  The response side (send
-a head, body chunks with backpressure, finish, abort) is the protocol's: the
-HTTP/1.1 framing is :class:`edgeproxy.proxy.h1exchange.H1Exchange`, and
-nothing past the channel knows which protocol it is.
+(the body limit) act before the body is read.  On a route with
+``request_buffering=False`` the body is not spooled but streamed upstream as
+it arrives (:class:`~.streambody.StreamedBody`), and the exchange is
+processed without waiting for it; it asks its channel to stop and resume
+taking the body only through ``pause_request_body`` and
+``resume_request_body``.  When its turn comes the exchange runs its chain;
+the last stage forwards it.  The response side (send a head, body chunks
+with backpressure, finish, abort) is the protocol's: the HTTP/1.1 framing
+is :class:`edgeproxy.proxy.h1exchange.H1Exchange`, and nothing past the
+channel knows which protocol it is.
 """
 
 from __future__ import annotations
@@ -185,7 +190,9 @@ class Stage:
     - :meth:`on_head` runs as soon as the request head is routed, before
       the body is read: it may refuse the request
       (``exchange.reject_early(error)``) or set what the body may be;
-    - :meth:`handle` runs in the request's turn, once the body is in: it may
+    - :meth:`handle` runs in the request's turn, once the body is in (a
+      streamed body, :attr:`Exchange.body_stream`: as soon as the head is
+      routed and the request is first in line; see :attr:`whole_body_methods`): it may
       answer the exchange itself (``exchange.respond(...)`` or
       ``exchange.respond_error(...)``), pass it on (``self.next(exchange)``),
       or watch and change the response on its way back
