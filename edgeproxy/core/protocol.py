@@ -38,6 +38,10 @@ class HTTPLimits:
     #: Bytes read and held unparsed behind a pipelined request that waits for
     #: the one before it; past this the connection stops reading.
     max_held_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    #: A streamed request body (a route with ``request_buffering=False``):
+    #: bytes held while no upstream connection takes them (its stages still
+    #: deciding, a connection being made); past them the client is not read.
+    request_stream_window: int = attrs.field(default=256 * 1024, validator=_positive)
     #: Request bodies up to this many bytes are spooled in memory, larger ones
     #: (and chunked ones once they grow past it) to a temporary file.
     spool_in_memory: int = attrs.field(default=100_000, validator=_positive)

@@ -117,6 +117,10 @@ class CacheStage(Stage):
         self._origins: dict[tuple[bool, bytes], bytes] = {}
         self._hit_statuses: dict[int, bytes] = {}
 
+    #: A GET or HEAD with a body goes upstream as a fill (a request of its
+    #: own, sent from the spool); every other method passes the exchange on.
+    whole_body_methods = frozenset({_GET, _HEAD})
+
     def __repr__(self) -> str:
         return f"<CacheStage {self.cache.store} {self.cache.max_bytes}>"
 

@@ -7,11 +7,16 @@ typed :class:`ExchangeRecord` of what happened, which the access log and the
 metrics read.
 
 Routing happens as soon as the head is in, so the route's head-time stages
-(the body limit) act before the body is read.  When its turn comes the
-exchange runs its chain; the last stage forwards it.  The response side (send
-a head, body chunks with backpressure, finish, abort) is the protocol's: the
-HTTP/1.1 framing is :class:`edgeproxy.proxy.h1exchange.H1Exchange`, and
-nothing past the channel knows which protocol it is.
+(the body limit) act before the body is read.  On a route with
+``request_buffering=False`` the body is not spooled but streamed upstream as
+it arrives (:class:`~.streambody.StreamedBody`), and the exchange is
+processed without waiting for it; it asks its channel to stop and resume
+taking the body only through ``pause_request_body`` and
+``resume_request_body``.  When its turn comes the exchange runs its chain;
+the last stage forwards it.  The response side (send a head, body chunks
+with backpressure, finish, abort) is the protocol's: the HTTP/1.1 framing
+is :class:`edgeproxy.proxy.h1exchange.H1Exchange`, and nothing past the
+channel knows which protocol it is.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from edgeproxy.core.framing import request_framing
 from edgeproxy.core.hostnames import normalise_host
 from edgeproxy.core.paths import has_dot_segment
 from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
+from edgeproxy.proxy.streambody import StreamedBody
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
@@ -160,6 +166,13 @@ class Channel(Protocol):
     def tls_details(self) -> tuple[str | None, str | None]: ...
     def write_now(self, data: bytes) -> None: ...
     def register_body_producer(self, producer: IPushProducer | None) -> None: ...
+    def pause_request_body(self) -> None:
+        """Stop taking the request body being received (a streamed body
+        whose upstream is full, or that no upstream takes yet): HTTP/1.1
+        stops reading the connection, HTTP/2 withholds the stream's
+        WINDOW_UPDATE.  Time so spent is not held against the client."""
+    def resume_request_body(self) -> None:
+        """Take the request body again (see :meth:`pause_request_body`)."""
     def request_done(self, request: Exchange) -> None: ...
     def run_queue(self) -> None: ...
     def close(self) -> None: ...
@@ -177,7 +190,9 @@ class Stage:
     - :meth:`on_head` runs as soon as the request head is routed, before
       the body is read: it may refuse the request
       (``exchange.reject_early(error)``) or set what the body may be;
-    - :meth:`handle` runs in the request's turn, once the body is in: it may
+    - :meth:`handle` runs in the request's turn, once the body is in (a
+      streamed body, :attr:`Exchange.body_stream`: as soon as the head is
+      routed and the request is first in line; see :attr:`whole_body_methods`): it may
       answer the exchange itself (``exchange.respond(...)`` or
       ``exchange.respond_error(...)``), pass it on (``self.next(exchange)``),
       or watch and change the response on its way back
@@ -188,6 +203,9 @@ class Stage:
 
     #: The next stage's :meth:`handle`, set when the chain is made.
     next: Handler
+    #: Methods whose whole body this stage reads (``exchange.content``): on a
+    #: route with ``request_buffering=False`` their bodies are still spooled.
+    whole_body_methods: frozenset[bytes] = frozenset()
 
     def on_head(self, exchange: Exchange) -> None:
         """At head time (the default does nothing and is never called)."""
@@ -203,10 +221,14 @@ class RouteChain:
     those that do not override :meth:`Stage.handle` in the request's turn:
     a route pays only for what its stages do."""
 
-    __slots__ = ("at_head", "run", "stages")
+    __slots__ = ("at_head", "run", "spooled_methods", "stages", "streams")
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], *, stream_bodies: bool = False) -> None:
         self.stages = tuple(stages)
+        #: Request bodies go upstream as they arrive (``request_buffering=False``),
+        #: but for the methods some stage reads whole.
+        self.streams = stream_bodies
+        self.spooled_methods = frozenset().union(*(s.whole_body_methods for s in self.stages))
         self.at_head = tuple(s for s in self.stages if type(s).on_head is not Stage.on_head)
         handling = [s for s in self.stages if type(s).handle is not Stage.handle]
         if not handling:
@@ -216,7 +238,8 @@ class RouteChain:
         self.run: Handler = handling[0].handle
 
     def __repr__(self) -> str:
-        return f"<RouteChain {' -> '.join(type(s).__name__ for s in self.stages)}>"
+        streams = " (streamed bodies)" if self.streams else ""
+        return f"<RouteChain {' -> '.join(type(s).__name__ for s in self.stages)}{streams}>"
 
 
 class Plan:
@@ -294,8 +317,12 @@ class Exchange:
     target: bytes = b""
     host: bytes | None = None
     error: EdgeProxyError | None = None
-    #: The body, positioned at its start once complete; None when there is none.
+    #: The body, positioned at its start once complete; None when there is
+    #: none, or when it is streamed.
     content: IO[bytes] | None = None
+    #: The body streamed upstream as it arrives (a route with
+    #: ``request_buffering=False``): the exchange is processed at head time.
+    body_stream: StreamedBody | None = None
     #: The body's length when the request had one (Content-Length or chunked), else None.
     body_length: int | None = None
     #: The length the request announced (Content-Length), negative for chunked
@@ -304,6 +331,9 @@ class Exchange:
     #: Request body bytes received so far, and the most the route allows.
     body_bytes: int = 0
     body_limit: int = 0
+    #: Seconds the channel did not read this request's streamed body (its
+    #: upstream full): not held against the client's body deadline.
+    body_wait: float = 0.0
     finished: bool = False
     #: The whole request (head and body) has been received.
     complete: bool = False
@@ -404,12 +434,18 @@ class Exchange:
                 return  # refused: the first refusal is the answer
         if length > 0:
             self.body_length = 0
+            if chain is not None and chain.streams and self.method not in chain.spooled_methods:
+                self._stream_body(length)
+                return
             if length > factory.settings.http_limits.spool_in_memory:
                 self.content = tempfile.TemporaryFile()
             else:
                 self.content = io.BytesIO()
         elif length < 0:
             self.body_length = 0
+            if chain is not None and chain.streams and self.method not in chain.spooled_methods:
+                self._stream_body(None)
+                return
             self.content = tempfile.SpooledTemporaryFile(
                 max_size=factory.settings.http_limits.spool_in_memory
             )
@@ -418,6 +454,51 @@ class Exchange:
         if self._expect_continue and length and front and self.http11:
             self._continued = True
             self.send_continue()
+
+    def _stream_body(self, length: int | None) -> None:
+        """Stream the body upstream as it arrives: the exchange is ready to be
+        processed now.  ``Expect: 100-continue`` is answered when the body is
+        wanted (:meth:`body_wanted`: an upstream connection takes it), so a
+        request refused before then (by its auth service, a full cluster)
+        never makes the client send it; meanwhile the client is not read and
+        the time is not its own."""
+        channel = self.channel
+        stream = self.body_stream = StreamedBody(
+            self, channel, length, self.factory.settings.http_limits.request_stream_window
+        )
+        if self._expect_continue and self.http11:
+            stream.hold_client()
+
+    def body_wanted(self) -> None:
+        """An upstream connection takes the streamed body."""
+        if self._expect_continue and self.http11 and not self._continued:
+            self._continued = True
+            if not self._disconnected and not self.finished and not self.record.status:
+                self.send_continue()
+
+    def stream_failed(self, error: EdgeProxyError) -> None:
+        """The streamed body of an exchange being processed cannot be
+        completed (past the body limit, past the client's body deadline): the
+        upstream exchange is given up (:class:`StreamedBody` tells its owner),
+        the client gets ``error`` if no response has started, else its
+        connection is cut; the connection is not kept either way."""
+        self.persistent = False
+        self.discarding = True
+        stream = self.body_stream
+        if stream is not None:
+            stream.fail(error)
+        if self.finished or self._disconnected:
+            return
+        record = self.record
+        if not record.status:
+            self.respond_error(error)
+            return
+        record.outcome = error.outcome
+        record.reason = error.reason
+        metrics = self.factory.metrics
+        if metrics is not None:
+            metrics.count_outcome(error.outcome, error.reason)
+        self.abort()
 
     def _route(self, plan: Plan) -> None:
         split = split_target(self.uri)
@@ -481,6 +562,10 @@ class Exchange:
         content = self.content
         if content is not None:
             content.write(data)
+            return
+        stream = self.body_stream
+        if stream is not None:
+            stream.feed(data)
 
     def body_complete(self) -> None:
         self.complete = True
@@ -488,6 +573,9 @@ class Exchange:
         if content is not None:
             self.body_length = self.body_bytes
             content.seek(0)
+        elif self.body_stream is not None:
+            self.body_length = self.body_bytes
+            self.body_stream.end()
 
     def reject(self, error: EdgeProxyError) -> None:
         """The request cannot be served as sent: answer ``error`` (when its
@@ -509,6 +597,10 @@ class Exchange:
             self.refused_early = True
             self.channel.run_queue()
             return
+        if self.processing and self.body_stream is not None:
+            # Streaming upstream already: give that up, answer if still possible.
+            self.stream_failed(error)
+            return
         self.reject(error)
         self.discarding = True
         self.channel.run_queue()
@@ -517,6 +609,9 @@ class Exchange:
         content, self.content = self.content, None
         if content is not None:
             content.close()
+        stream = self.body_stream
+        if stream is not None:
+            stream.stop()
 
     # -- its turn ----------------------------------------------------------------
 
@@ -674,6 +769,13 @@ class Exchange:
 
     def _finished(self) -> None:
         """The subclass wrote the end of the response."""
+        if not self.complete:
+            # Answered while its streamed body still arrives (an upstream
+            # that answered early, a refusal): the rest is read and dropped,
+            # and the connection is not kept.
+            self.persistent = False
+            self.discarding = True
+            self._discard_body()
         if self.observers is not None:
             for observer in self.observers:
                 observer.response_end(True)
@@ -715,6 +817,10 @@ class Exchange:
         """Answer with a whole response made here (a redirect, later a cached
         or refused one): for stages that answer instead of passing on."""
         self.record.outcome = outcome
+        if not self.complete:
+            # Its streamed body is still arriving: the rest will be dropped
+            # and the connection closed (see _finished); say so.
+            self.persistent = False
         self.send_head(code, _reason(code), headers, len(body))
         self.write(body)
         self.finish()

@@ -14,7 +14,7 @@ import random
 import re
 import secrets
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
@@ -43,7 +43,7 @@ from edgeproxy.net.clienttls import ClientTLS
 from edgeproxy.net.failures import upstream_error
 from edgeproxy.proxy.exchange import Exchange, Stage
 from edgeproxy.proxy.relay import ResponseRelay
-from edgeproxy.upstream.h1client import H1Response, UpstreamClient
+from edgeproxy.upstream.h1client import BodySource, H1Response, UpstreamClient
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Forwarder"]
 
-# Framing is edgeproxy's to decide on each hop; Expect was already answered
-# (100 Continue) and the body is spooled; the request id is edgeproxy's.
+# Framing is edgeproxy's to decide on each hop; Expect is answered here
+# (100 Continue) and the body spooled, or streamed once wanted; the request id is edgeproxy's.
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
 #: From a peer that is not a trusted forwarder, once some are configured, the
 #: forwarding chain it sent is forged or ours to start: replaced, not extended.
@@ -187,7 +187,7 @@ class ForwardStage(Stage):
 
     def handle(self, exchange: Exchange) -> None:
         exchange.record.cluster = self._name
-        _Exchange(
+        (_Exchange if exchange.body_stream is None else _Streamed)(
             self._forwarder, exchange, self._runtime, None, None, 0.0, self._backends
         ).start()
 
@@ -225,7 +225,7 @@ class SplitStage(Stage):
         if not runtime.available():
             runtime = _split_fallback(snapshot, chooser, roll, runtime)
         exchange.record.cluster = runtime.cluster.name
-        _Exchange(
+        (_Exchange if exchange.body_stream is None else _Streamed)(
             self._forwarder, exchange, runtime, set_cookie, chooser, roll, self._backends
         ).start()
 
@@ -292,7 +292,7 @@ class _Exchange:
         policy = self._cluster.policy
         key_spec = getattr(policy, "key", None)
         self._hash_key = _hash_key(request, key_spec) if isinstance(key_spec, str) else None
-        self._body = request.content
+        self._body: IO[bytes] | BodySource | None = request.content
         self._body_length = request.body_length if request.content is not None else None
         self._relay: ResponseRelay | None = None
         request.when_over(self._on_request_over)
@@ -628,6 +628,62 @@ class _Exchange:
         # The upstream broke off (or went quiet) mid-body: the client must not
         # take a short body for a whole one, so its connection is cut too.
         request.break_off(broke_off)
+
+
+class _Streamed(_Exchange):
+    """A request whose body streams upstream as it arrives (a route with
+    ``request_buffering=False``).  It is sent as soon as its turn comes,
+    with the body the client has sent so far, and the rest follows.  Once
+    any of the body has gone to an endpoint it cannot be sent again: no
+    retry, no move to another Split side (one that has not started, a
+    connection refused, still may).  A body that breaks off on the client's
+    side (past the body limit, past the client's deadline) gives the
+    upstream exchange up, as a client that goes away does."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: Exchange,
+        runtime: ClusterRuntime,
+        set_cookie: bytes | None,
+        chooser: SplitChooser | None,
+        roll: float,
+        backends: frozenset[bytes] | None = None,
+    ) -> None:
+        super().__init__(forwarder, request, runtime, set_cookie, chooser, roll, backends)
+        stream = request.body_stream
+        assert stream is not None
+        self._stream = stream
+        self._body = stream
+        self._body_length = stream.length
+        stream.owner = self._body_broke
+
+    def _body_broke(self, error: EdgeProxyError) -> None:
+        """The client's body broke off: nothing more goes upstream (the
+        exchange answers the client, :meth:`Exchange.stream_failed`)."""
+        self._forwarder.log.info(
+            "streamed request body to {cluster} broke off: {reason}",
+            cluster=self._cluster.name,
+            reason=error.reason,
+        )
+        self._on_request_over(Failure(error))
+
+    def _on_response(self, response: H1Response) -> None:
+        if not self._stream.ended:
+            # Answered before the whole body came: the rest of it will be
+            # dropped and the connection closed; the head says so.
+            self._request.persistent = False
+        super()._on_response(response)
+
+    def _may_retry(self, error: EdgeProxyError | None, status: int | None) -> bool:
+        if self._stream.started:
+            return False
+        return super()._may_retry(error, status)
+
+    def _other_side(self, error: EdgeProxyError) -> bool:
+        if self._stream.started:
+            return False
+        return super()._other_side(error)
 
 
 class _Discard(Protocol):

@@ -26,6 +26,11 @@ proxy together.  What it gave for free is done here explicitly:
   arrives meanwhile is held unparsed (reading stops past
   ``max_held_bytes``), so a client that goes away is still noticed;
 - ``Expect: 100-continue`` is answered when the body is wanted;
+- a streamed request body (a route with ``request_buffering=False``): its
+  exchange is processed as soon as its head is routed and it is first in
+  line, and the connection stops reading while the body's upstream is full
+  (:meth:`ProxyChannel.pause_request_body`); the next pipelined request is
+  parsed only once that body is whole;
 - keep-alive (:func:`~edgeproxy.core.framing.request_keep_alive`): HTTP/1.1
   unless ``Connection: close``, HTTP/1.0 only with ``Connection: keep-alive``
   and without ``close``;
@@ -330,6 +335,10 @@ class ProxyChannel(Protocol):
         self._answered_at: float | None = None
         self._timer: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
+        #: Since when reading is paused for a streamed body (None: it is not):
+        #: time the client is not held to (see _deadline; the request being
+        #: parsed keeps the sum in ``body_wait``).
+        self._body_paused_at: float | None = None
         self._processing_queue = False
 
     # -- the connection ----------------------------------------------------------
@@ -645,6 +654,7 @@ class ProxyChannel(Protocol):
             and not self._input_closed
             and (held is None or len(held) <= self.factory.limits.max_held_bytes)
             and self.transport is not None
+            and self._body_paused_at is None
         ):
             self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -682,7 +692,8 @@ class ProxyChannel(Protocol):
             requests = self.requests
             while requests and not self._closed:
                 first = requests[0]
-                if first.processing or not first.complete:
+                # A streamed body's exchange starts before the body is in.
+                if first.processing or not (first.complete or first.body_stream is not None):
                     break
                 first.process()
         finally:
@@ -691,6 +702,27 @@ class ProxyChannel(Protocol):
     def write_now(self, data: bytes) -> None:
         if not self._closed and self.transport is not None:
             self._write(data)
+
+    # -- read-side flow control for a streamed request body ------------------------
+
+    def pause_request_body(self) -> None:
+        """Stop reading: the streamed body being received has nowhere to go."""
+        if self._body_paused_at is not None or self._closed:
+            return
+        self._body_paused_at = self.clock_seconds()
+        if not self._reading_paused and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resume_request_body(self) -> None:
+        paused = self._body_paused_at
+        if paused is None:
+            return
+        self._body_paused_at = None
+        parsing = self._parsing
+        if parsing is not None:
+            parsing.body_wait += self.clock_seconds() - paused
+        if not self._reading_paused and not self._closed and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     # -- write-side flow control -----------------------------------------------------
 
@@ -749,19 +781,26 @@ class ProxyChannel(Protocol):
         client) or a refused body is being dropped (the lingering close
         bounds that)."""
         requests = self.requests
-        if requests and requests[0].processing:
+        parsing = self._parsing
+        if requests and requests[0].processing and requests[0] is not parsing:
             return None
         factory = self.factory
         answered = self._answered_at
-        parsing = self._parsing
         if parsing is not None:
-            if parsing.discarding:
+            if parsing.discarding or self._body_paused_at is not None:
+                # (Paused: edgeproxy is not reading a streamed body; its
+                # upstream is full or not there yet.)
                 return None
             start = parsing.started
             if answered is not None and answered > start:
                 start = answered  # parsed while an earlier request was answered
             rate = factory.body_min_rate
-            return start + factory.body_timeout + (parsing.body_bytes / rate if rate else 0.0)
+            return (
+                start
+                + factory.body_timeout
+                + (parsing.body_bytes / rate if rate else 0.0)
+                + parsing.body_wait
+            )
         if answered is None:
             # The first request: from the accept, idle or not.
             return self._accepted + factory.header_timeout
@@ -789,10 +828,17 @@ class ProxyChannel(Protocol):
         parsing = self._parsing
         if parsing is not None:
             deadline_name = "body"
-            if parsing.processing:
+            if parsing.body_stream is not None and parsing.processing:
+                # A streamed body the client stopped sending: its upstream
+                # exchange is given up; 408 if no response has started, else
+                # the connection is cut.
+                self._input_closed = True
+                parsing.stream_failed(RequestTimeout(Reason.BODY_TIMEOUT))
+                self.close()
+            elif parsing.processing:
                 # Its response has begun: too late for a 408; cut it off.  (Not
-                # today: a request is processed once its body is whole, and a
-                # refused one's body is the lingering close's.)
+                # for a spooled body: its request is processed once the body is
+                # whole, and a refused one's body is the lingering close's.)
                 parsing.timed_out()
                 self.close()
             else:

@@ -23,6 +23,11 @@ A route's chain, in order (docs/architecture.md has the table):
    ``plain_http``, :class:`~.stages.HttpsRedirect`; otherwise
    :class:`~.forward.ForwardStage` (a cluster) or
    :class:`~.forward.SplitStage` (a Split).
+
+A route with ``request_buffering=False`` gets a chain that streams request
+bodies (``RouteChain.streams``), except for the methods a stage reads whole
+(``Stage.whole_body_methods``: the cache's GET and HEAD fills) and on a chain
+that only redirects.
 """
 
 from __future__ import annotations
@@ -160,7 +165,9 @@ def build_plan(
                 rate_limits=rate_limits,
                 auth=auth,
             )
-            chains[tls][id(route)] = RouteChain(stages)
+            # A chain that only redirects has no upstream to stream a body to.
+            streams = not route.request_buffering and not isinstance(stages[-1], HttpsRedirect)
+            chains[tls][id(route)] = RouteChain(stages, stream_bodies=streams)
     if caches is not None:
         caches.keep_only(
             store_name(vhost, route, route.cache)

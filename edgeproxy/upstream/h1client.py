@@ -4,10 +4,11 @@ forwarding path.
 
 Agent's generality (any body producer, pipelining hooks, a line-based
 parser written in Python) costs more than the proxy does; this client does
-one thing: send a request head (and a spooled body) on a pooled connection
-and hand back the response head as soon as it is parsed, the body streaming
-through ``deliverBody`` with backpressure.  Parsing is llhttp's (Node.js's
-parser, through ``httptools``), as the tokenizer; the framing decisions are
+one thing: send a request head (and a spooled body, or one streamed as it
+arrives: :class:`BodySource`) on a pooled connection and hand back the
+response head as soon as it is parsed, the body streaming through
+``deliverBody`` with backpressure.  Parsing is llhttp's (Node.js's parser,
+through ``httptools``), as the tokenizer; the framing decisions are
 :mod:`edgeproxy.core.framing`'s (``response_framing``,
 ``response_keep_alive``), strict because an upstream response that frames
 differently from what we think would desynchronise a pooled connection:
@@ -44,6 +45,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from typing import IO, Any
+from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from OpenSSL import SSL
@@ -92,6 +94,8 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_IDLE_PER_ENDPOINT",
     "IDEMPOTENT_METHODS",
+    "BodySink",
+    "BodySource",
     "H1Response",
     "UpstreamClient",
 ]
@@ -268,6 +272,119 @@ class _BodyWriter:
         self._stopped = True
 
 
+class BodySink(TypingProtocol):
+    """Where a :class:`BodySource` pushes its body: an upstream connection's
+    writer while the request is being sent."""
+
+    def data(self, data: bytes) -> None: ...
+    def end(self) -> None: ...
+
+
+class BodySource:
+    """A request body sent as it arrives (a route's ``request_buffering=False``)
+    rather than from a spool: the proxy's side implements it.
+
+    The connection that sends the request calls :meth:`connect` once, with
+    its writer; the source pushes each piece with ``sink.data`` and ends with
+    ``sink.end()``.  The writer is the upstream transport's push producer:
+    a full socket buffer calls :meth:`pauseProducing` (the source stops
+    reading its client) and a drained one :meth:`resumeProducing`.
+    :meth:`stopProducing` says the connection takes no more (the response
+    ended first, the exchange was cancelled or failed); the source lets go
+    of the sink then.  Once :attr:`started`, the body cannot be sent again:
+    neither this client nor its caller retries it."""
+
+    #: The body's length when known (``Content-Length`` upstream); None:
+    #: unknown, sent chunked.
+    length: int | None = None
+    #: Some of it was handed to a connection.
+    started: bool = False
+
+    def connect(self, sink: BodySink) -> None:
+        raise NotImplementedError
+
+    def pauseProducing(self) -> None:
+        raise NotImplementedError
+
+    def resumeProducing(self) -> None:
+        raise NotImplementedError
+
+    def stopProducing(self) -> None:
+        raise NotImplementedError
+
+
+@implementer(IPushProducer)
+class _StreamWriter:
+    """Writes a streamed request body on its connection as the source pushes
+    it (chunk-encoded when its length is unknown); the upstream transport's
+    push producer, so a full socket buffer pauses the source."""
+
+    __slots__ = ("_chunked", "_conn", "_exchange", "_source", "paused")
+
+    def __init__(self, conn: _Connection, exchange: _Exchange, source: BodySource) -> None:
+        self._conn: _Connection | None = conn
+        self._exchange: _Exchange | None = exchange
+        self._source: BodySource | None = source
+        self._chunked = source.length is None
+        self.paused = False
+
+    def start(self) -> None:
+        source = self._source
+        assert source is not None
+        source.started = True
+        source.connect(self)
+
+    def data(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None or not data:
+            return
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.body_progress()
+        conn.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+
+    def end(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        if self._chunked:
+            conn.write(b"0\r\n\r\n")
+        exchange = self._exchange
+        self._release()
+        if exchange is not None:
+            exchange.body_progress()
+        conn.body_written(True)
+
+    def _release(self) -> None:
+        # Each refers back (connection -> writer, source -> writer): let go.
+        self._conn = self._exchange = self._source = None
+
+    # IPushProducer, for the upstream transport:
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._source is not None:
+            self._source.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.body_progress()
+        if self._source is not None:
+            self._source.resumeProducing()
+
+    def stopProducing(self) -> None:
+        source = self._source
+        self._release()
+        if source is not None:
+            source.stopProducing()
+
+    def flowing(self) -> bool:
+        """Sending, and the upstream takes what comes: what is awaited is the client."""
+        return self._conn is not None and not self.paused
+
+
 class _Exchange:
     """One request: its callbacks, deadline, head and body delivery."""
 
@@ -290,11 +407,15 @@ class _Exchange:
         "on_informational",
         "on_response",
         "protocol",
+        "response_timeout",
         "retried",
         "stopped",
         "timer",
         "waiting_for_head",
     )
+
+    #: Seconds the response head may take (set by ``send``).
+    response_timeout: float
 
     def __init__(
         self,
@@ -302,7 +423,7 @@ class _Exchange:
         endpoint: Endpoint,
         method: bytes,
         head: bytes,
-        body: IO[bytes] | None,
+        body: IO[bytes] | BodySource | None,
         body_length: int,
         connect_timeout: float,
         on_response: Callable[[H1Response], object],
@@ -344,6 +465,8 @@ class _Exchange:
         self.finished: Failure | None = None
         self.lost_delivered = False
         self.stopped = False
+        #: (``response_timeout``, the seconds the head may take, is set by
+        #: ``send``; a streamed body's timing counts from its last move.)
 
     # -- the head ------------------------------------------------------------
 
@@ -387,9 +510,32 @@ class _Exchange:
 
     def timeout(self) -> None:
         self.timer = None
-        if self.waiting():
-            self._abandon()
-            self.fail(UpstreamTimeout())
+        if not self.waiting():
+            return
+        left = self.time_left()
+        if left > 0:
+            self.timer = self.client.reactor.callLater(left, self.timeout)
+            return
+        self._abandon()
+        self.fail(UpstreamTimeout())
+
+    def time_left(self) -> float:
+        """Seconds until the response head is due.  For a streamed body the
+        deadline runs only while edgeproxy waits on the upstream: from the
+        body's last write, or while the upstream takes none of it; while the
+        upstream takes what comes, it is the client that is awaited (the
+        client's body deadline governs that)."""
+        now = self.client.reactor.seconds()
+        conn = self.conn
+        writer = conn.writer if conn is not None else None
+        if isinstance(writer, _StreamWriter) and writer.flowing():
+            self.deadline = now + self.response_timeout
+        return self.deadline - now
+
+    def body_progress(self) -> None:
+        """A streamed body moved (written, resumed, or ended): the response
+        deadline counts from now."""
+        self.deadline = self.client.reactor.seconds() + self.response_timeout
 
     def _abandon(self) -> None:
         connecting, self.connecting = self.connecting, None
@@ -661,7 +807,7 @@ class _Connection(Protocol):
         self._reusable = True  # false once anything rules out another request
         self._reused = False  # the current exchange came to an idle pooled connection
         self._paused = False
-        self._writer: _BodyWriter | None = None
+        self._writer: _BodyWriter | _StreamWriter | None = None
         self._request_written = False
         self._head_timer: IDelayedCall | None = None
         # Checked on every read, so kept here rather than looked up.
@@ -716,6 +862,9 @@ class _Connection(Protocol):
             self._request_written = True
             transport.write(exchange.head)
             return
+        if isinstance(body, BodySource):
+            self._start_stream(exchange, body)
+            return
         body.seek(0)
         length = exchange.body_length
         chunk = self._client.limits.upstream_body_chunk
@@ -735,9 +884,31 @@ class _Connection(Protocol):
         self._writer = _BodyWriter(self, body, length, chunk)
         transport.registerProducer(self._writer, False)
 
+    def _start_stream(self, exchange: _Exchange, source: BodySource) -> None:
+        """Send the head, then the body as its source pushes it; a full
+        socket buffer pauses the source (the writer is the transport's push
+        producer)."""
+        self._request_written = False
+        if source.started:
+            # A body already (partly) sent elsewhere cannot be sent again.
+            self._reusable = False
+            exchange.fail(UpstreamResponseFailed())
+            self.abort()
+            return
+        transport: Any = self.transport
+        transport.write(exchange.head)
+        writer = self._writer = _StreamWriter(self, exchange, source)
+        transport.registerProducer(writer, True)
+        writer.start()
+
     def write(self, data: bytes) -> None:
         transport: Any = self.transport
         transport.write(data)
+
+    @property
+    def writer(self) -> _BodyWriter | _StreamWriter | None:
+        """The request body's writer while it is being sent."""
+        return self._writer
 
     def body_written(self, whole: bool) -> None:
         writer, self._writer = self._writer, None
@@ -790,7 +961,7 @@ class _Connection(Protocol):
         exchange = self._exchange
         if exchange is None or exchange.timer is not None or not exchange.waiting():
             return
-        left = exchange.deadline - self._client.reactor.seconds()
+        left = exchange.time_left()
         if left > 0:
             self.watch_head(left)
         else:
@@ -833,7 +1004,10 @@ class _Connection(Protocol):
         state, self._state = self._state, _CLOSED
         self._reusable = False
         self._stop_head_timer()
-        self._writer = None
+        writer, self._writer = self._writer, None
+        if isinstance(writer, _StreamWriter):
+            # The streamed body's source lets go of its sink.
+            writer.stopProducing()
         # The parser refers back to this connection: no cycle left for the GC.
         self._parser = _CLOSED_PARSER
         self._response = None
@@ -862,6 +1036,7 @@ class _Connection(Protocol):
                 and not self._prefix
                 and not exchange.retried
                 and exchange.method in IDEMPOTENT_METHODS
+                and not isinstance(exchange.body, BodySource)
             ):
                 # A pooled connection the upstream had closed: try once afresh.
                 exchange.retried = True
@@ -1320,7 +1495,7 @@ class UpstreamClient:
         method: bytes,
         target: bytes,
         headers: Headers | Sequence[tuple[bytes, bytes]],
-        body: IO[bytes] | None,
+        body: IO[bytes] | BodySource | None,
         body_length: int | None,
         *,
         connect_timeout: float,
@@ -1345,8 +1520,15 @@ class UpstreamClient:
             pairs = headers
         lines = list(map(_COLON_SPACE.join, pairs))
         lines.insert(0, method + b" " + target + b" HTTP/1.1")
-        if body is not None and body_length is not None:
+        if body is None:
+            body_length = 0
+            lines.append(b"Content-Length: 0\r\n\r\n" if method in (b"POST", b"PUT") else b"\r\n")
+        elif body_length is not None:
             lines.append(b"Content-Length: %d\r\n\r\n" % body_length)
+        elif isinstance(body, BodySource):
+            # A streamed body of unknown length (the client's was chunked).
+            body_length = -1
+            lines.append(b"Transfer-Encoding: chunked\r\n\r\n")
         else:
             body = None
             body_length = 0
@@ -1360,6 +1542,7 @@ class UpstreamClient:
             on_response, on_error, on_informational,
         )
         exchange.deadline = self.reactor.seconds() + response_timeout
+        exchange.response_timeout = response_timeout
         conn = self._take(str(endpoint))
         if conn is None:
             self._connect(exchange)

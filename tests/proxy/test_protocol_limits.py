@@ -29,6 +29,7 @@ DEFAULTS = {
     "max_request_head_bytes": 16 * 1024,
     "max_request_headers": 500,
     "max_held_bytes": 64 * 1024,
+    "request_stream_window": 256 * 1024,
     "spool_in_memory": 100_000,
     "max_response_head_bytes": 64 * 1024,
     "upstream_body_chunk": 64 * 1024,
