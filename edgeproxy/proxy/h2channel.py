@@ -58,6 +58,7 @@ from h2.events import (
 )
 from h2.exceptions import DenialOfServiceError, ProtocolError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -597,11 +598,9 @@ class H2Channel(ProxyChannel):
             self._calm("control_flood", ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _on_goaway(self, event: ConnectionTerminated) -> None:
-        # The client will open no more streams: finish those open, then close.
-        self.draining = True
-        self._goaway_sent = True
-        if not self._streams:
-            self.close()
+        # The client is done with the connection (h2 sends nothing after it).
+        self._input_closed = True
+        self.close()
 
     # -- output -----------------------------------------------------------------------
 
@@ -615,8 +614,20 @@ class H2Channel(ProxyChannel):
     def send_headers(
         self, stream: H2Stream, headers: list[tuple[bytes, bytes]], end_stream: bool
     ) -> None:
-        self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        try:
+            self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        except ProtocolError as e:
+            self._cannot_send(stream, e)
+            return
         self._flush()
+
+    def _cannot_send(self, stream: H2Stream, error: ProtocolError) -> None:
+        """h2 refused to send on ``stream`` (closed under it): the stream is lost."""
+        self.log.debug("HTTP/2 stream {stream} closed under its response: {error}",
+                       stream=stream.stream_id, error=str(error))
+        if self._streams.pop(stream.stream_id, None) is not None:
+            self._stream_gone(stream)
+        stream.lost(_GONE)
 
     def send_held(self, stream: H2Stream, held: deque[bytes]) -> int:
         """Send what the windows allow of ``held`` (consumed from the left);
@@ -638,16 +649,24 @@ class H2Channel(ProxyChannel):
             else:
                 held.popleft()
             at = 0
-            while at < size:
-                h2.send_data(stream_id, chunk[at : at + frame])
-                at += frame
+            try:
+                while at < size:
+                    h2.send_data(stream_id, chunk[at : at + frame])
+                    at += frame
+            except ProtocolError as e:
+                self._cannot_send(stream, e)
+                return sent
             sent += size
         if sent:
             self._flush()
         return sent
 
     def end_stream(self, stream: H2Stream) -> None:
-        self._h2.end_stream(stream.stream_id)
+        try:
+            self._h2.end_stream(stream.stream_id)
+        except ProtocolError as e:
+            self._cannot_send(stream, e)
+            return
         self._flush()
 
     def acknowledge(self, stream: H2Stream, size: int) -> None:
@@ -717,8 +736,14 @@ class H2Channel(ProxyChannel):
         self.draining = True
         if not self._goaway_sent and not self._closed:
             self._goaway_sent = True
-            self._h2.close_connection(ErrorCodes.NO_ERROR)
+            # Written here, not with h2's close_connection: h2 sends nothing
+            # more on a connection once it has sent GOAWAY, and the streams
+            # in flight are to finish.
             self._flush()
+            goaway = GoAwayFrame(0)
+            goaway.last_stream_id = self._h2.highest_inbound_stream_id
+            goaway.error_code = ErrorCodes.NO_ERROR
+            self._write(goaway.serialize())
         if not self._streams:
             self.close()
 
@@ -752,7 +777,9 @@ class H2Channel(ProxyChannel):
 
     def _next_deadline(self, now: float) -> float:
         factory = self.factory
-        nearest = now + factory.deadline_step
+        # A stream stalled since the last look is due no sooner than a window
+        # timeout from then: looking again at least that often finds it in time.
+        nearest = now + min(factory.deadline_step, self._limits.window_timeout)
         if self._block_started is not None:
             nearest = min(nearest, self._block_started + factory.header_timeout)
         if not self._streams:
