@@ -302,7 +302,8 @@ class Exchange:
     #: (edgeproxy.core.framing.CHUNKED), 0 for none.
     declared_length: int = 0
     #: The framing of a request without Content-Length or Transfer-Encoding:
-    #: none (HTTP/1.1), or CHUNKED for an HTTP/2 stream whose body ends with it.
+    #: none (HTTP/1.1), or CHUNKED for an HTTP/2 stream whose body ends with
+    #: the stream (which sets ``declared_length`` to match).
     unframed_body: int = 0
     #: Request body bytes received so far, and the most the route allows.
     body_bytes: int = 0
@@ -376,7 +377,7 @@ class Exchange:
                 # One id or none: several are as good as a forged one.
                 self._incoming_request_id = value if self._incoming_request_id is None else b""
         if content_length is None and coding is None:
-            length = self.declared_length = self.unframed_body
+            length = self.unframed_body
         else:
             try:
                 # A Content-Length, or CHUNKED (negative).

@@ -79,7 +79,8 @@ class H2Exchange(Exchange):
         if body_follows:
             # No Content-Length: the body ends with the stream (END_STREAM);
             # spooled as a chunked HTTP/1.1 body would be.
-            self.unframed_body = CHUNKED
+            # (A Content-Length, when there is one, replaces both.)
+            self.unframed_body = self.declared_length = CHUNKED
 
     def send_continue(self) -> None:
         self.sink.send_interim([(b":status", b"100")])
