@@ -275,3 +275,38 @@ def _wait_for(path: Path, needle: str, timeout: float = 10.0) -> str:
                     return line
         time.sleep(0.05)
     raise AssertionError(f"{needle!r} not in {path}")
+
+
+def test_metrics_count_h2_connections_and_streams(site: Site) -> None:
+    with site.client() as client:
+        get(client, "/counted")
+        metrics = httpx.get(f"http://127.0.0.1:{site.proxy.ports['admin']}/metrics").text
+    assert re.search(r"^edgeproxy_h2_connections 1\.0$", metrics, re.M), metrics
+    streams = re.search(r"^edgeproxy_h2_streams_total (\d+)\.0$", metrics, re.M)
+    assert streams is not None and int(streams.group(1)) >= 1
+
+
+def test_no_http2_offers_http11_only(
+    tmp_path: Path, ca: trustme.CA, tls_layer: tuple[str, ...]
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.issue_cert("app.test").private_key_and_cert_chain_pem.write_to_path(
+        str(certs / "app.pem")
+    )
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    backend = BackendServer("app").start()
+    config = write_config(tmp_path / "sites.py", CONFIG.format(app=backend.address, auth="x:1"))
+    proxy = ProxyProcess(tmp_path, config, certs, ("--no-http2", *tls_layer)).start()
+    try:
+        port = proxy.ports["https"]
+        result = subprocess.run(
+            ["curl", "--http2", "-sS", "-i", "--cacert", str(ca_file),
+             *_resolve("app.test", port), f"https://app.test:{port}/plain"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+        assert result.stdout.startswith("HTTP/1.1 200")
+    finally:
+        proxy.stop()
+        backend.stop()
