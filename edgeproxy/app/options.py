@@ -245,7 +245,7 @@ class Options(usage.Options):
         ["h2-max-resets-per-second", None, _H2.max_resets_per_second, "Streams an HTTP/2 "
          "client may reset per second before GOAWAY (rapid reset, CVE-2023-44487).",
          _positive_int],
-        ["h2-max-control-frames-per-second", None, _H2.max_control_frames_per_second,
+        ["h2-control-frames-per-second", None, _H2.max_control_frames_per_second,
          "SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second before "
          "GOAWAY.", _positive_int],
         ["h2-window-timeout", None, _H2.window_timeout, "Seconds an HTTP/2 response may "
@@ -368,7 +368,7 @@ class Options(usage.Options):
                 initial_window_size=self["h2-initial-window-size"],
                 connection_window_size=self["h2-connection-window-size"],
                 max_resets_per_second=self["h2-max-resets-per-second"],
-                max_control_frames_per_second=self["h2-max-control-frames-per-second"],
+                max_control_frames_per_second=self["h2-control-frames-per-second"],
                 window_timeout=self["h2-window-timeout"],
             ),
             http_limits=attrs.evolve(

@@ -110,7 +110,7 @@ class H2Limits:
     #: ``--h2-max-resets-per-second``).
     max_resets_per_second: int = attrs.field(default=100, validator=_h2_positive)
     #: SETTINGS, PING and PRIORITY frames the client may send per second
-    #: before GOAWAY(ENHANCE_YOUR_CALM) (``--h2-max-control-frames-per-second``).
+    #: before GOAWAY(ENHANCE_YOUR_CALM) (``--h2-control-frames-per-second``).
     max_control_frames_per_second: int = attrs.field(default=100, validator=_h2_positive)
     #: Seconds a stream's response may wait for the client to open its
     #: flow-control window before the stream is reset (a zero-window stall;
