@@ -30,7 +30,7 @@ from edgeproxy.core.connlimits import (
     AcceptLimits,
     default_burst,
 )
-from edgeproxy.core.protocol import HTTPLimits
+from edgeproxy.core.protocol import MAX_WINDOW, H2Limits, HTTPLimits
 
 __all__ = ["Options", "version_text"]
 
@@ -38,6 +38,7 @@ _DEFAULT_HTTPS = "tcp:8443"
 _DEFAULT_HTTP = "tcp:8080"
 _DEFAULT_ADMIN = "tcp:9901:interface=127.0.0.1"
 _LIMITS = HTTPLimits()
+_H2 = H2Limits()
 
 
 def _port_number(value: str) -> int:
@@ -58,6 +59,20 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise ValueError(f"must be at least 1: {value}")
+    return number
+
+
+def _window_size(value: str) -> int:
+    number = _positive_int(value)
+    if number > MAX_WINDOW:
+        raise ValueError(f"must be at most {MAX_WINDOW}: {value}")
+    return number
+
+
+def _frame_size(value: str) -> int:
+    number = int(value)
+    if not 16384 <= number <= 16777215:
+        raise ValueError(f"must be from 16384 to 16777215: {value}")
     return number
 
 
@@ -180,6 +195,8 @@ class Options(usage.Options):
          "print every problem and exit (1 on an error, else 0); starts nothing."],
         ["strict", None, "With --check: warnings fail the check too (exit 1)."],
         ["watch-config", None, "Reload when a config file changes (as on SIGHUP)."],
+        ["no-http2", None, "Offer only http/1.1 over ALPN on the https listeners (HTTP/2 "
+         "is offered by default; docs/http.md#http2)."],
         ["no-fast-paths", None, "Run on Twisted's own TLS layer, write and event dispatch "
          "instead of edgeproxy's faster ones (to rule them out when something looks wrong; "
          "docs/operations.md)."],
@@ -213,6 +230,27 @@ class Options(usage.Options):
          "block in bytes (each line counted as name, value and 4); 431 above it.", _positive_int],
         ["max-headers", None, _LIMITS.max_request_headers, "Most header lines in a request; "
          "431 above it.", _positive_int],
+        ["h2-max-concurrent-streams", None, _H2.max_concurrent_streams, "HTTP/2 streams a "
+         "client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).",
+         _positive_int],
+        ["h2-max-header-list-size", None, _H2.max_header_list_size, "Largest HTTP/2 request "
+         "header list in bytes (each field counted as name, value and 32); a header block "
+         "larger than this closes the connection.", _positive_int],
+        ["h2-max-frame-size", None, _H2.max_frame_size, "Largest HTTP/2 frame payload a "
+         "client may send (16384 to 16777215).", _frame_size],
+        ["h2-initial-window-size", None, _H2.initial_window_size, "Each HTTP/2 stream's "
+         "receive window in bytes (request body a client may send ahead).", _window_size],
+        ["h2-connection-window-size", None, _H2.connection_window_size, "An HTTP/2 "
+         "connection's receive window in bytes, all streams together.", _window_size],
+        ["h2-max-resets-per-second", None, _H2.max_resets_per_second, "Streams an HTTP/2 "
+         "client may reset per second before GOAWAY (rapid reset, CVE-2023-44487).",
+         _positive_int],
+        ["h2-control-frames-per-second", None, _H2.max_control_frames_per_second,
+         "SETTINGS, PING and PRIORITY frames an HTTP/2 client may send per second before "
+         "GOAWAY.", _positive_int],
+        ["h2-window-timeout", None, _H2.window_timeout, "Seconds an HTTP/2 response may "
+         "wait for the client to open its flow-control window before its stream is reset.",
+         _positive_float],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "Open client connections this "
          "process accepts (https and http listeners together; per worker with --workers); "
          "over it a new connection is closed at accept, before TLS. 0: no limit.",
@@ -322,6 +360,17 @@ class Options(usage.Options):
             resolver=self["resolver"],
             rate_limit_max_keys=self["rate-limit-max-keys"],
             fast_paths=not self["no-fast-paths"],
+            http2=not self["no-http2"],
+            h2_limits=H2Limits(
+                max_concurrent_streams=self["h2-max-concurrent-streams"],
+                max_header_list_size=self["h2-max-header-list-size"],
+                max_frame_size=self["h2-max-frame-size"],
+                initial_window_size=self["h2-initial-window-size"],
+                connection_window_size=self["h2-connection-window-size"],
+                max_resets_per_second=self["h2-max-resets-per-second"],
+                max_control_frames_per_second=self["h2-control-frames-per-second"],
+                window_timeout=self["h2-window-timeout"],
+            ),
             http_limits=attrs.evolve(
                 _LIMITS,
                 max_request_line=self["max-request-line"],

@@ -37,6 +37,7 @@ from edgeproxy.ops.admin import admin_site
 from edgeproxy.ops.metrics import Metrics
 from edgeproxy.proxy.forward import Forwarder
 from edgeproxy.proxy.h1channel import ConnectionTracker, ProxyFactory
+from edgeproxy.proxy.h2channel import H2Channel
 from edgeproxy.proxy.pipeline import Pipeline
 from edgeproxy.ratelimit.redis import RedisStore, parse_redis_url, txredis_client
 from edgeproxy.ratelimit.registry import RateLimits
@@ -178,6 +179,7 @@ class EdgeProxyService(MultiService):
             self._install_index,
             interval=settings.cert_poll_interval,
             tls_profile=settings.tls_profile,
+            http2=settings.http2,
         )
         self.certificates.setServiceParent(self)
         creator = SNIConnectionCreator(
@@ -186,6 +188,7 @@ class EdgeProxyService(MultiService):
             # The running configuration's, so a reload changes it for new handshakes.
             lambda host: self.pipeline.snapshot.routing.tls_policy_for(host),
             lambda: self.pipeline.snapshot.routing.has_client_ca,
+            http2=settings.http2,
         )
         # Under TLS: a connection it refuses is closed before any TLS work.
         self.accept_gate = gate = AcceptGate(
@@ -220,6 +223,7 @@ class EdgeProxyService(MultiService):
                 clock=reactor,
                 metrics=self.metrics,
                 connections=self.connections,
+                http2=H2Channel.take_over if tls and settings.http2 else None,
             )
 
         self.https_listeners: list[ListenerService] = []

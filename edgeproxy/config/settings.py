@@ -6,7 +6,7 @@ import attrs
 
 from edgeproxy.core.addresses import IPNetwork
 from edgeproxy.core.connlimits import AcceptLimits
-from edgeproxy.core.protocol import HTTPLimits
+from edgeproxy.core.protocol import H2Limits, HTTPLimits
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "IPNetwork", "Settings"]
 
@@ -85,6 +85,10 @@ class Settings:
     #: The HTTP/1.1 protocol limits (head sizes, header count, spooling, upstream
     #: reads and writes), handed to the listeners and the upstream client.
     http_limits: HTTPLimits = attrs.field(factory=HTTPLimits)
+    #: False with ``--no-http2``: the https listeners offer ``http/1.1`` only over ALPN.
+    http2: bool = True
+    #: The HTTP/2 limits and defences (the ``--h2-*`` options).
+    h2_limits: H2Limits = attrs.field(factory=H2Limits)
     #: The limits judged when a client connection is accepted, before TLS
     #: (``--max-connections``, ``--max-connections-per-client``,
     #: ``--max-connection-rate-per-client``, ``--deny``): per process, so per

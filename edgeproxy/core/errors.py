@@ -130,6 +130,8 @@ class Reason(StrEnum):
     # client_timeout
     HEADER_TIMEOUT = "header_timeout"
     BODY_TIMEOUT = "body_timeout"
+    #: An HTTP/2 response waited past ``--h2-window-timeout`` for the client's window.
+    WINDOW_TIMEOUT = "window_timeout"
     # error
     INTERNAL_ERROR = "internal_error"
 

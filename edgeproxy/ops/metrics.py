@@ -95,6 +95,18 @@ class Metrics:
             registry=r,
         )
         self.active_connections: dict[str, int] = {}
+        #: Open HTTP/2 client connections, streams open on them, streams ever opened.
+        self.h2_connections = 0
+        self.h2_active_streams = 0
+        self.h2_streams = 0
+        self.h2_goaways = Counter(
+            "edgeproxy_h2_goaways",
+            "HTTP/2 client connections edgeproxy ended with GOAWAY for a fault of the "
+            "client's, by cause (rapid_reset, control_flood, header_block, header_list, "
+            "protocol_error).",
+            ["cause"],
+            registry=r,
+        )
         self._state = _StateCollector(self)
         r.register(self._state)
 
@@ -172,6 +184,20 @@ class Metrics:
 
     def connection_closed(self, listener: str) -> None:
         self.active_connections[listener] = self.active_connections.get(listener, 1) - 1
+
+    def h2_connection(self, opened: bool) -> None:
+        """An https connection that negotiated HTTP/2 began or ended."""
+        self.h2_connections += 1 if opened else -1
+
+    def h2_stream(self, opened: bool) -> None:
+        if opened:
+            self.h2_streams += 1
+            self.h2_active_streams += 1
+        else:
+            self.h2_active_streams -= 1
+
+    def h2_goaway(self, cause: str) -> None:
+        self.h2_goaways.labels(cause).inc()
 
     def tls_failed(self, cause: str) -> None:
         """A TLS connection that ended before its handshake completed."""
@@ -330,6 +356,22 @@ class _StateCollector(Collector):
         for listener, count in sorted(self._metrics.active_connections.items()):
             connections.add_metric([listener], count)
         yield connections
+        metrics = self._metrics
+        yield GaugeMetricFamily(
+            "edgeproxy_h2_connections",
+            "Open client connections speaking HTTP/2 (part of the https listeners' count).",
+            value=metrics.h2_connections,
+        )
+        yield GaugeMetricFamily(
+            "edgeproxy_h2_active_streams",
+            "HTTP/2 streams open now, on every client connection.",
+            value=metrics.h2_active_streams,
+        )
+        yield CounterMetricFamily(
+            "edgeproxy_h2_streams",
+            "HTTP/2 streams (requests) clients opened.",
+            value=metrics.h2_streams,
+        )
         refused = CounterMetricFamily(
             "edgeproxy_connections_refused",
             "Client connections closed at accept, before TLS, by reason: max_connections "

@@ -328,6 +328,10 @@ class Exchange:
     #: The length the request announced (Content-Length), negative for chunked
     #: (edgeproxy.core.framing.CHUNKED), 0 for none.
     declared_length: int = 0
+    #: The framing of a request without Content-Length or Transfer-Encoding:
+    #: none (HTTP/1.1), or CHUNKED for an HTTP/2 stream whose body ends with
+    #: the stream (which sets ``declared_length`` to match).
+    unframed_body: int = 0
     #: Request body bytes received so far, and the most the route allows.
     body_bytes: int = 0
     body_limit: int = 0
@@ -383,7 +387,7 @@ class Exchange:
         """Check framing, route, run the route's head-time stages, open the
         body spool.  Raises :class:`RejectRequest` for what must stop the
         connection."""
-        if version != b"1.1" and version != b"1.0":
+        if version != b"1.1" and version != b"1.0" and version != b"2":
             raise RejectRequest(VersionNotSupported() if version >= b"2" else BadRequest())
         hosts: list[bytes] = []
         content_length: bytes | None = None
@@ -403,7 +407,7 @@ class Exchange:
                 # One id or none: several are as good as a forged one.
                 self._incoming_request_id = value if self._incoming_request_id is None else b""
         if content_length is None and coding is None:
-            length = 0
+            length = self.unframed_body
         else:
             try:
                 # A Content-Length, or CHUNKED (negative).

@@ -406,10 +406,16 @@ class ProxyChannel(Protocol):
                 sni = normalise_host(server_name)  # cached, unlike normalise_name
                 if names is not None and sni is not None:
                     self.covered_host = self._sni_host = sni
-        metrics = self.factory.metrics
+        factory = self.factory
+        metrics = factory.metrics
         if metrics is not None:
             version = connection.get_protocol_version_name() if connection is not None else None
             metrics.tls_handshake(version or "unknown")
+        http2 = factory.http2
+        if http2 is not None and getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            # HTTP/2 from here on (edgeproxy.proxy.h2channel); no llhttp.
+            self._parser = _CLOSED_PARSER
+            http2(self)
 
     def tls_details(self) -> tuple[str | None, str | None]:
         """The TLS version and SNI name of this connection (None, None on plain HTTP)."""
@@ -902,8 +908,12 @@ class ProxyFactory(ServerFactory):
         clock: IReactorTime,
         metrics: ProxyMetrics | None = None,
         connections: ConnectionTracker | None = None,
+        http2: Callable[[ProxyChannel], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        #: Makes a TLS connection whose ALPN chose ``h2`` an HTTP/2 one
+        #: (``H2Channel.take_over``); None: HTTP/1.1 only.
+        self.http2 = http2
         self.tls = tls
         self.kind = "https" if tls else "http"
         self.metrics = metrics

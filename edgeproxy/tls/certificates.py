@@ -83,6 +83,7 @@ from edgeproxy.core import certindex
 from edgeproxy.core.hostnames import normalise_host, normalise_name, wildcard_of
 
 __all__ = [
+    "ALPN_HTTP1",
     "ALPN_PROTOCOLS",
     "DEFAULT_TLS_PROFILE",
     "TLS12_CIPHERS",
@@ -104,8 +105,11 @@ __all__ = [
     "session_scope",
 ]
 
-#: The only application protocol advertised over ALPN.
-ALPN_PROTOCOLS: tuple[bytes, ...] = (b"http/1.1",)
+#: The application protocols advertised over ALPN, in the server's order of
+#: preference (``--no-http2``: :data:`ALPN_HTTP1` instead).
+ALPN_PROTOCOLS: tuple[bytes, ...] = (b"h2", b"http/1.1")
+#: ALPN with HTTP/2 turned off.
+ALPN_HTTP1: tuple[bytes, ...] = (b"http/1.1",)
 
 _PrivateKey = (
     rsa.RSAPrivateKey
@@ -235,11 +239,19 @@ def _set_groups(context: SSL.Context) -> None:
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
-    """ALPN: pick ``http/1.1`` if offered; otherwise negotiate no protocol
-    (the handshake continues without ALPN).  Never raises."""
+    """ALPN: ``h2`` if offered, else ``http/1.1`` if offered; otherwise
+    negotiate no protocol (the handshake continues without ALPN, and the
+    connection speaks HTTP/1.1).  Never raises."""
     for protocol in ALPN_PROTOCOLS:
         if protocol in offered:
             return protocol
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _select_alpn_http1(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """ALPN under ``--no-http2``: ``http/1.1`` if offered.  Never raises."""
+    if b"http/1.1" in offered:
+        return b"http/1.1"
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
@@ -249,6 +261,7 @@ def make_server_context(
     chain: Iterable[x509.Certificate] = (),
     context_for_server_name: Callable[[bytes | None], SSL.Context | None] | None = None,
     tls_profile: str = DEFAULT_TLS_PROFILE,
+    http2: bool = True,
 ) -> SSL.Context:
     """Build an OpenSSL server context with edgeproxy's TLS settings.
 
@@ -256,7 +269,8 @@ def make_server_context(
     :data:`TLS12_CIPHERS` and TLS 1.3 (``intermediate``), or TLS 1.3 alone
     (``modern``); :data:`TLS13_CIPHERSUITES` and :data:`TLS_GROUPS` either way.
     Besides: no compression (Twisted's :class:`CertificateOptions`), server
-    session cache and session tickets on, ALPN ``http/1.1`` only.
+    session cache and session tickets on, ALPN ``h2`` and ``http/1.1``
+    (``http2=False``: ``http/1.1`` only).
 
     Both the bootstrap context and every certificate's context need the same
     settings: after the SNI switch OpenSSL takes the TLS 1.2 suites from the
@@ -272,7 +286,7 @@ def make_server_context(
         extraCertChain=list(chain) or None,  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_3 if tls_profile == "modern" else TLSVersion.TLSv1_2,
         acceptableCiphers=_acceptable_ciphers(),
-        acceptableProtocols=list(ALPN_PROTOCOLS),
+        acceptableProtocols=list(ALPN_PROTOCOLS if http2 else ALPN_HTTP1),
         enableSessions=True,
         enableSessionTickets=True,
         contextForServerName=context_for_server_name,
@@ -289,10 +303,11 @@ def make_server_context(
     # 16 KiB record and a 128 KiB body chunk takes eight Python round trips.
     # Our TLS layer writes to a memory BIO, which always takes everything.
     context.clear_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE)
-    # Twisted's ALPN callback also offers whatever the wrapped factory
-    # negotiates (h2 when twisted.web has it); we speak HTTP/1.1 only, and do
-    # not depend on the connection's app data.
-    context.set_alpn_select_callback(_select_alpn)
+    # Twisted's ALPN callback offers whatever the wrapped factory negotiates;
+    # ours picks from our own list and does not depend on the connection's
+    # app data.  After the SNI switch OpenSSL asks the certificate's context,
+    # so every context is built with the same choice.
+    context.set_alpn_select_callback(_select_alpn if http2 else _select_alpn_http1)
     return context
 
 
@@ -381,6 +396,7 @@ def parse_certificate(
     key_source: str | None = None,
     is_default: bool = False,
     tls_profile: str = DEFAULT_TLS_PROFILE,
+    http2: bool = True,
 ) -> LoadedCertificate:
     """Parse PEM data (no I/O) and build the certificate's context
     (see :func:`make_server_context` for ``tls_profile``).
@@ -440,7 +456,7 @@ def parse_certificate(
             "(names are taken from subjectAltName only, not from the subject CN or file name)",
         )
     try:
-        context = make_server_context(key, leaf, chain, tls_profile=tls_profile)
+        context = make_server_context(key, leaf, chain, tls_profile=tls_profile, http2=http2)
     except (SSL.Error, ValueError) as e:
         raise CertificateFileError(source, f"OpenSSL rejected the certificate: {e}") from None
     # What the connection's channel reads once per connection (certificate_names).
@@ -573,7 +589,10 @@ def client_hello_server_name(message: bytes) -> bytes | None:
 
 
 def make_policy_context(
-    certificate: LoadedCertificate, policy: TLSPolicy, tls_profile: str = DEFAULT_TLS_PROFILE
+    certificate: LoadedCertificate,
+    policy: TLSPolicy,
+    tls_profile: str = DEFAULT_TLS_PROFILE,
+    http2: bool = True,
 ) -> SSL.Context:
     """A context for ``certificate`` under ``policy``: like its own, plus the
     policy's client CA store and verify mode.  Raises ``ValueError`` when the
@@ -581,7 +600,7 @@ def make_policy_context(
     if certificate.material is None:
         raise ValueError(f"{certificate.source}: no key material kept for a policy context")
     key, leaf, chain = certificate.material
-    context = make_server_context(key, leaf, chain, tls_profile=tls_profile)
+    context = make_server_context(key, leaf, chain, tls_profile=tls_profile, http2=http2)
     if policy.min_version is not None:
         context.set_min_proto_version(_VERSION_NUMBERS[policy.min_version])
     client_ca = policy.client_ca
@@ -768,6 +787,7 @@ class SNIConnectionCreator:
         tls_profile: str = DEFAULT_TLS_PROFILE,
         policy_for: Callable[[str], TLSPolicy | None] | None = None,
         client_ca_in_use: Callable[[], bool] | None = None,
+        http2: bool = True,
     ) -> None:
         """``policy_for``: the TLS policy of the virtual host for a normalised
         SNI name in the running configuration (None: no per-name policy).
@@ -776,7 +796,8 @@ class SNIConnectionCreator:
         self._index_getter = index_getter
         self._policy_for = policy_for
         self._tls_profile = tls_profile
-        self._context = make_server_context(tls_profile=tls_profile)
+        self._http2 = http2
+        self._context = make_server_context(tls_profile=tls_profile, http2=http2)
         # Our own callback, not CertificateOptions' contextForServerName: it
         # needs the connection (the negotiated version, its verify mode), and
         # it may have to end the handshake with an alert.
@@ -786,7 +807,9 @@ class SNIConnectionCreator:
         self._scoped_context: SSL.Context | None = None
         self._scoped_callbacks: tuple[object, object | None] | None = None
         if policy_for is not None:
-            scoped = self._scoped_context = make_server_context(tls_profile=tls_profile)
+            scoped = self._scoped_context = make_server_context(
+                tls_profile=tls_profile, http2=http2
+            )
             self._scoped_callbacks = (
                 _set_servername_callback(scoped, self._on_server_name),
                 _set_client_hello_callback(scoped, self._on_client_hello),
@@ -938,7 +961,7 @@ class SNIConnectionCreator:
             if len(self._policy_contexts) >= _MAX_POLICY_CONTEXTS:
                 self._policy_contexts.clear()  # a reload storm: rebuilt as used
             context = self._policy_contexts[key] = make_policy_context(
-                certificate, policy, self._tls_profile
+                certificate, policy, self._tls_profile, self._http2
             )
         return context
 

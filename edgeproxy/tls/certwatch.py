@@ -208,9 +208,13 @@ class _InFluxError(Exception):
 class CertificateDirectory:
     """Incremental, stat-based loader of a certificate directory.  No reactor."""
 
-    def __init__(self, path: str, tls_profile: str = DEFAULT_TLS_PROFILE) -> None:
+    def __init__(
+        self, path: str, tls_profile: str = DEFAULT_TLS_PROFILE, http2: bool = True
+    ) -> None:
         self.path = path
         self.tls_profile = tls_profile
+        #: Whether the certificates' contexts offer ``h2`` over ALPN.
+        self.http2 = http2
         self._states: dict[CertificateSource, _SourceState] = {}
         self._index = CertificateIndex.empty()
         self._discovery_problems: frozenset[ConfigProblem] = frozenset()
@@ -330,6 +334,7 @@ class CertificateDirectory:
             key_source=source.key_path,
             is_default=source.is_default,
             tls_profile=self.tls_profile,
+            http2=self.http2,
         )
 
 
@@ -358,8 +363,9 @@ class CertificateWatcher(Service):
         interval: float = 2.0,
         now: Callable[[], datetime.datetime] | None = None,
         tls_profile: str = DEFAULT_TLS_PROFILE,
+        http2: bool = True,
     ) -> None:
-        self.directory = CertificateDirectory(path, tls_profile)
+        self.directory = CertificateDirectory(path, tls_profile, http2)
         self._clock = clock
         self._on_index = on_index
         self._interval = interval

@@ -427,16 +427,26 @@ def test_old_protocol_gets_protocol_version_alert(site: Site, legacy_version: in
 @pytest.mark.parametrize(
     ("offered", "negotiated"),
     [
-        (("h2", "http/1.1"), "http/1.1"),
-        (("h2",), None),  # no overlap: no ALPN protocol, still HTTP/1.1
+        (("http/1.1",), "http/1.1"),
+        (("spdy/3",), None),  # no overlap: no ALPN protocol, still HTTP/1.1
         ((), None),  # no ALPN at all
     ],
 )
 def test_alpn(site: Site, offered: tuple[str, ...], negotiated: str | None) -> None:
+    """HTTP/1.1 when ALPN picks it or picks nothing (h2: tests/e2e/test_http2.py)."""
     tls = tls_connect(site.port, "www.shop.example", client_context(site.ca, alpn=offered))
     try:
         assert tls.selected_alpn_protocol() == negotiated
         site.get(tls, "www.shop.example")
+    finally:
+        tls.close()
+
+
+def test_alpn_prefers_h2(site: Site) -> None:
+    ctx = client_context(site.ca, alpn=("http/1.1", "h2"))
+    tls = tls_connect(site.port, "www.shop.example", ctx)
+    try:
+        assert tls.selected_alpn_protocol() == "h2"
     finally:
         tls.close()
 

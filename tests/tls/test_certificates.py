@@ -317,8 +317,26 @@ def test_index_swap_takes_effect_on_next_handshake(loaded) -> None:
     )
 
 
-def test_alpn_http11_only(loaded) -> None:
+def test_alpn_prefers_h2(loaded) -> None:
     creator = _creator(loaded["shop"])
+    result = memory_handshake(creator, "shop.example", client_context(alpn=("http/1.1", "h2")))
+    assert result.ok and result.alpn == "h2"
+    result = memory_handshake(creator, "shop.example", client_context(alpn=("http/1.1",)))
+    assert result.ok and result.alpn == "http/1.1"
+    # A client offering neither gets no ALPN protocol, not a failed handshake.
+    result = memory_handshake(creator, "shop.example", client_context(alpn=("spdy/3",)))
+    assert result.ok and result.alpn is None
+
+
+def test_alpn_http11_only_without_http2(tmp_path, ca) -> None:
+    """``--no-http2``: the bootstrap and every certificate's context offer
+    http/1.1 alone (OpenSSL asks the certificate's after the SNI switch)."""
+    path = write_cert(str(tmp_path), "shop", ca, "shop.example")
+    with open(path, "rb") as f:
+        data = f.read()
+    shop = parse_certificate(path, data, http2=False)
+    index = CertificateIndex.build([shop], datetime.datetime.now(datetime.UTC))
+    creator = SNIConnectionCreator(lambda: index, http2=False)
     result = memory_handshake(creator, "shop.example", client_context(alpn=("h2", "http/1.1")))
     assert result.ok and result.alpn == "http/1.1"
     # A client that offers only h2 gets no ALPN protocol, not a failed handshake.
@@ -408,7 +426,7 @@ def test_through_twisted_tls_stack(ca, loaded) -> None:
     pump.flush()
     assert client_proto.lost is None, client_proto.lost
     assert client_proto.data == b"hello"
-    assert client_tls.negotiatedProtocol == b"http/1.1"
+    assert client_tls.negotiatedProtocol == b"h2"
     peer = client_tls.getHandle().get_peer_certificate(as_cryptography=True)
     assert peer.fingerprint(hashes.SHA256()).hex() == loaded["api"].fingerprint
 

@@ -317,7 +317,12 @@ def test_handshake(creator, contexts, version, name) -> None:
 
 @pytest.mark.parametrize(
     ("offered", "expected"),
-    [(("h2", "http/1.1"), b"http/1.1"), (("h2",), None), (None, None)],
+    [
+        (("http/1.1", "h2"), b"h2"),
+        (("http/1.1",), b"http/1.1"),
+        (("spdy/3",), None),
+        (None, None),
+    ],
 )
 def test_alpn(creator, ca, offered, expected) -> None:
     pair = Pair(creator, client_context(ca, alpn=offered))
