@@ -125,6 +125,7 @@ class H2Stream:
     _producer_paused = False
     #: ``pause_request_body``: received bytes not acknowledged yet.
     _body_paused = False
+    _body_paused_at = 0.0
     _unacked = 0
 
     def __init__(self, connection: H2Channel, stream_id: int) -> None:
@@ -182,9 +183,14 @@ class H2Stream:
 
     def run_queue(self) -> None:
         """Streams are answered at once, side by side: process the exchange
-        as soon as its request is whole."""
+        as soon as its request is whole, or at once for a streamed body
+        (``request_buffering=False``)."""
         exchange = self.exchange
-        if exchange is not None and exchange.complete and not exchange.processing:
+        if (
+            exchange is not None
+            and (exchange.complete or exchange.body_stream is not None)
+            and not exchange.processing
+        ):
             exchange.process()
 
     def request_done(self, request: Exchange) -> None:
@@ -226,13 +232,24 @@ class H2Stream:
 
     # -- streamed request bodies: the exchange holds the client back ------------------
 
+    @property
+    def body_held(self) -> bool:
+        """The exchange holds the client's body back (the backend is slow)."""
+        return self._body_paused
+
     def pause_request_body(self) -> None:
         """Stop acknowledging this stream's DATA: the client's window closes
-        and it stops sending (the rest of the connection goes on)."""
-        self._body_paused = True
+        and it stops sending (the rest of the connection goes on).  The
+        time it is held so is not the client's: it does not count against
+        its body deadline (``Exchange.body_wait``)."""
+        if not self._body_paused:
+            self._body_paused = True
+            self._body_paused_at = self.connection.clock_seconds()
 
     def resume_request_body(self) -> None:
         """Acknowledge what was held back; the client sends on."""
+        if self._body_paused and self.exchange is not None:
+            self.exchange.body_wait += self.connection.clock_seconds() - self._body_paused_at
         self._body_paused = False
         unacked, self._unacked = self._unacked, 0
         if unacked and not self.closed:
@@ -279,7 +296,8 @@ class H2Stream:
                 exchange.reject(e.error)
         if ended:
             self.body_ended()
-        elif exchange.complete:
+        else:
+            # A refused request, or a streamed body's, goes on at once.
             self.run_queue()
 
     def data(self, data: bytes, flow_controlled: int) -> None:
@@ -819,16 +837,21 @@ class H2Channel(ProxyChannel):
             exchange = stream.exchange
             if exchange is None:
                 continue
-            if not exchange.complete:
-                body = exchange.started + factory.body_timeout
+            if not exchange.complete and not stream.body_held:
+                body = exchange.started + factory.body_timeout + exchange.body_wait
                 if rate:
                     body += exchange.body_bytes / rate
                 if body <= now:
                     if metrics is not None:
                         metrics.client_timed_out("body")
-                    exchange.reject(RequestTimeout(Reason.BODY_TIMEOUT))
-                    exchange.discarding = True
-                    stream.run_queue()
+                    if exchange.body_stream is not None and exchange.processing:
+                        # A streamed body the client stopped sending: its
+                        # upstream exchange is given up (408, or the stream reset).
+                        exchange.stream_failed(RequestTimeout(Reason.BODY_TIMEOUT))
+                    else:
+                        exchange.reject(RequestTimeout(Reason.BODY_TIMEOUT))
+                        exchange.discarding = True
+                        stream.run_queue()
                     continue
             stalled = stream.stalled_since
             if stalled is not None and stalled + window_timeout <= now:

@@ -70,10 +70,22 @@ class H2Transport(TCPLikeTransport):
 
 
 class Rig:
-    def __init__(self, client_window: int | None = None, **limits: object) -> None:
+    def __init__(
+        self, client_window: int | None = None, streamed: bool = False, **limits: object
+    ) -> None:
         self.reactor = MemoryReactorClock()
         config = make_config(
-            VirtualHost(["app.example", "www.app.example"], routes=[Route("/", APP)]),
+            VirtualHost(
+                ["app.example", "www.app.example"],
+                # A streamed route's backend may hold a body back for longer
+                # than the client's body deadline (its own response timeout).
+                routes=[
+                    Route("/", APP, request_buffering=True)
+                    if not streamed
+                    else Route("/", attrs.evolve(APP, response_timeout=120.0),
+                               request_buffering=False)
+                ],
+            ),
             VirtualHost(["blog.example"], routes=[Route("/", BLOG)]),
         )
         settings = Settings(h2_limits=attrs.evolve(H2Limits(), **limits))  # type: ignore[arg-type]
@@ -480,6 +492,62 @@ def test_pause_and_resume_request_body_hold_back_the_window() -> None:
     stream.resume_request_body()
     events = rig.exchange()
     assert any(isinstance(e, WindowUpdated) and e.stream_id == stream_id for e in events)
+
+
+def test_a_streamed_body_goes_upstream_chunked_as_it_arrives_with_backpressure() -> None:
+    """request_buffering=False over HTTP/2: DATA reaches the backend before
+    END_STREAM, chunked (no content-length); a full upstream socket holds the
+    client's window back, and the time so held is not the client's."""
+    rig = Rig(streamed=True, initial_window_size=65_535)
+    stream_id = rig.get("/upload", end=False)
+    rig.client.send_data(stream_id, b"x" * 10_000)
+    rig.exchange()
+    protocol, upstream, _ = accept_upstream(rig.reactor)
+    sent = upstream.value()
+    assert b"Transfer-Encoding: chunked\r\n" in sent
+    assert sent.endswith(b"%x\r\n" % 10_000 + b"x" * 10_000 + b"\r\n")
+    stream = rig.channel._streams[stream_id]
+    assert isinstance(stream, H2Stream)
+    # The upstream socket is full: what arrives is held (up to the window),
+    # then the client's window is no longer given back.
+    assert upstream.producer is not None
+    upstream.producer.pauseProducing()
+    upstream.clear()
+    for _ in range(5):
+        rig.client.send_data(stream_id, b"y" * 10_000)
+        events = rig.exchange()
+        assert not any(isinstance(e, WindowUpdated) and e.stream_id == stream_id for e in events)
+    assert stream.body_held
+    assert upstream.value() == b""
+    rig.reactor.advance(45)  # past --body-timeout (30 s): held, not the client's fault
+    assert not rig.ended(stream_id)
+    upstream.producer.resumeProducing()
+    assert not stream.body_held
+    rig.client.send_data(stream_id, b"z", end_stream=True)
+    rig.exchange()
+    sent = upstream.value()
+    assert sent.endswith(b"1\r\nz\r\n0\r\n\r\n")
+    assert sent.count(b"y") == 50_000
+    protocol.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+    rig.exchange()
+    assert rig.status_of(stream_id) == b"201"
+    assert rig.body_of(stream_id) == b"ok"
+    assert rig.ended(stream_id)
+
+
+def test_a_streamed_body_the_client_stalls_gives_the_upstream_up() -> None:
+    rig = Rig(streamed=True)
+    stream_id = rig.get("/upload", end=False)
+    rig.client.send_data(stream_id, b"x" * 1_000)
+    rig.exchange()
+    _, upstream, _ = accept_upstream(rig.reactor)
+    assert upstream.value().endswith(b"x" * 1_000 + b"\r\n")
+    rig.reactor.advance(31)
+    rig.reactor.advance(31)
+    rig.exchange()
+    # No response had started: the stream gets its 408, the half-sent request is given up.
+    assert rig.status_of(stream_id) == b"408"
+    assert upstream.disconnecting or upstream.disconnected
 
 
 def test_a_reset_by_the_client_cancels_the_upstream() -> None:
