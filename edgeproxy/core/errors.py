@@ -35,6 +35,7 @@ __all__ = [
     "RateLimited",
     "Reason",
     "RequestTimeout",
+    "UpgradeRefused",
     "UpstreamConnectFailed",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -104,6 +105,8 @@ class Reason(StrEnum):
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
     MISDIRECTED_REQUEST = "misdirected_request"
+    #: An ``Upgrade`` (WebSocket...) on a route with ``websocket=False`` (403).
+    UPGRADE_REFUSED = "upgrade_refused"
     # no_route
     NO_VIRTUAL_HOST = "no_virtual_host"
     NO_ROUTE = "no_route"
@@ -122,6 +125,9 @@ class Reason(StrEnum):
     BAD_RESPONSE = "bad_response"
     TRUNCATED = "truncated"
     IDLE_TIMEOUT = "idle_timeout"
+    #: A tunnel (after ``101 Switching Protocols``) whose upstream connection
+    #: failed (reset, TLS error) rather than closing cleanly.
+    TUNNEL_BROKEN = "tunnel_broken"
     # client_closed
     REQUEST_INCOMPLETE = "request_incomplete"
     QUEUED = "queued"
@@ -130,6 +136,8 @@ class Reason(StrEnum):
     # client_timeout
     HEADER_TIMEOUT = "header_timeout"
     BODY_TIMEOUT = "body_timeout"
+    #: Nothing passed either way through a tunnel for ``--tunnel-idle-timeout``.
+    TUNNEL_IDLE_TIMEOUT = "tunnel_idle_timeout"
     # error
     INTERNAL_ERROR = "internal_error"
 
@@ -253,6 +261,16 @@ class Forbidden(EdgeProxyError):
     public_message = "forbidden"
     outcome = Outcome.REJECTED
     reason = Reason.FORBIDDEN
+
+
+class UpgradeRefused(EdgeProxyError):
+    """An ``Upgrade`` request (WebSocket...) on a route with
+    ``websocket=False`` (403; the connection stays open)."""
+
+    status_hint = 403
+    public_message = "upgrade not allowed"
+    outcome = Outcome.REJECTED
+    reason = Reason.UPGRADE_REFUSED
 
 
 class RequestTimeout(EdgeProxyError):
