@@ -123,11 +123,13 @@ class Reason(StrEnum):
     UPSTREAM_TLS = "upstream_tls"
     RESPONSE_TIMEOUT = "response_timeout"
     BAD_RESPONSE = "bad_response"
+    #: The upstream broke off mid-body, or its connection failed (reset, TLS
+    #: error) mid-tunnel after a 101.
     TRUNCATED = "truncated"
+    #: The upstream went quiet mid-body (outcome upstream_error); or nothing
+    #: passed either way through a tunnel for ``--tunnel-idle-timeout``
+    #: (outcome client_timeout, status 101).
     IDLE_TIMEOUT = "idle_timeout"
-    #: A tunnel (after ``101 Switching Protocols``) whose upstream connection
-    #: failed (reset, TLS error) rather than closing cleanly.
-    TUNNEL_BROKEN = "tunnel_broken"
     # client_closed
     REQUEST_INCOMPLETE = "request_incomplete"
     QUEUED = "queued"
@@ -136,8 +138,6 @@ class Reason(StrEnum):
     # client_timeout
     HEADER_TIMEOUT = "header_timeout"
     BODY_TIMEOUT = "body_timeout"
-    #: Nothing passed either way through a tunnel for ``--tunnel-idle-timeout``.
-    TUNNEL_IDLE_TIMEOUT = "tunnel_idle_timeout"
     # error
     INTERNAL_ERROR = "internal_error"
 

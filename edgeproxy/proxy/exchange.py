@@ -705,10 +705,10 @@ class Exchange:
         record.sent = from_upstream
         if end is TunnelEnd.IDLE_TIMEOUT:
             record.outcome = Outcome.CLIENT_TIMEOUT
-            record.reason = Reason.TUNNEL_IDLE_TIMEOUT
+            record.reason = Reason.IDLE_TIMEOUT
         elif end is TunnelEnd.UPSTREAM_ERROR:
             record.outcome = Outcome.UPSTREAM_ERROR
-            record.reason = Reason.TUNNEL_BROKEN
+            record.reason = Reason.TRUNCATED
         metrics = self.factory.metrics
         if metrics is not None:
             if record.reason is not None:

@@ -103,6 +103,8 @@ class Tunnel:
         self._upstream_reading = _Reading(upstream)
         self._client_open = True
         self._upstream_open = True
+        self._client_closing = False
+        self._upstream_closing = False
         self._end: TunnelEnd | None = None
         #: Bytes read from the client (sent upstream), and from the upstream.
         self.from_client = 0
@@ -150,7 +152,7 @@ class Tunnel:
         if self._end is None:
             self._end = TunnelEnd.CLIENT
         if self._upstream_open:
-            self._close_side(self._upstream)
+            self._close_upstream()
             self._linger()
         else:
             self._finish()
@@ -165,29 +167,37 @@ class Tunnel:
             clean = reason.check(ConnectionDone) is not None
             self._end = TunnelEnd.UPSTREAM if clean else TunnelEnd.UPSTREAM_ERROR
         if self._client_open:
-            self._close_side(self._client)
+            self._close_client()
             self._linger()
         else:
             self._finish()
 
     # -- closing ---------------------------------------------------------------------
 
-    @staticmethod
-    def _close_side(transport: Any) -> None:
-        """Close after what was written has been sent.  The producer goes
-        first: a transport with a paused producer resumes it instead of
-        closing once its buffer drains."""
-        transport.unregisterProducer()
-        transport.loseConnection()
+    # Close after what was written has been sent.  The producer goes first: a
+    # transport with a paused producer resumes it instead of closing once its
+    # buffer drains.
+
+    def _close_client(self) -> None:
+        if not self._client_closing:
+            self._client_closing = True
+            self._client.unregisterProducer()
+            self._client.loseConnection()
+
+    def _close_upstream(self) -> None:
+        if not self._upstream_closing:
+            self._upstream_closing = True
+            self._upstream.unregisterProducer()
+            self._upstream.loseConnection()
 
     def close(self, end: TunnelEnd) -> None:
         """Close both sides (after flushing), for ``end``."""
         if self._end is None:
             self._end = end
         if self._client_open:
-            self._close_side(self._client)
+            self._close_client()
         if self._upstream_open:
-            self._close_side(self._upstream)
+            self._close_upstream()
         self._linger()
 
     def abort(self) -> None:

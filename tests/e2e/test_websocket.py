@@ -267,7 +267,7 @@ def test_a_backend_that_dies_mid_session_closes_the_client(
     assert closed.value.rcvd is None  # no close frame: the connection just went
     [line] = access_lines(proxy, path)
     assert (line["status"], line["outcome"], line["reason"]) == (
-        101, "upstream_error", "tunnel_broken"
+        101, "upstream_error", "truncated"
     )
 
 
@@ -322,7 +322,7 @@ def test_an_idle_tunnel_is_closed(proxy: ProxyProcess, ws_ca: trustme.CA, scheme
         assert IDLE_TIMEOUT - 0.5 < time.monotonic() - started < IDLE_TIMEOUT + 5
     [line] = access_lines(proxy, path)
     assert (line["status"], line["outcome"], line["reason"]) == (
-        101, "client_timeout", "tunnel_idle_timeout"
+        101, "client_timeout", "idle_timeout"
     )
     text = metrics(proxy)
     assert 'edgeproxy_tunnels_total{end="idle_timeout"}' in text
