@@ -547,6 +547,11 @@ class ProxyChannel(Protocol):
             return None
         requests.popleft()
         factory = self.factory
+        if factory.tls:
+            # The tunnel is logged when it closes, when the TLS connection
+            # that tls_details reads is gone: what it says now, from then on.
+            details = self.tls_details()
+            self.tls_details = lambda: details  # type: ignore[method-assign]
         held, self._held = self._held, None
         self._input_closed = True
         self._in_head = False

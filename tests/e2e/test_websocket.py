@@ -212,6 +212,8 @@ def test_many_messages_are_echoed(proxy: ProxyProcess, ws_ca: trustme.CA, scheme
         assert [ws.recv(timeout=10) for _ in range(200)] == [b"%d" % i for i in range(200)]
     [line] = access_lines(proxy, path)
     assert (line["status"], line["upstream_status"], line["outcome"]) == (101, 101, "ok")
+    if scheme == "https":
+        assert (line["tls_version"], line["sni"]) == ("TLSv1.3", "shop.example")
     assert line["bytes"] > 2000  # (frames, compressed: permessage-deflate)
 
 
