@@ -22,6 +22,7 @@ from edgeproxy.config.settings import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_RATE_LIMIT_MAX_KEYS,
     DEFAULT_RELOAD_TIMEOUT,
+    DEFAULT_TUNNEL_IDLE_TIMEOUT,
     Settings,
 )
 from edgeproxy.core.connlimits import (
@@ -224,6 +225,9 @@ class Options(usage.Options):
         ["body-min-rate", None, DEFAULT_BODY_MIN_RATE, "Bytes per second a request body "
          "must keep up past --body-timeout (each such many bytes earn one more second); 0: "
          "--body-timeout is a plain deadline for the whole body.", _non_negative_int],
+        ["tunnel-idle-timeout", None, DEFAULT_TUNNEL_IDLE_TIMEOUT, "Seconds a tunnel after "
+         "101 Switching Protocols (a WebSocket) may pass nothing either way before both "
+         "connections are closed.", _positive_float],
         ["max-request-line", None, _LIMITS.max_request_line, "Longest request-target (URL) "
          "in bytes; 414 above it.", _positive_int],
         ["max-header-bytes", None, _LIMITS.max_request_head_bytes, "Largest request header "
@@ -348,6 +352,7 @@ class Options(usage.Options):
             header_timeout=self["header-timeout"],
             body_timeout=self["body-timeout"],
             body_min_rate=self["body-min-rate"],
+            tunnel_idle_timeout=self["tunnel-idle-timeout"],
             workers=self["workers"],
             access_log=self["access-log"],
             access_log_format=self["access-log-format"],

@@ -33,6 +33,11 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 #: Buckets the in-memory rate-limit store keeps at most (about 150 bytes each:
 #: the key, its TAT and its dict entry).
 DEFAULT_RATE_LIMIT_MAX_KEYS = 100_000
+#: Seconds a tunnel after ``101 Switching Protocols`` (a WebSocket) may pass
+#: nothing either way before both connections are closed (Envoy's stream idle
+#: timeout; HAProxy's ``timeout tunnel`` is usually set to an hour, nginx's
+#: ``proxy_read_timeout`` of 60 s is what cuts idle WebSockets there).
+DEFAULT_TUNNEL_IDLE_TIMEOUT = 300.0
 #: A configuration reload whose files take longer than this to load is rejected.
 DEFAULT_RELOAD_TIMEOUT = 30.0
 
@@ -55,6 +60,9 @@ class Settings:
     body_min_rate: int = DEFAULT_BODY_MIN_RATE
     cert_poll_interval: float = DEFAULT_CERT_POLL_INTERVAL
     lingering_timeout: float = DEFAULT_LINGERING_TIMEOUT
+    #: ``--tunnel-idle-timeout``: a tunnel (WebSocket...) silent both ways
+    #: this long is closed (docs/http.md, "WebSocket and other upgrades").
+    tunnel_idle_timeout: float = DEFAULT_TUNNEL_IDLE_TIMEOUT
     via: bytes = b"1.1 edgeproxy"
     #: Worker processes sharing the listeners (``--workers``); 1 = one process,
     #: no supervisor.  See :mod:`edgeproxy.app.workers` and docs/scaling.md.

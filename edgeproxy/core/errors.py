@@ -35,6 +35,7 @@ __all__ = [
     "RateLimited",
     "Reason",
     "RequestTimeout",
+    "UpgradeRefused",
     "UpstreamConnectFailed",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -104,6 +105,8 @@ class Reason(StrEnum):
     CODING_NOT_IMPLEMENTED = "coding_not_implemented"
     VERSION_NOT_SUPPORTED = "version_not_supported"
     MISDIRECTED_REQUEST = "misdirected_request"
+    #: An ``Upgrade`` (WebSocket...) on a route with ``websocket=False`` (403).
+    UPGRADE_REFUSED = "upgrade_refused"
     # no_route
     NO_VIRTUAL_HOST = "no_virtual_host"
     NO_ROUTE = "no_route"
@@ -120,7 +123,12 @@ class Reason(StrEnum):
     UPSTREAM_TLS = "upstream_tls"
     RESPONSE_TIMEOUT = "response_timeout"
     BAD_RESPONSE = "bad_response"
+    #: The upstream broke off mid-body, or its connection failed (reset, TLS
+    #: error) mid-tunnel after a 101.
     TRUNCATED = "truncated"
+    #: The upstream went quiet mid-body (outcome upstream_error); or nothing
+    #: passed either way through a tunnel for ``--tunnel-idle-timeout``
+    #: (outcome client_timeout, status 101).
     IDLE_TIMEOUT = "idle_timeout"
     # client_closed
     REQUEST_INCOMPLETE = "request_incomplete"
@@ -255,6 +263,16 @@ class Forbidden(EdgeProxyError):
     public_message = "forbidden"
     outcome = Outcome.REJECTED
     reason = Reason.FORBIDDEN
+
+
+class UpgradeRefused(EdgeProxyError):
+    """An ``Upgrade`` request (WebSocket...) on a route with
+    ``websocket=False`` (403; the connection stays open)."""
+
+    status_hint = 403
+    public_message = "upgrade not allowed"
+    outcome = Outcome.REJECTED
+    reason = Reason.UPGRADE_REFUSED
 
 
 class RequestTimeout(EdgeProxyError):

@@ -18,6 +18,7 @@ __all__ = [
     "downstream_response_headers",
     "forwarded_element",
     "strip_hop_by_hop",
+    "upgrade_offer",
     "upstream_request_headers",
 ]
 
@@ -67,6 +68,25 @@ def strip_hop_by_hop(
     headers = list(headers)
     named = (_connection_tokens(headers) - keep) | HOP_BY_HOP | drop
     return [(name, value) for name, value in headers if name.lower() not in named]
+
+
+#: Upgrade protocols never tunnelled: HTTP/2 over cleartext by Upgrade was
+#: removed by RFC 9113 (3.1); such an offer is dropped, as a server that
+#: does not take it up may (RFC 9110 7.8).
+_NOT_TUNNELLED = frozenset({b"h2c"})
+
+
+def upgrade_offer(values: Iterable[bytes]) -> bytes | None:
+    """What an ``Upgrade`` request asks for, to send upstream: its ``Upgrade``
+    values' protocols (RFC 9110 7.8) in order, without ``h2c``, joined with
+    ``", "``; None when nothing is left (the request goes on as a plain one)."""
+    kept = []
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip(_OWS)
+            if token and token.lower() not in _NOT_TUNNELLED:
+                kept.append(token)
+    return b", ".join(kept) if kept else None
 
 
 def _quote(value: bytes) -> bytes:

@@ -107,6 +107,11 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        #: Tunnels after a 101 (WebSocket...): open now, and closed, by how they
+        #: ended (tunnel.TunnelEnd values), with the bytes each way.
+        self.tunnels_open = 0
+        self.tunnels_closed: dict[str, int] = {}
+        self.tunnel_bytes = [0, 0]  # from clients, from upstreams
         self._state = _StateCollector(self)
         r.register(self._state)
 
@@ -198,6 +203,15 @@ class Metrics:
 
     def h2_goaway(self, cause: str) -> None:
         self.h2_goaways.labels(cause).inc()
+
+    def tunnel_opened(self) -> None:
+        self.tunnels_open += 1
+
+    def tunnel_closed(self, end: str, from_client: int, from_upstream: int) -> None:
+        self.tunnels_open -= 1
+        self.tunnels_closed[end] = self.tunnels_closed.get(end, 0) + 1
+        self.tunnel_bytes[0] += from_client
+        self.tunnel_bytes[1] += from_upstream
 
     def tls_failed(self, cause: str) -> None:
         """A TLS connection that ended before its handshake completed."""
@@ -383,6 +397,7 @@ class _StateCollector(Collector):
         for reason in Refusal:
             refused.add_metric([reason.value], counts.get(reason, 0))
         yield refused
+        yield from _tunnel_families(self._metrics)
         if self.sources is None:
             return
         snapshot_of, certificates_of, generation_of = self.sources
@@ -398,6 +413,38 @@ class _StateCollector(Collector):
         if self.rate_limits is not None:
             yield from _rate_limit_families(*self.rate_limits())
         yield from _auth_families(self.auth())
+
+
+#: How a tunnel can end (edgeproxy.proxy.tunnel.TunnelEnd's values).
+TUNNEL_ENDS = ("client", "upstream", "upstream_error", "idle_timeout")
+
+
+def _tunnel_families(metrics: Metrics) -> Iterator[Any]:
+    opened = GaugeMetricFamily(
+        "edgeproxy_tunnels_open",
+        "Tunnels open after 101 Switching Protocols (WebSocket and other upgrades).",
+    )
+    opened.add_metric([], metrics.tunnels_open)
+    yield opened
+    closed = metrics.tunnels_closed
+    total = CounterMetricFamily(
+        "edgeproxy_tunnels",
+        "Tunnels closed, by how they ended: client (the client closed), upstream (the "
+        "upstream closed cleanly), upstream_error (its connection failed), idle_timeout "
+        "(--tunnel-idle-timeout).",
+        labels=["end"],
+    )
+    for end in TUNNEL_ENDS:
+        total.add_metric([end], closed.get(end, 0))
+    yield total
+    moved = CounterMetricFamily(
+        "edgeproxy_tunnel_bytes",
+        "Bytes passed through closed tunnels, by direction (from the client, from the upstream).",
+        labels=["direction"],
+    )
+    moved.add_metric(["client"], metrics.tunnel_bytes[0])
+    moved.add_metric(["upstream"], metrics.tunnel_bytes[1])
+    yield moved
 
 
 #: The states of a name's resolution (edgeproxy.cluster.discovery).

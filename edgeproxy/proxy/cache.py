@@ -134,6 +134,12 @@ class CacheStage(Stage):
                 exchange.observe_response(_Labelled(cache_status(fwd="method")))
             self.next(exchange)
             return
+        if exchange.upgrade is not None:
+            # A WebSocket (or other upgrade) handshake: never answered from
+            # the cache, nor its answer stored.
+            exchange.record.cache = "bypass"
+            self.next(exchange)
+            return
         headers = exchange.headers
         flags = request_flags(headers)
         if flags & BYPASS:

@@ -49,16 +49,20 @@ from edgeproxy.core.errors import (
     NoVirtualHost,
     Outcome,
     Reason,
+    UpgradeRefused,
     VersionNotSupported,
 )
 from edgeproxy.core.framing import request_framing
+from edgeproxy.core.headers import upgrade_offer
 from edgeproxy.core.hostnames import normalise_host
 from edgeproxy.core.paths import has_dot_segment
 from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
 from edgeproxy.proxy.streambody import StreamedBody
+from edgeproxy.proxy.tunnel import TunnelEnd
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
+    from edgeproxy.upstream.h1client import UpgradedConnection
 
 __all__ = [
     "BadRequest",
@@ -360,6 +364,10 @@ class Exchange:
     observers: list[ResponseObserver] | None = None
     #: ``Strict-Transport-Security`` for every response (its virtual host's ``hsts``, over TLS).
     hsts_line: bytes | None = None
+    #: The ``Upgrade`` protocols to ask the upstream for (``websocket``): set
+    #: at head time for an upgrade request that will be forwarded as one
+    #: (:meth:`upgrade_requested`); None for every other request.
+    upgrade: bytes | None = None
 
     def __init__(
         self,
@@ -555,6 +563,24 @@ class Exchange:
             raise NoRoute()
         self.route = route = match.route
         self.chain = plan.chains[self.factory.tls][id(route)]
+
+    def upgrade_requested(self) -> None:
+        """The head asks to switch protocols (``Connection: upgrade`` and
+        ``Upgrade``), and has no body.  A request edgeproxy answers itself
+        (no route, refused at head time) and one that offers only ``h2c``
+        go on as plain requests, the upgrade headers dropped; a route with
+        ``websocket=False`` refuses it (403, ``upgrade_refused``); anything
+        else is forwarded as an upgrade (:attr:`upgrade`)."""
+        if self.chain is None or self.error is not None or self.discarding or self.refused_early:
+            return
+        offer = upgrade_offer(value for name, value in self.headers if name.lower() == b"upgrade")
+        if offer is None:
+            return
+        route = self.route
+        if route is not None and not route.websocket:
+            self.reject_early(UpgradeRefused())
+            return
+        self.upgrade = offer
 
     def body_received(self, data: bytes) -> None:
         if self.discarding:
@@ -758,6 +784,38 @@ class Exchange:
         """Cut the client off mid-response (a body that broke off upstream
         must not look complete to the client)."""
         raise NotImplementedError
+
+    def switch_protocols(
+        self, phrase: bytes, lines: list[bytes], upstream: UpgradedConnection
+    ) -> bool:
+        """The upstream answered this upgrade request with ``101 Switching
+        Protocols``: send the client that head (``lines``: its end-to-end
+        headers as ``b"Name: value"``), then splice the client connection
+        and ``upstream`` (:mod:`.tunnel`) until either closes.  False when
+        the client is gone already (``upstream`` is then the caller's to
+        close)."""
+        raise NotImplementedError
+
+    def tunnel_closed(self, end: TunnelEnd, from_client: int, from_upstream: int) -> None:
+        """The tunnel after a 101 is over: the exchange is, logged with how
+        the tunnel ended and, as its bytes sent, what the upstream sent
+        through it."""
+        record = self.record
+        record.sent = from_upstream
+        if end is TunnelEnd.IDLE_TIMEOUT:
+            record.outcome = Outcome.CLIENT_TIMEOUT
+            record.reason = Reason.IDLE_TIMEOUT
+        elif end is TunnelEnd.UPSTREAM_ERROR:
+            record.outcome = Outcome.UPSTREAM_ERROR
+            record.reason = Reason.TRUNCATED
+        metrics = self.factory.metrics
+        if metrics is not None:
+            if record.reason is not None:
+                metrics.count_outcome(record.outcome, record.reason)
+            metrics.tunnel_closed(end.value, from_client, from_upstream)
+        self.finished = True
+        self._access_log()
+        self._notify(None)
 
     def when_over(self, callback: Callable[[Failure | None], object]) -> None:
         """Call ``callback`` once the response is finished (with None) or the

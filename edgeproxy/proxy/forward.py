@@ -13,7 +13,7 @@ import operator
 import random
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
@@ -43,7 +43,12 @@ from edgeproxy.net.clienttls import ClientTLS
 from edgeproxy.net.failures import upstream_error
 from edgeproxy.proxy.exchange import Exchange, Stage
 from edgeproxy.proxy.relay import ResponseRelay
-from edgeproxy.upstream.h1client import BodySource, H1Response, UpstreamClient
+from edgeproxy.upstream.h1client import (
+    BodySource,
+    H1Response,
+    UpgradedConnection,
+    UpstreamClient,
+)
 
 if TYPE_CHECKING:
     from edgeproxy.cluster.snapshot import Snapshot
@@ -187,7 +192,11 @@ class ForwardStage(Stage):
 
     def handle(self, exchange: Exchange) -> None:
         exchange.record.cluster = self._name
-        (_Exchange if exchange.body_stream is None else _Streamed)(
+        (
+            (_Exchange if exchange.body_stream is None else _Streamed)
+            if exchange.upgrade is None
+            else _Upgrading
+        )(
             self._forwarder, exchange, self._runtime, None, None, 0.0, self._backends
         ).start()
 
@@ -225,7 +234,11 @@ class SplitStage(Stage):
         if not runtime.available():
             runtime = _split_fallback(snapshot, chooser, roll, runtime)
         exchange.record.cluster = runtime.cluster.name
-        (_Exchange if exchange.body_stream is None else _Streamed)(
+        (
+            (_Exchange if exchange.body_stream is None else _Streamed)
+            if exchange.upgrade is None
+            else _Upgrading
+        )(
             self._forwarder, exchange, runtime, set_cookie, chooser, roll, self._backends
         ).start()
 
@@ -254,6 +267,9 @@ def _hash_key(request: Exchange, spec: str) -> bytes | None:
 
 class _Exchange:
     """One downstream request's trip upstream, with its retries."""
+
+    #: Who takes a 101 (:class:`_Upgrading`); None: a 101 is a bad response.
+    _upgrade_taker: Callable[[UpgradedConnection], object] | None = None
 
     def __init__(
         self,
@@ -406,6 +422,7 @@ class _Exchange:
             on_response=self._on_response,
             on_error=self._on_error,
             on_informational=self._on_informational,
+            on_upgrade=self._upgrade_taker,
         )
         # (It may have answered already, an error found at once.)
         self._pending = exchange if exchange.waiting() else None
@@ -684,6 +701,49 @@ class _Streamed(_Exchange):
         if self._stream.started:
             return False
         return super()._other_side(error)
+
+
+class _Upgrading(_Exchange):
+    """An upgrade request's trip upstream (``request.upgrade``: WebSocket...).
+    It is sent with ``Connection: Upgrade`` and its ``Upgrade``; a 101
+    splices the client to that upstream connection (the exchange's
+    ``switch_protocols``), which leaves the pool for good; the lease, with
+    its place in the cluster's limits and its endpoint slot, is held until
+    the tunnel is over (the exchange is then over).  Any other answer is
+    relayed as usual."""
+
+    @property
+    def _upgrade_taker(self) -> Callable[[UpgradedConnection], object]:  # type: ignore[override]
+        return self._on_upgrade
+
+    def _upstream_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = super()._upstream_headers()
+        upgrade = self._request.upgrade
+        assert upgrade is not None
+        headers.append((b"Connection", b"Upgrade"))
+        headers.append((b"Upgrade", upgrade))
+        return headers
+
+    def _on_upgrade(self, upgraded: UpgradedConnection) -> None:
+        self._pending = None
+        request = self._request
+        record = request.record
+        record.upstream_status = 101
+        record.upstream_time = self._forwarder.clock.seconds() - self._attempt_started
+        lease = self._lease
+        assert lease is not None
+        lease.answered(101)
+        if self._client_gone:
+            upgraded.abort()
+            return
+        fields = upgraded.header_fields
+        backends = self._backends
+        if backends is None:
+            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
+        else:
+            lines = self._hiding(fields, backends)
+        if not request.switch_protocols(upgraded.phrase, lines, upgraded):
+            upgraded.abort()
 
 
 class _Discard(Protocol):

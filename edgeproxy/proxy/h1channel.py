@@ -104,6 +104,7 @@ from edgeproxy.core.hostnames import covered_by, normalise_host
 from edgeproxy.net.endpoints import set_no_delay
 from edgeproxy.proxy.exchange import Dispatch, Exchange, RejectRequest, StopParsing
 from edgeproxy.proxy.h1exchange import H1Exchange
+from edgeproxy.proxy.tunnel import Tunnel
 from edgeproxy.tls.certificates import (
     certificate_names,
     client_subject,
@@ -116,6 +117,7 @@ if TYPE_CHECKING:
     from edgeproxy.config.tlspolicy import TLSPolicy
     from edgeproxy.core.protocol import HTTPLimits
     from edgeproxy.proxy.interfaces import AccessSink, ProxyMetrics
+    from edgeproxy.upstream.h1client import UpgradedConnection
 
 __all__ = [
     "ConnectionTracker",
@@ -296,6 +298,9 @@ class ProxyChannel(Protocol):
     #: for one site cost one comparison each.
     met_policy: TLSPolicy | None = None
     _tls_version: str | None = None
+    #: After a ``101 Switching Protocols``: the splice this connection is one
+    #: side of (its input goes there; no more HTTP is parsed).
+    _tunnel: Tunnel | None = None
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
@@ -457,6 +462,8 @@ class ProxyChannel(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._input_closed:
+            if self._tunnel is not None:
+                self._tunnel.client_data(data)
             return
         if self._held is not None:
             self._hold(data)
@@ -516,10 +523,14 @@ class ProxyChannel(Protocol):
         self.run_queue()
 
     def _upgraded(self, rest: bytes) -> None:
-        """llhttp stops after a request with ``Upgrade``.  Upgrades are not
-        proxied (Upgrade is hop-by-hop and dropped), so the request goes on
-        as a plain one and parsing starts afresh after it.  (``CONNECT`` never
-        gets here: its target is refused while its head is checked.)"""
+        """llhttp stops after a request with ``Connection: upgrade`` and
+        ``Upgrade``.  One forwarded as an upgrade (``request.upgrade``):
+        what follows its head is held, unparsed, until its answer: a 101
+        hands it to the tunnel, any other answer has it parsed as the next
+        request.  Any other (answered by edgeproxy, or offering only
+        ``h2c``) goes on as a plain request and parsing starts afresh after
+        it.  (``CONNECT`` never gets here: its target is refused while its
+        head is checked.)"""
         request = self._parsing
         if request is not None and not request.complete:
             if request.body_length is not None:
@@ -528,10 +539,61 @@ class ProxyChannel(Protocol):
                 return
             self.on_message_complete()
         self._parser = HttpRequestParser(self)
+        requests = self.requests
+        if requests and requests[-1].upgrade is not None and not self._input_closed:
+            self._held = bytearray()
+            if rest:
+                self._hold(rest)
+            self.run_queue()
+            return
         if rest:
             self.dataReceived(rest)
         else:
             self.run_queue()
+
+    def start_tunnel(self, request: Exchange, upstream: UpgradedConnection) -> Tunnel | None:
+        """``request`` (the one being answered) got its 101: from now on this
+        connection is one side of a tunnel to ``upstream``, with what the
+        client sent after the request head.  None if the connection is
+        closing already."""
+        transport: Any = self.transport
+        requests = self.requests
+        if self._closed or transport is None or not requests or requests[0] is not request:
+            return None
+        requests.popleft()
+        factory = self.factory
+        if factory.tls:
+            # The tunnel is logged when it closes, when the TLS connection
+            # that tls_details reads is gone: what it says now, from then on.
+            details = self.tls_details()
+            self.tls_details = lambda: details  # type: ignore[method-assign]
+        held, self._held = self._held, None
+        self._input_closed = True
+        self._in_head = False
+        self._parsing = None
+        self._parser = _CLOSED_PARSER
+        self._body_producer = None
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        # The tunnel's producers replace this channel's.
+        transport.unregisterProducer()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resumeProducing()
+        tunnel = self._tunnel = Tunnel(
+            factory.clock,
+            factory.settings.tunnel_idle_timeout,
+            transport,
+            upstream.transport,
+            request.tunnel_closed,
+        )
+        metrics = factory.metrics
+        if metrics is not None:
+            metrics.tunnel_opened()
+        upstream.attach(tunnel)
+        tunnel.start(bytes(held) if held else b"", upstream.rest)
+        return tunnel
 
     def _reject(self, error: EdgeProxyError, method: bytes = b"-") -> None:
         """Stop reading; answer ``error`` in turn, then close."""
@@ -611,10 +673,13 @@ class ProxyChannel(Protocol):
         self._parsing = request
         self.requests.append(request)
         request.head_received(version, len(self.requests) == 1)
-        if parser.should_upgrade() and request.body_length is not None:
-            # llhttp would skip an upgrade request's body and parse it as the
-            # next request.  Upgrades are not proxied; one with a body is refused.
-            raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
+        if parser.should_upgrade():
+            if request.body_length is not None:
+                # llhttp would skip an upgrade request's body and parse it as
+                # the next request: one with a body is refused (a WebSocket
+                # handshake has none).
+                raise RejectRequest(BadRequest(Reason.BAD_FRAMING))
+            request.upgrade_requested()
 
     def on_body(self, data: bytes) -> None:
         request = self._parsing
@@ -754,8 +819,11 @@ class ProxyChannel(Protocol):
     # -- closing -------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Finish the request in progress, if any, then close; take no more."""
+        """Finish the request in progress, if any, then close; take no more.
+        A tunnel is left to end by itself (or at the drain's deadline)."""
         self.draining = True
+        if self._tunnel is not None:
+            return
         if not self.requests and not self._in_head:
             self.close()
 
@@ -863,6 +931,10 @@ class ProxyChannel(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True
         self._input_closed = True
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.client_lost(reason)
         # The parser and the write function refer back to this channel (and
         # its transport): let go of them so reference counting, not the
         # garbage collector, frees the connection.

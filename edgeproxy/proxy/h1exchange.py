@@ -7,16 +7,29 @@ and the writes, on the connection's :class:`~.h1channel.ProxyChannel`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol, cast
+
 from twisted.internet.interfaces import IPushProducer
 
 from edgeproxy.core.framing import CHUNKED, NO_BODY, sent_response_framing
 from edgeproxy.proxy.exchange import Exchange
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.tunnel import Tunnel
+    from edgeproxy.upstream.h1client import UpgradedConnection
 
 __all__ = ["H1Exchange"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _STS = b"strict-transport-security:"
+
+
+class _TunnelChannel(Protocol):
+    """What a switch of protocols needs of the HTTP/1.1 channel
+    (:meth:`edgeproxy.proxy.h1channel.ProxyChannel.start_tunnel`)."""
+
+    def start_tunnel(self, request: Exchange, upstream: UpgradedConnection) -> Tunnel | None: ...
 
 
 class H1Exchange(Exchange):
@@ -45,6 +58,27 @@ class H1Exchange(Exchange):
         lines.insert(0, b"HTTP/1.1 %d %s" % (code, phrase))
         lines.append(b"\r\n")
         self.channel.write_now(b"\r\n".join(lines))
+
+    def switch_protocols(
+        self, phrase: bytes, lines: list[bytes], upstream: UpgradedConnection
+    ) -> bool:
+        """The 101 head (the upstream's end-to-end headers, its ``Upgrade``,
+        ``Connection: Upgrade`` and the request id), written at once, then
+        the connection is the tunnel's."""
+        if self.finished or self._disconnected:
+            return False
+        record = self.record
+        record.status = 101
+        lines.insert(0, b"HTTP/1.1 101 " + phrase)
+        lines.append(b"Upgrade: " + upstream.upgrade)
+        lines.append(b"Connection: Upgrade")
+        request_id = record.request_id
+        if request_id is not None:
+            lines.append(b"X-Request-Id: " + request_id.encode("ascii"))
+        lines.append(b"\r\n")
+        self.channel.write_now(b"\r\n".join(lines))
+        channel = cast("_TunnelChannel", self.channel)
+        return channel.start_tunnel(self, upstream) is not None
 
     def send_head_lines(
         self, code: int, phrase: bytes, lines: list[bytes], length: int | None

@@ -17,8 +17,13 @@ differently from what we think would desynchronise a pooled connection:
   together with ``Transfer-Encoding``, several ``Content-Length``s, invalid
   chunk framing, a head over ``max_response_head_bytes``
   (:class:`~edgeproxy.core.protocol.HTTPLimits`), a version other than
-  HTTP/1.0 or 1.1, ``101 Switching Protocols``: the response fails and the
-  connection is closed;
+  HTTP/1.0 or 1.1, ``101 Switching Protocols`` to a request that did not
+  ask to upgrade: the response fails and the connection is closed;
+- ``101 Switching Protocols`` is accepted only for a request sent as an
+  upgrade (``send(..., on_upgrade=...)``) and only with an ``Upgrade``
+  header: the connection then leaves the pool for good and is handed over,
+  with whatever followed the 101 head, as an :class:`UpgradedConnection`
+  (the proxy splices it to the client's);
 - a connection goes back to the pool only after a complete response with
   keep-alive semantics (HTTP/1.1 without ``Connection: close``, framed by
   length or chunks, the request fully written) and only if nothing at all
@@ -97,6 +102,8 @@ __all__ = [
     "BodySink",
     "BodySource",
     "H1Response",
+    "TunnelSide",
+    "UpgradedConnection",
     "UpstreamClient",
 ]
 
@@ -130,6 +137,13 @@ _CLOSED_PARSER = HttpResponseParser(object())
 #: Called with an interim (1xx) response's status, reason phrase and
 #: end-to-end headers as ``(lower-case name, b"Name: value")``.
 InformationalCallback = Callable[[int, bytes, list[tuple[bytes, bytes]]], object]
+
+
+class TunnelSide(TypingProtocol):
+    """Where an upgraded connection's input goes (:class:`edgeproxy.proxy.tunnel.Tunnel`)."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_lost(self, reason: Failure) -> None: ...
 
 
 class _ProtocolViolation(Exception):
@@ -212,6 +226,46 @@ class H1Response:
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
+
+
+class UpgradedConnection:
+    """An upstream connection that answered ``101 Switching Protocols``: out
+    of the pool for good, read no more until :meth:`attach`.  ``rest`` is
+    what followed the 101 head in the same read (the new protocol's first
+    bytes)."""
+
+    def __init__(
+        self,
+        conn: _Connection,
+        phrase: bytes,
+        header_fields: list[tuple[bytes, bytes]],
+        upgrade: bytes,
+        rest: bytes,
+    ) -> None:
+        self._conn: _Connection | None = conn
+        self.phrase = phrase
+        #: End-to-end headers of the 101, as :attr:`H1Response.header_fields`.
+        self.header_fields = header_fields
+        #: The protocol(s) the upstream switched to (its ``Upgrade`` value).
+        self.upgrade = upgrade
+        self.rest = rest
+
+    @property
+    def transport(self) -> Any:
+        conn = self._conn
+        return conn.transport if conn is not None else None
+
+    def attach(self, tunnel: TunnelSide) -> None:
+        """From now on the connection's input and its loss go to ``tunnel``."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.attach(tunnel)
+
+    def abort(self) -> None:
+        """Nobody takes it over (the client went away): close it."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
 
 
 @implementer(IPushProducer)
@@ -387,6 +441,10 @@ class _StreamWriter:
 
 class _Exchange:
     """One request: its callbacks, deadline, head and body delivery."""
+
+    #: An upgrade request's taker of a 101 (:class:`_UpgradeExchange`); a
+    #: class attribute here, so other requests pay nothing for it.
+    on_upgrade: Callable[[UpgradedConnection], object] | None = None
 
     __slots__ = (
         "answered",
@@ -603,6 +661,23 @@ class _Exchange:
             protocol.connectionLost(reason)
 
 
+class _UpgradeExchange(_Exchange):
+    """An upgrade request (``Connection: upgrade``): a 101 is its answer too."""
+
+    __slots__ = ("on_upgrade",)
+
+    def switched(self, upgraded: UpgradedConnection) -> None:
+        """A 101 answered this upgrade request: ``upgraded`` goes to ``on_upgrade``."""
+        self.answered = True
+        self.waiting_for_head = False
+        self._stop_timer()
+        on_upgrade = self.on_upgrade
+        self.on_response = self.on_error = self.on_informational = None
+        self.on_upgrade = None
+        assert on_upgrade is not None
+        on_upgrade(upgraded)
+
+
 def _nothing() -> None:
     pass
 
@@ -761,12 +836,14 @@ class _State(enum.Enum):
     BODY = "body"
     #: The final response is complete; the exchange is being finished.
     DONE = "done"
+    #: Switched protocols after a 101: out of the pool, spliced to a client.
+    UPGRADED = "upgraded"
     #: The connection is gone (``connectionLost``).
     CLOSED = "closed"
 
 
 # The hot path compares with these (one global load each).
-_IDLE, _SENT, _HEAD, _INTERIM, _BODY, _DONE, _CLOSED = _State
+_IDLE, _SENT, _HEAD, _INTERIM, _BODY, _DONE, _UPGRADED, _CLOSED = _State
 
 #: Every move a connection makes, as h11's ``_state.py``: (state, what
 #: happens) -> next state.  Each assignment of ``_state`` below is one of
@@ -784,6 +861,7 @@ _TRANSITIONS: dict[tuple[_State, str], _State] = {
     (_BODY, "body end"): _DONE,  # on_message_complete, or _raw_body's last byte
     (_DONE, "message end"): _DONE,  # llhttp's own end of a bodiless response
     (_DONE, "released"): _IDLE,  # _finish_exchange: pooled, or about to close
+    (_DONE, "switched"): _UPGRADED,  # _switch: a 101 to an upgrade request
     **{(state, "lost"): _CLOSED for state in _State},  # connectionLost
 }
 
@@ -795,6 +873,14 @@ class _Connection(Protocol):
     (``_state``); besides it, a few flags that are not stages: whether it may
     be reused (``_reusable``, once false for good), whether the request is
     written whole, and who paused reading."""
+
+    #: After a 101: where the input goes (:meth:`attach`).
+    _tunnel: TunnelSide | None = None
+    #: A 101's response while llhttp finishes with its head (see _switch).
+    _switching: UpgradedConnection | None = None
+    #: The ``Upgrade`` value of the head being parsed, with that head's
+    #: header list (which tells a stale value from a fresh one for free).
+    _upgrade_header: tuple[list[tuple[bytes, bytes]], bytes] | None = None
 
     def __init__(self, client: UpstreamClient, key: str, factory: _Connecting | None) -> None:
         self.key = key
@@ -1022,6 +1108,11 @@ class _Connection(Protocol):
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
             self._exchange_lost(exchange, reason, state)
+        self._switching = None
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.upstream_lost(reason)
         if lost is not None:
             lost.callback(None)
 
@@ -1100,6 +1191,10 @@ class _Connection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         exchange = self._exchange
         if exchange is None:
+            tunnel = self._tunnel
+            if tunnel is not None:
+                tunnel.upstream_data(data)
+                return
             # An idle connection must not talk: whatever it is (a 408, a
             # late byte), the connection is out of step.  Drop it.
             self._reusable = False
@@ -1120,9 +1215,14 @@ class _Connection(Protocol):
         self._pending_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade:
-            # 101 Switching Protocols: Upgrade is not supported.
-            self._violation(exchange)
+        except HttpParserUpgrade as upgrade:
+            # The 101's head is parsed (on_headers_complete took it, for an
+            # upgrade request); what follows is the new protocol's.
+            if self._switching is None or self._exchange is not exchange:
+                self._switching = None
+                self._violation(exchange)
+            else:
+                self._switch(exchange, data[upgrade.args[0] :])
             return
         except HttpParserError:
             if self._state is _DONE and self._exchange is exchange:
@@ -1143,6 +1243,30 @@ class _Connection(Protocol):
         if self._length_left > 0 and self._state is _BODY:
             self._raw_left = self._length_left
         self._after_parse(exchange)
+
+    def _switch(self, exchange: _Exchange, rest: bytes) -> None:
+        """The connection leaves the pool for good: hand it over, not read
+        until its taker attaches a tunnel."""
+        upgraded, self._switching = self._switching, None
+        assert upgraded is not None
+        upgraded.rest = rest
+        self._reusable = False
+        self._stop_head_timer()
+        self._exchange = None
+        exchange.conn = None
+        self._state = _UPGRADED
+        # The parser refers back to this connection: no cycle left for the GC.
+        self._parser = _CLOSED_PARSER
+        self.pause()
+        assert isinstance(exchange, _UpgradeExchange)  # (on_upgrade was checked)
+        exchange.switched(upgraded)
+
+    def attach(self, tunnel: TunnelSide) -> None:
+        """A tunnel takes this upgraded connection over: read again."""
+        if self._state is not _UPGRADED:
+            return
+        self._tunnel = tunnel
+        self.resume()
 
     def _raw_body(self, exchange: _Exchange, data: bytes) -> None:
         """The rest of a Content-Length body, read past llhttp.
@@ -1270,6 +1394,13 @@ class _Connection(Protocol):
                 if tokens is None:
                     tokens = self._connection_tokens = []
                 tokens.extend(t.strip().lower() for t in value.split(b","))
+            elif lname == b"upgrade":
+                # Kept only for a 101 (see _switching_head); several lines are one list.
+                headers_now = self._headers
+                prior = self._upgrade_header
+                if prior is not None and prior[0] is headers_now:
+                    value = prior[1] + b", " + value
+                self._upgrade_header = (headers_now, value)
             elif lname == b"transfer-encoding":
                 # Several lines are one list (RFC 9110 5.3).
                 te = self._transfer_encoding
@@ -1289,6 +1420,9 @@ class _Connection(Protocol):
         # Raises UpstreamResponseFailed for a framing not to be relayed.
         framing = response_framing(head, code, cl, self._transfer_encoding)
         if code < 200:
+            if code == 101:
+                self._switching_head(exchange)
+                return
             # An interim 1xx (101 raises HttpParserUpgrade instead): handed
             # to whoever asked for them, without its hop-by-hop headers.
             self._state = _INTERIM
@@ -1326,6 +1460,20 @@ class _Connection(Protocol):
             self._reusable = False
         version = (b"HTTP", 1, 1 if http11 else 0)
         self._response = H1Response(exchange, version, code, self._phrase, headers, length)
+
+    def _switching_head(self, exchange: _Exchange) -> None:
+        """A 101's head: the answer to an upgrade request that names what it
+        switched to (``Upgrade``), else a protocol violation.  llhttp raises
+        HttpParserUpgrade right after it (see dataReceived)."""
+        upgrade = self._upgrade_header
+        headers = self._headers
+        if exchange.on_upgrade is None or upgrade is None or upgrade[0] is not headers:
+            raise _ProtocolViolation()
+        self._upgrade_header = None
+        tokens = self._connection_tokens
+        if tokens is not None and not _NAMELESS_TOKENS.issuperset(tokens):
+            headers = [field for field in headers if field[0] not in tokens]
+        self._switching = UpgradedConnection(self, self._phrase, headers, upgrade[1], b"")
 
     def on_body(self, data: bytes) -> None:
         state = self._state
@@ -1503,6 +1651,7 @@ class UpstreamClient:
         on_response: Callable[[H1Response], object],
         on_error: Callable[[Failure], object],
         on_informational: InformationalCallback | None = None,
+        on_upgrade: Callable[[UpgradedConnection], object] | None = None,
     ) -> _Exchange:
         """Send one request, as :meth:`request` (which is built on this) but
         without a Deferred (the proxy's hot path): exactly one of
@@ -1510,7 +1659,11 @@ class UpstreamClient:
         ``on_error`` (with the failure) is called, unless the returned
         exchange's ``cancel()`` is called first (then neither is).
         ``on_informational``, if given, is called for each interim (1xx)
-        response before that, as it arrives (without it they are skipped)."""
+        response before that, as it arrives (without it they are skipped).
+        ``on_upgrade``, for a request sent as an upgrade (``Connection:
+        upgrade``), takes a ``101 Switching Protocols`` instead of
+        ``on_response``: the connection, out of the pool for good
+        (:class:`UpgradedConnection`)."""
         if _METHOD.fullmatch(method) is None or not target or _TARGET_FORBIDDEN.search(target):
             raise ValueError("invalid method or request-target")
         pairs: Sequence[tuple[bytes, bytes]]
@@ -1537,10 +1690,17 @@ class UpstreamClient:
         if _HOST_LINE.search(head) is None:
             # (Names are tokens: no other line can hold a CR LF then "host:".)
             head = head.replace(b"\r\n", b"\r\nHost: " + _host_value(endpoint) + b"\r\n", 1)
-        exchange = _Exchange(
-            self, endpoint, method, head, body, body_length, connect_timeout,
-            on_response, on_error, on_informational,
-        )
+        if on_upgrade is None:
+            exchange = _Exchange(
+                self, endpoint, method, head, body, body_length, connect_timeout,
+                on_response, on_error, on_informational,
+            )
+        else:
+            exchange = _UpgradeExchange(
+                self, endpoint, method, head, body, body_length, connect_timeout,
+                on_response, on_error, on_informational,
+            )
+            exchange.on_upgrade = on_upgrade
         exchange.deadline = self.reactor.seconds() + response_timeout
         exchange.response_timeout = response_timeout
         conn = self._take(str(endpoint))

@@ -111,6 +111,17 @@ def test_the_client_deadlines_are_options() -> None:
             Options().parseOptions(wrong)
 
 
+def test_the_tunnel_idle_timeout_is_an_option() -> None:
+    options = Options()
+    options.parseOptions(["--tunnel-idle-timeout", "3600"])
+    assert options["settings"].tunnel_idle_timeout == 3600.0
+    defaults = Options()
+    defaults.parseOptions([])
+    assert defaults["settings"].tunnel_idle_timeout == 300.0
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--tunnel-idle-timeout", "0"])
+
+
 def test_the_accept_limits_are_options() -> None:
     options = Options()
     options.parseOptions(

@@ -128,6 +128,15 @@ def test_a_hit_needs_no_upstream_and_says_so() -> None:
     assert b"Cache-Status: edgeproxy; hit; ttl=60" in head and b"Age: 0" in head
 
 
+def test_a_websocket_handshake_is_never_answered_from_the_cache() -> None:
+    rig = Rig()
+    rig.client()
+    rig.answer(response())
+    rig.client(extra=b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    assert rig.asked() == 2
+    assert b"upgrade: websocket" in rig._waiting()[0][1].value().lower()
+
+
 def test_freshness_runs_out_on_the_clock() -> None:
     rig = Rig()
     rig.client()

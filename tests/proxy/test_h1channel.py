@@ -208,14 +208,15 @@ class Conn:
     reactor: MemoryReactorClock = field(default_factory=MemoryReactorClock)
     upstreams: list[Upstream] = field(default_factory=list)
     hide_backend: bool = True
+    #: The virtual host's routes (None: "/" and "/small/" to WEB).
+    routes: Sequence[Route] | None = None
 
     def __post_init__(self) -> None:
+        routes = self.routes
+        if routes is None:
+            routes = [Route("/", WEB), Route("/small/", WEB, max_body_size=10)]
         config = make_config(
-            VirtualHost(
-                ["shop.example"],
-                routes=[Route("/", WEB), Route("/small/", WEB, max_body_size=10)],
-                hide_backend=self.hide_backend,
-            )
+            VirtualHost(["shop.example"], routes=routes, hide_backend=self.hide_backend)
         )
         rng = random.Random(1)
         pipeline = Pipeline(
@@ -1033,18 +1034,18 @@ def test_header_whitespace_is_forwarded_well_formed(line: bytes) -> None:
     assert sent.header(b"x-next") == b"1"
 
 
-# -- Upgrade (not proxied: the request goes on as a plain one) ------------------
+# -- Upgrade (tests/proxy/test_upgrade.py has the tunnel) -------------------------
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\n" + HOST + b"\r\n"
 UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
 
 
-def test_upgrade_request_without_body_is_forwarded_as_a_plain_request() -> None:
+def test_upgrade_request_answered_without_101_is_followed_by_the_next_request() -> None:
     c = Conn()
     c.send(request(target=b"/ws", headers=UPGRADE) + request(target=b"/next"))
     [sent] = c.upstream_requests()
     assert sent.start[1] == b"/ws"
-    assert sent.header(b"upgrade") is None
+    assert sent.header(b"upgrade") == b"websocket"
     c.respond(ok(b"ws"))
     c.respond(ok(b"next"))
     assert [r.body for r in c.responses()] == [b"ws", b"next"]

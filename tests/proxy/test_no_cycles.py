@@ -106,12 +106,53 @@ def scenario(name: str) -> list[str]:
         hints = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
         return garbage_of(lambda: rig.exchange([hints, RESPONSE]))
 
+    if name == "tunnel":
+        return garbage_of(TunnelRig().step)
+
     def not_found() -> None:
         rig.client.clear()
         rig.channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: other.example\r\n\r\n")
         assert rig.client.value().startswith(b"HTTP/1.1 404")
 
     return garbage_of(not_found)
+
+
+class TunnelRig:
+    """One proxy, on which each :meth:`step` is a WebSocket: the 101, bytes
+    both ways, the client closes, then the upstream."""
+
+    def __init__(self) -> None:
+        self.reactor = MemoryReactorClock()
+        web = Cluster("web", endpoints=["10.0.0.1:80"])
+        config = make_config(VirtualHost(["shop.example"], routes=[Route("/", web)]))
+        self.factory, _ = proxy_factory(self.reactor, config, tls=True)
+
+    def step(self) -> None:
+        reactor = self.reactor
+        client_address = IPv4Address("TCP", "192.0.2.9", 5555)
+        channel = self.factory.buildProtocol(client_address)
+        client = TCPLikeTransport(peerAddress=client_address)
+        channel.makeConnection(client)
+        channel.dataReceived(
+            b"GET /chat HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\nearly"
+        )
+        host, port, upstream_factory, _, _ = reactor.tcpClients.pop()
+        upstream: Any = upstream_factory.buildProtocol(IPv4Address("TCP", host, port))
+        upstream_transport = TCPLikeTransport()
+        upstream.makeConnection(upstream_transport)
+        upstream.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\nhello"
+        )
+        channel.dataReceived(b"ping")
+        upstream.dataReceived(b"pong")
+        assert client.value().endswith(b"hellopong")
+        assert upstream_transport.value().endswith(b"earlyping")
+        channel.connectionLost(Failure(ConnectionDone()))
+        assert upstream_transport.disconnecting
+        upstream.connectionLost(Failure(ConnectionDone()))
+        reactor.advance(0)
 
 
 def garbage_in_fresh_interpreter(module: str, function: str, name: str) -> list[str]:
@@ -130,7 +171,7 @@ def garbage_in_fresh_interpreter(module: str, function: str, name: str) -> list[
     return found
 
 
-@pytest.mark.parametrize("name", ["whole", "streamed", "interim", "error"])
+@pytest.mark.parametrize("name", ["whole", "streamed", "interim", "error", "tunnel"])
 def test_a_request_leaves_no_cyclic_garbage(name: str) -> None:
     assert garbage_in_fresh_interpreter("tests.proxy.test_no_cycles", "scenario", name) == []
 

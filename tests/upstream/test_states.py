@@ -29,6 +29,7 @@ from tests.upstream.test_h1client import (
     pooled,
     started,
 )
+from tests.upstream.test_h1client_upgrade import SWITCHED, begin
 
 Move = tuple[_State, _State]
 
@@ -145,6 +146,13 @@ def stale_pooled_retried(rig: Rig) -> None:
     assert result_code(rig, rig.accept(), d, OK) == 200
 
 
+def switched(rig: Rig) -> None:
+    taker, up = begin(rig)
+    up.respond(SWITCHED)
+    assert len(taker.upgraded) == 1
+    up.lose()
+
+
 def result_code(rig: Rig, up: Upstream, d: Any, data: bytes) -> int:
     response, _ = fetch(rig, up, d, data)
     code: int = response.code
@@ -184,6 +192,16 @@ SCENARIOS: dict[str, tuple[Callable[[Rig], None], list[Move]]] = {
         ],
     ),
     "chunked body": (chunked_body, EXCHANGE),
+    "switched by a 101": (
+        switched,
+        [
+            (S.IDLE, S.SENT),
+            (S.SENT, S.HEAD),
+            (S.HEAD, S.DONE),
+            (S.DONE, S.UPGRADED),
+            (S.UPGRADED, S.CLOSED),
+        ],
+    ),
     "body until close": (
         body_until_close,
         [(S.IDLE, S.SENT), (S.SENT, S.HEAD), (S.HEAD, S.BODY), (S.BODY, S.CLOSED)],
