@@ -86,7 +86,8 @@ def test_every_reason_token_is_a_short_snake_case_label() -> None:
 
     for token in [*Outcome, *Reason]:
         assert re.fullmatch(r"[a-z][a-z0-9_]{1,30}", token.value), token
-    assert len(Reason) < 40  # the metric's label set stays small
+    # The metric's label set stays small (40 with HTTP/2's window_timeout and upgrade_refused).
+    assert len(Reason) <= 44
 
 
 def test_connections_gauge() -> None:
