@@ -60,7 +60,7 @@ from h2.exceptions import DenialOfServiceError, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -438,6 +438,8 @@ class H2Channel(ProxyChannel):
     max_stream_buffer: int
     write_paused = False
     _batching = False
+    #: The write of queued frames at the end of this reactor turn (_flush_soon).
+    _flush_call: IDelayedCall | None = None
     _goaway_sent = False
     #: When a header block began arriving (None: none open).
     _block_started: float | None = None
@@ -629,6 +631,27 @@ class H2Channel(ProxyChannel):
         if data:
             self._write(data)
 
+    def _flush_soon(self) -> None:
+        """Write what the response side queued once this reactor turn is
+        over, not frame by frame: a response's HEADERS, DATA and END_STREAM,
+        and the frames of every stream answered in the same turn, become one
+        TLS write (one record, one send) instead of one each.  The turn ends
+        before the next poll, so nothing waits on a timer."""
+        if self._batching or self._closed or self._flush_call is not None:
+            return
+        self._flush_call = self.factory.clock.callLater(0, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_call = None
+        self._flush()
+
+    def close(self) -> None:
+        """Close once what is queued has been written."""
+        if not self._closed:
+            self._batching = False
+            self._flush()
+        super().close()
+
     def send_headers(
         self, stream: H2Stream, headers: list[tuple[bytes, bytes]], end_stream: bool
     ) -> None:
@@ -637,7 +660,7 @@ class H2Channel(ProxyChannel):
         except ProtocolError as e:
             self._cannot_send(stream, e)
             return
-        self._flush()
+        self._flush_soon()
 
     def _cannot_send(self, stream: H2Stream, error: ProtocolError) -> None:
         """h2 refused to send on ``stream`` (closed under it): the stream is lost."""
@@ -676,7 +699,7 @@ class H2Channel(ProxyChannel):
                 return sent
             sent += size
         if sent:
-            self._flush()
+            self._flush_soon()
         return sent
 
     def end_stream(self, stream: H2Stream) -> None:
@@ -685,11 +708,11 @@ class H2Channel(ProxyChannel):
         except ProtocolError as e:
             self._cannot_send(stream, e)
             return
-        self._flush()
+        self._flush_soon()
 
     def acknowledge(self, stream: H2Stream, size: int) -> None:
         self._h2.acknowledge_received_data(size, stream.stream_id)
-        self._flush()
+        self._flush_soon()
 
     def reset_stream(self, stream: H2Stream, code: ErrorCodes) -> None:
         if self._streams.pop(stream.stream_id, None) is not None:
@@ -698,7 +721,7 @@ class H2Channel(ProxyChannel):
             self._h2.reset_stream(stream.stream_id, code)
         except ProtocolError:
             pass  # closed both ways already
-        self._flush()
+        self._flush_soon()
         if code == ErrorCodes.NO_ERROR:
             stream.released()
         else:
@@ -877,6 +900,9 @@ class H2Channel(ProxyChannel):
 
     def connectionLost(self, reason: Failure = _GONE) -> None:
         self._closed = True
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
         streams, self._streams = self._streams, {}
         metrics = self.factory.metrics
         for stream in streams.values():

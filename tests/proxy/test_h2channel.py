@@ -108,6 +108,8 @@ class Rig:
         data = self.client.data_to_send()
         if data and not self.transport.disconnecting:
             self.channel.dataReceived(data)
+        # The response side's frames are written at the end of the reactor turn.
+        self.reactor.advance(0)
         events = self.client.receive_data(self.transport.value())
         self.transport.clear()
         reply = self.client.data_to_send()
@@ -469,6 +471,7 @@ def test_drain_sends_goaway_and_lets_the_stream_in_flight_finish() -> None:
     rig.factory.connections.drain()
     assert not rig.transport.disconnecting
     rig.answer(0, b"done")
+    rig.reactor.advance(0)
     # Read raw: the client's h2 takes nothing after a GOAWAY.
     frames = _frames(rig.transport.value())
     assert isinstance(frames[0], GoAwayFrame)
