@@ -249,6 +249,8 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
                         "plain_http": route.plain_http,
                         "cache": None if route.cache is None else route.cache.store,
                         "rate_limit": _rate_limit(route.rate_limit),
+                        "websocket": route.websocket,
+                        "request_buffering": route.request_buffering,
                     }
                     for route in vhost.routes
                 ],
@@ -293,6 +295,24 @@ def status(proxy: ServiceView, started: float | None = None) -> dict[str, Any]:
             for name, figures, counters in proxy.pipeline.caches.figures()
         ],
         "rate_limits": _rate_limits(proxy.pipeline.rate_limits),
+        "connections": _connections(proxy.metrics),
+    }
+
+
+def _connections(metrics: Metrics) -> dict[str, Any]:
+    """Client connections open now by listener kind, the HTTP/2 ones and
+    their streams, and the tunnels after a ``101`` (WebSocket...)."""
+    return {
+        "open": dict(metrics.active_connections),
+        "http2": {
+            "connections": metrics.h2_connections,
+            "active_streams": metrics.h2_active_streams,
+            "streams_total": metrics.h2_streams,
+        },
+        "tunnels": {
+            "open": metrics.tunnels_open,
+            "closed": dict(metrics.tunnels_closed),
+        },
     }
 
 

@@ -281,9 +281,16 @@ def test_metrics_count_h2_connections_and_streams(site: Site) -> None:
     with site.client() as client:
         get(client, "/counted")
         metrics = httpx.get(f"http://127.0.0.1:{site.proxy.ports['admin']}/metrics").text
+        document = httpx.get(f"http://127.0.0.1:{site.proxy.ports['admin']}/status").json()
     assert re.search(r"^edgeproxy_h2_connections 1\.0$", metrics, re.M), metrics
     streams = re.search(r"^edgeproxy_h2_streams_total (\d+)\.0$", metrics, re.M)
     assert streams is not None and int(streams.group(1)) >= 1
+    # /status, read while that h2 connection is open.
+    http2 = document["connections"]["http2"]
+    assert http2["connections"] == 1
+    assert http2["streams_total"] == int(streams.group(1))
+    assert http2["active_streams"] == 0
+    assert document["connections"]["open"]["https"] >= 1
 
 
 def test_no_http2_offers_http11_only(

@@ -193,6 +193,13 @@ def access_lines(proxy: ProxyProcess, path: str, count: int = 1) -> list[dict[st
         time.sleep(0.05)
 
 
+def status(proxy: ProxyProcess) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{proxy.ports['admin']}/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        document: dict[str, Any] = json.loads(response.read())
+    return document
+
+
 def metrics(proxy: ProxyProcess) -> str:
     url = f"http://127.0.0.1:{proxy.ports['admin']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -304,6 +311,10 @@ def test_an_open_tunnel_counts_against_the_cluster_limit(
         )
         assert answer.startswith(b"HTTP/1.1 503 ")
         assert b"X-Edgeproxy-Limit: max_requests" in answer
+        # /status shows it open, and the cluster's one place taken by it.
+        document = status(proxy)
+        assert document["connections"]["tunnels"]["open"] >= 1
+        assert document["clusters"]["one"]["in_flight"] == 1
     # Once the tunnel is closed, the place is free again.
     deadline = time.monotonic() + 10
     while True:
@@ -330,3 +341,5 @@ def test_an_idle_tunnel_is_closed(proxy: ProxyProcess, ws_ca: trustme.CA, scheme
     text = metrics(proxy)
     assert 'edgeproxy_tunnels_total{end="idle_timeout"}' in text
     assert "edgeproxy_tunnels_open 0.0" in text
+    tunnels = status(proxy)["connections"]["tunnels"]
+    assert tunnels["open"] == 0 and tunnels["closed"]["idle_timeout"] >= 1
