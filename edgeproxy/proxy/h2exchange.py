@@ -75,6 +75,10 @@ class H2Exchange(Exchange):
         body_follows: bool,
     ) -> None:
         super().__init__(channel, method, uri, b"2", headers, True)
+        # HTTP/1.1's semantics, not its framing (RFC 9110): a host is required
+        # (:authority or Host), and interim responses reach the client, so
+        # ``Expect: 100-continue`` is answered as for an HTTP/1.1 client.
+        self.http11 = True
         self.sink = sink
         if body_follows:
             # No Content-Length: the body ends with the stream (END_STREAM);

@@ -22,6 +22,7 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,
+    InformationalResponseReceived,
     ResponseReceived,
     StreamEnded,
     StreamReset,
@@ -551,6 +552,20 @@ def test_a_streamed_body_the_client_stalls_gives_the_upstream_up() -> None:
     # No response had started: the stream gets its 408, the half-sent request is given up.
     assert rig.status_of(stream_id) == b"408"
     assert upstream.disconnecting or upstream.disconnected
+
+
+def test_expect_100_continue_is_answered_with_an_interim_head() -> None:
+    rig = Rig()
+    stream_id = rig.get("/upload", end=False, expect="100-continue", **{"content-length": "5"})
+    interim = [e for e in rig.events if isinstance(e, InformationalResponseReceived)]
+    assert [dict(e.headers)[b":status"] for e in interim] == [b"100"]
+    rig.client.send_data(stream_id, b"hello", end_stream=True)
+    rig.exchange()
+    _, upstream = rig.answer(-1, b"ok")
+    assert upstream.value().endswith(b"\r\n\r\nhello")
+    assert b"expect" not in upstream.value().lower()
+    rig.exchange()
+    assert rig.status_of(stream_id) == b"200"
 
 
 def test_a_reset_by_the_client_cancels_the_upstream() -> None:
