@@ -115,6 +115,10 @@ class Forwarder:
         self.clock = clock
         #: The `Via` value every hop of this process adds (forwarding, forward auth).
         self.via = self._via = via
+        # RFC 9110 7.6.3: Via names the protocol the request came in (an
+        # HTTP/1.0 or HTTP/2 client's request says so), then the pseudonym.
+        pseudonym = via.partition(b" ")[2] or via
+        self._vias = {b"HTTP/1.0": b"1.0 " + pseudonym, b"HTTP/2": b"2 " + pseudonym}
         self._random = rng or random.Random()
         #: A pool per distinct ``upstream_tls`` (its settings and files), kept
         #: across reloads that leave it alone: connections and TLS sessions too.
@@ -327,7 +331,7 @@ class _Exchange:
             client_ip=channel.client_ip,
             proto="https" if request.factory.tls else "http",
             host=request.host,
-            via=self._forwarder._via,
+            via=self._forwarder._vias.get(request.clientproto, self._forwarder._via),
             drop=drop,
         )
         if subject_header is not None and request.factory.tls:

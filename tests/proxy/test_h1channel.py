@@ -385,6 +385,16 @@ def test_http10_without_keep_alive_closes_after_response() -> None:
     assert c.closing
 
 
+@pytest.mark.parametrize(("version", "via"), [(b"HTTP/1.0", b"1.0 edgeproxy"),
+                                             (b"HTTP/1.1", b"1.1 edgeproxy")])
+def test_via_names_the_protocol_the_request_came_in(version: bytes, via: bytes) -> None:
+    c = Conn()
+    c.send(request(version=version))
+    [sent] = c.upstream_requests()
+    assert sent.values(b"via") == [via]
+    assert sent.start[2] == b"HTTP/1.1"  # upstream, always HTTP/1.1
+
+
 @pytest.mark.parametrize("token", [b"keep-alive", b"Keep-Alive"])
 def test_http10_keep_alive_keeps_the_connection_open(token: bytes) -> None:
     # As nginx: an HTTP/1.0 client asking for keep-alive gets it, and is told so.

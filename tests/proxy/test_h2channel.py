@@ -165,6 +165,7 @@ def test_a_get_is_proxied_over_http11_and_answered_on_its_stream() -> None:
     assert sent.startswith(b"GET /x?y=1 HTTP/1.1\r\n")
     assert b"host: app.example\r\n" in sent
     assert b"X-Forwarded-Proto: https\r\n" in sent
+    assert b"Via: 2 edgeproxy\r\n" in sent
     rig.exchange()
     response = next(e for e in rig.events if isinstance(e, ResponseReceived))
     headers = dict(response.headers)
