@@ -51,6 +51,14 @@ virtual_hosts = [
             # max-age=60") is answered from memory without reaching it, at
             # most 64 MiB of it; the Cache-Status header says what happened.
             Route("/static/", web_v1, cache=Cache(max_bytes=64 * 2**20)),
+            # Uploads stream through as they arrive instead of being spooled
+            # first (nginx's proxy_request_buffering off): the backend sees
+            # the first bytes at once, and a slow backend slows the client
+            # down rather than filling the proxy (docs/http.md).  Up to 1 GiB.
+            Route("/upload/", api, request_buffering=False, max_body_size=2**30),
+            # Every route also speaks HTTP/2 to clients that offer it (ALPN h2)
+            # and tunnels WebSocket upgrades (websocket=False refuses them).
+            #
             # Everything else: a canary split.  Each request picks web-v1 about
             # 90% of the time and web-v2 about 10% (weights are relative; a
             # weight of 0 takes a cluster out, e.g. for a blue/green switch).

@@ -237,6 +237,28 @@ def test_example_serves_https_and_cleans_up(example: Example, tmp_path: Path) ->
     conn.close()
     assert all(s.startswith("edgeproxy; hit; ttl=") for s in statuses), statuses
 
+    # "/upload/" streams a chunked body to the api cluster as it arrives.
+    upload = http.client.HTTPSConnection("127.0.0.1", https_port, context=ctx, timeout=30)
+    upload.request(
+        "PUT", "/upload/big", body=iter([b"x" * 65536] * 64),
+        headers={"Host": f"localhost:{https_port}"}, encode_chunked=True,
+    )
+    response = upload.getresponse()
+    answer = json.loads(response.read())
+    upload.close()
+    assert response.status == 200 and answer["backend"] in ("api-1", "api-2"), answer
+    assert (answer["method"], answer["body-length"]) == ("PUT", 64 * 65536)
+
+    # HTTP/2 (curl --http2 over the dev certificate), to the backend in HTTP/1.1.
+    curl = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", str(example.certs / "default.pem"),
+         "-w", "\n%{http_version}", f"https://localhost:{https_port}/api/h2"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    body, _, version = curl.stdout.rpartition("\n")
+    assert version == "2", curl.stdout
+    assert json.loads(body)["path"] == "/api/h2"
+
     # Plain http redirects to https on the proxy's https port.
     plain = http.client.HTTPConnection("127.0.0.1", listeners["http"], timeout=10)
     plain.request("GET", "/api/hello?x=1", headers={"Host": "localhost"})
