@@ -47,6 +47,7 @@ from edgeproxy.core.errors import (
     MisdirectedRequest,
     NoRoute,
     NoVirtualHost,
+    NotImplementedMethod,
     Outcome,
     Reason,
     UpgradeRefused,
@@ -397,6 +398,10 @@ class Exchange:
         connection."""
         if version != b"1.1" and version != b"1.0" and version != b"2":
             raise RejectRequest(VersionNotSupported() if version >= b"2" else BadRequest())
+        if self.method == b"CONNECT":
+            # A forward proxy's method: never passed to a backend (in origin
+            # form it would reach one, and turn a pooled connection into a tunnel).
+            raise RejectRequest(NotImplementedMethod())
         hosts: list[bytes] = []
         content_length: bytes | None = None
         coding: bytes | None = None

@@ -529,11 +529,11 @@ class ProxyChannel(Protocol):
         hands it to the tunnel, any other answer has it parsed as the next
         request.  Any other (answered by edgeproxy, or offering only
         ``h2c``) goes on as a plain request and parsing starts afresh after
-        it.  (``CONNECT`` never gets here: its target is refused while its
-        head is checked.)"""
+        it.  (``CONNECT`` never gets here: it is refused, 501, while its head
+        is checked.)"""
         request = self._parsing
         if request is not None and not request.complete:
-            if request.body_length is not None:
+            if request.declared_length != 0:
                 # An upgrade request with a body: too odd to frame safely.
                 self._reject(BadRequest(Reason.BAD_FRAMING))
                 return
@@ -674,7 +674,8 @@ class ProxyChannel(Protocol):
         self.requests.append(request)
         request.head_received(version, len(self.requests) == 1)
         if parser.should_upgrade():
-            if request.body_length is not None:
+            # (A "Content-Length: 0" is no body.)
+            if request.declared_length != 0:
                 # llhttp would skip an upgrade request's body and parse it as
                 # the next request: one with a body is refused (a WebSocket
                 # handshake has none).
@@ -750,7 +751,14 @@ class ProxyChannel(Protocol):
                 self.close()
             return
         self.run_queue()
-        if self._held is not None and not self._input_closed and len(requests) <= 1:
+        if (
+            self._held is not None
+            and not self._input_closed
+            and len(requests) <= 1
+            and (not requests or requests[0].upgrade is None)
+        ):
+            # (What follows an upgrade request waits for its answer: a 101
+            # hands it to the tunnel, another answer has it parsed then.)
             self._resume_reading()
 
     def run_queue(self) -> None:

@@ -38,6 +38,8 @@ A drain (SIGTERM, reload of the process) sends GOAWAY; streams in flight finish.
 
 from __future__ import annotations
 
+import re
+
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -86,6 +88,13 @@ __all__ = ["H2Channel", "H2Stream"]
 
 _GONE = Failure(ConnectionDone())
 _GONE.cleanFailure()
+
+#: A method, and a field name, is a token (RFC 9110 9.1, 5.1): h2 checks
+#: neither, and HTTP/1.1 upstream cannot carry anything else.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What a request-target may not hold on its way to HTTP/1.1: controls, a
+#: space (it would split the request line), and a fragment (never sent).
+_NOT_IN_PATH = re.compile(rb"[\x00-\x20\x7f#]")
 
 
 class _PerSecond:
@@ -253,14 +262,16 @@ class H2Stream:
         self._body_paused = False
         unacked, self._unacked = self._unacked, 0
         if unacked and not self.closed:
-            self.connection.acknowledge(self, unacked)
+            self.connection.open_stream_window(self, unacked)
 
     # -- the request --------------------------------------------------------------
 
     def head(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        method = path = authority = None
+        method = path = authority = protocol = None
         host: bytes | None = None
         fields: list[tuple[bytes, bytes]] = []
+        names_ok = True
+        length: bytes | None = None
         for name, value in headers:
             if name[:1] == b":":
                 # h2 has refused unknown, repeated and misplaced pseudo-fields.
@@ -270,14 +281,44 @@ class H2Stream:
                     path = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
                 continue
             if name == b"host":
                 host = value
                 continue
+            if name == b"content-length":
+                length = value
+            elif _TOKEN.fullmatch(name) is None:
+                names_ok = False
             fields.append((name, value))
+        if protocol is not None or (ended and length is not None and length.strip() != b"0"):
+            # Malformed (a stream error): an extended CONNECT (RFC 8441 3;
+            # edgeproxy never offers it), or a content-length for a body
+            # that ended with the HEADERS (RFC 9113 8.1.1; h2 checks a
+            # length against DATA frames only).  Forwarded, the length
+            # would leave an upstream connection waiting for a body.
+            self.connection.log.info(
+                "HTTP/2 stream {stream} from {client} reset: malformed ({why})",
+                stream=self.stream_id,
+                client=self.connection.client_ip,
+                why=":protocol" if protocol is not None else "content-length without a body",
+            )
+            self.connection.reset_stream(self, ErrorCodes.PROTOCOL_ERROR)
+            return
         error: EdgeProxyError | None = None
+        if method is None or _TOKEN.fullmatch(method) is None:
+            error = BadRequest(Reason.BAD_REQUEST_LINE)
+        elif path is None or _NOT_IN_PATH.search(path) is not None:
+            error = BadRequest(Reason.BAD_TARGET)
+        elif not names_ok:
+            error = BadRequest(Reason.BAD_HEADER)
         if authority is not None:
-            if host is not None and normalise_host(host) != normalise_host(authority):
+            if (
+                error is None
+                and host is not None
+                and normalise_host(host) != normalise_host(authority)
+            ):
                 # RFC 9113 8.3.1: Host must name what :authority names.
                 error = BadRequest(Reason.BAD_HOST)
             host = authority
@@ -305,7 +346,11 @@ class H2Stream:
         if exchange is not None and not exchange.complete:
             exchange.body_received(data)
         if self._body_paused and not self.closed:
+            # Only this stream's window stays shut: the connection's is given
+            # back at once, or a few held streams would stall every other.
             self._unacked += flow_controlled
+            if flow_controlled:
+                self.connection.open_connection_window(flow_controlled)
         else:
             # Taken (spooled, or dropped): the client may send as much again.
             self.connection.acknowledge(self, flow_controlled)
@@ -381,11 +426,9 @@ class H2Stream:
         self.resume_producer()
 
     def _give_back(self) -> None:
-        """Data held back by ``pause_request_body`` still counts against the
-        connection's window: acknowledge it as the stream goes."""
-        unacked, self._unacked = self._unacked, 0
-        if unacked and not self.closed:
-            self.connection.acknowledge(self, unacked)
+        """The stream goes: what ``pause_request_body`` held back of its
+        window no longer matters (the connection's was given back as it came)."""
+        self._unacked = 0
 
     def resume_producer(self) -> None:
         producer = self._producer
@@ -712,6 +755,23 @@ class H2Channel(ProxyChannel):
 
     def acknowledge(self, stream: H2Stream, size: int) -> None:
         self._h2.acknowledge_received_data(size, stream.stream_id)
+        self._flush_soon()
+
+    def open_connection_window(self, size: int) -> None:
+        """Give back ``size`` bytes of the connection's window alone (a held
+        stream's data: its own window stays shut)."""
+        try:
+            self._h2.increment_flow_control_window(size)
+        except ProtocolError:
+            return  # closing: nothing more is read
+        self._flush_soon()
+
+    def open_stream_window(self, stream: H2Stream, size: int) -> None:
+        """Give back ``size`` bytes of one stream's window (its held data taken)."""
+        try:
+            self._h2.increment_flow_control_window(size, stream.stream_id)
+        except (ProtocolError, KeyError):
+            return  # the stream or the connection is closing
         self._flush_soon()
 
     def reset_stream(self, stream: H2Stream, code: ErrorCodes) -> None:

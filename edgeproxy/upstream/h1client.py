@@ -373,13 +373,15 @@ class _StreamWriter:
     it (chunk-encoded when its length is unknown); the upstream transport's
     push producer, so a full socket buffer pauses the source."""
 
-    __slots__ = ("_chunked", "_conn", "_exchange", "_source", "paused")
+    __slots__ = ("_chunked", "_conn", "_exchange", "_left", "_source", "paused")
 
     def __init__(self, conn: _Connection, exchange: _Exchange, source: BodySource) -> None:
         self._conn: _Connection | None = conn
         self._exchange: _Exchange | None = exchange
         self._source: BodySource | None = source
         self._chunked = source.length is None
+        #: What the Content-Length sent still promises (unused when chunked).
+        self._left = source.length or 0
         self.paused = False
 
     def start(self) -> None:
@@ -395,7 +397,17 @@ class _StreamWriter:
         exchange = self._exchange
         if exchange is not None:
             exchange.body_progress()
-        conn.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+        if self._chunked:
+            conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+            return
+        self._left -= len(data)
+        if self._left < 0:
+            # More than the Content-Length sent: the excess would be read
+            # upstream as another request (the client's framing is checked
+            # before; this is the backstop).
+            self._broken()
+            return
+        conn.write(data)
 
     def end(self) -> None:
         conn = self._conn
@@ -403,11 +415,27 @@ class _StreamWriter:
             return
         if self._chunked:
             conn.write(b"0\r\n\r\n")
+        elif self._left:
+            # Less than the Content-Length sent: the connection would wait
+            # for the rest, or take the next request as it.
+            self._broken()
+            return
         exchange = self._exchange
         self._release()
         if exchange is not None:
             exchange.body_progress()
         conn.body_written(True)
+
+    def _broken(self) -> None:
+        """The body does not match the length sent: the exchange fails and
+        the connection is closed, never reused."""
+        conn = self._conn
+        source = self._source
+        self._release()
+        if source is not None:
+            source.stopProducing()
+        if conn is not None:
+            conn.body_written(False)
 
     def _release(self) -> None:
         # Each refers back (connection -> writer, source -> writer): let go.

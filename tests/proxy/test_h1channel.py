@@ -923,7 +923,14 @@ ROUTING_400 = {
     "empty Host": b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
     "GET *": b"GET * HTTP/1.1\r\n" + HOST + b"\r\n",
     "relative target": b"GET a/b HTTP/1.1\r\n" + HOST + b"\r\n",
-    "authority-form": b"CONNECT shop.example:443 HTTP/1.1\r\n" + HOST + b"\r\n",
+}
+# CONNECT, a forward proxy's method, is never passed on, whatever its target:
+# in origin form it would reach a backend and turn a pooled connection into a
+# tunnel (501, and the connection closes).
+CONNECT_501 = {
+    "CONNECT authority-form": b"CONNECT shop.example:443 HTTP/1.1\r\n" + HOST + b"\r\n",
+    "CONNECT origin-form": b"CONNECT /x HTTP/1.1\r\n" + HOST + b"\r\nGET /next HTTP/1.1\r\n"
+    + HOST + b"\r\n",
 }
 # A transfer coding other than exactly "chunked": 501, as nginx (decoding is the
 # origin's job, and the proxy strips Transfer-Encoding when it spools the body).
@@ -941,6 +948,7 @@ MALFORMED = [
     *(pytest.param(raw, (400,), id=name) for name, raw in PARSER_400.items()),
     *(pytest.param(raw, (400,), id=name) for name, raw in ROUTING_400.items()),
     *(pytest.param(raw, (501,), id=name) for name, raw in NOT_IMPLEMENTED_501.items()),
+    *(pytest.param(raw, (501,), id=name) for name, raw in CONNECT_501.items()),
     *(pytest.param(raw, (505,), id=name) for name, raw in VERSION_505.items()),
     *(pytest.param(raw, (400,), id=name) for name, raw in MALFORMED_METHOD.items()),
     *(pytest.param(raw, (501,), id=name) for name, raw in UNKNOWN_METHOD.items()),

@@ -569,6 +569,99 @@ def test_expect_100_continue_is_answered_with_an_interim_head() -> None:
     assert rig.status_of(stream_id) == b"200"
 
 
+def _reset_code(rig: Rig, stream_id: int) -> int | None:
+    for e in rig.events:
+        if isinstance(e, StreamReset) and e.stream_id == stream_id:
+            return int(e.error_code)
+    return None
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_content_length_with_no_body_is_a_malformed_stream(method: str, streamed: bool) -> None:
+    """END_STREAM on the HEADERS with a content-length above 0: h2 checks a
+    length against DATA frames only; forwarded, it would leave an upstream
+    connection waiting for a body (and take the next request as it)."""
+    rig = Rig(streamed=streamed)
+    stream_id = rig.client.get_next_available_stream_id()
+    rig.client.send_headers(
+        stream_id,
+        [(":method", method), (":scheme", "https"), (":authority", "app.example"),
+         (":path", "/x"), ("content-length", "20")],
+        end_stream=True,
+    )
+    rig.exchange()
+    assert _reset_code(rig, stream_id) == ErrorCodes.PROTOCOL_ERROR
+    assert not rig.reactor.tcpClients  # nothing went upstream
+    assert rig.terminated() is None  # the connection goes on
+    other = rig.get("/next")
+    _, upstream = rig.answer(-1, b"ok")
+    assert upstream.value().startswith(b"GET /next HTTP/1.1\r\n")
+    rig.exchange()
+    assert rig.body_of(other) == b"ok"
+
+
+def test_an_extended_connect_is_a_malformed_stream() -> None:
+    """RFC 8441's :protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL offered."""
+    rig = Rig(streamed=True)
+    stream_id = rig.client.get_next_available_stream_id()
+    rig.client.send_headers(
+        stream_id,
+        [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+         (":authority", "app.example"), (":path", "/chat")],
+    )
+    rig.exchange()
+    assert _reset_code(rig, stream_id) == ErrorCodes.PROTOCOL_ERROR
+    assert not rig.reactor.tcpClients
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name"),
+    [("GE T", "/x", "x-ok"), ("G(E)T", "/x", "x-ok"), ("GET", "/a b", "x-ok"),
+     ("GET", "/a\tb", "x-ok"), ("GET", "/x#frag", "x-ok"), ("GET", "/x", 'x(y"')],
+)
+def test_what_http11_cannot_carry_gets_400_on_its_stream(
+    method: str, path: str, name: str
+) -> None:
+    rig = Rig()
+    stream_id = rig.client.get_next_available_stream_id()
+    rig.client.send_headers(
+        stream_id,
+        [(":method", method), (":scheme", "https"), (":authority", "app.example"),
+         (":path", path), (name, "1")],
+        end_stream=True,
+    )
+    rig.exchange()
+    assert rig.status_of(stream_id) == b"400"
+    assert not rig.reactor.tcpClients
+    assert rig.terminated() is None
+
+
+def test_held_streamed_bodies_do_not_use_up_the_connection_window() -> None:
+    """Bodies held back for a slow backend keep their streams' windows shut,
+    not the connection's: a new stream can still send."""
+    rig = Rig(streamed=True)
+    chunk = b"x" * 16_384
+    stream_ids = [rig.get(f"/up/{i}", end=False) for i in range(25)]
+    for _ in range(40):  # nothing accepted upstream: every body is held, then paused
+        sent = False
+        for stream_id in stream_ids:
+            while min(
+                rig.client.local_flow_control_window(stream_id),
+                rig.client.outbound_flow_control_window,
+            ) >= len(chunk):
+                rig.client.send_data(stream_id, chunk)
+                sent = True
+            rig.exchange()
+        if not sent:
+            break
+    held = [rig.channel._streams[i] for i in stream_ids]
+    assert all(isinstance(s, H2Stream) and s.body_held for s in held)
+    assert rig.client.outbound_flow_control_window >= 65_535
+    other = rig.get("/small", host="blog.example", end=False)
+    assert rig.client.local_flow_control_window(other) == 65_535
+
+
 def test_a_reset_by_the_client_cancels_the_upstream() -> None:
     rig = Rig()
     stream = rig.get("/gone")

@@ -193,6 +193,30 @@ def test_an_upgrade_request_with_a_body_is_still_refused() -> None:
     assert c.closing
 
 
+def test_an_upgrade_request_with_content_length_0_has_no_body_and_goes_on() -> None:
+    c = conn()
+    c.send(ws_request(headers=WS_HEADERS + b"Content-Length: 0\r\n"))
+    assert c.attempts == 1
+    c.respond(SWITCHED)
+    assert c.out().startswith(b"HTTP/1.1 101 ")
+
+
+def test_bytes_after_a_pipelined_upgrade_request_wait_for_its_101() -> None:
+    """A request, then an upgrade request and the first frame, in one read:
+    the frame is not parsed as HTTP when the first answer is done, but goes
+    up the tunnel once the 101 comes."""
+    c = conn()
+    early = b"\x81\x05hello"
+    c.send(request(target=b"/first") + ws_request() + early)
+    c.respond(ok(b"one"))
+    assert not c.closing
+    up = c.respond(SWITCHED)
+    assert c.out().count(b"HTTP/1.1 101 ") == 1
+    assert up.transport.value().endswith(b"\r\n\r\n" + early)
+    # Nothing was parsed from the frame: one 200, one 101, no 400.
+    assert c.out().count(b"HTTP/1.1 ") == 2
+
+
 def test_a_101_to_a_plain_request_is_a_bad_gateway() -> None:
     c = conn()
     c.send(request(target=b"/plain"))

@@ -36,7 +36,7 @@ from edgeproxy.core.errors import (
     UpstreamTimeout,
 )
 from edgeproxy.core.protocol import HTTPLimits
-from edgeproxy.upstream.h1client import UpstreamClient
+from edgeproxy.upstream.h1client import BodySink, BodySource, UpstreamClient
 
 EP = Endpoint("10.0.0.1", 8080)
 OTHER = Endpoint("10.0.0.2", 80)
@@ -357,6 +357,51 @@ def test_body_shorter_than_announced_fails_without_reuse() -> None:
     d, up = rig.begin(b"POST", body=io.BytesIO(b"abc"), body_length=5)
     assert failure(d).check(UpstreamConnectFailed)
     assert up.state == "aborted"
+
+
+class PushedBody(BodySource):
+    """A streamed body the test pushes by hand."""
+
+    def __init__(self, length: int | None) -> None:
+        self.length = length
+        self.sink: BodySink | None = None
+        self.stopped = False
+
+    def connect(self, sink: BodySink) -> None:
+        self.sink = sink
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.sink = None
+
+
+@pytest.mark.parametrize(("pushed", "why"), [(b"abc", "short"), (b"abcdefgh", "long")])
+def test_a_streamed_body_that_breaks_its_content_length_fails_without_reuse(
+    pushed: bytes, why: str
+) -> None:
+    """The backstop behind the client's framing checks: a streamed body
+    shorter or longer than the Content-Length sent never leaves a pooled
+    connection out of step (the excess, or the next request, would be read
+    as the rest of this one)."""
+    rig = Rig()
+    source = PushedBody(5)
+    d, up = rig.begin(b"POST", body=source, body_length=5)
+    assert source.sink is not None
+    source.sink.data(pushed)
+    if why == "short":
+        assert source.sink is not None
+        source.sink.end()
+    assert failure(d).check(UpstreamResponseFailed)
+    assert up.state == "aborted"
+    assert source.stopped
+    assert not up.sent().endswith(b"abcdefgh")
+    assert rig.idle() == 0
 
 
 # -- pooling -------------------------------------------------------------------------------
