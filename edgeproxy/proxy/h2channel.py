@@ -39,7 +39,6 @@ A drain (SIGTERM, reload of the process) sends GOAWAY; streams in flight finish.
 from __future__ import annotations
 
 import re
-
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
