@@ -2,8 +2,10 @@
 Reading the PEM files a configuration names (a virtual host's ``client_ca``,
 a cluster's ``upstream_tls`` files): one reader and one certificate parser,
 whose :class:`PEMFileError` names the file; each caller turns it into its
-own configuration error, which says which setting named the file.  No
-Twisted, no OpenSSL.
+own configuration error, which says which setting named the file.  The
+certificate directory's loader (:mod:`edgeproxy.tls.certificates`) reads
+with it too, and its ``CertificateFileError`` is a :class:`PEMFileError`.
+No Twisted, no OpenSSL.
 """
 
 from __future__ import annotations

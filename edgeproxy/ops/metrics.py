@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -42,6 +42,7 @@ DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 )
 BREAKER_STATES = ("closed", "open", "half_open")
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
 #: Outcomes counted in edgeproxy_requests_rejected_total.
 _REFUSALS = frozenset({Outcome.REJECTED, Outcome.NO_ROUTE})
 
@@ -326,23 +327,23 @@ class _RequestCollector(Collector):
             bytes_out.add_metric([vhost], sent)
         yield bytes_in
         yield bytes_out
-        rejected = CounterMetricFamily(
-            "edgeproxy_requests_rejected",
-            "Requests edgeproxy refused itself (outcome rejected or no_route), by reason.",
-            labels=["reason"],
+        yield _by_key(
+            CounterMetricFamily(
+                "edgeproxy_requests_rejected",
+                "Requests edgeproxy refused itself (outcome rejected or no_route), by reason.",
+                labels=["reason"],
+            ),
+            m.rejections,
         )
-        for reason, count in sorted(m.rejections.items()):
-            rejected.add_metric([reason], count)
-        yield rejected
-        upstream_errors = CounterMetricFamily(
-            "edgeproxy_upstream_errors",
-            "Requests answered with an upstream error (502, 503, 504) by edgeproxy, by reason "
-            "(connect_failed, upstream_tls, response_timeout...).",
-            labels=["reason"],
+        yield _by_key(
+            CounterMetricFamily(
+                "edgeproxy_upstream_errors",
+                "Requests answered with an upstream error (502, 503, 504) by edgeproxy, by "
+                "reason (connect_failed, upstream_tls, response_timeout...).",
+                labels=["reason"],
+            ),
+            m.upstream_errors,
         )
-        for reason, count in sorted(m.upstream_errors.items()):
-            upstream_errors.add_metric([reason], count)
-        yield upstream_errors
 
 
 class _StateCollector(Collector):
@@ -362,15 +363,15 @@ class _StateCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Any]:
-        connections = GaugeMetricFamily(
-            "edgeproxy_active_connections",
-            "Open client connections, by listener kind.",
-            labels=["listener"],
-        )
-        for listener, count in sorted(self._metrics.active_connections.items()):
-            connections.add_metric([listener], count)
-        yield connections
         metrics = self._metrics
+        yield _by_key(
+            GaugeMetricFamily(
+                "edgeproxy_active_connections",
+                "Open client connections, by listener kind.",
+                labels=["listener"],
+            ),
+            metrics.active_connections,
+        )
         yield GaugeMetricFamily(
             "edgeproxy_h2_connections",
             "Open client connections speaking HTTP/2 (part of the https listeners' count).",
@@ -403,12 +404,11 @@ class _StateCollector(Collector):
         snapshot_of, certificates_of, generation_of = self.sources
         yield from _cluster_families(snapshot_of())
         yield from _certificate_families(certificates_of())
-        generation = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "edgeproxy_config_generation",
             "How many configurations this process has loaded (1 = the one it started with).",
+            value=generation_of(),
         )
-        generation.add_metric([], generation_of())
-        yield generation
         yield from _cache_families(self.caches())
         if self.rate_limits is not None:
             yield from _rate_limit_families(*self.rate_limits())
@@ -420,12 +420,11 @@ TUNNEL_ENDS = ("client", "upstream", "upstream_error", "idle_timeout")
 
 
 def _tunnel_families(metrics: Metrics) -> Iterator[Any]:
-    opened = GaugeMetricFamily(
+    yield GaugeMetricFamily(
         "edgeproxy_tunnels_open",
         "Tunnels open after 101 Switching Protocols (WebSocket and other upgrades).",
+        value=metrics.tunnels_open,
     )
-    opened.add_metric([], metrics.tunnels_open)
-    yield opened
     closed = metrics.tunnels_closed
     total = CounterMetricFamily(
         "edgeproxy_tunnels",
@@ -597,17 +596,17 @@ def _rate_limit_families(
 ) -> Iterator[Any]:
     """The routes' rate-limit decisions (labelled ``<first host><prefix>``:
     bounded by the configuration) and the store's figures."""
-    decisions = CounterMetricFamily(
-        "edgeproxy_rate_limit_decisions",
-        "Requests a route's rate limit decided, by result: allowed, limited (429), unkeyed "
-        "(no key: not limited), failed_open and failed_closed (the store failed; passed on, "
-        "or 503, as on_store_error says).",
-        labels=["route", "result"],
+    yield _route_results(
+        CounterMetricFamily(
+            "edgeproxy_rate_limit_decisions",
+            "Requests a route's rate limit decided, by result: allowed, limited (429), unkeyed "
+            "(no key: not limited), failed_open and failed_closed (the store failed; passed "
+            "on, or 503, as on_store_error says).",
+            labels=["route", "result"],
+        ),
+        routes,
+        RESULTS,
     )
-    for route, counters in routes:
-        for result in RESULTS:
-            decisions.add_metric([route, result], getattr(counters, result))
-    yield decisions
     errors = CounterMetricFamily(
         "edgeproxy_rate_limit_store_errors",
         "Decisions the rate-limit store failed to make (unreachable, an error, no answer in time).",
@@ -643,14 +642,32 @@ def _rate_limit_families(
 def _auth_families(routes: list[tuple[str, AuthCounters]]) -> Iterator[Any]:
     """The routes' forward-authentication decisions (labelled ``<first
     host><prefix>``: bounded by the configuration)."""
-    decisions = CounterMetricFamily(
-        "edgeproxy_auth_decisions",
-        "Requests a route's forward authentication decided, by result: allowed (the auth "
-        "service answered 2xx), cached (a 2xx kept for cache_for), denied (any other answer, "
-        "passed to the client), unavailable (no usable answer: 503).",
-        labels=["route", "result"],
+    yield _route_results(
+        CounterMetricFamily(
+            "edgeproxy_auth_decisions",
+            "Requests a route's forward authentication decided, by result: allowed (the auth "
+            "service answered 2xx), cached (a 2xx kept for cache_for), denied (any other "
+            "answer, passed to the client), unavailable (no usable answer: 503).",
+            labels=["route", "result"],
+        ),
+        routes,
+        AUTH_RESULTS,
     )
+
+
+def _by_key(family: _Family, counts: Mapping[Any, float]) -> _Family:
+    """``family`` (one label) with a sample for each key of ``counts``, in key order."""
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
+def _route_results(
+    family: CounterMetricFamily, routes: list[tuple[str, Any]], results: tuple[str, ...]
+) -> CounterMetricFamily:
+    """``family`` (labels route and result) with, for each route in turn, its
+    counter of each of ``results`` (the counters object's attribute of that name)."""
     for route, counters in routes:
-        for result in AUTH_RESULTS:
-            decisions.add_metric([route, result], getattr(counters, result))
-    yield decisions
+        for result in results:
+            family.add_metric([route, result], getattr(counters, result))
+    return family

@@ -307,8 +307,9 @@ class Exchange:
     makes one per request (HTTP/1.1: :class:`~.h1exchange.H1Exchange`) and
     calls :meth:`head_received`, :meth:`body_received`, :meth:`body_complete`
     and, in turn, :meth:`process`; the subclass supplies the response side
-    (``send_head_lines``, ``write``, ``flush_head``, ``finish``, ``abort``,
-    ``registerProducer``, ``unregisterProducer``, ``send_informational``)."""
+    (``send_head_lines``, ``write``, ``flush_head``, ``abort``,
+    ``registerProducer``, ``unregisterProducer``, ``send_informational``, and
+    ``_end_response``, the protocol's part of the shared :meth:`finish`)."""
 
     log = Logger(namespace="edgeproxy.request")
 
@@ -782,7 +783,29 @@ class Exchange:
         raise NotImplementedError
 
     def finish(self) -> None:
-        """The response is whole."""
+        """The response is whole: the protocol sends its end
+        (:meth:`_end_response`), then the exchange is over."""
+        if self.finished or self._disconnected:
+            return
+        self.finished = True
+        self._end_response()
+        if not self.complete:
+            # Answered while its streamed body still arrives (an upstream
+            # that answered early, a refusal): the rest is read and dropped,
+            # and the connection is not kept.
+            self.persistent = False
+            self.discarding = True
+            self._discard_body()
+        if self.observers is not None:
+            for observer in self.observers:
+                observer.response_end(True)
+        self._access_log()
+        self._notify(None)
+        self.channel.request_done(self)
+
+    def _end_response(self) -> None:
+        """Send the end of the response: the head if it is still held, and
+        whatever ends the body in the client's protocol."""
         raise NotImplementedError
 
     def abort(self) -> None:
@@ -834,22 +857,6 @@ class Exchange:
         else:
             self._watchers.append(callback)
 
-    def _finished(self) -> None:
-        """The subclass wrote the end of the response."""
-        if not self.complete:
-            # Answered while its streamed body still arrives (an upstream
-            # that answered early, a refusal): the rest is read and dropped,
-            # and the connection is not kept.
-            self.persistent = False
-            self.discarding = True
-            self._discard_body()
-        if self.observers is not None:
-            for observer in self.observers:
-                observer.response_end(True)
-        self._access_log()
-        self._notify(None)
-        self.channel.request_done(self)
-
     def _notify(self, failure: Failure | None) -> None:
         watchers, self._watchers = self._watchers, None
         for watcher in watchers or ():
@@ -886,7 +893,7 @@ class Exchange:
         self.record.outcome = outcome
         if not self.complete:
             # Its streamed body is still arriving: the rest will be dropped
-            # and the connection closed (see _finished); say so.
+            # and the connection closed (see finish); say so.
             self.persistent = False
         self.send_head(code, _reason(code), headers, len(body))
         self.write(body)

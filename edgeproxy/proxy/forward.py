@@ -582,18 +582,7 @@ class _Exchange:
             response.deliverBody(_Discard())
             self._retry(f"status {response.code}")
             return
-        # Ours wins over an X-Request-Id the upstream may echo, so client and log agree.
-        # h1client already left out the hop-by-hop headers.
-        fields = response.header_fields
-        backends = self._backends
-        if (_NOT_RETURNED if backends is None else _WATCHED).isdisjoint(map(_first, fields)):
-            lines = list(map(_second, fields))
-        elif backends is None:
-            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
-        elif REWRITTEN.isdisjoint(map(_first, fields)):
-            lines = [line for lname, line in fields if lname not in _NOT_RETURNED_HIDING]
-        else:
-            lines = self._hiding(fields, backends)
+        lines = self._returned(response.header_fields)
         if self._set_cookie is not None:
             lines.append(b"Set-Cookie: " + self._set_cookie)
         length = response.length
@@ -617,6 +606,22 @@ class _Exchange:
         response.deliverBody(relay)
         relay.arm()
         request.flush_head()
+
+    def _returned(self, fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """The response's lines passed on to the client, a final response's
+        or a 101's.  Ours wins over an X-Request-Id the upstream may echo, so
+        client and log agree; with hide_backend, what names the backends goes
+        too.  h1client already left out the hop-by-hop headers.  Each test
+        is one C-level ``isdisjoint``; nothing to drop is the usual case."""
+        if self._backends is None:
+            if _NOT_RETURNED.isdisjoint(map(_first, fields)):
+                return list(map(_second, fields))
+            return [line for lname, line in fields if lname not in _NOT_RETURNED]
+        if _WATCHED.isdisjoint(map(_first, fields)):
+            return list(map(_second, fields))
+        if REWRITTEN.isdisjoint(map(_first, fields)):
+            return [line for lname, line in fields if lname not in _NOT_RETURNED_HIDING]
+        return self._hiding(fields, self._backends)
 
     def _hiding(
         self, fields: list[tuple[bytes, bytes]], backends: frozenset[bytes]
@@ -740,12 +745,7 @@ class _Upgrading(_Exchange):
         if self._client_gone:
             upgraded.abort()
             return
-        fields = upgraded.header_fields
-        backends = self._backends
-        if backends is None:
-            lines = [line for lname, line in fields if lname not in _NOT_RETURNED]
-        else:
-            lines = self._hiding(fields, backends)
+        lines = self._returned(upgraded.header_fields)
         if not request.switch_protocols(upgraded.phrase, lines, upgraded):
             upgraded.abort()
 

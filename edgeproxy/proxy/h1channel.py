@@ -365,6 +365,15 @@ class ProxyChannel(Protocol):
         # wrapper the channel is connected before the header names the peer.
         self._judge_peer = factory.trusted is not None
 
+    def _judge(self) -> None:
+        """Judge the peer against ``--trusted-source``, once, at the first
+        request (HTTP/1.1's or HTTP/2's): see :attr:`peer_trusted`."""
+        self._judge_peer = False
+        trusted = self.factory.trusted
+        assert trusted is not None
+        self.peer_trusted = self.client_ip in trusted
+        self.replaces_forwarding = not self.peer_trusted
+
     @property
     def client_ip(self) -> str:
         ip = self._client_ip
@@ -623,11 +632,7 @@ class ProxyChannel(Protocol):
 
     def on_message_begin(self) -> None:
         if self._judge_peer:
-            self._judge_peer = False
-            trusted = self.factory.trusted
-            assert trusted is not None
-            self.peer_trusted = self.client_ip in trusted
-            self.replaces_forwarding = not self.peer_trusted
+            self._judge()
         self._in_head = True
         self._head_started = self.clock_seconds()
         self._url = b""

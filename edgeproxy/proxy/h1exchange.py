@@ -144,15 +144,11 @@ class H1Exchange(Exchange):
     def unregisterProducer(self) -> None:
         self.channel.register_body_producer(None)
 
-    def finish(self) -> None:
-        if self.finished or self._disconnected:
-            return
-        self.finished = True
+    def _end_response(self) -> None:
         head, self._head = self._head, None
         tail = _LAST_CHUNK if self._chunked else b""
         if head is not None or tail:
             self.channel.write_now(tail if head is None else head + tail)
-        self._finished()
 
     def abort(self) -> None:
         self.persistent = False

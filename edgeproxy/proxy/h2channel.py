@@ -592,11 +592,7 @@ class H2Channel(ProxyChannel):
             self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         if self._judge_peer:
-            self._judge_peer = False
-            trusted = self.factory.trusted
-            assert trusted is not None
-            self.peer_trusted = self.client_ip in trusted
-            self.replaces_forwarding = not self.peer_trusted
+            self._judge()
         # Priority given in the HEADERS frame comes as an event of its own:
         # not a PRIORITY frame, so not counted as one.
         self._headers_priority = event.priority_updated

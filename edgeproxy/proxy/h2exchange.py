@@ -155,16 +155,12 @@ class H2Exchange(Exchange):
     def unregisterProducer(self) -> None:
         self.sink.register_body_producer(None)
 
-    def finish(self) -> None:
-        if self.finished or self._disconnected:
-            return
-        self.finished = True
+    def _end_response(self) -> None:
         head, self._head = self._head, None
         if head is not None:
             self.sink.send_headers(head, True)
         else:
             self.sink.end_stream()
-        self._finished()
 
     def abort(self) -> None:
         self.sink.abort()

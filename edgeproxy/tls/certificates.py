@@ -78,6 +78,7 @@ from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersi
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from edgeproxy.config.pemfiles import PEMFileError, read_pem_file
 from edgeproxy.config.tlspolicy import ClientCA, TLSPolicy
 from edgeproxy.core import certindex
 from edgeproxy.core.hostnames import normalise_host, normalise_name, wildcard_of
@@ -126,17 +127,10 @@ _PEM_BLOCK = re.compile(
 _KEY_LABELS = frozenset({b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY"})
 
 
-class CertificateFileError(Exception):
+class CertificateFileError(PEMFileError):
     """A certificate file that cannot be used: it does not parse, has no
-    certificate or key, or its key does not match its certificate."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(path, message)
-        self.path = path
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+    certificate or key, or its key does not match its certificate.  The
+    ``path`` and ``message`` of any PEM file error (:class:`PEMFileError`)."""
 
 
 @attrs.frozen
@@ -626,19 +620,14 @@ def load_certificate(
 
     Raises :class:`CertificateFileError` naming the file.
     """
-    cert_data = _read(cert_path)
-    key_data = _read(key_path) if key_path is not None else None
+    try:
+        cert_data = read_pem_file(cert_path)
+        key_data = read_pem_file(key_path) if key_path is not None else None
+    except PEMFileError as e:
+        raise CertificateFileError(e.path, e.message) from None
     return parse_certificate(
         cert_path, cert_data, key_data, key_source=key_path, is_default=is_default
     )
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise CertificateFileError(path, f"cannot read: {e.strerror or e}") from None
 
 
 class CertificateIndex(certindex.CertificateIndex[LoadedCertificate]):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 STARTUP_TIMEOUT = 20.0
@@ -186,22 +186,19 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
 
 
-class BackendServer(ThreadingHTTPServer):
+class ThreadedServer(ThreadingHTTPServer):
+    """An ``http.server`` backend serving from a thread of its own (a thread
+    per connection) until ``stop()``: :class:`BackendServer`, and
+    :class:`~tests.e2e.tlsbackend.TLSBackend` for upstream TLS."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
-        super().__init__((host, port), _Handler)
-        self.name = name
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__((host, port), handler)
         self.host = host
-        self.connections: set[tuple[str, int]] = set()
-        self.requests = 0
-        self.peer_closed = 0
-        #: Answer every request (health checks too) with this status.
-        self.fail_status: int | None = None
-        #: Hold every request this many seconds without answering.
-        self.hang = 0.0
-        self.open_sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
         self._thread.daemon = True
@@ -214,11 +211,7 @@ class BackendServer(ThreadingHTTPServer):
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def record_connection(self, address: tuple[str, int]) -> None:
-        with self._lock:
-            self.connections.add(address)
-
-    def start(self) -> BackendServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -226,6 +219,24 @@ class BackendServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(5)
+
+
+class BackendServer(ThreadedServer):
+    def __init__(self, name: str, port: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__(_Handler, port, host)
+        self.name = name
+        self.connections: set[tuple[str, int]] = set()
+        self.requests = 0
+        self.peer_closed = 0
+        #: Answer every request (health checks too) with this status.
+        self.fail_status: int | None = None
+        #: Hold every request this many seconds without answering.
+        self.hang = 0.0
+        self.open_sockets: set[socket.socket] = set()
+
+    def record_connection(self, address: tuple[str, int]) -> None:
+        with self._lock:
+            self.connections.add(address)
 
     def kill(self) -> None:
         """Die like a crashed process: stop listening and drop every open connection."""

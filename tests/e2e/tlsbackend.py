@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import attrs
+
+from tests.e2e.harness import ThreadedServer
 
 
 @attrs.define
@@ -69,30 +70,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class TLSBackend(ThreadingHTTPServer):
+class TLSBackend(ThreadedServer):
     """``TLSBackend("app", context).start()``: serves on ``address`` until ``stop()``."""
 
-    daemon_threads = True
-
     def __init__(self, name: str, context: ssl.SSLContext) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.name = name
         self.context = context
         self.requests = 0
         self.handshakes: list[Handshake] = []
         #: The SNI of each connection in its handshake, by its SSLObject's id.
         self.sni: dict[int, str | None] = {}
-        self._lock = threading.Lock()
         context.sni_callback = self._sni
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
 
     def _sni(self, sslobj: Any, name: str | None, context: ssl.SSLContext) -> None:
         self.sni[id(sslobj)] = name
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
@@ -109,11 +101,3 @@ class TLSBackend(ThreadingHTTPServer):
         with self._lock:
             self.handshakes.append(handshake)
 
-    def start(self) -> TLSBackend:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)

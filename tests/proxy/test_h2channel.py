@@ -11,6 +11,7 @@ break off.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import attrs
@@ -72,7 +73,11 @@ class H2Transport(TCPLikeTransport):
 
 class Rig:
     def __init__(
-        self, client_window: int | None = None, streamed: bool = False, **limits: object
+        self,
+        client_window: int | None = None,
+        streamed: bool = False,
+        trusted: tuple[str, ...] = (),
+        **limits: object,
     ) -> None:
         self.reactor = MemoryReactorClock()
         config = make_config(
@@ -89,7 +94,10 @@ class Rig:
             ),
             VirtualHost(["blog.example"], routes=[Route("/", BLOG)]),
         )
-        settings = Settings(h2_limits=attrs.evolve(H2Limits(), **limits))  # type: ignore[arg-type]
+        settings = Settings(
+            h2_limits=attrs.evolve(H2Limits(), **limits),  # type: ignore[arg-type]
+            trusted_sources=tuple(ipaddress.ip_network(n) for n in trusted),
+        )
         self.factory, _ = proxy_factory(self.reactor, config, settings=settings)
         self.factory.http2 = H2Channel.take_over
         self.channel = self.factory.buildProtocol(CLIENT)
@@ -177,6 +185,33 @@ def test_a_get_is_proxied_over_http11_and_answered_on_its_stream() -> None:
     assert rig.body_of(stream) == b"hello"
     assert rig.ended(stream)
     assert rig.channel._streams == {}
+
+
+def test_a_trusted_peer_is_judged_at_the_first_stream_and_its_chain_kept() -> None:
+    # --trusted-source as for HTTP/1.1 (tests/proxy/test_trusted_forwarders.py):
+    # the peer (192.0.2.9) is judged once, and each stream is forwarded so.
+    rig = Rig(trusted=("10.0.0.0/8", "192.0.2.9/32"))
+    chain = {"x-forwarded-for": "203.0.113.7, 10.1.1.1", "x-request-id": "from-outside"}
+    rig.get("/0", **chain)
+    rig.get("/1", **chain)
+    for index in range(2):
+        _, upstream = rig.answer(index, b"")
+        sent = upstream.value()
+        assert sent.startswith(b"GET /%d " % index)
+        assert b"X-Forwarded-For: 203.0.113.7, 10.1.1.1, 192.0.2.9\r\n" in sent
+        assert b"X-Request-Id: from-outside\r\n" in sent
+    assert rig.channel.peer_trusted and not rig.channel.replaces_forwarding
+
+
+def test_an_untrusted_peers_chain_is_replaced() -> None:
+    rig = Rig(trusted=("10.0.0.0/8",))
+    rig.get("/", **{"x-forwarded-for": "203.0.113.7", "x-request-id": "from-outside"})
+    _, upstream = rig.answer(-1, b"")
+    sent = upstream.value()
+    assert b"X-Forwarded-For: 192.0.2.9\r\n" in sent
+    assert b"203.0.113.7" not in sent
+    assert b"from-outside" not in sent
+    assert not rig.channel.peer_trusted and rig.channel.replaces_forwarding
 
 
 def test_cookie_fields_are_joined() -> None:
