@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hpack import NeverIndexedHeaderTuple
 from twisted.internet.interfaces import IPushProducer
 
 from edgeproxy.core.framing import CHUNKED
@@ -122,7 +123,10 @@ class H2Exchange(Exchange):
             fields.extend(_fields([hsts], False))
         request_id = record.request_id
         if request_id is not None:
-            fields.append((b"x-request-id", request_id.encode("ascii")))
+            # New on every response: indexed, it would push the headers that
+            # repeat (content-type, server...) out of the HPACK table, and each
+            # response would pay to encode them in full again.
+            fields.append(NeverIndexedHeaderTuple(b"x-request-id", request_id.encode("ascii")))
         if code in (204, 304) or code < 200:
             self._no_body = True
         else:

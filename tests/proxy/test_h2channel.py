@@ -214,6 +214,19 @@ def test_an_untrusted_peers_chain_is_replaced() -> None:
     assert not rig.channel.peer_trusted and rig.channel.replaces_forwarding
 
 
+def test_the_request_id_never_enters_the_hpack_table() -> None:
+    """A value new on every response: indexed, it would evict what repeats."""
+    rig = Rig()
+    streams = [rig.get(f"/{i}") for i in range(3)]
+    for i in range(3):
+        rig.answer(i, b"ok", b"Content-Type: text/plain\r\n")
+    rig.exchange()
+    assert all(rig.ended(stream) for stream in streams)
+    names = [name for name, _ in rig.client.decoder.header_table.dynamic_entries]
+    assert b"content-type" in names
+    assert b"x-request-id" not in names
+
+
 def test_cookie_fields_are_joined() -> None:
     rig = Rig()
     stream_id = rig.client.get_next_available_stream_id()
