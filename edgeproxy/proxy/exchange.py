@@ -370,6 +370,10 @@ class Exchange:
     #: at head time for an upgrade request that will be forwarded as one
     #: (:meth:`upgrade_requested`); None for every other request.
     upgrade: bytes | None = None
+    #: The ``Sec-WebSocket-Key`` edgeproxy made for a WebSocket over HTTP/2
+    #: (RFC 8441), sent upstream with the upgrade; the 101 must answer it.
+    #: None for every other request (an HTTP/1.1 client sends its own).
+    websocket_key: bytes | None = None
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ from edgeproxy.core.errors import (
 from edgeproxy.core.headers import upstream_request_headers
 from edgeproxy.core.retry import Retry, decide_retry
 from edgeproxy.core.selection import request_hash_key, stable_roll
+from edgeproxy.core.websocket import accept_for
 from edgeproxy.net.clienttls import ClientTLS
 from edgeproxy.net.failures import upstream_error
 from edgeproxy.proxy.exchange import Exchange, Stage
@@ -731,7 +732,35 @@ class _Upgrading(_Exchange):
         assert upgrade is not None
         headers.append((b"Connection", b"Upgrade"))
         headers.append((b"Upgrade", upgrade))
+        key = self._request.websocket_key
+        if key is not None:
+            headers.append((b"Sec-WebSocket-Key", key))
         return headers
+
+    def _on_response(self, response: H1Response) -> None:
+        """A WebSocket over HTTP/2 takes a 2xx for the tunnel open (RFC 8441
+        5): a backend's 2xx to the handshake is not passed on as one."""
+        if (
+            self._request.websocket_key is not None
+            and 200 <= response.code < 300
+            and not self._client_gone
+        ):
+            self._pending = None
+            self._request.record.upstream_status = response.code
+            assert self._lease is not None
+            self._lease.answered(response.code)
+            response.deliverBody(_Discard())
+            self._bad_switch(f"status {response.code}")
+            return
+        super()._on_response(response)
+
+    def _bad_switch(self, why: str) -> None:
+        self._forwarder.log.info(
+            "WebSocket handshake refused from {endpoint}: {why}",
+            endpoint=self._request.record.endpoint,
+            why=why,
+        )
+        self._fail(UpstreamResponseFailed("bad websocket handshake"))
 
     def _on_upgrade(self, upgraded: UpgradedConnection) -> None:
         self._pending = None
@@ -745,6 +774,19 @@ class _Upgrading(_Exchange):
         if self._client_gone:
             upgraded.abort()
             return
+        key = request.websocket_key
+        if key is not None:
+            # edgeproxy made the key: the accept is edgeproxy's to check
+            # (RFC 6455 4.1), and the client cannot (RFC 8441 has none).
+            accept = [v for n, v in upgraded.header_fields if n == b"sec-websocket-accept"]
+            if (
+                upgraded.upgrade.strip().lower() != b"websocket"
+                or len(accept) != 1
+                or accept[0].partition(b":")[2].strip() != accept_for(key)
+            ):
+                upgraded.abort()
+                self._bad_switch("Sec-WebSocket-Accept does not match")
+                return
         lines = self._returned(upgraded.header_fields)
         if not request.switch_protocols(upgraded.phrase, lines, upgraded):
             upgraded.abort()

@@ -34,11 +34,18 @@ Defences, each bounded per connection (``--h2-*``, :class:`~edgeproxy.core.proto
   (GOAWAY) after ``--keepalive-timeout``.
 
 A drain (SIGTERM, reload of the process) sends GOAWAY; streams in flight finish.
+
+WebSocket over HTTP/2 (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is offered;
+a ``CONNECT`` stream with ``:protocol websocket`` becomes an upgrade exchange
+(sent upstream as an HTTP/1.1 handshake with a key edgeproxy makes) and, once
+the backend switches, the client side of a :class:`~.tunnel.Tunnel` through
+:class:`~.h2tunnel.StreamTransport`.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -68,20 +75,25 @@ from twisted.python.failure import Failure
 from edgeproxy.core.errors import (
     BadRequest,
     EdgeProxyError,
+    NotImplementedMethod,
     Outcome,
     Reason,
     RequestTimeout,
 )
 from edgeproxy.core.h2guard import HeaderBlockGuard
 from edgeproxy.core.hostnames import normalise_host
+from edgeproxy.core.websocket import VERSION, key_from
 from edgeproxy.proxy.exchange import Exchange, RejectRequest
 from edgeproxy.proxy.h1channel import ProxyChannel
 from edgeproxy.proxy.h2exchange import H2Exchange
+from edgeproxy.proxy.h2tunnel import StreamTransport
+from edgeproxy.proxy.tunnel import Tunnel, TunnelEnd
 
 if TYPE_CHECKING:
     from edgeproxy.config.tlspolicy import TLSPolicy
     from edgeproxy.core.protocol import H2Limits
     from edgeproxy.proxy.exchange import Listener
+    from edgeproxy.upstream.h1client import UpgradedConnection
 
 __all__ = ["H2Channel", "H2Stream"]
 
@@ -94,6 +106,9 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: What a request-target may not hold on its way to HTTP/1.1: controls, a
 #: space (it would split the request line), and a fragment (never sent).
 _NOT_IN_PATH = re.compile(rb"[\x00-\x20\x7f#]")
+#: The client's own, never passed on for a WebSocket over HTTP/2: edgeproxy
+#: makes the key, and the upgrade fields are edgeproxy's to send.
+_WEBSOCKET_DROPPED = frozenset({b"sec-websocket-key", b"upgrade"})
 
 
 class _PerSecond:
@@ -135,6 +150,14 @@ class H2Stream:
     _body_paused = False
     _body_paused_at = 0.0
     _unacked = 0
+    #: A WebSocket over HTTP/2 (RFC 8441): the tunnel once the backend
+    #: switched (None before, and once the client's side of it is over).
+    tunnel: Tunnel | None = None
+    #: The stream is (or was) a tunnel: its end is the tunnel's business.
+    tunnelled = False
+    #: DATA that came before the tunnel opened (unacknowledged: bounded by
+    #: the stream's window); None for every other stream.
+    _early: list[bytes] | None = None
 
     def __init__(self, connection: H2Channel, stream_id: int) -> None:
         self.connection = connection
@@ -210,6 +233,9 @@ class H2Stream:
         """Once the response is all sent: the stream is over, or, if the
         client is still sending (an early 413, a refusal), the rest of its
         body is not wanted: RST_STREAM(NO_ERROR) (RFC 9113 8.1)."""
+        if self.tunnelled:
+            self._tunnel_settle()
+            return
         exchange = self.exchange
         if (
             self.closed
@@ -291,22 +317,37 @@ class H2Stream:
             elif _TOKEN.fullmatch(name) is None:
                 names_ok = False
             fields.append((name, value))
-        if protocol is not None or (ended and length is not None and length.strip() != b"0"):
-            # Malformed (a stream error): an extended CONNECT (RFC 8441 3;
-            # edgeproxy never offers it), or a content-length for a body
-            # that ended with the HEADERS (RFC 9113 8.1.1; h2 checks a
-            # length against DATA frames only).  Forwarded, the length
-            # would leave an upstream connection waiting for a body.
+        if ended and length is not None and length.strip() != b"0":
+            # Malformed (a stream error): a content-length for a body that
+            # ended with the HEADERS (RFC 9113 8.1.1; h2 checks a length
+            # against DATA frames only).  Forwarded, the length would leave
+            # an upstream connection waiting for a body.
             self.connection.log.info(
                 "HTTP/2 stream {stream} from {client} reset: malformed ({why})",
                 stream=self.stream_id,
                 client=self.connection.client_ip,
-                why=":protocol" if protocol is not None else "content-length without a body",
+                why="content-length without a body",
             )
             self.connection.reset_stream(self, ErrorCodes.PROTOCOL_ERROR)
             return
         error: EdgeProxyError | None = None
-        if method is None or _TOKEN.fullmatch(method) is None:
+        if protocol is not None:
+            # An extended CONNECT (RFC 8441 4; h2 has checked it is a
+            # CONNECT with :scheme and :path): the one protocol edgeproxy
+            # tunnels is WebSocket, sent upstream as an HTTP/1.1 handshake.
+            fields = [f for f in fields if f[0] not in _WEBSOCKET_DROPPED]
+            if protocol.lower() != b"websocket":
+                error = NotImplementedMethod()
+            elif ended:
+                error = BadRequest(Reason.BAD_FRAMING)  # a tunnel closed before it opens
+            else:
+                method = b"GET"
+                fields.append((b"upgrade", b"websocket"))
+                if not any(name == b"sec-websocket-version" for name, _ in fields):
+                    fields.append((b"sec-websocket-version", VERSION))
+        if error is not None:
+            pass  # (the extended CONNECT's answer stands)
+        elif method is None or _TOKEN.fullmatch(method) is None:
             error = BadRequest(Reason.BAD_REQUEST_LINE)
         elif path is None or _NOT_IN_PATH.search(path) is not None:
             error = BadRequest(Reason.BAD_TARGET)
@@ -334,15 +375,37 @@ class H2Stream:
                 exchange.head_received(b"2", True)
             except RejectRequest as e:
                 exchange.reject(e.error)
+            else:
+                if protocol is not None:
+                    self._websocket(exchange)
+                    return
         if ended:
             self.body_ended()
         else:
             # A refused request, or a streamed body's, goes on at once.
             self.run_queue()
 
+    def _websocket(self, exchange: H2Exchange) -> None:
+        """A WebSocket over HTTP/2, routed: refused on a ``websocket=False``
+        route (403), otherwise forwarded as an upgrade with a key of
+        edgeproxy's.  It has no request body: what the client sends is the
+        tunnel's, held (not acknowledged) until the tunnel opens."""
+        exchange.upgrade_requested()
+        if exchange.upgrade is not None:
+            exchange.websocket_key = key_from(secrets.token_bytes(16))
+            self._early = []
+            self.pause_request_body()
+        exchange.body_complete()
+        self.run_queue()
+
     def data(self, data: bytes, flow_controlled: int) -> None:
+        tunnel = self.tunnel
         exchange = self.exchange
-        if exchange is not None and not exchange.complete:
+        if tunnel is not None:
+            tunnel.client_data(data)
+        elif self._early is not None:
+            self._early.append(data)
+        elif exchange is not None and not exchange.complete:
             exchange.body_received(data)
         if self._body_paused and not self.closed:
             # Only this stream's window stays shut: the connection's is given
@@ -356,6 +419,12 @@ class H2Stream:
 
     def body_ended(self) -> None:
         self.request_ended = True
+        if self.tunnelled:
+            # The client closed its side: so does the tunnel (the upstream
+            # after what it was sent), and so does edgeproxy's side.
+            self._tunnel_end(_GONE)
+            self.tunnel_close()
+            return
         exchange = self.exchange
         if exchange is None:
             return
@@ -428,6 +497,73 @@ class H2Stream:
         """The stream goes: what ``pause_request_body`` held back of its
         window no longer matters (the connection's was given back as it came)."""
         self._unacked = 0
+        self._early = None
+
+    # -- a WebSocket over HTTP/2: the tunnel's client side (.h2tunnel) -----------------
+
+    def start_tunnel(self, request: Exchange, upstream: UpgradedConnection) -> Tunnel | None:
+        """The backend switched (the 200 is queued): from now on the
+        stream's DATA goes to ``upstream`` and what it sends comes back as
+        DATA, through a :class:`~.tunnel.Tunnel`.  None if the stream is gone."""
+        if self.closed:
+            return None
+        factory = self.connection.factory
+        # The tunnel is logged when it closes, perhaps after the connection:
+        # what the TLS connection says now, from then on.
+        details = self.tls_details()
+        self.tls_details = lambda: details  # type: ignore[method-assign]
+        tunnel = self.tunnel = Tunnel(
+            factory.clock,
+            factory.settings.tunnel_idle_timeout,
+            StreamTransport(self),
+            upstream.transport,
+            request.tunnel_closed,
+        )
+        self.tunnelled = True
+        metrics = factory.metrics
+        if metrics is not None:
+            metrics.tunnel_opened()
+        upstream.attach(tunnel)
+        early, self._early = self._early, None
+        # What came early is taken now: the client may send as much again
+        # (unless the upstream pauses it, on this very write).
+        self.resume_request_body()
+        tunnel.start(b"".join(early) if early else b"", upstream.rest)
+        return tunnel
+
+    def tunnel_close(self) -> None:
+        """The tunnel closes this side: END_STREAM once what is held has
+        gone; RST_STREAM(CONNECT_ERROR) if the upstream failed."""
+        if self.closed or self.response_ended:
+            return
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.end is TunnelEnd.UPSTREAM_ERROR:
+            self.connection.reset_stream(self, ErrorCodes.CONNECT_ERROR)
+            return
+        self.end_stream()
+        if not self._end_pending:
+            self._tunnel_settle()
+
+    def tunnel_abort(self) -> None:
+        if not self.closed:
+            self.connection.reset_stream(self, ErrorCodes.CANCEL)
+
+    def _tunnel_settle(self) -> None:
+        """edgeproxy's END_STREAM is out: this side of the tunnel is over.
+        A client still sending is told to stop (RST_STREAM NO_ERROR)."""
+        if self.closed or not self.response_ended or self._end_pending:
+            return
+        self._tunnel_end(_GONE)
+        if self.request_ended:
+            self.connection.stream_over(self)
+        else:
+            self.request_ended = True
+            self.connection.reset_stream(self, ErrorCodes.NO_ERROR)
+
+    def _tunnel_end(self, reason: Failure) -> None:
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.client_lost(reason)
 
     def resume_producer(self) -> None:
         producer = self._producer
@@ -457,7 +593,10 @@ class H2Stream:
         self._held_bytes = 0
         self._producer = None
         exchange, self.exchange = self.exchange, None
-        if exchange is not None:
+        if self.tunnelled:
+            # The tunnel's exchange ends with the tunnel (tunnel_closed).
+            self._tunnel_end(reason)
+        elif exchange is not None:
             exchange.connection_lost(reason)
 
     def released(self) -> None:
@@ -466,6 +605,7 @@ class H2Stream:
         self.closed = True
         self._producer = None
         self.exchange = None
+        self._tunnel_end(_GONE)
 
 
 class H2Channel(ProxyChannel):
@@ -529,6 +669,8 @@ class H2Channel(ProxyChannel):
                 SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
                 SettingCodes.INITIAL_WINDOW_SIZE: limits.initial_window_size,
                 SettingCodes.ENABLE_PUSH: 0,
+                # WebSocket over HTTP/2 (RFC 8441): extended CONNECT.
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         h2.max_inbound_frame_size = limits.max_frame_size

@@ -10,13 +10,17 @@ channel knows it is HTTP/2.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hpack import NeverIndexedHeaderTuple
 from twisted.internet.interfaces import IPushProducer
 
 from edgeproxy.core.framing import CHUNKED
 from edgeproxy.proxy.exchange import Channel, Exchange
+
+if TYPE_CHECKING:
+    from edgeproxy.proxy.tunnel import Tunnel
+    from edgeproxy.upstream.h1client import UpgradedConnection
 
 __all__ = ["CONNECTION_SPECIFIC", "H2Exchange", "StreamSink"]
 
@@ -32,6 +36,7 @@ CONNECTION_SPECIFIC = frozenset(
     }
 )
 _STS = b"strict-transport-security"
+_ACCEPT = b"sec-websocket-accept"
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -45,6 +50,7 @@ class StreamSink(Protocol):
     def end_stream(self) -> None: ...
     def abort(self) -> None: ...
     def register_body_producer(self, producer: IPushProducer | None) -> None: ...
+    def start_tunnel(self, request: Exchange, upstream: UpgradedConnection) -> Tunnel | None: ...
 
 
 def _fields(lines: list[bytes], skip_sts: bool) -> Fields:
@@ -104,6 +110,29 @@ class H2Exchange(Exchange):
         fields = _fields(lines, False)
         fields.insert(0, (b":status", b"%d" % code))
         self.sink.send_interim(fields)
+
+    def switch_protocols(
+        self, phrase: bytes, lines: list[bytes], upstream: UpgradedConnection
+    ) -> bool:
+        """A WebSocket over HTTP/2 (RFC 8441) the backend switched to: the
+        stream is answered ``200`` with the 101's end-to-end headers (its
+        ``Sec-WebSocket-Protocol`` and ``-Extensions``; not its
+        ``Sec-WebSocket-Accept``, which answered edgeproxy's key), without
+        END_STREAM, and the stream is the tunnel's."""
+        if self.finished or self._disconnected:
+            return False
+        self.record.status = 200
+        hsts = self.hsts_line
+        fields = [f for f in _fields(lines, hsts is not None) if f[0] != _ACCEPT]
+        fields.insert(0, (b":status", b"200"))
+        if hsts is not None:
+            fields.extend(_fields([hsts], False))
+        request_id = self.record.request_id
+        if request_id is not None:
+            fields.append((b"x-request-id", request_id.encode("ascii")))
+        sink = self.sink
+        sink.send_headers(fields, False)
+        return sink.start_tunnel(self, upstream) is not None
 
     def send_head_lines(
         self, code: int, phrase: bytes, lines: list[bytes], length: int | None

@@ -211,6 +211,8 @@ class Tunnel:
 
     def _linger(self) -> None:
         """Give what is left of the tunnel ``idle_timeout`` to go away."""
+        if not self._client_open and not self._upstream_open:
+            return  # (a side whose close is immediate, an HTTP/2 stream's: over already)
         timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()
@@ -243,6 +245,11 @@ class Tunnel:
         assert end is not None
         if on_closed is not None:
             on_closed(end, self.from_client, self.from_upstream)
+
+    @property
+    def end(self) -> TunnelEnd | None:
+        """How the tunnel is ending (None while both sides are open)."""
+        return self._end
 
     @property
     def over(self) -> bool:

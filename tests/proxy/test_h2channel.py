@@ -77,6 +77,8 @@ class Rig:
         client_window: int | None = None,
         streamed: bool = False,
         trusted: tuple[str, ...] = (),
+        routes: list[Route] | None = None,
+        tunnel_idle_timeout: float = 60.0,
         **limits: object,
     ) -> None:
         self.reactor = MemoryReactorClock()
@@ -85,7 +87,7 @@ class Rig:
                 ["app.example", "www.app.example"],
                 # A streamed route's backend may hold a body back for longer
                 # than the client's body deadline (its own response timeout).
-                routes=[
+                routes=routes or [
                     Route("/", APP, request_buffering=True)
                     if not streamed
                     else Route("/", attrs.evolve(APP, response_timeout=120.0),
@@ -97,6 +99,7 @@ class Rig:
         settings = Settings(
             h2_limits=attrs.evolve(H2Limits(), **limits),  # type: ignore[arg-type]
             trusted_sources=tuple(ipaddress.ip_network(n) for n in trusted),
+            tunnel_idle_timeout=tunnel_idle_timeout,
         )
         self.factory, _ = proxy_factory(self.reactor, config, settings=settings)
         self.factory.http2 = H2Channel.take_over
@@ -647,20 +650,6 @@ def test_a_content_length_with_no_body_is_a_malformed_stream(method: str, stream
     assert upstream.value().startswith(b"GET /next HTTP/1.1\r\n")
     rig.exchange()
     assert rig.body_of(other) == b"ok"
-
-
-def test_an_extended_connect_is_a_malformed_stream() -> None:
-    """RFC 8441's :protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL offered."""
-    rig = Rig(streamed=True)
-    stream_id = rig.client.get_next_available_stream_id()
-    rig.client.send_headers(
-        stream_id,
-        [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-         (":authority", "app.example"), (":path", "/chat")],
-    )
-    rig.exchange()
-    assert _reset_code(rig, stream_id) == ErrorCodes.PROTOCOL_ERROR
-    assert not rig.reactor.tcpClients
 
 
 @pytest.mark.parametrize(
