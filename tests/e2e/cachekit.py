@@ -12,8 +12,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.e2e.harness import ThreadedServer
 
 
 @dataclass
@@ -113,33 +115,14 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
 
 
-class ScriptedBackend(ThreadingHTTPServer):
+class ScriptedBackend(ThreadedServer):
     """``backend.script("/p", Reply(...), Reply(...))``: the replies for
     ``/p`` (query ignored), in order, the last one repeated."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self._lock = threading.Lock()
+        super().__init__(_Handler)
         self._scripts: dict[str, list[Reply]] = {}
         self.seen: list[Seen] = []
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> ScriptedBackend:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
 
     def script(self, path: str, *replies: Reply) -> None:
         with self._lock:

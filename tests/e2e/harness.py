@@ -188,8 +188,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class ThreadedServer(ThreadingHTTPServer):
     """An ``http.server`` backend serving from a thread of its own (a thread
-    per connection) until ``stop()``: :class:`BackendServer`, and
-    :class:`~tests.e2e.tlsbackend.TLSBackend` for upstream TLS."""
+    per connection) until ``stop()``: :class:`BackendServer`,
+    :class:`~tests.e2e.tlsbackend.TLSBackend` for upstream TLS, and the
+    scripted and auth servers of the cache and forward-auth tests."""
 
     daemon_threads = True
     allow_reuse_address = True

@@ -19,15 +19,14 @@ import json
 import signal
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 import trustme
 
-from tests.e2e.harness import BackendServer, ProxyProcess, free_port
+from tests.e2e.harness import BackendServer, ProxyProcess, ThreadedServer, free_port
 
 CONFIG = """
 from edgeproxy.config import Cluster, ForwardAuth, Route, VirtualHost
@@ -87,32 +86,14 @@ class _AuthHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class AuthServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class AuthServer(ThreadedServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _AuthHandler)
+        super().__init__(_AuthHandler)
         self.questions: list[tuple[str, str, list[list[str]]]] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
 
     def record(self, method: str, path: str, headers: list[list[str]]) -> None:
         with self._lock:
             self.questions.append((method, path, headers))
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> AuthServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
 
 
 class TLSAuthServer(AuthServer):
