@@ -29,6 +29,7 @@ from edgeproxy.config import Cluster, Route, Split, VirtualHost
 from edgeproxy.config.load import Expectation, LoadedConfig, inspect_config
 from edgeproxy.config.routing import prefix_bytes
 from edgeproxy.config.settings import Settings
+from edgeproxy.core.addresses import is_ip_literal
 from edgeproxy.core.errors import ConfigProblem
 from edgeproxy.core.hostnames import covered_by, normalise_host, normalise_name, wildcard_of
 from edgeproxy.tls.certificates import CertificateIndex, LoadedCertificate
@@ -606,7 +607,7 @@ def check_default_certificate(index: CertificateIndex, directory: str) -> CheckR
 
 def _coverage_problem(name: str, index: CertificateIndex) -> str | None:
     default = index.default
-    if _is_ip(name):
+    if is_ip_literal(name):
         if default is not None and name in default.names:
             return None
         elsewhere = [c.source for c in index.certificates if name in c.names]
@@ -634,14 +635,6 @@ def _coverage_problem(name: str, index: CertificateIndex) -> str | None:
         f"no certificate covers {name!r}{note}: clients get the default certificate "
         f"{default.source}, which does not name it, and reject the connection"
     )
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def check_certificate_validity(

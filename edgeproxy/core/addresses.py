@@ -16,10 +16,20 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-__all__ = ["IPNetwork", "Networks", "forwarded_client", "forwarded_elements"]
+__all__ = ["IPNetwork", "Networks", "forwarded_client", "forwarded_elements", "is_ip_literal"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_ip_literal(host: str) -> bool:
+    """``host`` is an IPv4 or IPv6 address, not a name (no SNI is sent for
+    one, and it is checked as an address, not a DNS name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_address(text: str) -> IPAddress | None:

@@ -21,7 +21,6 @@ have been).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
@@ -37,19 +36,13 @@ from twisted.internet.ssl import (
 )
 from zope.interface import implementer
 
+from edgeproxy.core.addresses import is_ip_literal
+
 __all__ = ["ClientTLS"]
 
 _CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
 )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -78,7 +71,7 @@ class _UnverifiedCreator:
 
     def __init__(self, options: CertificateOptions, name: str) -> None:
         self._options = options
-        self._sni = None if _is_ip(name) else name.encode("idna")
+        self._sni = None if is_ip_literal(name) else name.encode("idna")
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection: SSL.Connection = self._options.clientConnectionForTLS(tlsProtocol)

@@ -46,7 +46,6 @@ are :mod:`edgeproxy.core.errors` types.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -76,6 +75,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from edgeproxy.config import Endpoint
+from edgeproxy.core.addresses import is_ip_literal
 from edgeproxy.core.errors import (
     UpstreamConnectFailed,
     UpstreamResponseFailed,
@@ -161,14 +161,6 @@ def _host_value(endpoint: Endpoint) -> bytes:
     if endpoint.port == 80:
         return host.encode("ascii")
     return f"{host}:{endpoint.port}".encode("ascii")
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 @implementer(IResponse)
@@ -743,7 +735,7 @@ class _Connecting(ClientFactory):
                 tls.creator_for(endpoint.host, endpoint.port), True, self
             )
             factory.noisy = False
-        if _is_ip(endpoint.host):
+        if is_ip_literal(endpoint.host):
             connector = reactor.connectTCP(
                 endpoint.host, endpoint.port, factory, timeout=exchange.connect_timeout
             )
