@@ -106,16 +106,9 @@ class StreamedBody(BodySource):
         """Nothing more of the body moves (its exchange is over, or broke off)."""
         if self.over:
             return
-        self.over = True
         self._held = []
         self._held_bytes = 0
-        self._sink = None
-        self.owner = None
-        self._exchange = None
-        channel, self._channel = self._channel, None
-        if channel is not None and self._client_paused:
-            self._client_paused = False
-            channel.resume_request_body()
+        self._let_go()
 
     # -- the upstream's side (BodySource) ------------------------------------------------
 
@@ -165,6 +158,13 @@ class StreamedBody(BodySource):
                 channel.resume_request_body()
 
     def _finish(self, sink: BodySink) -> None:
+        self._let_go()
+        sink.end()
+
+    def _let_go(self) -> None:
+        """Nothing more moves: let go of the sink, the owner, the exchange and
+        the channel (each leads back here), reading the client again if this
+        body had stopped it."""
         self.over = True
         self._sink = None
         self.owner = None
@@ -173,7 +173,6 @@ class StreamedBody(BodySource):
         if channel is not None and self._client_paused:
             self._client_paused = False
             channel.resume_request_body()
-        sink.end()
 
     def _pause_client(self) -> None:
         if not self._client_paused and not self.over:
